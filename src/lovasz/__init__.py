@@ -1,0 +1,21 @@
+"""lovasz: Lovász losses for PyTorch — optimize intersection-over-union directly.
+
+Data flow: :mod:`lovasz.errors` builds the error vectors of each loss → :mod:`lovasz.engine` evaluates the
+Lovász extension of the Jaccard loss for all groups at once → :mod:`lovasz.reduce` averages over classes
+and images.
+"""
+
+from .functional import lovasz_hinge, lovasz_sigmoid, lovasz_softmax
+from .modules import LovaszHingeLoss, LovaszSigmoidLoss, LovaszSoftmaxLoss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LovaszHingeLoss",
+    "LovaszSigmoidLoss",
+    "LovaszSoftmaxLoss",
+    "__version__",
+    "lovasz_hinge",
+    "lovasz_sigmoid",
+    "lovasz_softmax",
+]

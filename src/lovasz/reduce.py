@@ -1,0 +1,45 @@
+"""Reductions: per-group Lovász losses → per-image / per-class / scalar losses.
+
+The rows of the engine's output fold back into ``[B, C]`` (per image) or ``[C]`` (whole batch).  A
+boolean ``select`` mask of the same shape says which entries take part (classes present, chosen, or
+channels with at least one valid pixel); ``weight`` gives per-class weights.
+
+* per image: each image's loss is ``Σ_c w_c L_bc / Σ_c w_c`` over its selected classes; images with
+  nothing selected are skipped (they appear as 0 with ``reduction="none"`` and do not count in the mean).
+* whole batch: ``reduction="none"`` gives ``w_c · L_c`` per class (0 for unselected classes, as in
+  PyTorch's weighted cross-entropy), ``"sum"`` their sum, ``"mean"`` the sum divided by ``Σ_c w_c`` over
+  the selected classes.
+
+Everything stays on the device with no data-dependent control flow: an empty selection gives a loss of
+0 whose gradient is zeros, still connected to the graph.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+
+def _safe_div(num: Tensor, den: Tensor) -> Tensor:
+    ok = den > 0
+    return (num / den.masked_fill(~ok, 1.0)).masked_fill(~ok, 0.0)
+
+
+def reduce_groups(losses: Tensor, select: Tensor, weight: Tensor | None, reduction: str) -> Tensor:
+    """Reduce ``losses`` of shape ``[B, C]`` (per image) or ``[C]`` (batch) as described above."""
+    ws = select.to(losses.dtype)
+    if weight is not None:
+        ws = ws * weight.to(losses.dtype)
+    weighted = ws * losses
+    if losses.dim() == 2:  # per image
+        per_image = _safe_div(weighted.sum(dim=1), ws.sum(dim=1))
+        if reduction == "none":
+            return per_image
+        if reduction == "sum":
+            return per_image.sum()
+        counted = (ws.sum(dim=1) > 0).sum()
+        return _safe_div(per_image.sum(), counted.to(losses.dtype))
+    if reduction == "none":
+        return weighted
+    if reduction == "sum":
+        return weighted.sum()
+    return _safe_div(weighted.sum(), ws.sum())
