@@ -6,9 +6,9 @@ import random
 
 import pytest
 import torch
-from reference import binary_ref, softmax_ref
 
 import lovasz
+from reference import binary_ref, softmax_ref
 
 SOFTMAX_CASES = 240
 BINARY_CASES = 160
@@ -84,7 +84,9 @@ def _binary_case(seed: int):
         x, t = logits, target
     if rng.random() < 0.3 and ignore_index is None:
         t = t.float()  # float 0/1 masks are accepted
-    kwargs = dict(per_image=rng.random() < 0.5, ignore_index=ignore_index, reduction=rng.choice(["mean", "sum", "none"]))
+    kwargs = dict(
+        per_image=rng.random() < 0.5, ignore_index=ignore_index, reduction=rng.choice(["mean", "sum", "none"])
+    )
     return x, t, ref_x, ref_t, kwargs
 
 

@@ -61,15 +61,13 @@ def check_softmax_shapes(input: Tensor, target: Tensor) -> None:
     if not isinstance(target, Tensor):
         raise TypeError(f"target must be a torch.Tensor of class ids, got {type(target).__name__}")
     if input.dim() < 2:
-        raise ValueError(
-            f"input must have shape [B, C, *spatial] (at least 2 dims), got {tuple(input.shape)}"
-        )
+        raise ValueError(f"input must have shape [B, C, *spatial] (at least 2 dims), got {tuple(input.shape)}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(
             f"target must hold integer class ids (torch.long or another integer dtype), got {target.dtype}; "
             "convert with target.long()"
         )
-    expected = (input.shape[0],) + tuple(input.shape[2:])
+    expected = (input.shape[0], *input.shape[2:])
     if tuple(target.shape) != expected:
         raise ValueError(
             f"target must have shape [B, *spatial] = {expected} for input of shape {tuple(input.shape)}, "
@@ -98,7 +96,7 @@ def binary_layout(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         if input.dim() >= 4:
             return input.reshape(b, input.shape[1], -1), target.reshape(b, target.shape[1], -1)
         return input.reshape(b, 1, -1), target.reshape(b, 1, -1)
-    if input.dim() >= 2 and input.shape[1] == 1 and tuple(target.shape) == (b,) + tuple(input.shape[2:]):
+    if input.dim() >= 2 and input.shape[1] == 1 and tuple(target.shape) == (b, *input.shape[2:]):
         return input.reshape(b, 1, -1), target.reshape(b, 1, -1)
     raise ValueError(
         f"target shape {tuple(target.shape)} does not fit input shape {tuple(input.shape)}: expected input "
@@ -121,12 +119,15 @@ def check_classes(classes: str | Sequence[int], num_classes: int) -> None:
     if len(ids) == 0:
         raise ValueError("classes is an empty sequence; select at least one class id")
     for c in ids:
-        if isinstance(c, bool) or not isinstance(c, int | torch.SymInt) and not (
-            isinstance(c, Tensor) and c.dim() == 0 and not c.is_floating_point()
+        if isinstance(c, bool) or (
+            not isinstance(c, int | torch.SymInt)
+            and not (isinstance(c, Tensor) and c.dim() == 0 and not c.is_floating_point())
         ):
             raise TypeError(f"classes must contain integer class ids, got {c!r}")
         if not 0 <= int(c) < num_classes:
-            raise ValueError(f"class id {int(c)} in classes is outside [0, {num_classes}) for input with C={num_classes}")
+            raise ValueError(
+                f"class id {int(c)} in classes is outside [0, {num_classes}) for input with C={num_classes}"
+            )
 
 
 def class_weight(weight: Tensor | Sequence[float] | None, num_classes: int, device: torch.device) -> Tensor | None:

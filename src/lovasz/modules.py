@@ -74,7 +74,12 @@ class LovaszHingeLoss(nn.Module):
     """
 
     def __init__(
-        self, *, per_image: bool = True, ignore_index: int | None = None, bins: int | None = None, reduction: str = "mean"
+        self,
+        *,
+        per_image: bool = True,
+        ignore_index: int | None = None,
+        bins: int | None = None,
+        reduction: str = "mean",
     ) -> None:
         super().__init__()
         self.per_image = per_image
@@ -84,11 +89,19 @@ class LovaszHingeLoss(nn.Module):
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return lovasz_hinge(
-            input, target, per_image=self.per_image, ignore_index=self.ignore_index, bins=self.bins, reduction=self.reduction
+            input,
+            target,
+            per_image=self.per_image,
+            ignore_index=self.ignore_index,
+            bins=self.bins,
+            reduction=self.reduction,
         )
 
     def extra_repr(self) -> str:
-        return f"per_image={self.per_image}, ignore_index={self.ignore_index}, bins={self.bins}, reduction={self.reduction!r}"
+        return (
+            f"per_image={self.per_image}, ignore_index={self.ignore_index}, bins={self.bins}, "
+            f"reduction={self.reduction!r}"
+        )
 
 
 class LovaszSigmoidLoss(nn.Module):

@@ -3,7 +3,7 @@
 For one group (one class of one image, or one class over the batch) with error vector ``e`` over ``p``
 pixels and ground-truth set ``G`` (``n = |G|``), sort ``e`` decreasingly.  Let ``a`` and ``b`` be the numbers
 of foreground and background pixels *before* an element in that order.  The increment of the Jaccard loss
-``D(M) = |M| / |G ∪ M|`` when the element is added to the prefix set is
+``D(M) = |M| / |G ∪ M|`` when the element joins the prefix set is
 
 * foreground element: ``1 / (n + b)``,
 * background element: ``(n - a) / ((n + b)(n + b + 1))`` (and ``1`` for the first background element of a
@@ -14,7 +14,10 @@ increments directly, instead of differencing Jaccard values, keeps them accurate
 
 All groups are evaluated together: the errors form a ``[G, P]`` matrix; pixels that are not valid
 (ignored, or padding) get the key ``-1`` so that they sort after every real error (errors are ``>= 0``)
-and receive weight 0.  Only the weights, scattered back to the input order, are kept for backward.
+and receive weight 0.  Because valid elements come first, ``b = i - a`` at position ``i``: one cumulative
+sum suffices.  Non-negative floats order like their bit patterns read as int32, which sorts faster.  Rows
+are processed in blocks of at most ``BLOCK_ELEMENTS`` elements, so the sort's temporaries stay bounded;
+only the weights, scattered back to input order, are kept for backward.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+BLOCK_ELEMENTS = 1 << 22
+
 
 def jaccard_increments(fg_before: Tensor, bg_before: Tensor, n: Tensor, is_fg: Tensor) -> Tensor:
     """Increment of the Jaccard loss when an element joins a prefix with the given fg/bg counts.
 
-    All arguments broadcast; counts are floating point.  Shared by the exact and the binned engines.
+    All arguments broadcast; counts are floating point.  (Readable form; the engines use fused variants.)
     """
     union = n + bg_before
     fg_w = 1.0 / union.clamp_min(1.0)
@@ -38,30 +43,52 @@ def jaccard_increments(fg_before: Tensor, bg_before: Tensor, n: Tensor, is_fg: T
     return torch.where(is_fg, fg_w, bg_w)
 
 
+def _sorted_weights(e: Tensor, fg: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Losses ``[g]`` and weights ``[g, p]`` (input order) for one block of rows."""
+    if valid is None:
+        key = e + 0.0  # also turns -0.0 into +0.0, whose bits would sort as negative
+    else:
+        key = torch.where(valid, e, -1.0).add_(0.0)
+    int_type = torch.int64 if key.dtype == torch.float64 else torch.int32
+    sorted_bits, order = torch.sort(key.view(int_type), dim=1, descending=True)
+    del key
+    sorted_e = sorted_bits.view(e.dtype)
+    fg_s = fg.gather(1, order)
+    a = torch.cumsum(fg_s, dim=1, dtype=torch.int32)  # foreground up to and including each element
+    n = a[:, -1:].to(e.dtype)
+    remaining = torch.sub(n, a.to(e.dtype))  # n - a (a inclusive: equals n - a_before for background)
+    del a
+    position = torch.arange(e.shape[1], device=e.device, dtype=e.dtype)
+    union = (remaining + position).add_(fg_s).clamp_min_(1.0)  # n + b_before
+    denom = (union + 1.0).mul_(union)
+    bg_w = remaining.div_(denom)
+    del denom
+    w = torch.where(fg_s, union.reciprocal_(), bg_w)
+    del union, bg_w
+    # A group with no foreground: D jumps from 0 to 1 at its first (valid) element.
+    w[:, 0] = torch.where(n[:, 0] == 0, 1.0, w[:, 0])
+    if valid is not None:
+        w.masked_fill_(sorted_e < 0, 0.0)
+    loss = torch.linalg.vecdot(sorted_e, w, dim=1)
+    del sorted_e
+    weights = torch.empty_like(e).scatter_(1, order, w)
+    return loss, weights
+
+
 class _LovaszExact(torch.autograd.Function):
     @staticmethod
     def forward(ctx, errors: Tensor, fg: Tensor, valid: Tensor | None) -> Tensor:  # type: ignore[override]
         e = errors.detach()
-        key = e if valid is None else torch.where(valid, e, torch.full((), -1.0, dtype=e.dtype, device=e.device))
-        sorted_e, order = torch.sort(key, dim=1, descending=True, stable=True)
-        del key
-        fg_s = fg.gather(1, order)
-        if valid is None:
-            bg_s = ~fg_s
+        g, p = e.shape
+        rows = max(1, BLOCK_ELEMENTS // max(p, 1))
+        if rows >= g:
+            loss, weights = _sorted_weights(e, fg, valid)
         else:
-            bg_s = (sorted_e >= 0) & ~fg_s
-        # Inclusive cumulative counts minus the element itself = counts strictly before it.
-        a = torch.cumsum(fg_s, dim=1, dtype=torch.int32)
-        b = torch.cumsum(bg_s, dim=1, dtype=torch.int32)
-        n = a[:, -1:].to(e.dtype)
-        a = (a - fg_s.to(torch.int32)).to(e.dtype)
-        b = (b - bg_s.to(torch.int32)).to(e.dtype)
-        w_sorted = jaccard_increments(a, b, n, fg_s)
-        del a, b
-        if valid is not None:
-            w_sorted = w_sorted * (fg_s | bg_s)
-        loss = (sorted_e.clamp_min(0) * w_sorted).sum(dim=1)
-        weights = torch.empty_like(e).scatter_(1, order, w_sorted)
+            weights = torch.empty_like(e)
+            loss = e.new_empty(g)
+            for start in range(0, g, rows):
+                sl = slice(start, start + rows)
+                loss[sl], weights[sl] = _sorted_weights(e[sl], fg[sl], None if valid is None else valid[sl])
         ctx.save_for_backward(weights)
         return loss
 

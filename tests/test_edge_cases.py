@@ -1,0 +1,134 @@
+"""Edge cases, dtypes, layouts, determinism, and the promise not to modify inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lovasz
+
+
+def test_one_pixel_and_one_class():
+    x = torch.tensor([[[2.0], [-1.0]]], requires_grad=True)  # [B=1, C=2, N=1]
+    loss = lovasz.lovasz_softmax(x, torch.tensor([[0]]))
+    p0 = torch.softmax(x.detach()[0, :, 0], 0)[0]
+    # One pixel: class 0 present, error 1 - p0, weight 1 (D goes from 0 to 1).
+    assert loss.item() == pytest.approx(1 - p0.item(), abs=1e-6)
+    loss.backward()
+    assert torch.isfinite(x.grad).all()
+    one_class = lovasz.lovasz_softmax(torch.randn(2, 1, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long))
+    assert one_class.item() == 0.0  # softmax over one class is 1 everywhere
+
+
+@pytest.mark.parametrize("per_image", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_all_ignored_gives_zero_loss_with_connected_zero_gradient(per_image, reduction):
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    t = torch.full((2, 4, 4), 255)
+    loss = lovasz.lovasz_softmax(x, t, ignore_index=255, per_image=per_image, reduction=reduction)
+    assert torch.count_nonzero(loss) == 0
+    assert loss.requires_grad
+    loss.sum().backward()
+    assert x.grad is not None and torch.count_nonzero(x.grad) == 0
+    h = torch.randn(2, 4, 4, requires_grad=True)
+    hl = lovasz.lovasz_hinge(h, t, ignore_index=255, per_image=per_image, reduction=reduction)
+    hl.sum().backward()
+    assert torch.count_nonzero(hl) == 0 and torch.count_nonzero(h.grad) == 0
+
+
+def test_ignored_image_is_skipped_not_averaged_in():
+    x = torch.randn(2, 3, 4, 4)
+    t = torch.randint(0, 3, (2, 4, 4))
+    t[1] = 255
+    both = lovasz.lovasz_softmax(x, t, ignore_index=255, per_image=True)
+    first = lovasz.lovasz_softmax(x[:1], t[:1], per_image=True)
+    assert both.item() == pytest.approx(first.item(), abs=1e-6)
+    none = lovasz.lovasz_softmax(x, t, ignore_index=255, per_image=True, reduction="none")
+    assert none.shape == (2,) and none[1].item() == 0.0
+
+
+def test_reduction_none_shapes_and_unselected_classes():
+    x = torch.randn(3, 4, 5, 5)
+    t = torch.randint(0, 2, (3, 5, 5))  # classes 2 and 3 absent
+    per_class = lovasz.lovasz_softmax(x, t, reduction="none")
+    assert per_class.shape == (4,) and per_class[2] == 0 and per_class[3] == 0 and per_class[0] > 0
+    assert lovasz.lovasz_softmax(x, t, per_image=True, reduction="none").shape == (3,)
+    total = lovasz.lovasz_softmax(x, t, reduction="sum")
+    assert total.item() == pytest.approx(per_class.sum().item(), abs=1e-6)
+    assert lovasz.lovasz_hinge(x[:, :1], t, per_image=False, reduction="none").shape == (1,)
+    assert lovasz.lovasz_sigmoid(x, t[:, None].expand(3, 4, 5, 5), per_image=False, reduction="none").shape == (4,)
+
+
+def test_weights_give_weighted_mean():
+    x = torch.randn(2, 3, 6, 6)
+    t = torch.randint(0, 3, (2, 6, 6))
+    per_class = lovasz.lovasz_softmax(x, t, classes="all", reduction="none")
+    w = torch.tensor([1.0, 3.0, 0.5])
+    weighted = lovasz.lovasz_softmax(x, t, classes="all", weight=w)
+    assert weighted.item() == pytest.approx(((per_class * w).sum() / w.sum()).item(), abs=1e-6)
+
+
+def test_class_list_selects_those_classes():
+    x = torch.randn(2, 4, 6, 6)
+    t = torch.randint(0, 4, (2, 6, 6))
+    per_class = lovasz.lovasz_softmax(x, t, classes="all", reduction="none")
+    chosen = lovasz.lovasz_softmax(x, t, classes=[1, 3])
+    assert chosen.item() == pytest.approx(((per_class[1] + per_class[3]) / 2).item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_accumulate_in_float32(dtype):
+    x = torch.randn(2, 5, 16, 16).to(dtype).requires_grad_(True)
+    t = torch.randint(0, 5, (2, 16, 16))
+    loss = lovasz.lovasz_softmax(x, t)
+    assert loss.dtype == torch.float32
+    ref = lovasz.lovasz_softmax(x.detach().float(), t)
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-6)
+    loss.backward()
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad.float()).all()
+
+
+def test_channels_last_and_non_contiguous_inputs():
+    x = torch.randn(2, 4, 8, 8)
+    t = torch.randint(0, 4, (2, 8, 8))
+    ref = lovasz.lovasz_softmax(x, t, per_image=True)
+    cl = x.to(memory_format=torch.channels_last).requires_grad_(True)
+    assert lovasz.lovasz_softmax(cl, t, per_image=True).item() == pytest.approx(ref.item(), abs=1e-6)
+    transposed = x.transpose(2, 3).contiguous().transpose(2, 3)
+    assert lovasz.lovasz_softmax(transposed, t, per_image=True).item() == pytest.approx(ref.item(), abs=1e-6)
+
+
+def test_deterministic_and_inputs_untouched():
+    x = torch.randn(2, 3, 8, 8)
+    x[:, :, :4] = 0.25  # many ties
+    t = torch.randint(0, 3, (2, 8, 8))
+    t[0, 0] = 255
+    x0, t0 = x.clone(), t.clone()
+    grads = []
+    for _ in range(2):
+        xi = x.clone().requires_grad_(True)
+        lovasz.lovasz_softmax(xi, t, ignore_index=255, weight=[1.0, 2.0, 3.0]).backward()
+        grads.append(xi.grad)
+    assert torch.equal(grads[0], grads[1])
+    lovasz.lovasz_hinge(x[:, 0], t.clamp(max=1), ignore_index=255)
+    assert torch.equal(x, x0) and torch.equal(t, t0)
+
+
+def test_torch_compile_matches_eager_without_graph_breaks():
+    torch._dynamo.reset()
+    x = torch.randn(2, 3, 8, 8)
+    t = torch.randint(0, 3, (2, 8, 8))
+
+    def fn(x, t):
+        return lovasz.lovasz_softmax(x, t, per_image=True, ignore_index=255)
+
+    explanation = torch._dynamo.explain(fn)(x, t)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(fn, backend="aot_eager")
+    xc = x.clone().requires_grad_(True)
+    xe = x.clone().requires_grad_(True)
+    lc, le = compiled(xc, t), fn(xe, t)
+    torch.testing.assert_close(lc, le)
+    lc.backward()
+    le.backward()
+    torch.testing.assert_close(xc.grad, xe.grad)
