@@ -5,12 +5,14 @@ Lovász extension of the Jaccard loss for all groups at once → :mod:`lovasz.re
 and images.
 """
 
+from .engine import DEFAULT_BINS
 from .functional import lovasz_hinge, lovasz_sigmoid, lovasz_softmax
 from .modules import LovaszHingeLoss, LovaszSigmoidLoss, LovaszSoftmaxLoss
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_BINS",
     "LovaszHingeLoss",
     "LovaszSigmoidLoss",
     "LovaszSoftmaxLoss",

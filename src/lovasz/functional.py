@@ -153,8 +153,8 @@ def _binary_loss(
         groups = hinge_errors(x, t, per_image=per_image, ignore_index=ignore_index)
     else:
         groups = sigmoid_errors(x, t, per_image=per_image, ignore_index=ignore_index, from_logits=from_logits)
-    losses = lovasz_extension(groups.errors, groups.fg, groups.valid, bins=bins).view(groups.shape)
-    return reduce_groups(losses, _has_valid(groups), None, reduction)
+    losses = lovasz_extension(groups.errors, groups.fg, groups.valid, bins=bins, bounded=kind != "hinge")
+    return reduce_groups(losses.view(groups.shape), _has_valid(groups), None, reduction)
 
 
 def lovasz_hinge(
