@@ -144,11 +144,24 @@ def class_weight(weight: Tensor | Sequence[float] | None, num_classes: int, devi
     return w
 
 
-def run_value_checks(checks: list[tuple[Tensor, str]]) -> None:
-    """Evaluate boolean 'is bad' flags with one host sync and raise the first failing message."""
-    if not checks or _compiling():
+def nonfinite_flag(x: Tensor) -> Tensor:
+    """True if ``x`` may hold NaN/Inf: NaN and Inf propagate through a sum, which is much cheaper than an
+    elementwise test.  A finite tensor whose sum overflows is re-checked elementwise in
+    :func:`run_value_checks`, so it is never reported by mistake."""
+    return ~torch.isfinite(x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32))
+
+
+NONFINITE = "input contains NaN or Inf values"
+
+
+def run_value_checks(x: Tensor, checks: list[tuple[Tensor, str]]) -> None:
+    """Check ``x`` for NaN/Inf and evaluate boolean 'is bad' flags, with one host sync in the common
+    case; raise the first failing message."""
+    if _compiling():
         return
-    flags = torch.stack([c.reshape(()) for c, _ in checks]).tolist()
-    for bad, (_, message) in zip(flags, checks, strict=True):
+    flags = torch.stack([nonfinite_flag(x).reshape(())] + [c.reshape(()) for c, _ in checks]).tolist()
+    if flags[0] and not bool(torch.isfinite(x).all()):
+        raise ValueError(NONFINITE)
+    for bad, (_, message) in zip(flags[1:], checks, strict=True):
         if bad:
             raise ValueError(message)

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from . import _checks
-from .engine import lovasz_extension
+from .engine import Binning, lovasz_extension
+from .engine.fused import backend, fused_binned
 from .errors import Groups, hinge_errors, sigmoid_errors, softmax_errors
 from .reduce import reduce_groups
 
@@ -27,6 +28,37 @@ def _has_valid(groups: Groups) -> Tensor:
     if groups.valid is None:
         return torch.ones(shape, dtype=torch.bool, device=groups.errors.device)
     return groups.valid.any(dim=1).view(shape)
+
+
+def _group_losses(
+    mode: str, x: Tensor, target: Tensor, per_image: bool, ignore_index: int | None, bins: int | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Losses, 'class present' and 'has a valid pixel' masks per group, shaped ``[B, C]`` or ``[C]``.
+
+    ``x`` is ``[B, C, N]``; ``target`` is ``[B, N]`` (softmax modes) or ``[B, C, N]`` (binary modes).
+    """
+    b, c = x.shape[:2]
+    shape = (b, c) if per_image else (c,)
+    bounded = mode != "hinge"
+    impl = None if bins is None else backend(x)
+    if impl in ("numba", "triton"):
+        binning = Binning.for_errors(bins, bounded)
+        losses, n_fg, n_valid = fused_binned(
+            x, target, mode=mode, per_image=per_image, ignore_index=ignore_index, binning=binning, impl=impl
+        )
+        return losses.view(shape), (n_fg > 0).view(shape), (n_valid > 0).view(shape)
+    if mode in ("softmax", "probs"):
+        groups = softmax_errors(
+            x, target, per_image=per_image, ignore_index=ignore_index, from_logits=mode == "softmax"
+        )
+    elif mode == "hinge":
+        groups = hinge_errors(x, target, per_image=per_image, ignore_index=ignore_index)
+    else:
+        groups = sigmoid_errors(
+            x, target, per_image=per_image, ignore_index=ignore_index, from_logits=mode == "sigmoid"
+        )
+    losses = lovasz_extension(groups.errors, groups.fg, groups.valid, bins=bins, bounded=bounded)
+    return losses.view(shape), groups.fg.any(dim=1).view(shape), _has_valid(groups)
 
 
 def lovasz_softmax(
@@ -94,7 +126,7 @@ def lovasz_softmax(
     num_classes = input.shape[1]
     _checks.check_classes(classes, num_classes)
     w = _checks.class_weight(weight, num_classes, input.device)
-    value_checks = [(~torch.isfinite(input).all(), "input contains NaN or Inf values")]
+    value_checks = []
     if not from_logits:
         value_checks.append(
             (((input < 0) | (input > 1)).any(), "input must hold probabilities in [0, 1] when from_logits=False")
@@ -108,14 +140,16 @@ def lovasz_softmax(
     )
     if w is not None:
         value_checks.append(((w < 0).any() | ~torch.isfinite(w).all(), "weight must be finite and non-negative"))
-    _checks.run_value_checks(value_checks)
+    _checks.run_value_checks(input, value_checks)
 
-    groups = softmax_errors(input, target, per_image=per_image, ignore_index=ignore_index, from_logits=from_logits)
-    losses = lovasz_extension(groups.errors, groups.fg, groups.valid, bins=bins).view(groups.shape)
+    b = input.shape[0]
+    mode = "softmax" if from_logits else "probs"
+    x, t = input.reshape(b, num_classes, -1), target.reshape(b, -1)
+    losses, present, has_valid = _group_losses(mode, x, t, per_image, ignore_index, bins)
     if classes == "present":
-        select = groups.fg.any(dim=1).view(groups.shape)
+        select = present
     else:
-        select = _has_valid(groups)
+        select = has_valid
         if classes != "all":
             chosen = torch.zeros(num_classes, dtype=torch.bool, device=input.device)
             chosen[torch.as_tensor([int(c) for c in classes], device=input.device)] = True
@@ -137,7 +171,7 @@ def _binary_loss(
     _checks.check_reduction(reduction)
     _checks.check_ignore_index(ignore_index)
     _checks.check_bins(bins)
-    value_checks = [(~torch.isfinite(x).all(), "input contains NaN or Inf values")]
+    value_checks = []
     if not from_logits:
         value_checks.append(
             (((x < 0) | (x > 1)).any(), "input must hold probabilities in [0, 1] when from_logits=False")
@@ -147,14 +181,11 @@ def _binary_loss(
         bad = bad & (t != ignore_index)
     hint = "" if ignore_index is None else f" or ignore_index={ignore_index}"
     value_checks.append((bad.any(), f"target must contain only 0 and 1{hint} for a binary loss"))
-    _checks.run_value_checks(value_checks)
+    _checks.run_value_checks(x, value_checks)
 
-    if kind == "hinge":
-        groups = hinge_errors(x, t, per_image=per_image, ignore_index=ignore_index)
-    else:
-        groups = sigmoid_errors(x, t, per_image=per_image, ignore_index=ignore_index, from_logits=from_logits)
-    losses = lovasz_extension(groups.errors, groups.fg, groups.valid, bins=bins, bounded=kind != "hinge")
-    return reduce_groups(losses.view(groups.shape), _has_valid(groups), None, reduction)
+    mode = kind if kind == "hinge" or from_logits else "sigmoid_probs"
+    losses, _, has_valid = _group_losses(mode, x, t, per_image, ignore_index, bins)
+    return reduce_groups(losses, has_valid, None, reduction)
 
 
 def lovasz_hinge(

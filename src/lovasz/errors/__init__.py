@@ -45,7 +45,7 @@ def softmax_errors(
     """Errors ``|1[y = c] - p_c|`` for every class ``c`` (``p``: softmax of ``input`` over dim 1)."""
     b, c = input.shape[:2]
     x = input.reshape(b, c, -1).to(_compute_dtype(input))
-    t = target.reshape(b, 1, -1)
+    t = target.reshape(b, 1, -1)  # [B, *spatial] or already [B, N]
     prob = x.softmax(dim=1) if from_logits else x
     valid = None if ignore_index is None else t != ignore_index
     fg = t == torch.arange(c, device=input.device).view(1, c, 1)

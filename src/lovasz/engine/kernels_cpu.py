@@ -1,0 +1,301 @@
+"""Fused CPU kernels (numba) for the binned engine.
+
+Forward: logits → (softmax | sigmoid | hinge) → error → bin → per (group, bin) foreground/background
+counts and error sums.  Backward: the same errors and bins recomputed, the weight looked up in the table
+and the softmax (or sigmoid / hinge) derivative applied, writing the gradient w.r.t. the logits in one
+pass.  Neither the errors nor any per-element index is materialized; work goes in blocks of ``BLOCK``
+pixels whose arithmetic loops vectorize (a float32 ``exp`` of our own, bins from the float's bits).
+
+Determinism: over the batch, work is split into ``NUM_CHUNKS`` fixed pixel ranges, each accumulating into
+its own partial table, added in chunk order; per image, each image owns its groups' rows.  The result does
+not depend on the number of threads.
+
+Layout: logits ``[B, C, N]`` float32 contiguous, targets ``[B, N]`` (softmax) or ``[B, C, N]`` (binary)
+int64.  Groups are ``b * C + c`` per image, ``c`` over the batch.  Accumulators are float64 ``[G, K, 2, 2]``:
+(background, foreground) × (count, error sum).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    from numba import njit, prange
+
+    AVAILABLE = True
+except ImportError:  # pragma: no cover - exercised where numba is absent
+    AVAILABLE = False
+
+MODE_SOFTMAX, MODE_PROBS, MODE_SIGMOID, MODE_SIGMOID_PROBS, MODE_HINGE = 0, 1, 2, 3, 4
+BLOCK = 256
+# Fixed (not the thread count), so that results are the same on every machine.
+NUM_CHUNKS = 8
+
+if AVAILABLE:
+    _LOG2E = np.float32(1.4426950408889634)
+    _C1 = np.float32(0.693359375)
+    _C2 = np.float32(-2.12194440e-4)
+    _P0 = np.float32(1.9875691500e-4)
+    _P1 = np.float32(1.3981999507e-3)
+    _P2 = np.float32(8.3334519073e-3)
+    _P3 = np.float32(4.1665795894e-2)
+    _P4 = np.float32(1.6666665459e-1)
+    _P5 = np.float32(5.0000001201e-1)
+
+    @njit(inline="always")
+    def _exp_mantissa(v, scale_bits, j):
+        """exp(v) for v <= 0 as (returned mantissa) · (float whose bits go to scale_bits[j]).
+
+        Cephes expf: Cody-Waite reduction and a degree-5 polynomial, written so that loops vectorize."""
+        v = max(v, np.float32(-87.0))
+        n = np.floor(v * _LOG2E + np.float32(0.5))
+        r = v - n * _C1 - n * _C2
+        poly = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+        scale_bits[j] = (np.int32(n) + np.int32(127)) << np.int32(23)
+        return poly * r * r + r + np.float32(1.0)
+
+    @njit(inline="always")
+    def _bins(e_bits, kb, width, lo_bits, hi_bits, lo, per_octave, num_bins):
+        """Bin of non-negative float32 errors given as int32 bit patterns (monotone in the error)."""
+        for j in range(width):
+            bits = e_bits[j]
+            octave = (bits >> 23) - 127 - lo
+            sub = np.int32(np.float64(bits & 0x7FFFFF) * (per_octave / 8388608.0))
+            k = 1 + octave * per_octave + sub
+            k = 0 if bits < lo_bits else k
+            kb[j] = num_bins - 1 if bits >= hi_bits else k
+
+    @njit(inline="always")
+    def _softmax_block(x, b, i0, width, c_, from_logits, p, pf, pn):
+        """p[c, :width] = softmax over c of x[b, :, i0:i0+width] (or a copy, for probabilities)."""
+        xb = x[b, :, i0 : i0 + width]
+        if not from_logits:
+            for c in range(c_):
+                for j in range(width):
+                    p[c, j] = xb[c, j]
+            return
+        mx = pf[1]
+        for j in range(width):
+            mx[j] = xb[0, j]
+        for c in range(1, c_):
+            for j in range(width):
+                mx[j] = max(mx[j], xb[c, j])
+        den = pf[2]
+        den[:width] = 0.0
+        scale_bits = pn[1]
+        scale = scale_bits.view(np.float32)
+        for c in range(c_):
+            pc = p[c]
+            xc = xb[c]
+            for j in range(width):
+                pc[j] = _exp_mantissa(xc[j] - mx[j], scale_bits, j)
+            for j in range(width):
+                v = pc[j] * scale[j]
+                pc[j] = v
+                den[j] += v
+        for j in range(width):
+            den[j] = np.float32(1.0) / den[j]
+        for c in range(c_):
+            pc = p[c]
+            for j in range(width):
+                pc[j] *= den[j]
+
+    @njit(inline="always")
+    def _span(pos, stop, n_):
+        row = pos // n_
+        i0 = pos - row * n_
+        return row, i0, min(BLOCK, n_ - i0, stop - pos)
+
+    @njit(inline="always")
+    def _unit_range(unit, per_image, units_len, nchunks, total):
+        if per_image:
+            return unit * units_len, (unit + 1) * units_len, np.int64(0)
+        step = (total + nchunks - 1) // nchunks
+        start = min(unit * step, total)
+        return start, min(start + step, total), unit
+
+    @njit(inline="always")
+    def _labels(t, b, i0, width, ignore, use_ignore, lab):
+        """Labels of one block as int32, with ignored pixels set to -1 (no class, no foreground)."""
+        for j in range(width):
+            v = t[b, i0 + j]
+            lab[j] = -1 if use_ignore and v == ignore else np.int32(v)
+
+    @njit(parallel=True, cache=True, fastmath=True)
+    def softmax_forward(x, t, ignore, use_ignore, from_logits, per_image, lo, hi, per_octave, num_bins, nchunks):
+        b_, c_, n_ = x.shape
+        groups = b_ * c_ if per_image else c_
+        slots = 1 if per_image else nchunks
+        units = b_ if per_image else nchunks
+        acc = np.zeros((slots, groups, num_bins, 2, 2), np.float64)
+        flat = acc.reshape(-1)
+        lo_bits = np.int32((127 + lo) << 23)
+        hi_bits = np.int32((127 + hi) << 23)
+        for unit_ in prange(units):
+            start, stop, slot = _unit_range(np.int64(unit_), per_image, n_, nchunks, b_ * n_)
+            p = np.empty((c_, BLOCK), np.float32)
+            pf = np.empty((3, BLOCK), np.float32)
+            pn = np.empty((3, BLOCK), np.int32)
+            e = pf[0]
+            e_bits = e.view(np.int32)
+            kb = pn[0]
+            lab = pn[2]
+            pos = start
+            while pos < stop:
+                b, i0, width = _span(pos, stop, n_)
+                _softmax_block(x, b, i0, width, c_, from_logits, p, pf, pn)
+                _labels(t, b, i0, width, ignore, use_ignore, lab)
+                for c in range(c_):
+                    g = b * c_ + c if per_image else c
+                    base = (slot * groups + g) * num_bins * 4
+                    pc = p[c]
+                    for j in range(width):
+                        e[j] = max(np.float32(1.0) - pc[j] if lab[j] == c else pc[j], np.float32(0.0))
+                    _bins(e_bits, kb, width, lo_bits, hi_bits, lo, per_octave, num_bins)
+                    for j in range(width):
+                        if lab[j] < 0:
+                            continue
+                        idx = base + kb[j] * 4 + (2 if lab[j] == c else 0)
+                        flat[idx] += 1.0
+                        flat[idx + 1] += e[j]
+                pos += width
+        return acc
+
+    @njit(parallel=True, cache=True, fastmath=True)
+    def softmax_backward(x, t, ignore, use_ignore, from_logits, per_image, lo, hi, per_octave, num_bins, table, grad):
+        # table: [G, K, 2] float32 = d loss / d error for (group, bin, is_fg), already scaled by grad_output.
+        b_, c_, n_ = x.shape
+        nblocks = (n_ + BLOCK - 1) // BLOCK
+        lo_bits = np.int32((127 + lo) << 23)
+        hi_bits = np.int32((127 + hi) << 23)
+        for unit_ in prange(b_ * nblocks):
+            unit = np.int64(unit_)
+            b = unit // nblocks
+            i0 = (unit - b * nblocks) * BLOCK
+            width = min(n_, i0 + BLOCK) - i0
+            p = np.empty((c_, BLOCK), np.float32)
+            gp = np.empty((c_, BLOCK), np.float32)
+            pf = np.empty((4, BLOCK), np.float32)
+            pn = np.empty((3, BLOCK), np.int32)
+            _softmax_block(x, b, i0, width, c_, from_logits, p, pf, pn)
+            e = pf[0]
+            e_bits = e.view(np.int32)
+            dot = pf[3]
+            dot[:width] = 0.0
+            kb = pn[0]
+            lab = pn[2]
+            _labels(t, b, i0, width, ignore, use_ignore, lab)
+            flat = table.reshape(-1)
+            for c in range(c_):
+                g = b * c_ + c if per_image else c
+                base = g * num_bins * 2
+                pc = p[c]
+                for j in range(width):
+                    e[j] = max(np.float32(1.0) - pc[j] if lab[j] == c else pc[j], np.float32(0.0))
+                _bins(e_bits, kb, width, lo_bits, hi_bits, lo, per_octave, num_bins)
+                gc = gp[c]
+                for j in range(width):
+                    fg = lab[j] == c
+                    w = flat[base + kb[j] * 2 + (1 if fg else 0)]
+                    w = -w if fg else w  # d error / d p = -1 (foreground) or +1 (background)
+                    w = np.float32(0.0) if lab[j] < 0 else w
+                    gc[j] = w
+                    dot[j] += pc[j] * w
+            for c in range(c_):
+                for j in range(width):
+                    grad[b, c, i0 + j] = p[c, j] * (gp[c, j] - dot[j]) if from_logits else gp[c, j]
+
+    @njit(inline="always")
+    def _binary_block(x, t, b, c, i0, width, mode, e, de, fgb, pf, pn):
+        """Errors, their derivative w.r.t. the input, and the fg flag for one block of one row."""
+        if mode == MODE_SIGMOID:
+            scale = pn[1].view(np.float32)
+            mant = pf[0]
+            for j in range(width):
+                # sigmoid(s) = 1 / (1 + exp(-s)); exp of a non-positive argument, then invert if needed.
+                mant[j] = _exp_mantissa(-abs(x[b, c, i0 + j]), pn[1], j)
+            for j in range(width):
+                q = mant[j] * scale[j]  # exp(-|s|) in (0, 1]
+                s_pos = x[b, c, i0 + j] >= 0
+                pr = np.float32(1.0) / (np.float32(1.0) + q) if s_pos else q / (np.float32(1.0) + q)
+                fg = t[b, c, i0 + j] == 1
+                e[j] = max(np.float32(1.0) - pr if fg else pr, np.float32(0.0))
+                d = pr * (np.float32(1.0) - pr)
+                de[j] = -d if fg else d
+                fgb[j] = 1 if fg else 0
+        elif mode == MODE_SIGMOID_PROBS:
+            for j in range(width):
+                pr = x[b, c, i0 + j]
+                fg = t[b, c, i0 + j] == 1
+                e[j] = max(np.float32(1.0) - pr if fg else pr, np.float32(0.0))
+                de[j] = np.float32(-1.0) if fg else np.float32(1.0)
+                fgb[j] = 1 if fg else 0
+        else:  # hinge: max(1 - s·y, 0)
+            for j in range(width):
+                fg = t[b, c, i0 + j] == 1
+                s = x[b, c, i0 + j]
+                m = np.float32(1.0) - (s if fg else -s)
+                e[j] = max(m, np.float32(0.0))
+                d = np.float32(-1.0) if fg else np.float32(1.0)
+                de[j] = d if m > 0 else np.float32(0.0)
+                fgb[j] = 1 if fg else 0
+
+    @njit(parallel=True, cache=True, fastmath=True)
+    def binary_forward(x, t, ignore, use_ignore, mode, per_image, lo, hi, per_octave, num_bins, nchunks):
+        b_, c_, n_ = x.shape
+        groups = b_ * c_ if per_image else c_
+        slots = 1 if per_image else nchunks
+        units = b_ if per_image else nchunks
+        acc = np.zeros((slots, groups, num_bins, 2, 2), np.float64)
+        lo_bits = np.int32((127 + lo) << 23)
+        hi_bits = np.int32((127 + hi) << 23)
+        for unit_ in prange(units):
+            start, stop, slot = _unit_range(np.int64(unit_), per_image, c_ * n_, nchunks, b_ * c_ * n_)
+            pf = np.empty((3, BLOCK), np.float32)
+            pn = np.empty((2, BLOCK), np.int32)
+            fgb = np.empty(BLOCK, np.int32)
+            e = pf[1]
+            e_bits = e.view(np.int32)
+            kb = pn[0]
+            pos = start
+            while pos < stop:
+                row, i0, width = _span(pos, stop, n_)
+                b = row // c_
+                c = row - b * c_
+                g = b * c_ + c if per_image else c
+                _binary_block(x, t, b, c, i0, width, mode, e, pf[2], fgb, pf, pn)
+                _bins(e_bits, kb, width, lo_bits, hi_bits, lo, per_octave, num_bins)
+                for j in range(width):
+                    if use_ignore and t[b, c, i0 + j] == ignore:
+                        continue
+                    cell = acc[slot, g, kb[j], fgb[j]]
+                    cell[0] += 1.0
+                    cell[1] += e[j]
+                pos += width
+        return acc
+
+    @njit(parallel=True, cache=True, fastmath=True)
+    def binary_backward(x, t, ignore, use_ignore, mode, per_image, lo, hi, per_octave, num_bins, table, grad):
+        b_, c_, n_ = x.shape
+        nblocks = (n_ + BLOCK - 1) // BLOCK
+        lo_bits = np.int32((127 + lo) << 23)
+        hi_bits = np.int32((127 + hi) << 23)
+        for unit_ in prange(b_ * c_ * nblocks):
+            unit = np.int64(unit_)
+            row = unit // nblocks
+            i0 = (unit - row * nblocks) * BLOCK
+            width = min(n_, i0 + BLOCK) - i0
+            b = row // c_
+            c = row - b * c_
+            g = b * c_ + c if per_image else c
+            pf = np.empty((3, BLOCK), np.float32)
+            pn = np.empty((2, BLOCK), np.int32)
+            fgb = np.empty(BLOCK, np.int32)
+            e = pf[1]
+            de = pf[2]
+            kb = pn[0]
+            _binary_block(x, t, b, c, i0, width, mode, e, de, fgb, pf, pn)
+            _bins(e.view(np.int32), kb, width, lo_bits, hi_bits, lo, per_octave, num_bins)
+            for j in range(width):
+                w = table[g, kb[j], fgb[j]] * de[j]
+                grad[b, c, i0 + j] = np.float32(0.0) if use_ignore and t[b, c, i0 + j] == ignore else w
