@@ -1,0 +1,275 @@
+"""The binned engine: within-bin weights, the error bound, accuracy vs. the exact engine, and backends."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lovasz
+from lovasz.engine import Binning, kernels_cpu, lovasz_binned, lovasz_exact
+from reference import lovasz_extension_ref
+
+BACKENDS = ["torch"] + (["numba"] if kernels_cpu.AVAILABLE else [])
+
+
+@pytest.fixture
+def backend(request, monkeypatch):
+    monkeypatch.setenv("LOVASZ_BACKEND", request.param)
+    return request.param
+
+
+def _brute_force_weights(bins: list[int], fg: list[bool]) -> torch.Tensor:
+    """Average over every order of the elements inside each bin (bins visited from high to low) of the
+    exact Lovász weights, computed from the set function by the reference."""
+    p = len(bins)
+    total = torch.zeros(p, dtype=torch.float64)
+    levels = sorted(set(bins), reverse=True)
+    members = [[i for i in range(p) if bins[i] == lv] for lv in levels]
+    count = 0
+    for orders in itertools.product(*[itertools.permutations(m) for m in members]):
+        order = [i for block in orders for i in block]
+        # Strictly decreasing errors that realise this order; the gradient is the weight vector.
+        e = torch.zeros(p, dtype=torch.float64)
+        for rank, i in enumerate(order):
+            e[i] = p - rank
+        e.requires_grad_(True)
+        lovasz_extension_ref(e, torch.tensor(fg)).backward()
+        total += e.grad
+        count += 1
+    return total / count
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.booleans()), min_size=1, max_size=7))
+def test_within_bin_weights_are_the_average_over_orders(elements):
+    bins = [b for b, _ in elements]
+    fg = [f for _, f in elements]
+    want = _brute_force_weights(bins, fg)
+    # Errors inside bin b of a binning with 1 sub-bin per octave: octave [2^(b-3), 2^(b-2)).
+    binning = Binning(lo=-3, hi=0, per_octave=1)
+    errors = torch.tensor(
+        [[2.0 ** (b - 3) * (1 + 0.1 * i / len(bins)) for i, b in enumerate(bins)]], dtype=torch.float64
+    )
+    errors.requires_grad_(True)
+    lovasz_binned(errors, torch.tensor([fg]), None, binning).sum().backward()
+    torch.testing.assert_close(errors.grad[0], want, atol=1e-12, rtol=1e-9)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.integers(1, 300),
+    st.integers(0, 2**31 - 1),
+    st.sampled_from([64, 256, 4096]),
+    st.booleans(),
+    st.floats(0.0, 1.0),
+)
+def test_error_bound(p, seed, bins, bounded, fg_rate):
+    g = torch.Generator().manual_seed(seed)
+    scale = 1.0 if bounded else 4.0
+    errors = torch.rand(4, p, generator=g, dtype=torch.float64) ** 3 * scale
+    fg = torch.rand(4, p, generator=g) < fg_rate
+    binning = Binning.for_errors(bins, bounded)
+    exact = lovasz_exact(errors, fg)
+    approx = lovasz_binned(errors, fg, None, binning)
+    slack = exact / (binning.per_octave + 1) + 2.0**binning.lo
+    assert (approx <= exact + 1e-12).all()
+    assert (exact - approx <= slack + 1e-12).all()
+
+
+def _realistic(kind: str, seed: int, b=4, c=21, h=48, w=48):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "imbalanced":
+        target = torch.where(torch.rand(b, h, w, generator=g) < 0.9, 0, torch.randint(0, c, (b, h, w), generator=g))
+    else:
+        target = torch.randint(0, c, (b, h, w), generator=g)
+    logits = torch.randn(b, c, h, w, generator=g) * 4
+    if kind == "peaked":  # like a trained network: confident, mostly right, most errors near 0
+        logits = torch.randn(b, c, h, w, generator=g)
+        logits.scatter_add_(1, target[:, None], torch.full((b, 1, h, w), 10.0))
+        wrong = torch.rand(b, h, w, generator=g) < 0.1
+        logits[:, 0][wrong] += 12.0
+    return logits, target
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().flatten(), b.double().flatten()
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+@pytest.mark.parametrize("kind", ["random", "peaked", "imbalanced"])
+@pytest.mark.parametrize("per_image", [False, True])
+def test_default_bins_match_exact_engine(backend, kind, per_image):
+    logits, target = _realistic(kind, seed=len(kind))
+    x_exact = logits.clone().requires_grad_(True)
+    x_fast = logits.clone().requires_grad_(True)
+    exact = lovasz.lovasz_softmax(x_exact, target, per_image=per_image)
+    fast = lovasz.lovasz_softmax(x_fast, target, per_image=per_image, bins=lovasz.DEFAULT_BINS)
+    exact.backward()
+    fast.backward()
+    p = Binning.for_errors(lovasz.DEFAULT_BINS, True).per_octave
+    assert abs(exact.item() - fast.item()) <= exact.item() / (p + 1) + 2.0**-24 + 1e-6
+    assert _cosine(x_exact.grad, x_fast.grad) >= 0.999
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+@pytest.mark.parametrize("kind", ["hinge", "sigmoid"])
+def test_binary_default_bins_match_exact(backend, kind):
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(4, 3, 40, 40, generator=g) * 3
+    target = (torch.rand(4, 3, 40, 40, generator=g) < 0.2).long()
+    fn = getattr(lovasz, f"lovasz_{kind}")
+    xe, xf = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    exact, fast = fn(xe, target), fn(xf, target, bins=lovasz.DEFAULT_BINS)
+    exact.backward()
+    fast.backward()
+    assert abs(exact.item() - fast.item()) <= 0.01 * exact.item() + 1e-4
+    assert _cosine(xe.grad, xf.grad) >= 0.999
+
+
+def _random_call(seed: int):
+    rng = random.Random(seed)
+    g = torch.Generator().manual_seed(seed)
+    kind = rng.choice(["softmax", "softmax", "hinge", "sigmoid"])
+    b = rng.randint(1, 3)
+    spatial = rng.choice([(), (9,), (5, 6), (2, 3, 4)])
+    ignore_index = rng.choice([None, 255])
+    kwargs = dict(
+        per_image=rng.random() < 0.5, ignore_index=ignore_index, reduction=rng.choice(["mean", "sum", "none"])
+    )
+    if kind == "softmax":
+        c = rng.randint(1, 6)
+        x = torch.randn((b, c, *spatial), generator=g) * rng.choice([0.5, 3.0, 8.0])
+        t = torch.randint(0, c, (b, *spatial), generator=g)
+        kwargs.update(
+            classes=rng.choice(["present", "all", [0]]),
+            weight=None if rng.random() < 0.5 else [rng.uniform(0.5, 2) for _ in range(c)],
+            from_logits=rng.random() < 0.8,
+        )
+        if not kwargs["from_logits"]:
+            x = x.softmax(1)
+        fn = lovasz.lovasz_softmax
+    else:
+        c = rng.choice([1, 3])
+        shape = (b, c, *(spatial or (4,)), 2) if c > 1 else (b, *(spatial or (5,)))
+        x = torch.randn(shape, generator=g) * 3
+        t = torch.randint(0, 2, shape, generator=g)
+        fn = getattr(lovasz, f"lovasz_{kind}")
+        if kind == "sigmoid" and rng.random() < 0.3:
+            kwargs["from_logits"] = False
+            x = x.sigmoid()
+    if ignore_index is not None:
+        t = t.masked_fill(torch.rand(t.shape, generator=g) < 0.3, ignore_index)
+    return fn, x, t, kwargs
+
+
+def assert_backends_agree(fn, kwargs, got, got_grad, want, want_grad):
+    """Bitwise-equal errors (probabilities in, or hinge) must give the same result; from logits, each
+    backend's own exp may move an error across a bin edge by one ulp, so agreement is looser."""
+    same_errors = fn is lovasz.lovasz_hinge or kwargs.get("from_logits", True) is False
+    tol = dict(atol=1e-5, rtol=1e-5) if same_errors else dict(atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(got, want, **tol)
+    grad_tol = dict(atol=1e-6, rtol=1e-4) if same_errors else dict(atol=2e-3, rtol=0.0)
+    torch.testing.assert_close(got_grad, want_grad, **grad_tol)
+
+
+def _run(fn, x, t, kwargs, bins):
+    xg = x.clone().requires_grad_(True)
+    out = fn(xg, t, bins=bins, **kwargs)
+    out.sum().backward()
+    return out.detach(), xg.grad
+
+
+@pytest.mark.skipif(not kernels_cpu.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("seed", range(60))
+def test_numba_kernels_match_pytorch_binned_engine(seed, monkeypatch):
+    fn, x, t, kwargs = _random_call(seed)
+    monkeypatch.setenv("LOVASZ_BACKEND", "torch")
+    want, want_grad = _run(fn, x, t, kwargs, 256)
+    exact, _ = _run(fn, x, t, kwargs, None)
+    monkeypatch.setenv("LOVASZ_BACKEND", "numba")
+    got, got_grad = _run(fn, x, t, kwargs, 256)
+    assert_backends_agree(fn, kwargs, got, got_grad, want, want_grad)
+    assert (got <= exact + 1e-5).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+def test_binned_options_and_edge_cases(backend):
+    x = torch.randn(2, 3, 5, 5)
+    t = torch.full((2, 5, 5), 255)
+    xg = x.clone().requires_grad_(True)
+    loss = lovasz.lovasz_softmax(xg, t, ignore_index=255, bins=256)
+    loss.backward()
+    assert loss.item() == 0 and torch.count_nonzero(xg.grad) == 0
+    half = torch.randn(2, 4, 8, 8).half().requires_grad_(True)
+    target = torch.randint(0, 4, (2, 8, 8))
+    out = lovasz.lovasz_softmax(half, target, bins=1024)
+    out.backward()
+    assert out.dtype == torch.float32 and half.grad.dtype == torch.float16
+    ref = lovasz.lovasz_softmax(half.detach().float(), target, bins=1024)
+    assert abs(out.item() - ref.item()) < 1e-6
+    cl = torch.randn(2, 4, 8, 8).to(memory_format=torch.channels_last)
+    a = lovasz.lovasz_softmax(cl, target, bins=1024)
+    b = lovasz.lovasz_softmax(cl.contiguous(), target, bins=1024)
+    assert a.item() == b.item()
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+def test_binned_is_deterministic(backend):
+    x = torch.randn(4, 6, 32, 32)
+    t = torch.randint(0, 6, (4, 32, 32))
+    runs = [_run(lovasz.lovasz_softmax, x, t, {}, 4096) for _ in range(3)]
+    for loss, grad in runs[1:]:
+        assert torch.equal(loss, runs[0][0]) and torch.equal(grad, runs[0][1])
+
+
+def test_float64_uses_pytorch_engine_and_passes_gradcheck():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 3, (2, 4, 4), generator=g)
+    assert torch.autograd.gradcheck(lambda z: lovasz.lovasz_softmax(z, t, bins=4096), (x,), eps=1e-8, atol=1e-6)
+
+
+def test_unknown_backend_is_rejected(monkeypatch):
+    monkeypatch.setenv("LOVASZ_BACKEND", "cuda-magic")
+    with pytest.raises(ValueError, match="LOVASZ_BACKEND"):
+        lovasz.lovasz_softmax(torch.randn(1, 2, 3), torch.zeros(1, 3, dtype=torch.long), bins=256)
+
+
+TRITON_SCRIPT = r"""
+import random, sys, torch
+sys.path.insert(0, "tests")
+import lovasz, os
+from test_binned import _random_call, _run, assert_backends_agree
+worst = 0.0
+for seed in range(int(sys.argv[1])):
+    fn, x, t, kwargs = _random_call(seed)
+    os.environ["LOVASZ_BACKEND"] = "torch"
+    want, want_grad = _run(fn, x, t, kwargs, 256)
+    exact, _ = _run(fn, x, t, kwargs, None)
+    os.environ["LOVASZ_BACKEND"] = "triton"
+    got, got_grad = _run(fn, x, t, kwargs, 256)
+    assert_backends_agree(fn, kwargs, got, got_grad, want, want_grad)
+    assert (got <= exact + 1e-5).all(), (seed, got, exact)
+print("triton-interpreter-ok")
+"""
+
+
+def test_triton_kernels_under_interpreter():
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", TRITON_SCRIPT, "40"], cwd=root, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "triton-interpreter-ok" in out.stdout
