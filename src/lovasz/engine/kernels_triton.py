@@ -65,7 +65,7 @@ if AVAILABLE:
     ):  # fmt: skip
         pid_n = tl.program_id(0)
         b = tl.program_id(1)
-        offs_c, offs_n, in_tile, ptrs, p, fg, e, use = _softmax_tile(
+        offs_c, _offs_n, _in_tile, _ptrs, _p, fg, e, use = _softmax_tile(
             x_ptr, t_ptr, b, pid_n, C, N, ignore, USE_IGNORE, FROM_LOGITS, BLOCK_C, BLOCK_N
         )
         k = _bin(e, lo_bits, hi_bits, lo, per_octave, num_bins)
@@ -85,7 +85,7 @@ if AVAILABLE:
     ):  # fmt: skip
         pid_n = tl.program_id(0)
         b = tl.program_id(1)
-        offs_c, offs_n, in_tile, ptrs, p, fg, e, use = _softmax_tile(
+        offs_c, offs_n, in_tile, _ptrs, p, fg, e, use = _softmax_tile(
             x_ptr, t_ptr, b, pid_n, C, N, ignore, USE_IGNORE, FROM_LOGITS, BLOCK_C, BLOCK_N
         )
         k = _bin(e, lo_bits, hi_bits, lo, per_octave, num_bins)
@@ -137,7 +137,7 @@ if AVAILABLE:
         x_ptr, t_ptr, counts_ptr, sums_ptr, C, N, total, ignore, lo, lo_bits, hi_bits, per_octave, num_bins, scale,
         USE_IGNORE: tl.constexpr, MODE: tl.constexpr, PER_IMAGE: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
-        offs, inside, use, fg, g, e, de = _binary_tile(
+        _offs, _inside, use, fg, g, e, _de = _binary_tile(
             x_ptr, t_ptr, tl.program_id(0), C, N, total, ignore, USE_IGNORE, MODE, PER_IMAGE, BLOCK
         )
         k = _bin(e, lo_bits, hi_bits, lo, per_octave, num_bins)
