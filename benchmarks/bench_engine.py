@@ -4,10 +4,12 @@
     python benchmarks/bench_engine.py --device cuda   # on a GPU
     python benchmarks/bench_engine.py --sizes 8x21x256x256 --repeats 5
 
-Each (method, size) runs in a fresh subprocess, so that peak memory is its own: on CUDA the allocator's
-peak (``torch.cuda.max_memory_allocated``), on CPU the process's resident high-water mark (``VmHWM``, reset
-through ``/proc/self/clear_refs`` after the inputs are made).  "peak extra" is the peak above what the
-inputs took.  Times are medians of ``--repeats`` timed runs after one warm-up run.  Ratios are against
+Each (method, size) runs in a fresh subprocess, so that its memory is its own: on CUDA the allocator's
+counters, on CPU the process's resident set (``VmRSS``, and the high-water mark ``VmHWM`` reset through
+``/proc/self/clear_refs`` after the inputs are made).  "held fwd→bwd" is what the autograd graph keeps
+from the end of forward until backward (added to every network's activations); "peak extra" is the peak
+over forward and backward above what the inputs took (the gradient w.r.t. the logits included).
+Times are medians of ``--repeats`` timed runs after one warm-up run.  Ratios are against
 cross-entropy measured in the same run of this script.
 """
 
@@ -115,25 +117,33 @@ def child(method: str, size: str, device: str, repeats: int) -> dict:
         sync()
 
     step()  # warm-up (and compilation of fused kernels)
-    # Peak memory of one more step, above what the inputs already take.
+    # Memory of one more step, above what the inputs already take: held by the graph between forward and
+    # backward (what the loss adds to a network's activations), and the peak over forward + backward.
+    x = logits.detach().requires_grad_(True)
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        step()
+        loss = loss_fn(x, target)
+        held = torch.cuda.memory_allocated() - base
+        loss.backward()
+        sync()
         peak = torch.cuda.max_memory_allocated() - base
     else:
         base = _rss_kib()
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        step()
+        loss = loss_fn(x, target)
+        held = (_rss_kib() - base) * 1024
+        loss.backward()
         peak = (_rss_peak_kib() - base) * 1024
+    del loss, x
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    return {"ms": 1000 * statistics.median(times), "peak": peak}
+    return {"ms": 1000 * statistics.median(times), "peak": peak, "held": held}
 
 
 def main() -> None:
@@ -157,8 +167,8 @@ def main() -> None:
         else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
     )
     print(f"device: {args.device} ({hw}); torch {torch.__version__}; median of {args.repeats} runs, forward+backward\n")
-    print("| size B×C×H×W | method | time (ms) | × CE time | peak extra (MiB) | × CE memory |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| size B×C×H×W | method | time (ms) | × CE time | held fwd→bwd (MiB) | peak extra (MiB) | × CE peak |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     results = []
     for size in args.sizes:
         ce = None
@@ -186,13 +196,17 @@ def main() -> None:
             r.update(method=method, size=size)
             results.append(r)
             if "error" in r:
-                print(f"| {size} | {METHODS[method]} | {r['error']} | | | |")
+                print(f"| {size} | {METHODS[method]} | {r['error']} | | | | |")
                 continue
             if method == "ce":
                 ce = r
             tr = f"{r['ms'] / ce['ms']:.2f}" if ce else "-"
             mr = f"{r['peak'] / ce['peak']:.2f}" if ce and ce["peak"] > 0 else "-"
-            print(f"| {size} | {METHODS[method]} | {r['ms']:.1f} | {tr} | {r['peak'] / 2**20:.0f} | {mr} |", flush=True)
+            print(
+                f"| {size} | {METHODS[method]} | {r['ms']:.1f} | {tr} | {max(r['held'], 0) / 2**20:.0f} "
+                f"| {r['peak'] / 2**20:.0f} | {mr} |",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": args.device, "hardware": hw, "results": results}, f, indent=2)

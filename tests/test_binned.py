@@ -273,3 +273,31 @@ def test_triton_kernels_under_interpreter():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "triton-interpreter-ok" in out.stdout
+
+
+@pytest.mark.skipif(not kernels_cpu.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("seed", range(6))
+def test_cpu_tables_match_digamma_tables(seed):
+    from lovasz.engine.binned import weight_tables
+
+    g = torch.Generator().manual_seed(seed)
+    groups, k = 5, 300
+    scale = [3, 50, 5000, 10**6, 2, 0][seed]
+    density = torch.rand(groups, k, 2, generator=g) < 0.4
+    counts = (torch.rand(groups, k, 2, generator=g) * scale).floor() * density
+    counts[0] = 0  # an empty group
+    counts[1, :, 1] = 0  # a group without foreground
+    sums = counts * torch.rand(groups, k, 2, generator=g, dtype=torch.float64)
+    half = (counts / 2).floor()
+    acc = torch.stack(
+        [torch.stack([half.double(), sums / 2], dim=-1), torch.stack([(counts - half).double(), sums / 2], dim=-1)]
+    )  # two partial slots, as the batch-mode kernels produce
+    losses, table, n_fg, n_valid = kernels_cpu.tables(acc.numpy())
+    w_fg, w_bg = weight_tables(counts[..., 1], counts[..., 0])
+    torch.testing.assert_close(torch.from_numpy(table[..., 1]).double(), w_fg, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(torch.from_numpy(table[..., 0]).double(), w_bg, rtol=1e-6, atol=1e-12)
+    want = (w_fg * sums[..., 1] + w_bg * sums[..., 0]).sum(1)
+    # rtol: at counts ~1e6 the digamma difference itself loses ~1e-8 to cancellation.
+    torch.testing.assert_close(torch.from_numpy(losses), want, rtol=1e-7, atol=1e-12)
+    assert n_fg.tolist() == counts[..., 1].sum(1).long().tolist()
+    assert n_valid.tolist() == counts.sum((1, 2)).long().tolist()

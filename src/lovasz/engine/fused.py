@@ -76,12 +76,12 @@ class _FusedBinned(torch.autograd.Function):
                 acc = kernels_cpu.binary_forward(
                     *args, _BINARY_MODES[mode], per_image, b.lo, b.hi, b.per_octave, b.num_bins, kernels_cpu.NUM_CHUNKS
                 )
-            acc = torch.from_numpy(acc)
+            losses, table, n_fg, n_valid = (torch.from_numpy(a) for a in kernels_cpu.tables(acc))
         else:
             from . import kernels_triton
 
             acc = kernels_triton.forward(x32, t, ignore, use_ignore, mode, per_image, b)
-        losses, table, n_fg, n_valid = _tables_and_losses(acc)
+            losses, table, n_fg, n_valid = _tables_and_losses(acc)
         ctx.save_for_backward(x32, t, table)
         ctx.config = (mode, per_image, ignore, use_ignore, binning, impl, x.dtype)
         ctx.mark_non_differentiable(n_fg, n_valid)

@@ -299,3 +299,90 @@ if AVAILABLE:
             for j in range(width):
                 w = table[g, kb[j], fgb[j]] * de[j]
                 grad[b, c, i0 + j] = np.float32(0.0) if use_ignore and t[b, c, i0 + j] == ignore else w
+
+    _SMALL = 64
+    _H_SMALL = np.zeros(_SMALL, np.float64)
+    for _m in range(1, _SMALL):
+        _H_SMALL[_m] = _H_SMALL[_m - 1] + 1.0 / _m
+    _EULER = 0.5772156649015329
+
+    @njit(inline="always")
+    def _harmonic(m):
+        if m < _SMALL:
+            return _H_SMALL[m]
+        x = float(m)
+        x2 = 1.0 / (x * x)
+        return np.log(x) + _EULER + 0.5 / x - x2 * (1.0 / 12.0 - x2 * (1.0 / 120.0 - x2 / 252.0))
+
+    @njit(inline="always")
+    def _harmonic_diff(a, b):
+        """H_a - H_b for integers a >= b >= 0, accurate in float64 also when both are large."""
+        if b < _SMALL:
+            return _harmonic(a) - _H_SMALL[b]
+        fa, fb = float(a), float(b)
+        ia2, ib2 = 1.0 / (fa * fa), 1.0 / (fb * fb)
+        return (
+            np.log1p((fa - fb) / fb)
+            + 0.5 * (1.0 / fa - 1.0 / fb)
+            - (ia2 - ib2) / 12.0
+            + (ia2 * ia2 - ib2 * ib2) / 120.0
+            - (ia2 * ia2 * ia2 - ib2 * ib2 * ib2) / 252.0
+        )
+
+    @njit(parallel=True, cache=True)
+    def tables(acc):
+        """Partial accumulators ``[S, G, K, 2, 2]`` → losses ``[G]``, weight table ``[G, K, 2]`` (float32,
+        ``[..., 0]`` background, ``[..., 1]`` foreground), foreground and valid counts ``[G]``.
+
+        Same quantities as :func:`lovasz.engine.binned.weight_tables`, in one pass per group from the top
+        bin down: a foreground element of a bin gets ``(H(u+g) - H(u-1)) / (g+1)`` with ``u = n + B``."""
+        slots, groups, num_bins = acc.shape[0], acc.shape[1], acc.shape[2]
+        losses = np.zeros(groups, np.float64)
+        table = np.zeros((groups, num_bins, 2), np.float32)
+        n_fg = np.zeros(groups, np.int64)
+        n_valid = np.zeros(groups, np.int64)
+        for g_ in prange(groups):
+            grp = np.int64(g_)
+            n = 0
+            total = 0
+            for k in range(num_bins):
+                for s in range(slots):
+                    n += np.int64(acc[s, grp, k, 1, 0])
+                    total += np.int64(acc[s, grp, k, 0, 0]) + np.int64(acc[s, grp, k, 1, 0])
+            n_fg[grp] = n
+            n_valid[grp] = total
+            above_f = 0
+            above_b = 0
+            loss = 0.0
+            for k in range(num_bins - 1, -1, -1):
+                f = 0
+                gb = 0
+                sum_f = 0.0
+                sum_b = 0.0
+                for s in range(slots):
+                    f += np.int64(acc[s, grp, k, 1, 0])
+                    gb += np.int64(acc[s, grp, k, 0, 0])
+                    sum_f += acc[s, grp, k, 1, 1]
+                    sum_b += acc[s, grp, k, 0, 1]
+                if f == 0 and gb == 0:
+                    continue
+                u = n + above_b
+                w_fg = 0.0
+                if f > 0:
+                    w_fg = _harmonic_diff(u + gb, u - 1) / (gb + 1)
+                w_bg = 0.0
+                if gb > 0:
+                    if n > 0:
+                        j_before = 1.0 - (n - above_f) / u
+                        j_after = 1.0 - (n - above_f - f) / (u + gb)
+                    else:
+                        j_before = 1.0 if above_b > 0 else 0.0
+                        j_after = 1.0
+                    w_bg = max((j_after - j_before - f * w_fg) / gb, 0.0)
+                table[grp, k, 0] = w_bg
+                table[grp, k, 1] = w_fg
+                loss += w_fg * sum_f + w_bg * sum_b
+                above_f += f
+                above_b += gb
+            losses[grp] = loss
+        return losses, table, n_fg, n_valid
