@@ -284,7 +284,7 @@ def test_cpu_tables_match_digamma_tables(seed):
     groups, k = 5, 300
     scale = [3, 50, 5000, 10**6, 2, 0][seed]
     density = torch.rand(groups, k, 2, generator=g) < 0.4
-    counts = (torch.rand(groups, k, 2, generator=g) * scale).floor() * density
+    counts = (torch.rand(groups, k, 2, generator=g, dtype=torch.float64) * scale).floor() * density
     counts[0] = 0  # an empty group
     counts[1, :, 1] = 0  # a group without foreground
     sums = counts * torch.rand(groups, k, 2, generator=g, dtype=torch.float64)
