@@ -11,4 +11,10 @@ python -m pip install -q --upgrade pip >/dev/null
 if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q "torch==2.13.0"
 fi
-python -m pip install -q -e ".[test]"
+python -m pip install -q -e ".[test,train]"
+# The second demo data set (lovasz train --data fashion) comes from Debian's dataset-fashion-mnist.
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } \
+    || echo "note: could not install dataset-fashion-mnist; the 'fashion' data set is unavailable" >&2
+fi

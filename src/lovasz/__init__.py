@@ -7,12 +7,13 @@ and images.
 
 from .engine import DEFAULT_BINS
 from .functional import lovasz_hinge, lovasz_sigmoid, lovasz_softmax
-from .modules import LovaszHingeLoss, LovaszSigmoidLoss, LovaszSoftmaxLoss
+from .modules import CrossEntropyLovaszLoss, LovaszHingeLoss, LovaszSigmoidLoss, LovaszSoftmaxLoss
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_BINS",
+    "CrossEntropyLovaszLoss",
     "LovaszHingeLoss",
     "LovaszSigmoidLoss",
     "LovaszSoftmaxLoss",

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .functional import lovasz_hinge, lovasz_sigmoid, lovasz_softmax
 
-__all__ = ["LovaszHingeLoss", "LovaszSigmoidLoss", "LovaszSoftmaxLoss"]
+__all__ = ["CrossEntropyLovaszLoss", "LovaszHingeLoss", "LovaszSigmoidLoss", "LovaszSoftmaxLoss"]
 
 
 class LovaszSoftmaxLoss(nn.Module):
@@ -144,3 +144,59 @@ class LovaszSigmoidLoss(nn.Module):
             f"per_image={self.per_image}, ignore_index={self.ignore_index}, from_logits={self.from_logits}, "
             f"bins={self.bins}, reduction={self.reduction!r}"
         )
+
+
+class CrossEntropyLovaszLoss(nn.Module):
+    r"""The usual recipe: cross-entropy plus a weighted Lovász-Softmax term,
+
+    .. math:: L = \mathrm{CE}(x, y) + \lambda_t \, L_\text{Lovász}(x, y),
+              \qquad \lambda_t = \lambda \cdot \min(1, t / T_\text{warmup})
+
+    where ``t`` counts the calls made in training mode (``warmup_steps = 0``: no warm-up).  Both terms use
+    the same ``ignore_index`` and class ``weight``; the other keyword arguments go to
+    :class:`LovaszSoftmaxLoss`.  The step counter is a buffer, so it is saved with the model.
+
+    Example:
+        >>> import torch, lovasz
+        >>> criterion = lovasz.CrossEntropyLovaszLoss(lovasz_weight=0.5, warmup_steps=100, ignore_index=255)
+        >>> loss = criterion(torch.randn(2, 4, 8, 8), torch.randint(0, 4, (2, 8, 8)))
+    """
+
+    steps: Tensor
+
+    def __init__(
+        self,
+        *,
+        lovasz_weight: float = 1.0,
+        warmup_steps: int = 0,
+        ignore_index: int | None = None,
+        weight: Tensor | Sequence[float] | None = None,
+        **lovasz_kwargs,
+    ) -> None:
+        super().__init__()
+        if lovasz_weight < 0 or warmup_steps < 0:
+            raise ValueError("lovasz_weight and warmup_steps must be non-negative")
+        self.lovasz_weight = lovasz_weight
+        self.warmup_steps = warmup_steps
+        self.ignore_index = ignore_index
+        self.lovasz = LovaszSoftmaxLoss(ignore_index=ignore_index, weight=weight, **lovasz_kwargs)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def current_lovasz_weight(self) -> float:
+        if self.warmup_steps == 0:
+            return self.lovasz_weight
+        return self.lovasz_weight * min(1.0, int(self.steps) / self.warmup_steps)
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        lam = self.current_lovasz_weight()
+        if self.training:
+            self.steps += 1
+        ce = nn.functional.cross_entropy(
+            input.float() if input.dtype in (torch.float16, torch.bfloat16) else input,
+            target,
+            weight=None if self.lovasz.weight is None else self.lovasz.weight.to(input.device),
+            ignore_index=-100 if self.ignore_index is None else self.ignore_index,
+        )
+        if lam == 0:
+            return ce
+        return ce + lam * self.lovasz(input, target)

@@ -1,0 +1,82 @@
+"""Plots for the command line: training curves, per-class IoU bars, predictions beside ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def training_curves(runs: dict[str, list[dict]], path: Path, title: str) -> None:
+    """``runs``: name → history rows (``epoch``, ``train_loss``, ``val_miou_dataset``, ``val_miou_image``)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    offset = 0
+    for name, rows in runs.items():
+        # Fine-tuning curves continue after the pretraining curve, when one is given first.
+        epochs = [offset + r["epoch"] for r in rows]
+        if name.endswith("pretraining"):
+            offset = rows[-1]["epoch"] if rows else 0
+        axes[0].plot(epochs, [r["train_loss"] for r in rows], label=name)
+        axes[1].plot(epochs, [r["val_miou_dataset"] for r in rows], label=name)
+        axes[2].plot(epochs, [r["val_miou_image"] for r in rows], label=name)
+    for ax, label in zip(axes, ["training loss", "validation dataset mIoU", "validation per-image mIoU"], strict=True):
+        ax.set_xlabel("epoch")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def per_class_bars(per_class: dict[str, list[float]], names: list[str], path: Path, title: str) -> None:
+    """``per_class``: variant → per-class IoU (test split)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(12, 4))
+    k = len(per_class)
+    width = 0.8 / max(k, 1)
+    x = np.arange(len(names))
+    for i, (name, values) in enumerate(per_class.items()):
+        ax.bar(x + (i - (k - 1) / 2) * width, np.nan_to_num(values), width, label=name)
+    ax.set_xticks(x, names, rotation=30)
+    ax.set_ylabel("IoU (test)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def predictions(images, masks, preds: dict[str, object], path: Path, num_classes: int, count: int = 4) -> None:
+    """Rows: images; columns: input, ground truth, then one prediction per variant."""
+    plt = _plt()
+    cols = 2 + len(preds)
+    fig, axes = plt.subplots(count, cols, figsize=(2.2 * cols, 2.2 * count), squeeze=False)
+    cmap = plt.get_cmap("tab20", num_classes)
+    for r in range(count):
+        axes[r, 0].imshow(images[r, 0].numpy(), cmap="gray")
+        axes[r, 1].imshow(masks[r].numpy(), cmap=cmap, vmin=0, vmax=num_classes - 1, interpolation="nearest")
+        for c, (name, pred) in enumerate(preds.items()):
+            axes[r, 2 + c].imshow(pred[r].numpy(), cmap=cmap, vmin=0, vmax=num_classes - 1, interpolation="nearest")
+            if r == 0:
+                axes[r, 2 + c].set_title(name, fontsize=8)
+    axes[0, 0].set_title("input", fontsize=8)
+    axes[0, 1].set_title("ground truth", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

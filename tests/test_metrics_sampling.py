@@ -1,0 +1,141 @@
+"""Metrics against a direct per-class computation, the Equibatch sampler, the combined loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import lovasz
+from lovasz.metrics import SegmentationIoU, confusion_matrix, intersection_union, iou_scores
+from lovasz.sampling import EquibatchSampler, class_presence
+
+
+def _naive_iou(pred, target, k, ignore=None):
+    valid = torch.ones_like(target, dtype=torch.bool) if ignore is None else target != ignore
+    inter = ((pred == k) & (target == k) & valid).sum().item()
+    union = (((pred == k) | (target == k)) & valid).sum().item()
+    return inter / union if union else math.nan
+
+
+def _nanmean(values):
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_iou_scores_match_direct_definitions(seed):
+    g = torch.Generator().manual_seed(seed)
+    c, n = 5, 12
+    target = torch.randint(0, c, (n, 6, 6), generator=g)
+    target[0] = 255
+    target[1, :3] = 255
+    pred = torch.where(
+        torch.rand(n, 6, 6, generator=g) < 0.7, target.clamp(max=c - 1), torch.randint(0, c, (n, 6, 6), generator=g)
+    )
+    inter, union = intersection_union(pred, target, c, ignore_index=255)
+    scores = iou_scores(inter, union, worst_fraction=0.25)
+    per_class = [_naive_iou(pred, target, k, 255) for k in range(c)]
+    assert scores["miou_dataset"] == pytest.approx(_nanmean(per_class))
+    per_image = [_nanmean([_naive_iou(pred[i], target[i], k, 255) for k in range(c)]) for i in range(n)]
+    assert scores["miou_image"] == pytest.approx(_nanmean(per_image))
+    class_img = [_nanmean([_naive_iou(pred[i], target[i], k, 255) for i in range(n)]) for k in range(c)]
+    assert scores["miou_class_image"] == pytest.approx(_nanmean(class_img))
+    finite = sorted(v for v in per_image if not math.isnan(v))
+    worst = finite[: math.ceil(0.25 * len(finite))]
+    assert scores["miou_image_worst"] == pytest.approx(sum(worst) / len(worst))
+    cm = confusion_matrix(pred, target, c, ignore_index=255)
+    assert cm.sum().item() == (target != 255).sum().item()
+    assert torch.equal(cm.diag(), inter.sum(0))
+
+
+def test_metric_matches_hard_prediction_loss():
+    """Lovász-Softmax at one-hot predictions equals 1 - mIoU over present classes (same conventions)."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 4, (3, 8, 8), generator=g)
+    pred = torch.randint(0, 4, (3, 8, 8), generator=g)
+    onehot = torch.nn.functional.one_hot(pred, 4).permute(0, 3, 1, 2).float()
+    loss = lovasz.lovasz_softmax(onehot, target, from_logits=False, classes="all")
+    inter, union = intersection_union(pred, target, 4)
+    assert loss.item() == pytest.approx(1 - iou_scores(inter, union)["miou_dataset"], abs=1e-6)
+
+
+def test_segmentation_iou_metric_accumulates_and_resets():
+    g = torch.Generator().manual_seed(1)
+    metric = SegmentationIoU(num_classes=3, ignore_index=255)
+    preds, targets = [], []
+    for _ in range(3):
+        logits = torch.randn(2, 3, 5, 5, generator=g)
+        target = torch.randint(0, 3, (2, 5, 5), generator=g)
+        metric.update(logits, target)
+        preds.append(logits.argmax(1))
+        targets.append(target)
+    got = metric.compute()
+    inter, union = intersection_union(torch.cat(preds), torch.cat(targets), 3)
+    want = iou_scores(inter, union)
+    for key in ("miou_dataset", "miou_image", "miou_class_image", "miou_image_worst", "miou_class_image_worst"):
+        assert got[key] == pytest.approx(want[key])
+    metric.reset()
+    metric.update(torch.zeros(1, 4, 4, dtype=torch.long), torch.zeros(1, 4, 4, dtype=torch.long))
+    assert metric.compute()["miou_dataset"] == 1.0
+
+
+def test_metric_input_errors():
+    with pytest.raises(ValueError, match="shape"):
+        intersection_union(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match="outside"):
+        intersection_union(torch.zeros(1, 3, dtype=torch.long), torch.full((1, 3), 7), 3)
+    with pytest.raises(TypeError, match="integer"):
+        confusion_matrix(torch.zeros(1, 3), torch.zeros(1, 3, dtype=torch.long), 3)
+
+
+def test_equibatch_balances_rare_classes_and_is_deterministic():
+    g = torch.Generator().manual_seed(0)
+    n, c = 200, 6
+    presence = torch.zeros(n, c, dtype=torch.bool)
+    presence[:, 0] = True  # background everywhere
+    rare = torch.rand(n, c - 1, generator=g) < torch.tensor([0.5, 0.3, 0.1, 0.05, 0.02])
+    presence[:, 1:] = rare
+    sampler = EquibatchSampler(presence, batch_size=8, seed=3)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == n // 8
+    assert batches == list(EquibatchSampler(presence, batch_size=8, seed=3))
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    # every class that exists appears in every batch (each has >= 1 image), unlike random batches
+    assert all(presence[b].any(0).all() for b in batches)
+    random_batches = torch.randperm(n, generator=g)[: (n // 8) * 8].view(-1, 8)
+    assert not all(presence[b].any(0).all() for b in random_batches)
+    # the rarest class is drawn far more often than its share of the data set, the others still spread
+    drawn = torch.tensor([i for b in batches for i in b])
+    assert presence[drawn, 5].float().mean() > 5 * presence[:, 5].float().mean()
+    assert len(set(drawn.tolist())) > n // 3
+
+
+def test_class_presence_and_sampler_errors():
+    masks = torch.tensor([[[0, 1], [255, 1]], [[2, 2], [2, 0]]])
+    p = class_presence(masks, 3, ignore_index=255)
+    assert p.tolist() == [[True, True, False], [True, False, True]]
+    with pytest.raises(ValueError, match="class_presence"):
+        EquibatchSampler(torch.zeros(0, 3, dtype=torch.bool), batch_size=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        EquibatchSampler(p, batch_size=0)
+
+
+def test_combined_loss_and_warmup():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 6, 6, generator=g)
+    t = torch.randint(0, 4, (2, 6, 6), generator=g)
+    ce = torch.nn.functional.cross_entropy(x, t)
+    lv = lovasz.lovasz_softmax(x, t)
+    crit = lovasz.CrossEntropyLovaszLoss(lovasz_weight=0.5, warmup_steps=4)
+    got = [crit(x, t).item() for _ in range(6)]
+    want = [ce.item() + 0.5 * min(1, s / 4) * lv.item() for s in range(6)]
+    assert got == pytest.approx(want, abs=1e-6)
+    assert int(crit.state_dict()["steps"]) == 6
+    crit.eval()
+    assert crit(x, t).item() == pytest.approx(ce.item() + 0.5 * lv.item(), abs=1e-6)
+    assert int(crit.steps) == 6  # evaluation does not advance the warm-up
+    with pytest.raises(ValueError, match="non-negative"):
+        lovasz.CrossEntropyLovaszLoss(lovasz_weight=-1.0)

@@ -1,0 +1,83 @@
+"""Data generation, the model, and the command line (small, fast settings)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lovasz import data
+from lovasz.cli import main
+from lovasz.models import SmallUNet
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOVASZ_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("name", ["digits", "fashion"])
+def test_canvases_are_deterministic_and_well_formed(name):
+    if not data.available(name):
+        pytest.skip(f"{name} data not installed")
+    a = data.load(name, sizes=(20, 5, 5), size=40, seed=1)
+    b = data.load(name, sizes=(20, 5, 5), size=40, seed=1, cache=False)
+    c = data.load(name, sizes=(20, 5, 5), size=40, seed=2, cache=False)
+    for split in ("train", "val", "test"):
+        assert torch.equal(a[split].images, b[split].images) and torch.equal(a[split].masks, b[split].masks)
+    assert not torch.equal(a["train"].masks, c["train"].masks)
+    assert a["train"].images.shape == (20, 1, 40, 40) and a["train"].masks.shape == (20, 40, 40)
+    masks = a["train"].masks
+    assert masks.min() >= 0 and masks.max() < data.NUM_CLASSES
+    assert len(masks.unique()) > 5  # several object classes besides background
+    # every labelled pixel lies on an object stroke: bright in the (noisy) image
+    img = a["train"].images[:, 0]
+    assert img[masks > 0].mean() > img[masks == 0].mean() + 0.3
+
+
+def test_unknown_data_set_and_bad_size():
+    with pytest.raises(ValueError, match="digits"):
+        data.load("cifar")
+    with pytest.raises(ValueError, match="at least 28"):
+        data.load("digits", size=20)
+
+
+def test_model_shapes():
+    assert SmallUNet(1, 11, width=8)(torch.randn(2, 1, 32, 32)).shape == (2, 11, 32, 32)
+
+
+def test_cli_train_finetune_eval(tmp_path, capsys):
+    common = ["--train-size", "64", "--epochs", "2", "--batch-size", "16", "--width", "8", "--no-progress"]
+    main(["train", *common, "--out", str(tmp_path / "ce")])
+    results = json.loads((tmp_path / "ce" / "results.json").read_text())
+    assert len(results["config"]["history"]) == 2 and "miou_dataset" in results["test"]
+    init = str(tmp_path / "ce" / "model.pt")
+    finetune = ["--loss", "ce+lovasz", "--per-image", "--equibatch", "--init", init, "--out", str(tmp_path / "ft")]
+    main(["train", *common, *finetune])
+    ft = json.loads((tmp_path / "ft" / "results.json").read_text())
+    assert ft["config"]["init"].endswith("model.pt") and ft["config"]["loss"] == "ce+lovasz"
+    main(["eval", "--checkpoint", str(tmp_path / "ft" / "model.pt"), "--json", str(tmp_path / "scores.json")])
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["miou_dataset"] == pytest.approx(ft["test"]["miou_dataset"])
+    assert "per-image mIoU" in capsys.readouterr().out
+
+
+def test_cli_demo_small(tmp_path, capsys):
+    main(["demo", "--seeds", "2", "--pretrain-epochs", "1", "--finetune-epochs", "1", "--train-size", "32",
+          "--width", "8", "--no-progress", "--out", str(tmp_path / "demo")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "| Lovász per image |" in out and "±" in out
+    for f in ("table.md", "results.json", "curves.png", "per_class_iou.png", "predictions.png"):
+        assert (tmp_path / "demo" / f).stat().st_size > 0
+    res = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert set(res["test"]) == {"CE pretrained", "CE (continued)", "Lovász batch", "Lovász per image"}
+    assert len(res["test"]["CE pretrained"]) == 1
+    assert all(len(v) == 2 for k, v in res["test"].items() if k != "CE pretrained")
+    assert "Lovász batch − CE" in out
+
+
+def test_cli_bench_runs(capsys):
+    main(["bench", "--sizes", "1x3x8x8", "--methods", "ce", "exact", "fast", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "lovasz binned" in out and "| 1x3x8x8 |" in out
