@@ -17,21 +17,7 @@ import torch
 from torch import nn
 
 import lovasz
-
-
-def make_batch(g: torch.Generator, b: int, size: int = 32):
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    target = torch.zeros(b, size, size, dtype=torch.long)
-    for i in range(b):
-        cy, cx = torch.randint(6, size - 6, (2,), generator=g).tolist()
-        r = int(torch.randint(3, 7, (1,), generator=g))
-        target[i][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1
-        sy, sx = torch.randint(0, size - 8, (2,), generator=g).tolist()
-        target[i, sy : sy + 8, sx : sx + 8] = 2
-        row = int(torch.randint(0, size - 3, (1,), generator=g))
-        target[i, row : row + 2, 4 : size - 4] = 3
-    image = torch.stack([(target == k).float() for k in range(1, 4)], 1)
-    return image + 1.0 * torch.randn(image.shape, generator=g), target
+from lovasz.data import synthetic_shapes
 
 
 def make_model() -> nn.Module:
@@ -59,7 +45,7 @@ def train(seed: int, bins: int | None, steps: int, test) -> float:
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(1000 + seed)
     for _ in range(steps):
-        image, target = make_batch(g, 16)
+        image, target = synthetic_shapes(g, 16)
         loss = lovasz.lovasz_softmax(model(image), target, bins=bins)
         opt.zero_grad()
         loss.backward()
@@ -74,7 +60,7 @@ def main() -> None:
     p.add_argument("--bins", type=int, default=lovasz.DEFAULT_BINS)
     args = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    test = make_batch(torch.Generator().manual_seed(99), 256)
+    test = synthetic_shapes(torch.Generator().manual_seed(99), 256)
     results: dict[str, list[float]] = {"exact": [], "binned": []}
     t0 = time.time()
     for seed in range(args.seeds):

@@ -159,3 +159,22 @@ def load(
         torch.save({k: (v.images, v.masks) for k, v in out.items()}, tmp)
         tmp.replace(path)
     return out
+
+
+def synthetic_shapes(g: torch.Generator, batch: int, size: int = 32, noise: float = 1.0) -> tuple[Tensor, Tensor]:
+    """A batch of fully synthetic images for quick experiments: a disc (class 1), a square (2) and a bar (3)
+    on background (0).  The 3 input channels are the noisy indicator maps of the three shapes.
+
+    Returns images ``[batch, 3, size, size]`` and masks ``[batch, size, size]``."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    target = torch.zeros(batch, size, size, dtype=torch.long)
+    for i in range(batch):
+        cy, cx = torch.randint(6, size - 6, (2,), generator=g).tolist()
+        r = int(torch.randint(3, 7, (1,), generator=g))
+        target[i][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1
+        sy, sx = torch.randint(0, size - 8, (2,), generator=g).tolist()
+        target[i, sy : sy + 8, sx : sx + 8] = 2
+        row = int(torch.randint(0, size - 3, (1,), generator=g))
+        target[i, row : row + 2, 4 : size - 4] = 3
+    image = torch.stack([(target == k).float() for k in range(1, 4)], 1)
+    return image + noise * torch.randn(image.shape, generator=g), target

@@ -67,15 +67,8 @@ class _FusedBinned(torch.autograd.Function):
         ignore = int(ignore_index) if use_ignore else 0
         b = binning
         if impl == "numba":
-            args = (x32.numpy(), t.numpy(), ignore, use_ignore)
-            if mode == "softmax" or mode == "probs":
-                acc = kernels_cpu.softmax_forward(
-                    *args, mode == "softmax", per_image, b.lo, b.hi, b.per_octave, b.num_bins, kernels_cpu.NUM_CHUNKS
-                )
-            else:
-                acc = kernels_cpu.binary_forward(
-                    *args, _BINARY_MODES[mode], per_image, b.lo, b.hi, b.per_octave, b.num_bins, kernels_cpu.NUM_CHUNKS
-                )
+            forward_kernel, _, args = _numba_kernels(x32, t, ignore, use_ignore, mode, per_image, b)
+            acc = forward_kernel(*args, kernels_cpu.NUM_CHUNKS)
             losses, table, n_fg, n_valid = (torch.from_numpy(a) for a in kernels_cpu.tables(acc))
         else:
             from . import kernels_triton
@@ -94,36 +87,23 @@ class _FusedBinned(torch.autograd.Function):
         scaled = (table * grad_losses.to(torch.float32).view(-1, 1, 1)).contiguous()
         grad = torch.empty_like(x32)
         if impl == "numba":
-            args = (x32.numpy(), t.numpy(), ignore, use_ignore)
-            if mode == "softmax" or mode == "probs":
-                kernels_cpu.softmax_backward(
-                    *args,
-                    mode == "softmax",
-                    per_image,
-                    b.lo,
-                    b.hi,
-                    b.per_octave,
-                    b.num_bins,
-                    scaled.numpy(),
-                    grad.numpy(),
-                )
-            else:
-                kernels_cpu.binary_backward(
-                    *args,
-                    _BINARY_MODES[mode],
-                    per_image,
-                    b.lo,
-                    b.hi,
-                    b.per_octave,
-                    b.num_bins,
-                    scaled.numpy(),
-                    grad.numpy(),
-                )
+            _, backward_kernel, args = _numba_kernels(x32, t, ignore, use_ignore, mode, per_image, b)
+            backward_kernel(*args, scaled.numpy(), grad.numpy())
         else:
             from . import kernels_triton
 
             kernels_triton.backward(x32, t, ignore, use_ignore, mode, per_image, b, scaled, grad)
         return grad.to(dtype), None, None, None, None, None, None
+
+
+def _numba_kernels(x32, t, ignore, use_ignore, mode, per_image, b):
+    """(forward kernel, backward kernel, their shared leading arguments) for ``mode``."""
+    softmax = mode in ("softmax", "probs")
+    flag = mode == "softmax" if softmax else _BINARY_MODES[mode]
+    args = (x32.numpy(), t.numpy(), ignore, use_ignore, flag, per_image, b.lo, b.hi, b.per_octave, b.num_bins)
+    if softmax:
+        return kernels_cpu.softmax_forward, kernels_cpu.softmax_backward, args
+    return kernels_cpu.binary_forward, kernels_cpu.binary_backward, args
 
 
 _BINARY_MODES = {

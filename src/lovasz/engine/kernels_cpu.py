@@ -101,6 +101,11 @@ if AVAILABLE:
                 pc[j] *= den[j]
 
     @njit(inline="always")
+    def _bit_bounds(lo, hi):
+        """int32 bit patterns of 2^lo and 2^hi: errors below / from these go to the bottom / top bin."""
+        return np.int32((127 + lo) << 23), np.int32((127 + hi) << 23)
+
+    @njit(inline="always")
     def _span(pos, stop, n_):
         row = pos // n_
         i0 = pos - row * n_
@@ -129,8 +134,7 @@ if AVAILABLE:
         units = b_ if per_image else nchunks
         acc = np.zeros((slots, groups, num_bins, 2, 2), np.float64)
         flat = acc.reshape(-1)
-        lo_bits = np.int32((127 + lo) << 23)
-        hi_bits = np.int32((127 + hi) << 23)
+        lo_bits, hi_bits = _bit_bounds(lo, hi)
         for unit_ in prange(units):
             start, stop, slot = _unit_range(np.int64(unit_), per_image, n_, nchunks, b_ * n_)
             p = np.empty((c_, BLOCK), np.float32)
@@ -166,8 +170,7 @@ if AVAILABLE:
         # table: [G, K, 2] float32 = d loss / d error for (group, bin, is_fg), already scaled by grad_output.
         b_, c_, n_ = x.shape
         nblocks = (n_ + BLOCK - 1) // BLOCK
-        lo_bits = np.int32((127 + lo) << 23)
-        hi_bits = np.int32((127 + hi) << 23)
+        lo_bits, hi_bits = _bit_bounds(lo, hi)
         for unit_ in prange(b_ * nblocks):
             unit = np.int64(unit_)
             b = unit // nblocks
@@ -247,8 +250,8 @@ if AVAILABLE:
         slots = 1 if per_image else nchunks
         units = b_ if per_image else nchunks
         acc = np.zeros((slots, groups, num_bins, 2, 2), np.float64)
-        lo_bits = np.int32((127 + lo) << 23)
-        hi_bits = np.int32((127 + hi) << 23)
+        flat = acc.reshape(-1)
+        lo_bits, hi_bits = _bit_bounds(lo, hi)
         for unit_ in prange(units):
             start, stop, slot = _unit_range(np.int64(unit_), per_image, c_ * n_, nchunks, b_ * c_ * n_)
             pf = np.empty((3, BLOCK), np.float32)
@@ -265,12 +268,13 @@ if AVAILABLE:
                 g = b * c_ + c if per_image else c
                 _binary_block(x, t, b, c, i0, width, mode, e, pf[2], fgb, pf, pn)
                 _bins(e_bits, kb, width, lo_bits, hi_bits, lo, per_octave, num_bins)
+                base = (slot * groups + g) * num_bins * 4
                 for j in range(width):
                     if use_ignore and t[b, c, i0 + j] == ignore:
                         continue
-                    cell = acc[slot, g, kb[j], fgb[j]]
-                    cell[0] += 1.0
-                    cell[1] += e[j]
+                    idx = base + kb[j] * 4 + fgb[j] * 2
+                    flat[idx] += 1.0
+                    flat[idx + 1] += e[j]
                 pos += width
         return acc
 
@@ -278,8 +282,7 @@ if AVAILABLE:
     def binary_backward(x, t, ignore, use_ignore, mode, per_image, lo, hi, per_octave, num_bins, table, grad):
         b_, c_, n_ = x.shape
         nblocks = (n_ + BLOCK - 1) // BLOCK
-        lo_bits = np.int32((127 + lo) << 23)
-        hi_bits = np.int32((127 + hi) << 23)
+        lo_bits, hi_bits = _bit_bounds(lo, hi)
         for unit_ in prange(b_ * c_ * nblocks):
             unit = np.int64(unit_)
             row = unit // nblocks

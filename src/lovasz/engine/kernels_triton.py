@@ -58,6 +58,16 @@ if AVAILABLE:
         return offs_c, offs_n, in_tile, ptrs, p, fg, e, in_tile & valid[None, :]
 
     @triton.jit
+    def _softmax_cells(e, fg, b, offs_c, C, lo, lo_bits, hi_bits, per_octave, num_bins, PER_IMAGE):
+        """Flat (group, bin, is_fg) cell of every element of a softmax tile."""
+        k = _bin(e, lo_bits, hi_bits, lo, per_octave, num_bins)
+        if PER_IMAGE:
+            g = b * C + offs_c
+        else:
+            g = offs_c
+        return (g[:, None] * num_bins + k) * 2 + fg.to(tl.int32)
+
+    @triton.jit
     def _softmax_fwd(
         x_ptr, t_ptr, counts_ptr, sums_ptr, C, N, ignore, lo, lo_bits, hi_bits, per_octave, num_bins, scale,
         USE_IGNORE: tl.constexpr, FROM_LOGITS: tl.constexpr, PER_IMAGE: tl.constexpr,
@@ -68,12 +78,7 @@ if AVAILABLE:
         offs_c, _offs_n, _in_tile, _ptrs, _p, fg, e, use = _softmax_tile(
             x_ptr, t_ptr, b, pid_n, C, N, ignore, USE_IGNORE, FROM_LOGITS, BLOCK_C, BLOCK_N
         )
-        k = _bin(e, lo_bits, hi_bits, lo, per_octave, num_bins)
-        if PER_IMAGE:
-            g = b * C + offs_c
-        else:
-            g = offs_c
-        idx = (g[:, None] * num_bins + k) * 2 + fg.to(tl.int32)
+        idx = _softmax_cells(e, fg, b, offs_c, C, lo, lo_bits, hi_bits, per_octave, num_bins, PER_IMAGE)
         tl.atomic_add(counts_ptr + idx, tl.full(idx.shape, 1, tl.int32), mask=use)
         tl.atomic_add(sums_ptr + idx, (e * scale).to(tl.int64), mask=use)
 
@@ -88,12 +93,7 @@ if AVAILABLE:
         offs_c, offs_n, in_tile, _ptrs, p, fg, e, use = _softmax_tile(
             x_ptr, t_ptr, b, pid_n, C, N, ignore, USE_IGNORE, FROM_LOGITS, BLOCK_C, BLOCK_N
         )
-        k = _bin(e, lo_bits, hi_bits, lo, per_octave, num_bins)
-        if PER_IMAGE:
-            g = b * C + offs_c
-        else:
-            g = offs_c
-        idx = (g[:, None] * num_bins + k) * 2 + fg.to(tl.int32)
+        idx = _softmax_cells(e, fg, b, offs_c, C, lo, lo_bits, hi_bits, per_octave, num_bins, PER_IMAGE)
         w = tl.load(table_ptr + idx, mask=use, other=0.0)
         gp = tl.where(fg, -w, w)  # d error / d p
         if FROM_LOGITS:
@@ -140,8 +140,7 @@ if AVAILABLE:
         _offs, _inside, use, fg, g, e, _de = _binary_tile(
             x_ptr, t_ptr, tl.program_id(0), C, N, total, ignore, USE_IGNORE, MODE, PER_IMAGE, BLOCK
         )
-        k = _bin(e, lo_bits, hi_bits, lo, per_octave, num_bins)
-        idx = (g * num_bins + k) * 2 + fg.to(tl.int32)
+        idx = (g * num_bins + _bin(e, lo_bits, hi_bits, lo, per_octave, num_bins)) * 2 + fg.to(tl.int32)
         tl.atomic_add(counts_ptr + idx, tl.full(idx.shape, 1, tl.int32), mask=use)
         # Errors above 2^(hi+7) (hinge logits beyond ±32000) saturate in the fixed-point sum (2^39 / scale).
         tl.atomic_add(sums_ptr + idx, (tl.minimum(e, 549755813888.0 / scale) * scale).to(tl.int64), mask=use)
@@ -154,8 +153,7 @@ if AVAILABLE:
         offs, inside, use, fg, g, e, de = _binary_tile(
             x_ptr, t_ptr, tl.program_id(0), C, N, total, ignore, USE_IGNORE, MODE, PER_IMAGE, BLOCK
         )
-        k = _bin(e, lo_bits, hi_bits, lo, per_octave, num_bins)
-        idx = (g * num_bins + k) * 2 + fg.to(tl.int32)
+        idx = (g * num_bins + _bin(e, lo_bits, hi_bits, lo, per_octave, num_bins)) * 2 + fg.to(tl.int32)
         w = tl.load(table_ptr + idx, mask=use, other=0.0)
         tl.store(grad_ptr + offs, w * de, mask=inside)
 
