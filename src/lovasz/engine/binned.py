@@ -109,19 +109,21 @@ class _LovaszBinned(torch.autograd.Function):
     @staticmethod
     def forward(ctx, errors: Tensor, fg: Tensor, valid: Tensor | None, binning: Binning) -> Tensor:  # type: ignore[override]
         e = errors.detach()
-        g, _ = e.shape
+        g = e.shape[0]
         k = binning.num_bins
-        idx = binning.index(e) + k * torch.arange(g, device=e.device).unsqueeze(1)
-        fg_idx = idx[fg]
-        bg_mask = ~fg if valid is None else valid & ~fg
-        bg_idx = idx[bg_mask]
-        fg_counts = torch.bincount(fg_idx, minlength=g * k).view(g, k)
-        bg_counts = torch.bincount(bg_idx, minlength=g * k).view(g, k)
-        w_fg, w_bg = weight_tables(fg_counts, bg_counts)
-        tables = torch.stack([w_bg, w_fg], 0).to(e.dtype).view(2, -1)
-        weights = torch.where(fg, tables[1][idx], tables[0][idx])
+        # One flat (group, bin, is_fg) cell per element; invalid elements go to a dummy last cell.  Static
+        # shapes throughout (no boolean indexing, no bincount), so torch.compile traces it whole.
+        group = torch.arange(g, device=e.device).unsqueeze(1)
+        cells = (binning.index(e) + k * group) * 2 + fg.long()
         if valid is not None:
-            weights = weights.masked_fill(~valid, 0.0)
+            cells = torch.where(valid, cells, 2 * g * k)
+        flat = cells.flatten()
+        counts = torch.zeros(2 * g * k + 1, dtype=torch.long, device=e.device)
+        counts.scatter_add_(0, flat, torch.ones((), dtype=torch.long, device=e.device).expand_as(flat))
+        counts = counts[:-1].view(g, k, 2)
+        w_fg, w_bg = weight_tables(counts[..., 1], counts[..., 0])
+        table = torch.cat([torch.stack([w_bg, w_fg], dim=-1).to(e.dtype).flatten(), e.new_zeros(1)])
+        weights = table[cells]
         ctx.save_for_backward(weights)
         return torch.linalg.vecdot(e, weights, dim=1)
 
