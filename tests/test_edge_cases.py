@@ -88,6 +88,25 @@ def test_half_inputs_accumulate_in_float32(dtype):
     assert x.grad.dtype == dtype and torch.isfinite(x.grad.float()).all()
 
 
+@pytest.mark.parametrize("bins", [None, 1024])
+def test_under_autocast(bins):
+    """Under autocast the loss is still computed, and returned, in float32."""
+    conv = torch.nn.Conv2d(2, 4, 3, padding=1)
+    x = torch.randn(2, 2, 8, 8)
+    t = torch.randint(0, 4, (2, 8, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = conv(x)
+        loss = lovasz.lovasz_softmax(logits, t, bins=bins)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    loss.backward()
+    assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
+    ref = lovasz.lovasz_softmax(logits.detach().float(), t, bins=bins)
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hinge = lovasz.lovasz_hinge(conv(x)[:, 0], (t > 1).long(), bins=bins)
+    assert hinge.dtype == torch.float32
+
+
 def test_channels_last_and_non_contiguous_inputs():
     x = torch.randn(2, 4, 8, 8)
     t = torch.randint(0, 4, (2, 8, 8))

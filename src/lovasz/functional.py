@@ -30,6 +30,12 @@ def _has_valid(groups: Groups) -> Tensor:
     return groups.valid.any(dim=1).view(shape)
 
 
+def _no_autocast(x: Tensor):
+    """Losses run in float32 (or float64) whatever autocast is active: sums over millions of pixels and
+    Jaccard increments of order 1/p are not safe in float16/bfloat16.  Inputs are upcast explicitly."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
 def _group_losses(
     mode: str, x: Tensor, target: Tensor, per_image: bool, ignore_index: int | None, bins: int | None
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -145,16 +151,17 @@ def lovasz_softmax(
     b = input.shape[0]
     mode = "softmax" if from_logits else "probs"
     x, t = input.reshape(b, num_classes, -1), target.reshape(b, -1)
-    losses, present, has_valid = _group_losses(mode, x, t, per_image, ignore_index, bins)
-    if classes == "present":
-        select = present
-    else:
-        select = has_valid
-        if classes != "all":
-            chosen = torch.zeros(num_classes, dtype=torch.bool, device=input.device)
-            chosen[torch.as_tensor([int(c) for c in classes], device=input.device)] = True
-            select = select & chosen
-    return reduce_groups(losses, select, w, reduction)
+    with _no_autocast(input):
+        losses, present, has_valid = _group_losses(mode, x, t, per_image, ignore_index, bins)
+        if classes == "present":
+            select = present
+        else:
+            select = has_valid
+            if classes != "all":
+                chosen = torch.zeros(num_classes, dtype=torch.bool, device=input.device)
+                chosen[torch.as_tensor([int(c) for c in classes], device=input.device)] = True
+                select = select & chosen
+        return reduce_groups(losses, select, w, reduction)
 
 
 def _binary_loss(
@@ -184,8 +191,9 @@ def _binary_loss(
     _checks.run_value_checks(x, value_checks)
 
     mode = kind if kind == "hinge" or from_logits else "sigmoid_probs"
-    losses, _, has_valid = _group_losses(mode, x, t, per_image, ignore_index, bins)
-    return reduce_groups(losses, has_valid, None, reduction)
+    with _no_autocast(x):
+        losses, _, has_valid = _group_losses(mode, x, t, per_image, ignore_index, bins)
+        return reduce_groups(losses, has_valid, None, reduction)
 
 
 def lovasz_hinge(
