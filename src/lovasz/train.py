@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from . import data as datasets
-from .functional import lovasz_softmax
 from .metrics import intersection_union, iou_scores
 from .models import SmallUNet
+from .modules import CrossEntropyLovaszLoss, LovaszSoftmaxLoss
 from .sampling import EquibatchSampler, class_presence
 
 LOSSES = ("ce", "lovasz", "ce+lovasz")
@@ -53,20 +53,15 @@ def _progress(it, total: int, desc: str, enabled: bool):
     yield from tqdm(it, total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
 
 
-def make_loss(cfg: TrainConfig):
+def make_loss(cfg: TrainConfig) -> nn.Module:
+    """The training criterion of ``cfg.loss``: cross-entropy, Lovász-Softmax, or CE + λ·Lovász."""
     if cfg.loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {cfg.loss!r}")
-
-    def loss_fn(logits, target):
-        total = logits.new_zeros(())
-        if cfg.loss in ("ce", "ce+lovasz"):
-            total = total + nn.functional.cross_entropy(logits, target)
-        if cfg.loss in ("lovasz", "ce+lovasz"):
-            weight = cfg.lovasz_weight if cfg.loss == "ce+lovasz" else 1.0
-            total = total + weight * lovasz_softmax(logits, target, per_image=cfg.per_image, bins=cfg.bins)
-        return total
-
-    return loss_fn
+    if cfg.loss == "ce":
+        return nn.CrossEntropyLoss()
+    if cfg.loss == "lovasz":
+        return LovaszSoftmaxLoss(per_image=cfg.per_image, bins=cfg.bins)
+    return CrossEntropyLovaszLoss(lovasz_weight=cfg.lovasz_weight, per_image=cfg.per_image, bins=cfg.bins)
 
 
 @torch.no_grad()

@@ -10,12 +10,11 @@ from __future__ import annotations
 from torch import Tensor
 
 from .binned import DEFAULT_BINS, Binning, lovasz_binned, weight_tables
-from .exact import jaccard_increments, lovasz_exact
+from .exact import lovasz_exact
 
 __all__ = [
     "DEFAULT_BINS",
     "Binning",
-    "jaccard_increments",
     "lovasz_binned",
     "lovasz_exact",
     "lovasz_extension",

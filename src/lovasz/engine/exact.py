@@ -28,21 +28,6 @@ from torch import Tensor
 BLOCK_ELEMENTS = 1 << 22
 
 
-def jaccard_increments(fg_before: Tensor, bg_before: Tensor, n: Tensor, is_fg: Tensor) -> Tensor:
-    """Increment of the Jaccard loss when an element joins a prefix with the given fg/bg counts.
-
-    All arguments broadcast; counts are floating point.  (Readable form; the engines use fused variants.)
-    """
-    union = n + bg_before
-    fg_w = 1.0 / union.clamp_min(1.0)
-    bg_w = torch.where(
-        n > 0,
-        (n - fg_before) / (union * (union + 1.0)).clamp_min(1.0),
-        (bg_before == 0).to(union.dtype),
-    )
-    return torch.where(is_fg, fg_w, bg_w)
-
-
 def _sorted_weights(e: Tensor, fg: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor]:
     """Losses ``[g]`` and weights ``[g, p]`` (input order) for one block of rows."""
     if valid is None:
