@@ -7,6 +7,7 @@ reduces the group losses (:mod:`lovasz.reduce`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
@@ -14,7 +15,7 @@ from torch import Tensor
 
 from . import _checks
 from .engine import Binning, lovasz_extension
-from .engine.fused import backend, fused_binned
+from .engine.fused import backend, disable_triton, fused_binned
 from .errors import Groups, hinge_errors, sigmoid_errors, softmax_errors
 from .reduce import reduce_groups
 
@@ -49,10 +50,15 @@ def _group_losses(
     impl = None if bins is None else backend(x)
     if impl in ("numba", "triton"):
         binning = Binning.for_errors(bins, bounded)
-        losses, n_fg, n_valid = fused_binned(
-            x, target, mode=mode, per_image=per_image, ignore_index=ignore_index, binning=binning, impl=impl
-        )
-        return losses.view(shape), (n_fg > 0).view(shape), (n_valid > 0).view(shape)
+        try:
+            losses, n_fg, n_valid = fused_binned(
+                x, target, mode=mode, per_image=per_image, ignore_index=ignore_index, binning=binning, impl=impl
+            )
+            return losses.view(shape), (n_fg > 0).view(shape), (n_valid > 0).view(shape)
+        except Exception as exc:
+            if impl != "triton" or os.environ.get("LOVASZ_BACKEND", "auto") == "triton":
+                raise
+            disable_triton(exc)
     if mode in ("softmax", "probs"):
         groups = softmax_errors(
             x, target, per_image=per_image, ignore_index=ignore_index, from_logits=mode == "softmax"

@@ -12,6 +12,7 @@ Which implementation runs is chosen by :func:`backend`; ``LOVASZ_BACKEND`` (``au
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from torch import Tensor
@@ -21,6 +22,7 @@ from . import kernels_cpu
 from .binned import Binning, weight_tables
 
 BACKENDS = ("auto", "torch", "numba", "triton")
+_TRITON_FAILED: list[str] = []  # set once an auto-selected Triton launch failed in this process
 
 
 def _triton_available() -> bool:
@@ -42,9 +44,20 @@ def backend(x: Tensor) -> str:
         return choice
     if x.device.type == "cpu" and kernels_cpu.AVAILABLE:
         return "numba"
-    if x.device.type == "cuda" and _triton_available():
+    if x.device.type == "cuda" and _triton_available() and not _TRITON_FAILED:
         return "triton"
     return "torch"
+
+
+def disable_triton(exc: BaseException) -> None:
+    """After an auto-selected Triton kernel failed: warn once and use the PyTorch engine from now on."""
+    _TRITON_FAILED.append(repr(exc))
+    warnings.warn(
+        f"lovasz: the Triton kernels failed ({exc!r}); using the PyTorch binned engine instead. "
+        "Set LOVASZ_BACKEND=triton to make this an error, or LOVASZ_BACKEND=torch to silence it.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _tables_and_losses(acc: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
