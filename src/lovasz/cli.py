@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -22,6 +23,7 @@ DEMO_VARIANTS = {
     "CE (continued)": dict(loss="ce"),
     "Lovász batch": dict(loss="lovasz", per_image=False),
     "Lovász per image": dict(loss="lovasz", per_image=True),
+    "Lovász per image, all classes": dict(loss="lovasz", per_image=True, classes="all"),
 }
 METRICS = [
     ("miou_dataset", "dataset mIoU"),
@@ -39,6 +41,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", choices=["digits", "fashion"], default="digits")
     p.add_argument("--loss", choices=["ce", "lovasz", "ce+lovasz"], default="ce")
     p.add_argument("--per-image", action="store_true", help="Lovász per image (default: over the batch)")
+    p.add_argument("--classes", choices=["present", "all"], default="present", help="Lovász class selection")
     p.add_argument("--lovasz-weight", type=float, default=1.0, help="λ in ce + λ·lovasz")
     p.add_argument("--bins", type=_bins, default=4096, help="binned engine budget; 0 for the exact engine")
     p.add_argument("--epochs", type=int, default=8)
@@ -57,7 +60,8 @@ def _config(args):
     from .train import TrainConfig
 
     return TrainConfig(
-        data=args.data, loss=args.loss, per_image=args.per_image, lovasz_weight=args.lovasz_weight, bins=args.bins,
+        data=args.data, loss=args.loss, per_image=args.per_image, classes=args.classes,
+        lovasz_weight=args.lovasz_weight, bins=args.bins,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, equibatch=args.equibatch, seed=args.seed,
         init=args.init, width=args.width, train_size=args.train_size, threads=args.threads,
     )  # fmt: skip
@@ -130,7 +134,7 @@ def cmd_demo(args) -> None:
                 base, seed=seed, epochs=ft_epochs, lr=args.finetune_lr, init=str(out / "pretrain" / "model.pt"),
                 **change,
             )  # fmt: skip
-            slug = name.lower().replace(" ", "-").replace("(", "").replace(")", "").replace("á", "a")
+            slug = re.sub(r"[^a-z0-9]+", "-", name.lower().replace("á", "a")).strip("-")
             res = train(cfg, out / f"seed{seed}" / slug, splits, not args.no_progress)
             results[name].append(res["test"])
             if seed == 0:

@@ -25,6 +25,7 @@ class TrainConfig:
     data: str = "digits"
     loss: str = "ce"  # ce | lovasz | ce+lovasz
     per_image: bool = False
+    classes: str = "present"  # Lovász class selection: present | all
     lovasz_weight: float = 1.0  # λ in ce + λ·lovasz
     bins: int | None = 4096  # None: exact engine
     epochs: int = 5
@@ -60,8 +61,10 @@ def make_loss(cfg: TrainConfig) -> nn.Module:
     if cfg.loss == "ce":
         return nn.CrossEntropyLoss()
     if cfg.loss == "lovasz":
-        return LovaszSoftmaxLoss(per_image=cfg.per_image, bins=cfg.bins)
-    return CrossEntropyLovaszLoss(lovasz_weight=cfg.lovasz_weight, per_image=cfg.per_image, bins=cfg.bins)
+        return LovaszSoftmaxLoss(per_image=cfg.per_image, classes=cfg.classes, bins=cfg.bins)
+    return CrossEntropyLovaszLoss(
+        lovasz_weight=cfg.lovasz_weight, per_image=cfg.per_image, classes=cfg.classes, bins=cfg.bins
+    )
 
 
 @torch.no_grad()
