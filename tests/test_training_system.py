@@ -72,7 +72,11 @@ def test_cli_demo_small(tmp_path, capsys):
         assert (tmp_path / "demo" / f).stat().st_size > 0
     res = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert set(res["test"]) == {
-        "CE pretrained", "CE (continued)", "Lovász batch", "Lovász per image", "Lovász per image, all classes"
+        "CE pretrained",
+        "CE (continued)",
+        "Lovász batch",
+        "Lovász per image",
+        "Lovász per image, all classes",
     }
     assert len(res["test"]["CE pretrained"]) == 1
     assert all(len(v) == 2 for k, v in res["test"].items() if k != "CE pretrained")
