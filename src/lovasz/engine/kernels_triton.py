@@ -55,7 +55,7 @@ if AVAILABLE:
             valid = valid & (lab != ignore)
         fg = lab[None, :] == offs_c[:, None]
         e = tl.maximum(tl.where(fg, 1.0 - p, p), 0.0)
-        return offs_c, offs_n, in_tile, ptrs, p, fg, e, in_tile & valid[None, :]
+        return offs_c, offs_n, in_tile, p, fg, e, in_tile & valid[None, :]
 
     @triton.jit
     def _softmax_cells(e, fg, b, offs_c, C, lo, lo_bits, hi_bits, per_octave, num_bins, PER_IMAGE):
@@ -75,7 +75,7 @@ if AVAILABLE:
     ):  # fmt: skip
         pid_n = tl.program_id(0)
         b = tl.program_id(1)
-        offs_c, _offs_n, _in_tile, _ptrs, _p, fg, e, use = _softmax_tile(
+        offs_c, _offs_n, _in_tile, _p, fg, e, use = _softmax_tile(
             x_ptr, t_ptr, b, pid_n, C, N, ignore, USE_IGNORE, FROM_LOGITS, BLOCK_C, BLOCK_N
         )
         idx = _softmax_cells(e, fg, b, offs_c, C, lo, lo_bits, hi_bits, per_octave, num_bins, PER_IMAGE)
@@ -90,7 +90,7 @@ if AVAILABLE:
     ):  # fmt: skip
         pid_n = tl.program_id(0)
         b = tl.program_id(1)
-        offs_c, offs_n, in_tile, _ptrs, p, fg, e, use = _softmax_tile(
+        offs_c, offs_n, in_tile, p, fg, e, use = _softmax_tile(
             x_ptr, t_ptr, b, pid_n, C, N, ignore, USE_IGNORE, FROM_LOGITS, BLOCK_C, BLOCK_N
         )
         idx = _softmax_cells(e, fg, b, offs_c, C, lo, lo_bits, hi_bits, per_octave, num_bins, PER_IMAGE)
