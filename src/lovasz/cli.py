@@ -96,10 +96,10 @@ def cmd_eval(args) -> None:
         Path(args.json).write_text(json.dumps(scores, indent=2))
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], sign: str = "") -> str:
     if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        return f"{values[0]:{sign}.4f}"
+    return f"{statistics.mean(values):{sign}.4f} ± {statistics.stdev(values):.4f}"
 
 
 def cmd_demo(args) -> None:
@@ -157,7 +157,7 @@ def cmd_demo(args) -> None:
         cells = []
         for key, _ in METRICS:
             diffs = [a[key] - b[key] for a, b in zip(results[name], results["CE (continued)"], strict=True)]
-            cells.append(_mean_std(diffs).replace("0.", "+0.", 1) if statistics.fmean(diffs) >= 0 else _mean_std(diffs))
+            cells.append(_mean_std(diffs, sign="+"))
         lines.append(f"| {name} − CE | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print("\n" + table)
