@@ -88,10 +88,11 @@ def cmd_eval(args) -> None:
 
     model, ckpt = load_model(args.checkpoint)
     cfg = ckpt["config"]
-    splits = datasets.load(args.data or cfg["data"], sizes=(cfg["train_size"], 300, 500), size=cfg["image_size"])
+    name = args.data or cfg["data"]
+    splits = datasets.load(name, sizes=(cfg["train_size"], *datasets.EVAL_SIZES), size=cfg["image_size"])
     scores = evaluate(model, splits[args.split])
-    print(f"{args.checkpoint} on {args.data or cfg['data']} / {args.split}:")
-    _print_scores(scores, datasets.class_names(args.data or cfg["data"]))
+    print(f"{args.checkpoint} on {name} / {args.split}:")
+    _print_scores(scores, datasets.class_names(name))
     if args.json:
         Path(args.json).write_text(json.dumps(scores, indent=2))
 
@@ -114,7 +115,7 @@ def cmd_demo(args) -> None:
     base = TrainConfig(
         data=args.data, bins=args.bins, width=args.width, train_size=args.train_size, threads=args.threads,
     )  # fmt: skip
-    splits = datasets.load(args.data, sizes=(args.train_size, 300, 500), size=base.image_size)
+    splits = datasets.load(args.data, sizes=(args.train_size, *datasets.EVAL_SIZES), size=base.image_size)
     print(
         f"lovasz demo on {args.data} canvases (train {len(splits['train'])}, val {len(splits['val'])}, "
         f"test {len(splits['test'])}): one cross-entropy checkpoint ({pre_epochs} epochs, lr {args.lr}), then "

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 NUM_CLASSES = 11
+EVAL_SIZES = (300, 500)  # validation and test canvases; train, eval and demo must agree to score the same split
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 DIGIT_NAMES = ["background", *[str(d) for d in range(10)]]
 FASHION_NAMES = [
@@ -121,7 +122,7 @@ def _cache_dir() -> Path:
 def load(
     name: str = "digits",
     *,
-    sizes: tuple[int, int, int] = (1500, 300, 500),
+    sizes: tuple[int, int, int] = (1500, *EVAL_SIZES),
     size: int = 64,
     seed: int = 0,
     noise: float = 0.1,

@@ -102,7 +102,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, splits=None, progress: bool = T
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if splits is None:
-        splits = datasets.load(cfg.data, sizes=(cfg.train_size, 300, 500), size=cfg.image_size)
+        splits = datasets.load(cfg.data, sizes=(cfg.train_size, *datasets.EVAL_SIZES), size=cfg.image_size)
     train_split, val_split = splits["train"], splits["val"]
     torch.manual_seed(cfg.seed)
     model = SmallUNet(1, datasets.NUM_CLASSES, cfg.width)

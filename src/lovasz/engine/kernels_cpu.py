@@ -26,7 +26,8 @@ try:
 except ImportError:  # pragma: no cover - exercised where numba is absent
     AVAILABLE = False
 
-MODE_SOFTMAX, MODE_PROBS, MODE_SIGMOID, MODE_SIGMOID_PROBS, MODE_HINGE = 0, 1, 2, 3, 4
+# Binary modes (the softmax kernels take a from_logits flag instead); the Triton kernels use the same codes.
+MODE_SIGMOID, MODE_SIGMOID_PROBS, MODE_HINGE = 2, 3, 4
 BLOCK = 256
 # Fixed (not the thread count), so that results are the same on every machine.
 NUM_CHUNKS = 8

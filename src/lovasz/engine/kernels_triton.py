@@ -23,7 +23,7 @@ try:
 except ImportError:  # pragma: no cover - exercised where triton is absent
     AVAILABLE = False
 
-MODES = {"softmax": 0, "probs": 1, "sigmoid": 2, "sigmoid_probs": 3, "hinge": 4}
+MODES = {"sigmoid": 2, "sigmoid_probs": 3, "hinge": 4}  # binary modes, as in kernels_cpu
 
 if AVAILABLE:
 
