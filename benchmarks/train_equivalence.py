@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import lovasz
-from lovasz.data import synthetic_shapes
+from lovasz.experiments.data import synthetic_shapes
 
 
 def make_model() -> nn.Module:

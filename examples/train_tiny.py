@@ -1,6 +1,6 @@
 """Train a tiny segmentation network on generated shapes with Lovász-Softmax and watch the loss fall.
 
-The shapes are fully synthetic (lovasz.data.synthetic_shapes); `lovasz demo` is the real-data version.
+The shapes are fully synthetic (lovasz.experiments.data.synthetic_shapes); `lovasz demo` is the real-data version.
 
 python examples/train_tiny.py
 """
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import lovasz
-from lovasz.data import synthetic_shapes
+from lovasz.experiments.data import synthetic_shapes
 
 
 def main(steps: int = 60) -> None:

@@ -278,7 +278,7 @@ def test_triton_kernels_under_interpreter():
 @pytest.mark.skipif(not kernels_cpu.AVAILABLE, reason="numba not installed")
 @pytest.mark.parametrize("seed", range(6))
 def test_cpu_tables_match_digamma_tables(seed):
-    from lovasz.engine.binned import weight_tables
+    from lovasz.engine.histogram import weight_tables
 
     g = torch.Generator().manual_seed(seed)
     groups, k = 5, 300
@@ -301,27 +301,3 @@ def test_cpu_tables_match_digamma_tables(seed):
     torch.testing.assert_close(torch.from_numpy(losses), want, rtol=1e-7, atol=1e-12)
     assert n_fg.tolist() == counts[..., 1].sum(1).long().tolist()
     assert n_valid.tolist() == counts.sum((1, 2)).long().tolist()
-
-
-def test_failing_auto_selected_triton_falls_back_with_a_warning(monkeypatch):
-    from lovasz.engine import fused
-
-    monkeypatch.setattr(fused, "_TRITON_FAILED", [])
-    monkeypatch.setattr(fused, "backend", lambda x: "triton")
-    monkeypatch.setattr(lovasz.functional, "backend", lambda x: "triton" if not fused._TRITON_FAILED else "torch")
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("no kernel image for this GPU")
-
-    monkeypatch.setattr(lovasz.functional, "fused_binned", broken)
-    x = torch.randn(2, 3, 6, 6)
-    t = torch.randint(0, 3, (2, 6, 6))
-    with pytest.warns(RuntimeWarning, match="LOVASZ_BACKEND"):
-        got = lovasz.lovasz_softmax(x, t, bins=256)
-    monkeypatch.setenv("LOVASZ_BACKEND", "torch")
-    assert got.item() == lovasz.lovasz_softmax(x, t, bins=256).item()
-    assert fused._TRITON_FAILED
-    monkeypatch.setenv("LOVASZ_BACKEND", "triton")  # asked for explicitly: the error is not hidden
-    monkeypatch.setattr(lovasz.functional, "backend", lambda x: "triton")
-    with pytest.raises(RuntimeError, match="no kernel image"):
-        lovasz.lovasz_softmax(x, t, bins=256)

@@ -5,7 +5,7 @@ Lovász extension of the Jaccard loss for all groups at once → :mod:`lovasz.re
 and images.
 """
 
-from .engine import DEFAULT_BINS
+from .engine import DEFAULT_BINS, BackendNotSupportedError, LovaszFallbackWarning
 from .functional import lovasz_hinge, lovasz_sigmoid, lovasz_softmax
 from .modules import CrossEntropyLovaszLoss, LovaszHingeLoss, LovaszSigmoidLoss, LovaszSoftmaxLoss
 
@@ -13,7 +13,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_BINS",
+    "BackendNotSupportedError",
     "CrossEntropyLovaszLoss",
+    "LovaszFallbackWarning",
     "LovaszHingeLoss",
     "LovaszSigmoidLoss",
     "LovaszSoftmaxLoss",

@@ -13,10 +13,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-REDUCTIONS = ("mean", "sum", "none")
+from .types import BACKENDS, CLASS_KEYWORDS, REDUCTIONS
 
 
-def _compiling() -> bool:
+def compiling() -> bool:
+    """Whether the call is being traced by ``torch.compile``."""
     try:
         return bool(torch.compiler.is_compiling())
     except AttributeError:  # pragma: no cover - torch < 2.3
@@ -26,6 +27,11 @@ def _compiling() -> bool:
 def check_reduction(reduction: str) -> None:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def check_bins(bins: int | None) -> None:
@@ -107,7 +113,7 @@ def binary_layout(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 
 def check_classes(classes: str | Sequence[int], num_classes: int) -> None:
     if isinstance(classes, str):
-        if classes not in ("present", "all"):
+        if classes not in CLASS_KEYWORDS:
             raise ValueError(f"classes must be 'present', 'all' or a sequence of class ids, got {classes!r}")
         return
     try:
@@ -157,7 +163,7 @@ NONFINITE = "input contains NaN or Inf values"
 def run_value_checks(x: Tensor, checks: list[tuple[Tensor, str]]) -> None:
     """Check ``x`` for NaN/Inf and evaluate boolean 'is bad' flags, with one host sync in the common
     case; raise the first failing message."""
-    if _compiling():
+    if compiling():
         return
     flags = torch.stack([nonfinite_flag(x).reshape(())] + [c.reshape(()) for c, _ in checks]).tolist()
     if flags[0] and not bool(torch.isfinite(x).all()):
@@ -165,3 +171,84 @@ def run_value_checks(x: Tensor, checks: list[tuple[Tensor, str]]) -> None:
     for bad, (_, message) in zip(flags[1:], checks, strict=True):
         if bad:
             raise ValueError(message)
+
+
+# Value predicates: each returns a scalar boolean tensor, True when the input is bad, and its message.
+
+
+def not_probabilities(x: Tensor) -> tuple[Tensor, str]:
+    return ((x < 0) | (x > 1)).any(), "input must hold probabilities in [0, 1] when from_logits=False"
+
+
+def labels_out_of_range(target: Tensor, num_classes: int, ignore_index: int | None) -> tuple[Tensor, str]:
+    bad = (target < 0) | (target >= num_classes)
+    if ignore_index is not None:
+        bad = bad & (target != ignore_index)
+    hint = "" if ignore_index is None else f" and not ignore_index={ignore_index}"
+    return bad.any(), f"target has labels outside [0, {num_classes}){hint}; set ignore_index for void labels"
+
+
+def labels_not_binary(target: Tensor, ignore_index: int | None) -> tuple[Tensor, str]:
+    bad = (target != 0) & (target != 1)
+    if ignore_index is not None:
+        bad = bad & (target != ignore_index)
+    hint = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+    return bad.any(), f"target must contain only 0 and 1{hint} for a binary loss"
+
+
+def bad_weight(w: Tensor) -> tuple[Tensor, str]:
+    return (w < 0).any() | ~torch.isfinite(w).all(), "weight must be finite and non-negative"
+
+
+def check_options(*, ignore_index: int | None, bins: int | None, reduction: str, backend: str) -> None:
+    """The keyword arguments shared by every loss."""
+    check_reduction(reduction)
+    check_ignore_index(ignore_index)
+    check_bins(bins)
+    check_backend(backend)
+
+
+def check_softmax(
+    input: Tensor,
+    target: Tensor,
+    *,
+    classes: str | Sequence[int],
+    ignore_index: int | None,
+    weight: Tensor | Sequence[float] | None,
+    from_logits: bool,
+    bins: int | None,
+    reduction: str,
+    backend: str,
+) -> Tensor | None:
+    """Every check of :func:`lovasz.lovasz_softmax`; returns the class weights as a float32 tensor."""
+    check_softmax_shapes(input, target)
+    check_options(ignore_index=ignore_index, bins=bins, reduction=reduction, backend=backend)
+    num_classes = input.shape[1]
+    check_classes(classes, num_classes)
+    w = class_weight(weight, num_classes, input.device)
+    value_checks = [] if from_logits else [not_probabilities(input)]
+    value_checks.append(labels_out_of_range(target, num_classes, ignore_index))
+    if w is not None:
+        value_checks.append(bad_weight(w))
+    run_value_checks(input, value_checks)
+    return w
+
+
+def check_binary(
+    input: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int | None,
+    from_logits: bool,
+    bins: int | None,
+    reduction: str,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    """Every check of :func:`lovasz.lovasz_hinge` and :func:`lovasz.lovasz_sigmoid`; returns input and
+    target as ``[B, C, N]``."""
+    x, t = binary_layout(input, target)
+    check_options(ignore_index=ignore_index, bins=bins, reduction=reduction, backend=backend)
+    value_checks = [] if from_logits else [not_probabilities(x)]
+    value_checks.append(labels_not_binary(t, ignore_index))
+    run_value_checks(x, value_checks)
+    return x, t

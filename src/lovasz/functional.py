@@ -1,76 +1,30 @@
 """Public loss functions: Lovász-Softmax, Lovász hinge and Lovász-Sigmoid.
 
-Each function checks its inputs, builds the error vectors of its loss (:mod:`lovasz.errors`), evaluates
-the Lovász extension of the Jaccard loss for every group with one engine call (:mod:`lovasz.engine`) and
-reduces the group losses (:mod:`lovasz.reduce`).
+Each function does three things: check its inputs (:mod:`lovasz._checks`), compute the Lovász loss of
+every group (:func:`lovasz.engine.group_losses`: errors of the loss's surrogate, :mod:`lovasz.surrogates`,
+evaluated by the engine that the resolver picks) and reduce the group losses (:mod:`lovasz.reduce`).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from . import _checks
-from .engine import Binning, lovasz_extension
-from .engine.fused import backend, disable_triton, fused_binned
-from .errors import Groups, hinge_errors, sigmoid_errors, softmax_errors
-from .reduce import reduce_groups
+from .engine import group_losses
+from .reduce import reduce_groups, select_classes
+from .surrogates import HINGE, PROBS, SIGMOID, SIGMOID_PROBS, SOFTMAX
+from .types import BackendName, ClassSelection, Reduction
 
 __all__ = ["lovasz_hinge", "lovasz_sigmoid", "lovasz_softmax"]
-
-ClassSelection = str | Sequence[int]
-
-
-def _has_valid(groups: Groups) -> Tensor:
-    shape = groups.shape
-    if groups.valid is None:
-        return torch.ones(shape, dtype=torch.bool, device=groups.errors.device)
-    return groups.valid.any(dim=1).view(shape)
 
 
 def _no_autocast(x: Tensor):
     """Losses run in float32 (or float64) whatever autocast is active: sums over millions of pixels and
     Jaccard increments of order 1/p are not safe in float16/bfloat16.  Inputs are upcast explicitly."""
     return torch.autocast(device_type=x.device.type, enabled=False)
-
-
-def _group_losses(
-    mode: str, x: Tensor, target: Tensor, per_image: bool, ignore_index: int | None, bins: int | None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Losses, 'class present' and 'has a valid pixel' masks per group, shaped ``[B, C]`` or ``[C]``.
-
-    ``x`` is ``[B, C, N]``; ``target`` is ``[B, N]`` (softmax modes) or ``[B, C, N]`` (binary modes).
-    """
-    b, c = x.shape[:2]
-    shape = (b, c) if per_image else (c,)
-    bounded = mode != "hinge"
-    impl = None if bins is None else backend(x)
-    if impl in ("numba", "triton"):
-        binning = Binning.for_errors(bins, bounded)
-        try:
-            losses, n_fg, n_valid = fused_binned(
-                x, target, mode=mode, per_image=per_image, ignore_index=ignore_index, binning=binning, impl=impl
-            )
-            return losses.view(shape), (n_fg > 0).view(shape), (n_valid > 0).view(shape)
-        except Exception as exc:
-            if impl != "triton" or os.environ.get("LOVASZ_BACKEND", "auto") == "triton":
-                raise
-            disable_triton(exc)
-    if mode in ("softmax", "probs"):
-        groups = softmax_errors(
-            x, target, per_image=per_image, ignore_index=ignore_index, from_logits=mode == "softmax"
-        )
-    elif mode == "hinge":
-        groups = hinge_errors(x, target, per_image=per_image, ignore_index=ignore_index)
-    else:
-        groups = sigmoid_errors(
-            x, target, per_image=per_image, ignore_index=ignore_index, from_logits=mode == "sigmoid"
-        )
-    losses = lovasz_extension(groups.errors, groups.fg, groups.valid, bins=bins, bounded=bounded)
-    return losses.view(shape), groups.fg.any(dim=1).view(shape), _has_valid(groups)
 
 
 def lovasz_softmax(
@@ -83,7 +37,8 @@ def lovasz_softmax(
     weight: Tensor | Sequence[float] | None = None,
     from_logits: bool = True,
     bins: int | None = None,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
+    backend: BackendName = "auto",
 ) -> Tensor:
     r"""Lovász-Softmax loss: a convex surrogate of ``1 - IoU`` for multi-class segmentation.
 
@@ -116,6 +71,10 @@ def lovasz_softmax(
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.  ``"none"`` returns ``[B]`` per-image losses when
             ``per_image`` (0 for skipped images), else ``[C]`` weighted per-class losses ``w_c L_c``
             (0 for classes that are not selected).
+        backend: implementation of the binned engine: ``"auto"`` (``LOVASZ_BACKEND`` if set, else Triton
+            on CUDA, numba on the CPU, PyTorch otherwise), ``"torch"``, ``"numba"`` or ``"triton"``.  A
+            backend that cannot serve the call raises :class:`lovasz.BackendNotSupportedError`
+            (see :mod:`lovasz.engine.backends`).  With ``bins=None`` only ``"auto"``/``"torch"``.
 
     Returns:
         The loss (float32, or float64 for float64 input).  If no pixel is valid it is 0, with a zero
@@ -131,75 +90,41 @@ def lovasz_softmax(
         >>> float(lovasz.lovasz_softmax(onehot, labels, from_logits=False))  # perfect prediction
         0.0
     """
-    _checks.check_softmax_shapes(input, target)
-    _checks.check_reduction(reduction)
-    _checks.check_ignore_index(ignore_index)
-    _checks.check_bins(bins)
-    num_classes = input.shape[1]
-    _checks.check_classes(classes, num_classes)
-    w = _checks.class_weight(weight, num_classes, input.device)
-    value_checks = []
-    if not from_logits:
-        value_checks.append(
-            (((input < 0) | (input > 1)).any(), "input must hold probabilities in [0, 1] when from_logits=False")
-        )
-    bad_label = (target < 0) | (target >= num_classes)
-    if ignore_index is not None:
-        bad_label = bad_label & (target != ignore_index)
-    hint = "" if ignore_index is None else f" and not ignore_index={ignore_index}"
-    value_checks.append(
-        (bad_label.any(), f"target has labels outside [0, {num_classes}){hint}; set ignore_index for void labels")
-    )
-    if w is not None:
-        value_checks.append(((w < 0).any() | ~torch.isfinite(w).all(), "weight must be finite and non-negative"))
-    _checks.run_value_checks(input, value_checks)
-
-    b = input.shape[0]
-    mode = "softmax" if from_logits else "probs"
-    x, t = input.reshape(b, num_classes, -1), target.reshape(b, -1)
+    w = _checks.check_softmax(
+        input, target, classes=classes, ignore_index=ignore_index, weight=weight, from_logits=from_logits,
+        bins=bins, reduction=reduction, backend=backend,
+    )  # fmt: skip
+    b, c = input.shape[:2]
     with _no_autocast(input):
-        losses, present, has_valid = _group_losses(mode, x, t, per_image, ignore_index, bins)
-        if classes == "present":
-            select = present
-        else:
-            select = has_valid
-            if classes != "all":
-                chosen = torch.zeros(num_classes, dtype=torch.bool, device=input.device)
-                chosen[torch.as_tensor([int(c) for c in classes], device=input.device)] = True
-                select = select & chosen
-        return reduce_groups(losses, select, w, reduction)
+        result = group_losses(
+            SOFTMAX if from_logits else PROBS, input.reshape(b, c, -1), target.reshape(b, -1),
+            per_image=per_image, ignore_index=ignore_index, bins=bins, backend=backend,
+        )  # fmt: skip
+        return reduce_groups(result.losses, select_classes(result, classes), w, reduction)
 
 
 def _binary_loss(
-    kind: str,
     input: Tensor,
     target: Tensor,
+    *,
+    hinge: bool,
     per_image: bool,
     ignore_index: int | None,
     from_logits: bool,
     bins: int | None,
     reduction: str,
+    backend: str,
 ) -> Tensor:
-    x, t = _checks.binary_layout(input, target)
-    _checks.check_reduction(reduction)
-    _checks.check_ignore_index(ignore_index)
-    _checks.check_bins(bins)
-    value_checks = []
-    if not from_logits:
-        value_checks.append(
-            (((x < 0) | (x > 1)).any(), "input must hold probabilities in [0, 1] when from_logits=False")
-        )
-    bad = (t != 0) & (t != 1)
-    if ignore_index is not None:
-        bad = bad & (t != ignore_index)
-    hint = "" if ignore_index is None else f" or ignore_index={ignore_index}"
-    value_checks.append((bad.any(), f"target must contain only 0 and 1{hint} for a binary loss"))
-    _checks.run_value_checks(x, value_checks)
-
-    mode = kind if kind == "hinge" or from_logits else "sigmoid_probs"
+    x, t = _checks.check_binary(
+        input, target, ignore_index=ignore_index, from_logits=from_logits, bins=bins, reduction=reduction,
+        backend=backend,
+    )  # fmt: skip
+    surrogate = HINGE if hinge else SIGMOID if from_logits else SIGMOID_PROBS
     with _no_autocast(x):
-        losses, _, has_valid = _group_losses(mode, x, t, per_image, ignore_index, bins)
-        return reduce_groups(losses, has_valid, None, reduction)
+        result = group_losses(
+            surrogate, x, t, per_image=per_image, ignore_index=ignore_index, bins=bins, backend=backend
+        )
+        return reduce_groups(result.losses, result.has_valid, None, reduction)
 
 
 def lovasz_hinge(
@@ -209,7 +134,8 @@ def lovasz_hinge(
     per_image: bool = True,
     ignore_index: int | None = None,
     bins: int | None = None,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
+    backend: BackendName = "auto",
 ) -> Tensor:
     r"""Lovász hinge loss for binary (and multi-label) segmentation.
 
@@ -229,6 +155,7 @@ def lovasz_hinge(
         bins: ``None`` for the exact engine; an int for the binned engine.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (``[B]`` per image, or ``[C]`` per channel with
             ``per_image=False``; 0 for entries with no valid pixel).
+        backend: implementation of the binned engine, as in :func:`lovasz_softmax`.
 
     Example:
         >>> import torch, lovasz
@@ -236,7 +163,10 @@ def lovasz_hinge(
         >>> masks = torch.randint(0, 2, (4, 16, 16))
         >>> lovasz.lovasz_hinge(logits, masks).backward()
     """
-    return _binary_loss("hinge", input, target, per_image, ignore_index, True, bins, reduction)
+    return _binary_loss(
+        input, target, hinge=True, per_image=per_image, ignore_index=ignore_index, from_logits=True, bins=bins,
+        reduction=reduction, backend=backend,
+    )  # fmt: skip
 
 
 def lovasz_sigmoid(
@@ -247,7 +177,8 @@ def lovasz_sigmoid(
     ignore_index: int | None = None,
     from_logits: bool = True,
     bins: int | None = None,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
+    backend: BackendName = "auto",
 ) -> Tensor:
     r"""Lovász-Sigmoid loss: errors :math:`e_i = |y_i - \sigma(s_i)|` for binary or multi-label targets.
 
@@ -261,4 +192,7 @@ def lovasz_sigmoid(
         >>> labels = torch.randint(0, 2, (2, 3, 8, 8))  # 3 independent binary channels
         >>> loss = lovasz.lovasz_sigmoid(logits, labels)
     """
-    return _binary_loss("sigmoid", input, target, per_image, ignore_index, from_logits, bins, reduction)
+    return _binary_loss(
+        input, target, hinge=False, per_image=per_image, ignore_index=ignore_index, from_logits=from_logits,
+        bins=bins, reduction=reduction, backend=backend,
+    )  # fmt: skip

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from . import _checks
 from .functional import lovasz_hinge, lovasz_sigmoid, lovasz_softmax
+from .types import BackendName, ClassSelection, Reduction
 
 __all__ = ["CrossEntropyLovaszLoss", "LovaszHingeLoss", "LovaszSigmoidLoss", "LovaszSoftmaxLoss"]
 
@@ -28,21 +30,24 @@ class LovaszSoftmaxLoss(nn.Module):
     def __init__(
         self,
         *,
-        classes: str | Sequence[int] = "present",
+        classes: ClassSelection = "present",
         per_image: bool = False,
         ignore_index: int | None = None,
         weight: Tensor | Sequence[float] | None = None,
         from_logits: bool = True,
         bins: int | None = None,
-        reduction: str = "mean",
+        reduction: Reduction = "mean",
+        backend: BackendName = "auto",
     ) -> None:
         super().__init__()
+        _checks.check_options(ignore_index=ignore_index, bins=bins, reduction=reduction, backend=backend)
         self.classes = classes if isinstance(classes, str) else tuple(int(c) for c in classes)
         self.per_image = per_image
         self.ignore_index = ignore_index
         self.from_logits = from_logits
         self.bins = bins
         self.reduction = reduction
+        self.backend = backend
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
@@ -56,12 +61,14 @@ class LovaszSoftmaxLoss(nn.Module):
             from_logits=self.from_logits,
             bins=self.bins,
             reduction=self.reduction,
+            backend=self.backend,
         )
 
     def extra_repr(self) -> str:
         return (
             f"classes={self.classes!r}, per_image={self.per_image}, ignore_index={self.ignore_index}, "
-            f"from_logits={self.from_logits}, bins={self.bins}, reduction={self.reduction!r}"
+            f"from_logits={self.from_logits}, bins={self.bins}, reduction={self.reduction!r}, "
+            f"backend={self.backend!r}"
         )
 
 
@@ -79,13 +86,16 @@ class LovaszHingeLoss(nn.Module):
         per_image: bool = True,
         ignore_index: int | None = None,
         bins: int | None = None,
-        reduction: str = "mean",
+        reduction: Reduction = "mean",
+        backend: BackendName = "auto",
     ) -> None:
         super().__init__()
+        _checks.check_options(ignore_index=ignore_index, bins=bins, reduction=reduction, backend=backend)
         self.per_image = per_image
         self.ignore_index = ignore_index
         self.bins = bins
         self.reduction = reduction
+        self.backend = backend
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return lovasz_hinge(
@@ -95,12 +105,13 @@ class LovaszHingeLoss(nn.Module):
             ignore_index=self.ignore_index,
             bins=self.bins,
             reduction=self.reduction,
+            backend=self.backend,
         )
 
     def extra_repr(self) -> str:
         return (
             f"per_image={self.per_image}, ignore_index={self.ignore_index}, bins={self.bins}, "
-            f"reduction={self.reduction!r}"
+            f"reduction={self.reduction!r}, backend={self.backend!r}"
         )
 
 
@@ -119,14 +130,17 @@ class LovaszSigmoidLoss(nn.Module):
         ignore_index: int | None = None,
         from_logits: bool = True,
         bins: int | None = None,
-        reduction: str = "mean",
+        reduction: Reduction = "mean",
+        backend: BackendName = "auto",
     ) -> None:
         super().__init__()
+        _checks.check_options(ignore_index=ignore_index, bins=bins, reduction=reduction, backend=backend)
         self.per_image = per_image
         self.ignore_index = ignore_index
         self.from_logits = from_logits
         self.bins = bins
         self.reduction = reduction
+        self.backend = backend
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return lovasz_sigmoid(
@@ -137,12 +151,13 @@ class LovaszSigmoidLoss(nn.Module):
             from_logits=self.from_logits,
             bins=self.bins,
             reduction=self.reduction,
+            backend=self.backend,
         )
 
     def extra_repr(self) -> str:
         return (
             f"per_image={self.per_image}, ignore_index={self.ignore_index}, from_logits={self.from_logits}, "
-            f"bins={self.bins}, reduction={self.reduction!r}"
+            f"bins={self.bins}, reduction={self.reduction!r}, backend={self.backend!r}"
         )
 
 

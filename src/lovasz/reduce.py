@@ -16,12 +16,33 @@ Everything stays on the device with no data-dependent control flow: an empty sel
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 from torch import Tensor
+
+from .engine.result import GroupLosses
+
+__all__ = ["reduce_groups", "select_classes"]
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
     ok = den > 0
     return (num / den.masked_fill(~ok, 1.0)).masked_fill(~ok, 0.0)
+
+
+def select_classes(result: GroupLosses, classes: str | Sequence[int]) -> Tensor:
+    """Which groups take part: ``"present"`` classes (a foreground pixel among the group's valid
+    pixels), ``"all"`` classes of groups with a valid pixel, or the listed class ids among those."""
+    if classes == "present":
+        return result.present
+    select = result.has_valid
+    if classes != "all":
+        num_classes = select.shape[-1]
+        chosen = torch.zeros(num_classes, dtype=torch.bool, device=select.device)
+        chosen[torch.as_tensor([int(c) for c in classes], device=select.device)] = True
+        select = select & chosen
+    return select
 
 
 def reduce_groups(losses: Tensor, select: Tensor, weight: Tensor | None, reduction: str) -> Tensor:

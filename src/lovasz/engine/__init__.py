@@ -1,23 +1,40 @@
 """The Lovász engine: evaluates the Lovász extension of the Jaccard loss for many groups at once.
 
-``lovasz_extension(errors, fg, valid, bins=None)`` takes ``[G, P]`` errors and returns ``[G]`` losses.
-``bins=None`` selects the exact engine (:mod:`.exact`, one batched sort); an integer selects the binned
-engine (:mod:`.binned`, histogram counts and a weight table, no sort).
+:func:`group_losses` is the road from scores to per-group losses: the resolver (:mod:`.backends`)
+picks an implementation before the call, then either the errors are built (:mod:`lovasz.errors`) and
+evaluated by the exact engine (:mod:`.exact`, one batched sort) or the PyTorch binned engine
+(:mod:`.binned`), or fused kernels (:mod:`.fused`) build the binned histogram straight from the scores.
+Every path returns a :class:`GroupLosses`.
+
+:func:`lovasz_extension` evaluates ``[G, P]`` errors directly (``bins=None``: exact; an int: binned).
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from .binned import DEFAULT_BINS, Binning, lovasz_binned, weight_tables
+from .. import surrogates
+from ..errors import build_errors
+from .backends import BackendNotSupportedError, LovaszFallbackWarning, resolve, triton_probe
+from .binned import lovasz_binned
 from .exact import lovasz_exact
+from .fused import fused_binned
+from .histogram import DEFAULT_BINS, Binning, Histogram, histogram_losses, weight_tables
+from .result import GroupLosses
 
 __all__ = [
     "DEFAULT_BINS",
+    "BackendNotSupportedError",
     "Binning",
+    "GroupLosses",
+    "Histogram",
+    "LovaszFallbackWarning",
+    "group_losses",
+    "histogram_losses",
     "lovasz_binned",
     "lovasz_exact",
     "lovasz_extension",
+    "triton_probe",
     "weight_tables",
 ]
 
@@ -32,3 +49,44 @@ def lovasz_extension(
     if bins is None:
         return lovasz_exact(errors, fg, valid)
     return lovasz_binned(errors, fg, valid, Binning.for_errors(bins, bounded))
+
+
+def group_losses(
+    surrogate: str | surrogates.Surrogate,
+    x: Tensor,
+    target: Tensor,
+    *,
+    per_image: bool,
+    ignore_index: int | None,
+    bins: int | None,
+    backend: str = "auto",
+) -> GroupLosses:
+    """Lovász losses of every group of ``x`` ``[B, C, N]``, folded to ``[B, C]`` (per image) or ``[C]``.
+
+    ``target`` is ``[B, N]`` class ids for a surrogate with the ``"classes"`` layout, ``[B, C, N]`` 0/1
+    labels for ``"channels"``.  Inputs are assumed checked (:mod:`lovasz._checks`).
+    """
+    s = surrogates.get(surrogate)
+    b, c = x.shape[:2]
+    shape = (b, c) if per_image else (c,)
+    impl = resolve(backend, x, bins)
+    binning = None if bins is None else Binning.for_errors(bins, s.bounded)
+    if impl.kernels is not None:
+        assert binning is not None
+        losses, n_fg, n_valid = fused_binned(
+            x,
+            target,
+            surrogate=s,
+            per_image=per_image,
+            ignore_index=ignore_index,
+            binning=binning,
+            kernels=impl.kernels,
+        )
+        return GroupLosses(losses, n_fg, n_valid).view(*shape)
+    groups = build_errors(s, x, target, per_image=per_image, ignore_index=ignore_index)
+    if binning is None:
+        losses = lovasz_exact(groups.errors, groups.fg, groups.valid)
+    else:
+        losses = lovasz_binned(groups.errors, groups.fg, groups.valid, binning)
+    n_fg, n_valid = groups.counts()
+    return GroupLosses(losses, n_fg, n_valid).view(*shape)

@@ -18,6 +18,10 @@ int64.  Groups are ``b * C + c`` per image, ``c`` over the batch.  Accumulators 
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from ..surrogates import HINGE, SIGMOID, SIGMOID_PROBS, SOFTMAX, Surrogate
+from .histogram import Binning, Histogram
 
 try:
     from numba import njit, prange
@@ -26,8 +30,8 @@ try:
 except ImportError:  # pragma: no cover - exercised where numba is absent
     AVAILABLE = False
 
-# Binary modes (the softmax kernels take a from_logits flag instead); the Triton kernels use the same codes.
-MODE_SIGMOID, MODE_SIGMOID_PROBS, MODE_HINGE = 2, 3, 4
+# Surrogate codes (lovasz.surrogates), frozen into the kernels as compile-time constants.
+_SOFTMAX, _SIGMOID, _SIGMOID_PROBS, _HINGE = SOFTMAX.code, SIGMOID.code, SIGMOID_PROBS.code, HINGE.code
 BLOCK = 256
 # Fixed (not the thread count), so that results are the same on every machine.
 NUM_CHUNKS = 8
@@ -128,8 +132,9 @@ if AVAILABLE:
             lab[j] = -1 if use_ignore and v == ignore else np.int32(v)
 
     @njit(parallel=True, cache=True, fastmath=True)
-    def softmax_forward(x, t, ignore, use_ignore, from_logits, per_image, lo, hi, per_octave, num_bins, nchunks):
+    def softmax_forward(x, t, ignore, use_ignore, code, per_image, lo, hi, per_octave, num_bins, nchunks):
         b_, c_, n_ = x.shape
+        from_logits = code == _SOFTMAX
         groups = b_ * c_ if per_image else c_
         slots = 1 if per_image else nchunks
         units = b_ if per_image else nchunks
@@ -167,9 +172,10 @@ if AVAILABLE:
         return acc
 
     @njit(parallel=True, cache=True, fastmath=True)
-    def softmax_backward(x, t, ignore, use_ignore, from_logits, per_image, lo, hi, per_octave, num_bins, table, grad):
+    def softmax_backward(x, t, ignore, use_ignore, code, per_image, lo, hi, per_octave, num_bins, table, grad):
         # table: [G, K, 2] float32 = d loss / d error for (group, bin, is_fg), already scaled by grad_output.
         b_, c_, n_ = x.shape
+        from_logits = code == _SOFTMAX
         nblocks = (n_ + BLOCK - 1) // BLOCK
         lo_bits, hi_bits = _bit_bounds(lo, hi)
         for unit_ in prange(b_ * nblocks):
@@ -210,9 +216,9 @@ if AVAILABLE:
                     grad[b, c, i0 + j] = p[c, j] * (gp[c, j] - dot[j]) if from_logits else gp[c, j]
 
     @njit(inline="always")
-    def _binary_block(x, t, b, c, i0, width, mode, e, de, fgb, pf, pn):
+    def _binary_block(x, t, b, c, i0, width, code, e, de, fgb, pf, pn):
         """Errors, their derivative w.r.t. the input, and the fg flag for one block of one row."""
-        if mode == MODE_SIGMOID:
+        if code == _SIGMOID:
             scale = pn[1].view(np.float32)
             mant = pf[0]
             for j in range(width):
@@ -227,7 +233,7 @@ if AVAILABLE:
                 d = pr * (np.float32(1.0) - pr)
                 de[j] = -d if fg else d
                 fgb[j] = 1 if fg else 0
-        elif mode == MODE_SIGMOID_PROBS:
+        elif code == _SIGMOID_PROBS:
             for j in range(width):
                 pr = x[b, c, i0 + j]
                 fg = t[b, c, i0 + j] == 1
@@ -245,7 +251,7 @@ if AVAILABLE:
                 fgb[j] = 1 if fg else 0
 
     @njit(parallel=True, cache=True, fastmath=True)
-    def binary_forward(x, t, ignore, use_ignore, mode, per_image, lo, hi, per_octave, num_bins, nchunks):
+    def binary_forward(x, t, ignore, use_ignore, code, per_image, lo, hi, per_octave, num_bins, nchunks):
         b_, c_, n_ = x.shape
         groups = b_ * c_ if per_image else c_
         slots = 1 if per_image else nchunks
@@ -267,7 +273,7 @@ if AVAILABLE:
                 b = row // c_
                 c = row - b * c_
                 g = b * c_ + c if per_image else c
-                _binary_block(x, t, b, c, i0, width, mode, e, pf[2], fgb, pf, pn)
+                _binary_block(x, t, b, c, i0, width, code, e, pf[2], fgb, pf, pn)
                 _bins(e_bits, kb, width, lo_bits, hi_bits, lo, per_octave, num_bins)
                 base = (slot * groups + g) * num_bins * 4
                 for j in range(width):
@@ -280,7 +286,7 @@ if AVAILABLE:
         return acc
 
     @njit(parallel=True, cache=True, fastmath=True)
-    def binary_backward(x, t, ignore, use_ignore, mode, per_image, lo, hi, per_octave, num_bins, table, grad):
+    def binary_backward(x, t, ignore, use_ignore, code, per_image, lo, hi, per_octave, num_bins, table, grad):
         b_, c_, n_ = x.shape
         nblocks = (n_ + BLOCK - 1) // BLOCK
         lo_bits, hi_bits = _bit_bounds(lo, hi)
@@ -298,7 +304,7 @@ if AVAILABLE:
             e = pf[1]
             de = pf[2]
             kb = pn[0]
-            _binary_block(x, t, b, c, i0, width, mode, e, de, fgb, pf, pn)
+            _binary_block(x, t, b, c, i0, width, code, e, de, fgb, pf, pn)
             _bins(e.view(np.int32), kb, width, lo_bits, hi_bits, lo, per_octave, num_bins)
             for j in range(width):
                 w = table[g, kb[j], fgb[j]] * de[j]
@@ -390,3 +396,38 @@ if AVAILABLE:
                 above_b += gb
             losses[grp] = loss
         return losses, table, n_fg, n_valid
+
+
+def _kernels_and_args(x32, t, surrogate: Surrogate, per_image: bool, ignore_index: int | None, b: Binning):
+    """(forward kernel, backward kernel, their shared leading arguments)."""
+    use_ignore = ignore_index is not None
+    ignore = int(ignore_index) if use_ignore else 0
+    args = (x32.numpy(), t.numpy(), ignore, use_ignore, surrogate.code, per_image, b.lo, b.hi, b.per_octave, b.num_bins)
+    if surrogate.per_class:
+        return softmax_forward, softmax_backward, args
+    return binary_forward, binary_backward, args
+
+
+def histogram(
+    x32: torch.Tensor, t: torch.Tensor, surrogate: Surrogate, per_image: bool, ignore_index: int | None, b: Binning
+) -> Histogram:
+    """Histogram of ``x32`` (``[B, C, N]`` float32 contiguous) with targets ``t`` (int64), ``NUM_CHUNKS``
+    partials over the batch (one per image with ``per_image``)."""
+    forward_kernel, _, args = _kernels_and_args(x32, t, surrogate, per_image, ignore_index, b)
+    return Histogram(torch.from_numpy(forward_kernel(*args, NUM_CHUNKS)), b)
+
+
+def backward(
+    x32: torch.Tensor,
+    t: torch.Tensor,
+    surrogate: Surrogate,
+    per_image: bool,
+    ignore_index: int | None,
+    b: Binning,
+    table: torch.Tensor,
+    grad: torch.Tensor,
+) -> None:
+    """Write d loss / d ``x32`` into ``grad`` given the weight table ``[G, K, 2]`` (float32), already
+    scaled by the gradient of each group's loss."""
+    _, backward_kernel, args = _kernels_and_args(x32, t, surrogate, per_image, ignore_index, b)
+    backward_kernel(*args, table.numpy(), grad.numpy())

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import torch
 
+from ..surrogates import HINGE, SIGMOID, SOFTMAX, Surrogate
+from .histogram import Binning, Histogram
+
 try:
     import triton
     import triton.language as tl
@@ -23,9 +26,11 @@ try:
 except ImportError:  # pragma: no cover - exercised where triton is absent
     AVAILABLE = False
 
-MODES = {"sigmoid": 2, "sigmoid_probs": 3, "hinge": 4}  # binary modes, as in kernels_cpu
-
 if AVAILABLE:
+    # Surrogate codes (lovasz.surrogates) as compile-time constants of the kernels.
+    _SOFTMAX = tl.constexpr(SOFTMAX.code)
+    _SIGMOID = tl.constexpr(SIGMOID.code)
+    _HINGE = tl.constexpr(HINGE.code)
 
     @triton.jit
     def _bin(e, lo_bits, hi_bits, lo, per_octave, num_bins):
@@ -37,12 +42,12 @@ if AVAILABLE:
         return tl.where(bits >= hi_bits, num_bins - 1, k)
 
     @triton.jit
-    def _softmax_tile(x_ptr, t_ptr, b, pid_n, C, N, ignore, USE_IGNORE, FROM_LOGITS, BLOCK_C, BLOCK_N):
+    def _softmax_tile(x_ptr, t_ptr, b, pid_n, C, N, ignore, USE_IGNORE, CODE, BLOCK_C, BLOCK_N):
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_c = tl.arange(0, BLOCK_C)
         in_tile = (offs_c[:, None] < C) & (offs_n[None, :] < N)
         ptrs = x_ptr + b * C * N + offs_c[:, None] * N + offs_n[None, :]
-        if FROM_LOGITS:
+        if CODE == _SOFTMAX:
             x = tl.load(ptrs, mask=in_tile, other=0.0).to(tl.float32)
             x = tl.where(offs_c[:, None] < C, x, -float("inf"))  # padded classes take no probability
             ex = tl.exp(x - tl.max(x, axis=0)[None, :])
@@ -70,13 +75,13 @@ if AVAILABLE:
     @triton.jit
     def _softmax_fwd(
         x_ptr, t_ptr, counts_ptr, sums_ptr, C, N, ignore, lo, lo_bits, hi_bits, per_octave, num_bins, scale,
-        USE_IGNORE: tl.constexpr, FROM_LOGITS: tl.constexpr, PER_IMAGE: tl.constexpr,
+        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
         pid_n = tl.program_id(0)
         b = tl.program_id(1)
         offs_c, _offs_n, _in_tile, _p, fg, e, use = _softmax_tile(
-            x_ptr, t_ptr, b, pid_n, C, N, ignore, USE_IGNORE, FROM_LOGITS, BLOCK_C, BLOCK_N
+            x_ptr, t_ptr, b, pid_n, C, N, ignore, USE_IGNORE, CODE, BLOCK_C, BLOCK_N
         )
         idx = _softmax_cells(e, fg, b, offs_c, C, lo, lo_bits, hi_bits, per_octave, num_bins, PER_IMAGE)
         tl.atomic_add(counts_ptr + idx, tl.full(idx.shape, 1, tl.int32), mask=use)
@@ -85,25 +90,25 @@ if AVAILABLE:
     @triton.jit
     def _softmax_bwd(
         x_ptr, t_ptr, table_ptr, grad_ptr, C, N, ignore, lo, lo_bits, hi_bits, per_octave, num_bins,
-        USE_IGNORE: tl.constexpr, FROM_LOGITS: tl.constexpr, PER_IMAGE: tl.constexpr,
+        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
         pid_n = tl.program_id(0)
         b = tl.program_id(1)
         offs_c, offs_n, in_tile, p, fg, e, use = _softmax_tile(
-            x_ptr, t_ptr, b, pid_n, C, N, ignore, USE_IGNORE, FROM_LOGITS, BLOCK_C, BLOCK_N
+            x_ptr, t_ptr, b, pid_n, C, N, ignore, USE_IGNORE, CODE, BLOCK_C, BLOCK_N
         )
         idx = _softmax_cells(e, fg, b, offs_c, C, lo, lo_bits, hi_bits, per_octave, num_bins, PER_IMAGE)
         w = tl.load(table_ptr + idx, mask=use, other=0.0)
         gp = tl.where(fg, -w, w)  # d error / d p
-        if FROM_LOGITS:
+        if CODE == _SOFTMAX:
             grad = p * (gp - tl.sum(p * gp, axis=0)[None, :])
         else:
             grad = gp
         tl.store(grad_ptr + b * C * N + offs_c[:, None] * N + offs_n[None, :], grad, mask=in_tile)
 
     @triton.jit
-    def _binary_tile(x_ptr, t_ptr, pid, C, N, total, ignore, USE_IGNORE, MODE, PER_IMAGE, BLOCK):
+    def _binary_tile(x_ptr, t_ptr, pid, C, N, total, ignore, USE_IGNORE, CODE, PER_IMAGE, BLOCK):
         offs = pid * BLOCK + tl.arange(0, BLOCK)
         inside = offs < total
         x = tl.load(x_ptr + offs, mask=inside, other=0.0).to(tl.float32)
@@ -117,12 +122,12 @@ if AVAILABLE:
             g = row
         else:
             g = row % C
-        if MODE == 4:  # hinge
+        if CODE == _HINGE:
             m = 1.0 - tl.where(fg, x, -x)
             e = tl.maximum(m, 0.0)
             de = tl.where(m > 0, tl.where(fg, -1.0, 1.0), 0.0)
         else:
-            if MODE == 2:
+            if CODE == _SIGMOID:
                 pr = tl.sigmoid(x)
                 d = pr * (1.0 - pr)
             else:
@@ -135,10 +140,10 @@ if AVAILABLE:
     @triton.jit
     def _binary_fwd(
         x_ptr, t_ptr, counts_ptr, sums_ptr, C, N, total, ignore, lo, lo_bits, hi_bits, per_octave, num_bins, scale,
-        USE_IGNORE: tl.constexpr, MODE: tl.constexpr, PER_IMAGE: tl.constexpr, BLOCK: tl.constexpr,
+        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         _offs, _inside, use, fg, g, e, _de = _binary_tile(
-            x_ptr, t_ptr, tl.program_id(0), C, N, total, ignore, USE_IGNORE, MODE, PER_IMAGE, BLOCK
+            x_ptr, t_ptr, tl.program_id(0), C, N, total, ignore, USE_IGNORE, CODE, PER_IMAGE, BLOCK
         )
         idx = (g * num_bins + _bin(e, lo_bits, hi_bits, lo, per_octave, num_bins)) * 2 + fg.to(tl.int32)
         tl.atomic_add(counts_ptr + idx, tl.full(idx.shape, 1, tl.int32), mask=use)
@@ -148,23 +153,23 @@ if AVAILABLE:
     @triton.jit
     def _binary_bwd(
         x_ptr, t_ptr, table_ptr, grad_ptr, C, N, total, ignore, lo, lo_bits, hi_bits, per_octave, num_bins,
-        USE_IGNORE: tl.constexpr, MODE: tl.constexpr, PER_IMAGE: tl.constexpr, BLOCK: tl.constexpr,
+        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         offs, inside, use, fg, g, e, de = _binary_tile(
-            x_ptr, t_ptr, tl.program_id(0), C, N, total, ignore, USE_IGNORE, MODE, PER_IMAGE, BLOCK
+            x_ptr, t_ptr, tl.program_id(0), C, N, total, ignore, USE_IGNORE, CODE, PER_IMAGE, BLOCK
         )
         idx = (g * num_bins + _bin(e, lo_bits, hi_bits, lo, per_octave, num_bins)) * 2 + fg.to(tl.int32)
         w = tl.load(table_ptr + idx, mask=use, other=0.0)
         tl.store(grad_ptr + offs, w * de, mask=inside)
 
 
-def _common(binning):
+def _common(binning: Binning):
     lo_bits = (127 + binning.lo) << 23
     hi_bits = (127 + binning.hi) << 23
     return binning.lo, lo_bits, hi_bits, binning.per_octave, binning.num_bins
 
 
-def _scale(binning) -> float:
+def _scale(binning: Binning) -> float:
     # Fixed point for the error sums: errors up to 2^hi, int64 sums safe up to 2^31 elements per bin.
     return float(2 ** (32 - binning.hi))
 
@@ -174,46 +179,59 @@ def _tiles(c: int) -> tuple[int, int]:
     return block_c, max(16, min(1024, 4096 // block_c))
 
 
-def forward(x32, t, ignore, use_ignore, mode, per_image, binning) -> torch.Tensor:
-    """Histogram ``[1, G, K, 2, 2]`` float64 (as the CPU kernels) for ``x32`` ``[B, C, N]``."""
-    b, c, n = x32.shape
-    groups = b * c if per_image else c
-    k = binning.num_bins
+def histogram(
+    x32: torch.Tensor, t: torch.Tensor, surrogate: Surrogate, per_image: bool, ignore_index: int | None, b: Binning
+) -> Histogram:
+    """Histogram of ``x32`` (``[B, C, N]`` float32 contiguous) with targets ``t`` (int64), one partial."""
+    bsz, c, n = x32.shape
+    groups = bsz * c if per_image else c
+    k = b.num_bins
+    use_ignore = ignore_index is not None
+    ignore = int(ignore_index) if use_ignore else 0
     counts = torch.zeros(groups * k * 2, dtype=torch.int32, device=x32.device)
     sums = torch.zeros(groups * k * 2, dtype=torch.int64, device=x32.device)
-    scale = _scale(binning)
-    if mode in ("softmax", "probs"):
+    scale = _scale(b)
+    if surrogate.per_class:
         block_c, block_n = _tiles(c)
-        _softmax_fwd[(triton.cdiv(n, block_n), b)](
-            x32, t, counts, sums, c, n, ignore, *_common(binning), scale,
-            USE_IGNORE=use_ignore, FROM_LOGITS=mode == "softmax", PER_IMAGE=per_image,
-            BLOCK_C=block_c, BLOCK_N=block_n,
+        _softmax_fwd[(triton.cdiv(n, block_n), bsz)](
+            x32, t, counts, sums, c, n, ignore, *_common(b), scale,
+            USE_IGNORE=use_ignore, CODE=surrogate.code, PER_IMAGE=per_image, BLOCK_C=block_c, BLOCK_N=block_n,
         )  # fmt: skip
     else:
         total = x32.numel()
         block = 1024
         _binary_fwd[(triton.cdiv(total, block),)](
-            x32, t, counts, sums, c, n, total, ignore, *_common(binning), scale,
-            USE_IGNORE=use_ignore, MODE=MODES[mode], PER_IMAGE=per_image, BLOCK=block,
+            x32, t, counts, sums, c, n, total, ignore, *_common(b), scale,
+            USE_IGNORE=use_ignore, CODE=surrogate.code, PER_IMAGE=per_image, BLOCK=block,
         )  # fmt: skip
-    acc = torch.stack([counts.to(torch.float64), sums.to(torch.float64) / scale], dim=-1)
-    return acc.view(1, groups, k, 2, 2)
+    cells = torch.stack([counts.to(torch.float64), sums.to(torch.float64) / scale], dim=-1)
+    return Histogram(cells.view(1, groups, k, 2, 2), b)
 
 
-def backward(x32, t, ignore, use_ignore, mode, per_image, binning, table, grad) -> None:
-    """Write d loss / d x into ``grad`` given the scaled weight table ``[G, K, 2]`` float32."""
-    b, c, n = x32.shape
-    if mode in ("softmax", "probs"):
+def backward(
+    x32: torch.Tensor,
+    t: torch.Tensor,
+    surrogate: Surrogate,
+    per_image: bool,
+    ignore_index: int | None,
+    b: Binning,
+    table: torch.Tensor,
+    grad: torch.Tensor,
+) -> None:
+    """Write d loss / d ``x32`` into ``grad`` given the scaled weight table ``[G, K, 2]`` float32."""
+    bsz, c, n = x32.shape
+    use_ignore = ignore_index is not None
+    ignore = int(ignore_index) if use_ignore else 0
+    if surrogate.per_class:
         block_c, block_n = _tiles(c)
-        _softmax_bwd[(triton.cdiv(n, block_n), b)](
-            x32, t, table, grad, c, n, ignore, *_common(binning),
-            USE_IGNORE=use_ignore, FROM_LOGITS=mode == "softmax", PER_IMAGE=per_image,
-            BLOCK_C=block_c, BLOCK_N=block_n,
+        _softmax_bwd[(triton.cdiv(n, block_n), bsz)](
+            x32, t, table, grad, c, n, ignore, *_common(b),
+            USE_IGNORE=use_ignore, CODE=surrogate.code, PER_IMAGE=per_image, BLOCK_C=block_c, BLOCK_N=block_n,
         )  # fmt: skip
     else:
         total = x32.numel()
         block = 1024
         _binary_bwd[(triton.cdiv(total, block),)](
-            x32, t, table, grad, c, n, total, ignore, *_common(binning),
-            USE_IGNORE=use_ignore, MODE=MODES[mode], PER_IMAGE=per_image, BLOCK=block,
+            x32, t, table, grad, c, n, total, ignore, *_common(b),
+            USE_IGNORE=use_ignore, CODE=surrogate.code, PER_IMAGE=per_image, BLOCK=block,
         )  # fmt: skip

@@ -1,6 +1,7 @@
 """Error vectors, one per loss: turn network outputs and labels into Lovász groups.
 
-Every builder returns a :class:`Groups`: a ``[G, P]`` matrix of non-negative errors, the matching
+:func:`build_errors` picks the builder of a surrogate named in :mod:`lovasz.surrogates`.  Every builder
+returns a :class:`Groups`: a ``[G, P]`` matrix of non-negative errors, the matching
 foreground mask and validity mask, and the shape ``(B, C)`` or ``(C,)`` that the ``G`` rows fold back into
 for the reduction.  Rows are ``(image, class)`` pairs when ``per_image`` is true, classes otherwise.
 """
@@ -12,6 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..surrogates import HINGE, Surrogate
+
+__all__ = ["Groups", "build_errors", "hinge_errors", "sigmoid_errors", "softmax_errors"]
+
 
 @dataclass
 class Groups:
@@ -19,6 +24,13 @@ class Groups:
     fg: Tensor  # [G, P] bool, False where not valid
     valid: Tensor | None  # [G, P] bool, or None when every pixel is valid
     shape: tuple[int, ...]  # (B, C) when per image, (C,) for the whole batch
+
+    def counts(self) -> tuple[Tensor, Tensor]:
+        """Foreground and valid pixel counts of every group, int64 ``[G]``."""
+        fg = self.fg.sum(dim=1)
+        if self.valid is None:
+            return fg, torch.full_like(fg, self.errors.shape[1])
+        return fg, self.valid.sum(dim=1)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -80,3 +92,19 @@ def sigmoid_errors(
     prob = torch.sigmoid(x) if from_logits else x
     errors = torch.where(fg, 1.0 - prob, prob)
     return _fold(errors, fg, valid, per_image)
+
+
+def build_errors(
+    surrogate: Surrogate, input: Tensor, target: Tensor, *, per_image: bool, ignore_index: int | None
+) -> Groups:
+    """Errors of ``surrogate`` for ``input`` ``[B, C, N]`` and ``target`` (``[B, N]`` class ids for the
+    ``"classes"`` layout, ``[B, C, N]`` 0/1 labels for ``"channels"``)."""
+    if surrogate.per_class:
+        return softmax_errors(
+            input, target, per_image=per_image, ignore_index=ignore_index, from_logits=surrogate.from_logits
+        )
+    if surrogate == HINGE:
+        return hinge_errors(input, target, per_image=per_image, ignore_index=ignore_index)
+    return sigmoid_errors(
+        input, target, per_image=per_image, ignore_index=ignore_index, from_logits=surrogate.from_logits
+    )

@@ -28,7 +28,8 @@ from torch import Tensor
 
 NUM_CLASSES = 11
 EVAL_SIZES = (300, 500)  # validation and test canvases; train, eval and demo must agree to score the same split
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+# Debian's dataset-fashion-mnist installs here; LOVASZ_FASHION_MNIST points elsewhere (the same gz files).
+FASHION_DIR = Path(os.environ.get("LOVASZ_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 DIGIT_NAMES = ["background", *[str(d) for d in range(10)]]
 FASHION_NAMES = [
     "background",

@@ -1,9 +1,11 @@
-"""The ``lovasz`` command: ``train``, ``eval``, ``bench`` and ``demo``.
+"""The ``lovasz`` command (also ``python -m lovasz.experiments``): ``train``, ``eval`` and ``demo``.
 
 lovasz demo                      # CE pretraining, then CE / Lovász batch / Lovász per-image fine-tuning
 lovasz train --loss ce+lovasz --per-image --init runs/ce/model.pt --out runs/ft
 lovasz eval --checkpoint runs/ft/model.pt
-lovasz bench --sizes 8x21x256x256
+
+Needs the ``[train]`` extra (pip install 'lovasz[train]').  The engine benchmark is
+``python benchmarks/bench_engine.py`` in the repository.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from . import data as datasets
 
+TRAIN_EXTRA = ("torchmetrics", "matplotlib", "mlxtend", "tqdm")
 DEMO_VARIANTS = {
     "CE (continued)": dict(loss="ce"),
     "Lovász batch": dict(loss="lovasz", per_image=False),
@@ -178,12 +181,6 @@ def cmd_demo(args) -> None:
     print(f"\nwrote {out}/table.md, results.json, curves.png, per_class_iou.png, predictions.png")
 
 
-def cmd_bench(args, rest: list[str]) -> None:
-    from .bench import main as bench_main
-
-    bench_main(rest)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lovasz", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -197,7 +194,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", choices=["digits", "fashion"], help="default: the checkpoint's")
     e.add_argument("--split", choices=["train", "val", "test"], default="test")
     e.add_argument("--json", help="also write the scores to this file")
-    sub.add_parser("bench", help="engine benchmark (options: lovasz bench --help)", add_help=False)
     d = sub.add_parser("demo", help="CE pretraining, then CE / Lovász fine-tuning, several seeds")
     d.add_argument("--data", choices=["digits", "fashion"], default="digits")
     d.add_argument("--seeds", type=int, default=3)
@@ -217,10 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "bench":
-        return cmd_bench(None, argv[1:])
     args = build_parser().parse_args(argv)
-    {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo}[args.command](args)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo}[args.command](args)
+    except ModuleNotFoundError as exc:
+        if exc.name in TRAIN_EXTRA:
+            sys.exit(f"lovasz {args.command}: {exc.name} is missing; install the extra: pip install 'lovasz[train]'")
+        raise
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ class SmallUNet(nn.Module):
 
     Example:
         >>> import torch
-        >>> from lovasz.models import SmallUNet
+        >>> from lovasz.experiments.models import SmallUNet
         >>> SmallUNet(1, 11)(torch.randn(2, 1, 64, 64)).shape
         torch.Size([2, 11, 64, 64])
     """

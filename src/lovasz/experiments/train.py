@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..metrics import intersection_union, iou_scores
+from ..modules import CrossEntropyLovaszLoss, LovaszSoftmaxLoss
+from ..sampling import EquibatchSampler, class_presence
 from . import data as datasets
-from .metrics import intersection_union, iou_scores
 from .models import SmallUNet
-from .modules import CrossEntropyLovaszLoss, LovaszSoftmaxLoss
-from .sampling import EquibatchSampler, class_presence
 
 LOSSES = ("ce", "lovasz", "ce+lovasz")
 
@@ -99,8 +99,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, splits=None, progress: bool = T
     Returns the results dict: config, per-epoch history, and validation/test metrics of the final model."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     if splits is None:
         splits = datasets.load(cfg.data, sizes=(cfg.train_size, *datasets.EVAL_SIZES), size=cfg.image_size)
     train_split, val_split = splits["train"], splits["val"]

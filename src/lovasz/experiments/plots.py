@@ -7,19 +7,17 @@ from pathlib import Path
 import numpy as np
 
 
-def _plt():
-    import matplotlib
+def _figure(**kwargs):
+    """A figure that draws with the Agg renderer, without pyplot: no global backend is changed."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def training_curves(runs: dict[str, list[dict]], path: Path, title: str) -> None:
     """``runs``: name → history rows (``epoch``, ``train_loss``, ``val_miou_dataset``, ``val_miou_image``)."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig = _figure(figsize=(15, 4))
+    axes = fig.subplots(1, 3)
     offset = 0
     for name, rows in runs.items():
         # Fine-tuning curves continue after the pretraining curve, when one is given first.
@@ -37,13 +35,12 @@ def training_curves(runs: dict[str, list[dict]], path: Path, title: str) -> None
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def per_class_bars(per_class: dict[str, list[float]], names: list[str], path: Path, title: str) -> None:
     """``per_class``: variant → per-class IoU (test split)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(12, 4))
+    fig = _figure(figsize=(12, 4))
+    ax = fig.subplots()
     k = len(per_class)
     width = 0.8 / max(k, 1)
     x = np.arange(len(names))
@@ -57,15 +54,16 @@ def per_class_bars(per_class: dict[str, list[float]], names: list[str], path: Pa
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def predictions(images, masks, preds: dict[str, object], path: Path, num_classes: int, count: int = 4) -> None:
     """Rows: images; columns: input, ground truth, then one prediction per variant."""
-    plt = _plt()
+    import matplotlib
+
     cols = 2 + len(preds)
-    fig, axes = plt.subplots(count, cols, figsize=(2.2 * cols, 2.2 * count), squeeze=False)
-    cmap = plt.get_cmap("tab20", num_classes)
+    fig = _figure(figsize=(2.2 * cols, 2.2 * count))
+    axes = fig.subplots(count, cols, squeeze=False)
+    cmap = matplotlib.colormaps["tab20"].resampled(num_classes)
     for r in range(count):
         axes[r, 0].imshow(images[r, 0].numpy(), cmap="gray")
         axes[r, 1].imshow(masks[r].numpy(), cmap=cmap, vmin=0, vmax=num_classes - 1, interpolation="nearest")
@@ -79,4 +77,3 @@ def predictions(images, masks, preds: dict[str, object], path: Path, num_classes
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

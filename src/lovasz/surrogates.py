@@ -1,0 +1,70 @@
+"""The catalogue of surrogates: how scores and labels become the pixel errors that the Lovász engine sorts.
+
+A surrogate is named once here, with the properties that every other part of the package reads from
+it instead of spelling them again:
+
+* ``layout``: ``"classes"`` — input ``[B, C, N]`` scores over ``C`` classes and target ``[B, N]`` class
+  ids, one Lovász group per class (Lovász-Softmax); ``"channels"`` — input and target ``[B, C, N]``, each
+  channel an independent binary problem with 0/1 labels (Lovász hinge, Lovász-Sigmoid).
+* ``from_logits``: whether the input holds raw scores (a softmax/sigmoid is taken inside) or
+  probabilities.
+* ``bounded``: whether every error lies in ``[0, 1]``; the binned engine picks its bin range from it.
+* ``code``: the integer that identifies the surrogate inside the numba and Triton kernels.
+
+======================  ==========  ===========  =======  ====  =========================================
+name                    layout      from_logits  bounded  code  error of pixel ``i`` in group ``c``
+======================  ==========  ===========  =======  ====  =========================================
+``"softmax"``           classes     yes          yes      0     ``|1[y_i = c] − softmax(x_i)_c|``
+``"probs"``             classes     no           yes      1     ``|1[y_i = c] − x_ic|``
+``"sigmoid"``           channels    yes          yes      2     ``|y_ic − σ(x_ic)|``
+``"sigmoid_probs"``     channels    no           yes      3     ``|y_ic − x_ic|``
+``"hinge"``             channels    yes          no       4     ``max(1 − x_ic·(2 y_ic − 1), 0)``
+======================  ==========  ===========  =======  ====  =========================================
+
+The error builders (:mod:`lovasz.errors`), the backend resolver (:mod:`lovasz.engine.backends`) and both
+kernel families (:mod:`lovasz.engine.kernels_cpu`, :mod:`lovasz.engine.kernels_triton`) take a
+:class:`Surrogate` or its ``code``; a new surrogate is added here first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["HINGE", "PROBS", "SIGMOID", "SIGMOID_PROBS", "SOFTMAX", "SURROGATES", "Surrogate", "get"]
+
+
+@dataclass(frozen=True)
+class Surrogate:
+    """One way of turning scores and labels into Lovász errors (see the module's table)."""
+
+    name: str
+    code: int
+    layout: Literal["classes", "channels"]
+    from_logits: bool
+    bounded: bool
+    error: str
+
+    @property
+    def per_class(self) -> bool:
+        """``True`` for the ``"classes"`` layout (class-id targets), ``False`` for independent channels."""
+        return self.layout == "classes"
+
+
+SOFTMAX = Surrogate("softmax", 0, "classes", True, True, "|1[y = c] - softmax(x)_c|")
+PROBS = Surrogate("probs", 1, "classes", False, True, "|1[y = c] - p_c|")
+SIGMOID = Surrogate("sigmoid", 2, "channels", True, True, "|y - sigmoid(x)|")
+SIGMOID_PROBS = Surrogate("sigmoid_probs", 3, "channels", False, True, "|y - p|")
+HINGE = Surrogate("hinge", 4, "channels", True, False, "max(1 - x·(2y - 1), 0)")
+
+SURROGATES: dict[str, Surrogate] = {s.name: s for s in (SOFTMAX, PROBS, SIGMOID, SIGMOID_PROBS, HINGE)}
+
+
+def get(name: str | Surrogate) -> Surrogate:
+    """The surrogate called ``name`` (a :class:`Surrogate` is returned as is)."""
+    if isinstance(name, Surrogate):
+        return name
+    try:
+        return SURROGATES[name]
+    except KeyError:
+        raise ValueError(f"unknown surrogate {name!r}; known: {sorted(SURROGATES)}") from None

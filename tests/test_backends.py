@@ -1,0 +1,166 @@
+"""The backend resolver: order, errors for requests it cannot serve, the Triton probe and its fallback.
+
+Kernel failures are simulated through one seam, ``lovasz.engine.backends.load_kernels``: a fake Triton
+module whose forward is the numba kernel and whose backward (or forward) raises.  ``TRITON_INTERPRET=1``
+makes the CPU count as a Triton device, so the automatic choice considers Triton here.
+"""
+
+from __future__ import annotations
+
+import types
+import warnings
+
+import pytest
+import torch
+
+import lovasz
+from lovasz.engine import backends
+from lovasz.engine.backends import BackendNotSupportedError, resolve, triton_probe
+
+numba = pytest.importorskip("numba")
+X = torch.randn(2, 3, 6, 6)
+T = torch.randint(0, 3, (2, 6, 6))
+
+
+@pytest.fixture(autouse=True)
+def fresh_probe():
+    triton_probe.reset()
+    yield
+    triton_probe.reset()
+
+
+def test_order_argument_then_environment_then_automatic(monkeypatch):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    assert resolve("auto", X, 256).name == "numba"  # automatic, on the CPU
+    monkeypatch.setenv(backends.ENV_VAR, "torch")
+    assert resolve("auto", X, 256).name == "torch"  # the environment
+    assert resolve("numba", X, 256).name == "numba"  # the argument beats the environment
+    assert resolve("auto", X, None).name == "torch"  # the exact engine reads no environment
+    assert resolve("auto", X.double(), 256).name == "torch"
+    monkeypatch.setenv(backends.ENV_VAR, "auto")
+    assert resolve("auto", X.double(), 256).name == "torch"  # float64: the automatic choice keeps PyTorch
+
+
+def test_backend_argument_reaches_the_engine(monkeypatch):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    calls = []
+    real = backends.load_kernels
+
+    def spy(name):
+        calls.append(name)
+        return real(name)
+
+    monkeypatch.setattr(backends, "load_kernels", spy)
+    a = lovasz.lovasz_softmax(X, T, bins=256, backend="torch")
+    assert calls == []
+    b = lovasz.LovaszSoftmaxLoss(bins=256, backend="numba")(X, T)
+    assert calls == ["numba"]
+    torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3)
+    lovasz.lovasz_hinge(X[:, 0], T.clamp(max=1), bins=256, backend="numba")
+    lovasz.lovasz_sigmoid(X[:, 0], T.clamp(max=1), bins=256, backend="numba")
+    assert calls == ["numba"] * 3
+
+
+@pytest.mark.parametrize(
+    ("backend", "x", "bins", "match"),
+    [
+        ("numba", X.double(), 256, "float64"),
+        ("numba", torch.empty(2, 3, 4, device="meta"), 256, "numba kernels run on the CPU"),
+        ("triton", X, 256, "need a CUDA device"),
+        ("numba", X, None, "binned engine only"),
+        ("triton", X, None, "binned engine only"),
+    ],
+)
+def test_requests_a_backend_cannot_serve_raise_with_the_reason(backend, x, bins, match, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(BackendNotSupportedError, match=match):
+        resolve(backend, x, bins)
+
+
+def test_environment_request_that_cannot_be_served_names_the_variable(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv(backends.ENV_VAR, "triton")
+    with pytest.raises(BackendNotSupportedError, match="LOVASZ_BACKEND=triton"):
+        lovasz.lovasz_softmax(X, T, bins=256)
+
+
+def test_unknown_backend_names_are_rejected(monkeypatch):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        lovasz.lovasz_softmax(X, T, bins=256, backend="cuda")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        lovasz.LovaszHingeLoss(backend="gpu")
+    monkeypatch.setenv(backends.ENV_VAR, "fast")
+    with pytest.raises(ValueError, match="LOVASZ_BACKEND must be one of"):
+        lovasz.lovasz_softmax(X, T, bins=256)
+
+
+def _fake_triton(fail_forward=None, fail_backward=None, counter=None):
+    """A Triton kernel module that runs the numba kernels, or raises the given exceptions."""
+    from lovasz.engine import kernels_cpu
+
+    def histogram(*args):
+        if counter is not None:
+            counter.append("forward")
+        if fail_forward is not None:
+            raise fail_forward
+        return kernels_cpu.histogram(*args)
+
+    def backward(*args):
+        if fail_backward is not None:
+            raise fail_backward
+        return kernels_cpu.backward(*args)
+
+    return types.SimpleNamespace(AVAILABLE=True, histogram=histogram, backward=backward)
+
+
+def _patch_kernels(monkeypatch, fake):
+    real = backends.load_kernels
+    monkeypatch.setattr(backends, "load_kernels", lambda name: fake if name == "triton" else real(name))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+
+
+def test_failing_backward_kernel_falls_back_once_with_a_warning(monkeypatch):
+    _patch_kernels(monkeypatch, _fake_triton(fail_backward=RuntimeError("no kernel image for this GPU")))
+    want = lovasz.lovasz_softmax(X, T, bins=256, backend="numba")
+    with pytest.warns(lovasz.LovaszFallbackWarning, match="no kernel image"):
+        got = lovasz.lovasz_softmax(X, T, bins=256)  # the probe fails before first use: numba serves the call
+    assert torch.equal(got, want)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # decided once per device: no second probe, no second warning
+        assert resolve("auto", X, 256).name == "numba"
+    with pytest.raises(BackendNotSupportedError, match="failed to compile or launch") as info:
+        lovasz.lovasz_softmax(X, T, bins=256, backend="triton")  # asked for explicitly: an error
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_probe_runs_once_per_device_until_reset(monkeypatch):
+    calls: list[str] = []
+    _patch_kernels(monkeypatch, _fake_triton(counter=calls))
+    assert resolve("auto", X, 256).name == "triton"
+    probe_calls = len(calls)
+    assert probe_calls >= 2  # both kernel families
+    resolve("auto", X, 256)
+    assert len(calls) == probe_calls
+    triton_probe.reset()
+    resolve("auto", X, 256)
+    assert len(calls) == 2 * probe_calls
+
+
+def test_plain_bugs_and_errors_of_real_calls_are_not_hidden(monkeypatch):
+    _patch_kernels(monkeypatch, _fake_triton(fail_forward=TypeError("a bug")))
+    with pytest.raises(TypeError, match="a bug"):
+        lovasz.lovasz_softmax(X, T, bins=256)  # the probe re-raises what is not a compile/launch error
+    triton_probe.reset()
+    fake = _fake_triton()
+    _patch_kernels(monkeypatch, fake)
+    assert resolve("auto", X, 256).name == "triton"  # probe passed
+    fake.histogram = lambda *args: (_ for _ in ()).throw(RuntimeError("launch failed"))
+    with pytest.raises(RuntimeError, match="launch failed"):
+        lovasz.lovasz_softmax(X, T, bins=256)  # a real call's failure propagates: no silent fallback
+
+
+def test_out_of_memory_is_not_a_launch_error():
+    assert not backends._is_launch_error(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert backends._is_launch_error(RuntimeError("CUDA error: no kernel image is available"))
+    assert not backends._is_launch_error(ValueError("bad"))

@@ -1,0 +1,79 @@
+"""The package's layering: the core never reaches into the experiment harness, and ``import lovasz`` stays
+light (torch, nothing heavy it does not need)."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import lovasz
+
+CORE = pathlib.Path(lovasz.__file__).parent
+HARNESS = CORE / "experiments"
+
+
+def _imported_modules(path: pathlib.Path) -> set[str]:
+    """Absolute names of every module that ``path`` imports (relative imports resolved)."""
+    package = ".".join(("lovasz", *path.relative_to(CORE).parent.parts))
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(p for p in (base, node.module) if p)
+            names.add(module)
+            names.update(f"{module}.{a.name}" for a in node.names)
+    return names
+
+
+CORE_FILES = sorted(p for p in CORE.rglob("*.py") if HARNESS not in p.parents)
+
+
+@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: str(p.relative_to(CORE)))
+def test_core_does_not_import_the_harness_or_matplotlib(path):
+    bad = {
+        m
+        for m in _imported_modules(path)
+        if m.startswith(("lovasz.experiments", "matplotlib", "tqdm", "mlxtend")) or m == "lovasz.experiments"
+    }
+    assert not bad, f"{path.name} imports {sorted(bad)}: the core must not depend on the harness or its extras"
+
+
+def test_the_scan_sees_relative_imports(tmp_path, monkeypatch):
+    # The check above can fail: a relative import of the harness from a core module is resolved.
+    fake = CORE / "engine" / "_fake_for_test.py"
+    monkeypatch.setattr(pathlib.Path, "read_text", lambda self: "from ..experiments import cli\nimport matplotlib")
+    names = _imported_modules(fake)
+    assert {"lovasz.experiments", "lovasz.experiments.cli", "matplotlib"} <= names
+
+
+def test_import_lovasz_loads_nothing_heavy():
+    # Modules that `import lovasz` adds to what `import torch` loads (torch itself may load tqdm, numpy...).
+    code = (
+        "import sys, torch; before = set(sys.modules)\n"
+        "import lovasz, lovasz.sampling, lovasz.engine.backends\n"
+        "print(sorted(m for m in set(sys.modules) - before if not m.startswith('lovasz') "
+        "or m.startswith('lovasz.experiments') or m.startswith('lovasz.engine.kernels')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = out.stdout.strip()
+    for heavy in ("numba", "triton", "matplotlib", "torchmetrics", "llvmlite", "lovasz.experiments", "kernels"):
+        assert heavy not in loaded, f"import lovasz loaded {loaded[:2000]}"
+
+
+def test_kernels_load_when_the_cpu_binned_engine_first_runs():
+    pytest.importorskip("numba")
+    code = (
+        "import sys, torch, lovasz\n"
+        "x = torch.randn(1, 2, 8); t = torch.zeros(1, 8, dtype=torch.long)\n"
+        "lovasz.lovasz_softmax(x, t)\n"
+        "assert 'numba' not in sys.modules, 'exact engine loaded numba'\n"
+        "lovasz.lovasz_softmax(x, t, bins=256)\n"
+        "assert 'numba' in sys.modules and 'triton' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
