@@ -73,6 +73,8 @@ def test_kernels_load_when_the_cpu_binned_engine_first_runs():
         "x = torch.randn(1, 2, 8); t = torch.zeros(1, 8, dtype=torch.long)\n"
         "lovasz.lovasz_softmax(x, t)\n"
         "assert 'numba' not in sys.modules, 'exact engine loaded numba'\n"
+        "lovasz.lovasz_softmax(x, t, bins=256, backend='torch')\n"
+        "assert 'numba' not in sys.modules, 'the PyTorch binned engine loaded numba'\n"
         "lovasz.lovasz_softmax(x, t, bins=256)\n"
         "assert 'numba' in sys.modules and 'triton' not in sys.modules\n"
     )

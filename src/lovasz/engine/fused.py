@@ -34,7 +34,7 @@ class _FusedBinned(torch.autograd.Function):
         x32 = x.detach().to(torch.float32).contiguous()
         t = target.to(torch.int64).contiguous()
         hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning)
-        losses, table, n_fg, n_valid = histogram_losses(hist)
+        losses, table, n_fg, n_valid = histogram_losses(hist, use_numba=getattr(kernels, "NAME", "") == "numba")
         ctx.save_for_backward(x32, t, table)
         ctx.config = (surrogate, per_image, ignore_index, binning, kernels, x.dtype)
         ctx.mark_non_differentiable(n_fg, n_valid)

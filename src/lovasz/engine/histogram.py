@@ -151,15 +151,8 @@ class Histogram:
         return self.cells[..., 1].sum(dim=0)
 
 
-def _numba_tables_usable(hist: Histogram, table_dtype: torch.dtype) -> bool:
-    from .._checks import compiling
-    from .backends import numba_installed
-
-    return hist.cells.device.type == "cpu" and table_dtype == torch.float32 and not compiling() and numba_installed()
-
-
 def histogram_losses(
-    hist: Histogram, table_dtype: torch.dtype = torch.float32
+    hist: Histogram, table_dtype: torch.dtype = torch.float32, *, use_numba: bool = False
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Losses and weight table of a histogram: the one place where counts become Lovász weights.
 
@@ -170,10 +163,11 @@ def histogram_losses(
         (the gradient of the loss w.r.t. an element's error); foreground and valid pixel counts ``[G]``
         int64.
 
-    On the CPU (float32 table, not under ``torch.compile``) one numba pass computes the same quantities
-    from harmonic numbers (:func:`.kernels_cpu.tables`); elsewhere :func:`weight_tables` does, in PyTorch.
+    With ``use_numba`` (the numba backend: a CPU histogram, float32 table) one numba pass computes the same
+    quantities from harmonic numbers (:func:`.kernels_cpu.tables`); otherwise :func:`weight_tables` does,
+    in PyTorch, on the histogram's device.
     """
-    if _numba_tables_usable(hist, table_dtype):
+    if use_numba:
         from . import kernels_cpu
 
         cells = hist.cells.detach().contiguous()

@@ -32,6 +32,7 @@ except ImportError:  # pragma: no cover - exercised where numba is absent
 
 # Surrogate codes (lovasz.surrogates), frozen into the kernels as compile-time constants.
 _SOFTMAX, _SIGMOID, _SIGMOID_PROBS, _HINGE = SOFTMAX.code, SIGMOID.code, SIGMOID_PROBS.code, HINGE.code
+NAME = "numba"
 BLOCK = 256
 # Fixed (not the thread count), so that results are the same on every machine.
 NUM_CHUNKS = 8

@@ -26,6 +26,8 @@ try:
 except ImportError:  # pragma: no cover - exercised where triton is absent
     AVAILABLE = False
 
+NAME = "triton"
+
 if AVAILABLE:
     # Surrogate codes (lovasz.surrogates) as compile-time constants of the kernels.
     _SOFTMAX = tl.constexpr(SOFTMAX.code)
