@@ -62,3 +62,83 @@ def test_ignore_index_inside_class_range_is_honoured():
     assert torch.isfinite(loss)
     ref = lovasz.lovasz_softmax(X, t.masked_fill(t == 0, 255), ignore_index=255)
     assert loss.item() == pytest.approx(ref.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda: lovasz.LovaszSoftmaxLoss(classes=[1.5]), TypeError, "classes must contain integer class ids"),
+        (lambda: lovasz.LovaszSoftmaxLoss(classes=[True]), TypeError, "classes must contain integer class ids"),
+        (lambda: lovasz.LovaszSoftmaxLoss(classes=[]), ValueError, "classes is an empty sequence"),
+        (lambda: lovasz.LovaszSoftmaxLoss(classes="some"), ValueError, "classes must be 'present', 'all'"),
+        (lambda: lovasz.LovaszSoftmaxLoss(classes=3), TypeError, "classes must be 'present', 'all'"),
+        (lambda: lovasz.LovaszSoftmaxLoss(classes=[0, -1]), ValueError, "class id -1 in classes is negative"),
+        (lambda: lovasz.LovaszSoftmaxLoss(bins=0), ValueError, "bins must be at least 64"),
+        (lambda: lovasz.LovaszHingeLoss(bins=0), ValueError, "bins must be at least 64"),
+        (lambda: lovasz.LovaszSigmoidLoss(bins=256.0), TypeError, "bins must be None"),
+        (lambda: lovasz.LovaszSoftmaxLoss(reduction="avg"), ValueError, "reduction must be one of"),
+        (lambda: lovasz.LovaszSigmoidLoss(reduction="avg"), ValueError, "reduction must be one of"),
+        (
+            lambda: lovasz.LovaszSoftmaxLoss(weight=[1.0, -1.0, 1.0]),
+            ValueError,
+            "weight must be finite and non-negative",
+        ),
+        (lambda: lovasz.LovaszSoftmaxLoss(weight=[1.0, float("nan")]), ValueError, "weight must be finite"),
+        (lambda: lovasz.LovaszSoftmaxLoss(weight=[1.0, float("inf")]), ValueError, "weight must be finite"),
+        (lambda: lovasz.LovaszSoftmaxLoss(weight=[[1.0, 2.0]]), ValueError, "weight must be a 1-D tensor"),
+        (lambda: lovasz.LovaszSoftmaxLoss(weight=[]), ValueError, "weight must be a 1-D tensor"),
+        (lambda: lovasz.LovaszSoftmaxLoss(weight=torch.ones(3, dtype=torch.complex64)), TypeError, "real-valued"),
+        (lambda: lovasz.LovaszSoftmaxLoss(ignore_index=1.5), TypeError, "ignore_index must be an int or None"),
+        (lambda: lovasz.LovaszHingeLoss(ignore_index=True), TypeError, "ignore_index must be an int or None"),
+        (lambda: lovasz.LovaszSoftmaxLoss(backend="gpu"), ValueError, "backend must be one of"),
+        (lambda: lovasz.CrossEntropyLovaszLoss(classes=[1.5]), TypeError, "classes must contain integer"),
+        (lambda: lovasz.CrossEntropyLovaszLoss(weight=[1.0, -1.0]), ValueError, "non-negative"),
+    ],
+)
+def test_modules_check_their_arguments_at_construction(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: lovasz.LovaszSoftmaxLoss(classes=[0, 3])(X, T), ValueError, "class id 3 in classes is outside"),
+        (lambda: lovasz.LovaszSoftmaxLoss(weight=[1.0, 2.0])(X, T), ValueError, r"length C=3"),
+    ],
+)
+def test_module_checks_that_need_the_input_run_at_call_time(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (lambda v: lovasz.LovaszSoftmaxLoss(per_image=v), "per_image"),
+        (lambda v: lovasz.LovaszSoftmaxLoss(from_logits=v), "from_logits"),
+        (lambda v: lovasz.LovaszHingeLoss(per_image=v), "per_image"),
+        (lambda v: lovasz.LovaszSigmoidLoss(per_image=v), "per_image"),
+        (lambda v: lovasz.LovaszSigmoidLoss(from_logits=v), "from_logits"),
+        (lambda v: lovasz.CrossEntropyLovaszLoss(per_image=v), "per_image"),
+        (lambda v: lovasz.lovasz_softmax(X, T, from_logits=v), "from_logits"),
+        (lambda v: lovasz.lovasz_sigmoid(X[:, 0], T.clamp(max=1), from_logits=v), "from_logits"),
+    ],
+)
+@pytest.mark.parametrize("value", ["yes", 1, 0, None, torch.tensor(True)])
+def test_flags_must_be_bools(make, name, value):
+    with pytest.raises(TypeError, match=f"{name} must be True or False"):
+        make(value)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: lovasz.lovasz_softmax(X, T, per_image="yes"),
+        lambda: lovasz.lovasz_hinge(X[:, 0], T.clamp(max=1), per_image=1),
+        lambda: lovasz.lovasz_sigmoid(X[:, 0], T.clamp(max=1), per_image="no"),
+    ],
+)
+def test_function_per_image_must_be_a_bool(call):
+    with pytest.raises(TypeError, match="per_image must be True or False"):
+        call()

@@ -131,26 +131,3 @@ def test_deterministic_and_inputs_untouched():
     assert torch.equal(grads[0], grads[1])
     lovasz.lovasz_hinge(x[:, 0], t.clamp(max=1), ignore_index=255)
     assert torch.equal(x, x0) and torch.equal(t, t0)
-
-
-@pytest.mark.parametrize("bins", [None, 256])
-def test_torch_compile_matches_eager_without_graph_breaks(bins, monkeypatch):
-    monkeypatch.setenv("LOVASZ_BACKEND", "torch")  # the implementation a compiled graph uses
-    torch._dynamo.reset()
-    x = torch.randn(2, 3, 8, 8)
-    t = torch.randint(0, 3, (2, 8, 8))
-    t[0, 0] = 255
-
-    def fn(x, t):
-        return lovasz.lovasz_softmax(x, t, per_image=True, ignore_index=255, bins=bins)
-
-    explanation = torch._dynamo.explain(fn)(x, t)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    compiled = torch.compile(fn, backend="aot_eager")
-    xc = x.clone().requires_grad_(True)
-    xe = x.clone().requires_grad_(True)
-    lc, le = compiled(xc, t), fn(xe, t)
-    torch.testing.assert_close(lc, le)
-    lc.backward()
-    le.backward()
-    torch.testing.assert_close(xc.grad, xe.grad)

@@ -1,15 +1,34 @@
 """Up-front input checks shared by every loss.
 
-Shape and dtype checks are free (metadata only).  Value checks (finite inputs, label range, 0/1 targets)
-need to look at the data; they are gathered into one small boolean tensor and read back with a single
-host synchronisation.  Under ``torch.compile`` the value checks are skipped, so that the compiled graph
-has no data-dependent branch; shape and dtype checks still run while tracing.
+Shape, dtype and option checks are free (metadata only).  Value checks (finite inputs, label range, 0/1
+targets, finite non-negative weights) need to look at the data; they are gathered into one small boolean
+tensor and read back with a single host synchronisation.
+
+Under ``torch.compile``:
+
+* every shape, dtype and option check (``classes`` including the ids below ``C``, ``ignore_index``,
+  ``bins``, ``reduction``, ``backend``, the boolean flags, the length and dtype of ``weight``) still
+  runs, while the call is traced;
+* the value checks still run, as ``torch._assert_async`` nodes of the compiled graph instead of a host
+  synchronisation (no data-dependent branch, no graph break): NaN/Inf in ``input``, labels outside
+  ``[0, C)`` and not ``ignore_index``, labels other than 0/1 (or ``ignore_index``) for the binary
+  losses, probabilities outside ``[0, 1]`` with ``from_logits=False``, negative or non-finite class
+  weights.  What differs is the error: on the CPU a ``RuntimeError`` with the eager message (tested with
+  the default inductor backend and with ``aot_eager``); on CUDA, inductor emits ``tl.device_assert``
+  (its Triton kernels are built with ``debug=True``), a device-side assertion after which the CUDA
+  context is unusable and the process must restart (not tested here: debug bad data in eager mode); on
+  ROCm inductor builds without ``debug``, so the assertions are no-ops there;
+* nothing is skipped: the eager NaN/Inf check first tests the sum and re-checks element by element only
+  when the sum is not finite; the compiled check is elementwise (fused into the graph).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,6 +43,19 @@ def compiling() -> bool:
         return False
 
 
+def check_flag(value: object, name: str) -> bool:
+    """A boolean option must be ``True`` or ``False``: a string such as ``"no"`` or a number would
+    silently count as true (or false) in an ``if``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _is_integer(value: object) -> bool:
+    """Python and numpy integers (``numbers.Integral``), not ``bool``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_reduction(reduction: str) -> None:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -34,13 +66,16 @@ def check_backend(backend: str) -> None:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
-def check_bins(bins: int | None) -> None:
+def check_bins(bins: int | None) -> int | None:
+    """Check ``bins``; return it as a plain ``int`` (numpy integers are accepted)."""
     if bins is None:
-        return
-    if isinstance(bins, bool) or not isinstance(bins, int):
+        return None
+    if not _is_integer(bins):
         raise TypeError(f"bins must be None (exact engine) or an int, got {type(bins).__name__}")
+    bins = int(bins)
     if bins < 64:
         raise ValueError(f"bins must be at least 64, got {bins}; use bins=None for the exact engine")
+    return bins
 
 
 def check_float_input(input: Tensor, name: str = "input") -> None:
@@ -55,11 +90,13 @@ def check_float_input(input: Tensor, name: str = "input") -> None:
         raise ValueError(f"{name} is empty (shape {tuple(input.shape)}); the loss needs at least one pixel")
 
 
-def check_ignore_index(ignore_index: int | None) -> None:
+def check_ignore_index(ignore_index: int | None) -> int | None:
+    """Check ``ignore_index``; return it as a plain ``int`` (numpy integers are accepted)."""
     if ignore_index is None:
-        return
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        return None
+    if not _is_integer(ignore_index):
         raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
+    return int(ignore_index)
 
 
 def check_softmax_shapes(input: Tensor, target: Tensor) -> None:
@@ -111,11 +148,27 @@ def binary_layout(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     )
 
 
-def check_classes(classes: str | Sequence[int], num_classes: int) -> None:
+def _class_id(c: object) -> bool:
+    """A class id: a Python or numpy integer, a ``SymInt`` or a 0-dim integer tensor; not ``bool``."""
+    if isinstance(c, bool):
+        return False
+    if _is_integer(c) or isinstance(c, torch.SymInt):
+        return True
+    return (
+        isinstance(c, Tensor)
+        and c.dim() == 0
+        and not (c.is_floating_point() or c.is_complex() or c.dtype == torch.bool)
+    )
+
+
+def check_class_list(classes: str | Sequence[int]) -> str | tuple[int, ...]:
+    """The checks of ``classes`` that do not need the number of classes (the modules run them at
+    construction): a keyword, or a non-empty sequence of non-negative integer ids.  Returns the keyword,
+    or the ids as a tuple of plain ``int``."""
     if isinstance(classes, str):
         if classes not in CLASS_KEYWORDS:
             raise ValueError(f"classes must be 'present', 'all' or a sequence of class ids, got {classes!r}")
-        return
+        return classes
     try:
         ids = list(classes)
     except TypeError:
@@ -125,24 +178,57 @@ def check_classes(classes: str | Sequence[int], num_classes: int) -> None:
     if len(ids) == 0:
         raise ValueError("classes is an empty sequence; select at least one class id")
     for c in ids:
-        if isinstance(c, bool) or (
-            not isinstance(c, int | torch.SymInt)
-            and not (isinstance(c, Tensor) and c.dim() == 0 and not c.is_floating_point())
-        ):
+        if not _class_id(c):
             raise TypeError(f"classes must contain integer class ids, got {c!r}")
-        if not 0 <= int(c) < num_classes:
-            raise ValueError(
-                f"class id {int(c)} in classes is outside [0, {num_classes}) for input with C={num_classes}"
-            )
+        if int(c) < 0:
+            raise ValueError(f"class id {int(c)} in classes is negative; class ids are in [0, C)")
+    return tuple(int(c) for c in ids)
+
+
+def check_classes(classes: str | Sequence[int], num_classes: int) -> None:
+    """Every check of ``classes`` for an input with ``num_classes`` classes."""
+    if isinstance(classes, np.ndarray):
+        # The functions pass ``classes`` on unchanged and compare it with "present"/"all", which a numpy
+        # array answers elementwise; the modules convert it to a tuple at construction.
+        raise TypeError(
+            "classes must be 'present', 'all' or a list/tuple of class ids, got a numpy array; "
+            "pass classes=arr.tolist()"
+        )
+    ids = check_class_list(classes)
+    if isinstance(ids, str):
+        return
+    for c in ids:
+        if c >= num_classes:
+            raise ValueError(f"class id {c} in classes is outside [0, {num_classes}) for input with C={num_classes}")
+
+
+def weight_tensor(weight: Tensor | Sequence[float], device: torch.device | None = None) -> Tensor:
+    """``weight`` as a float32 tensor, refusing non-real dtypes."""
+    w = torch.as_tensor(weight, device=device)
+    if not (w.is_floating_point() or w.dtype in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)):
+        raise TypeError(f"weight must be real-valued, got {w.dtype}")
+    return w.to(torch.float32)
+
+
+def check_module_weight(weight: Tensor | Sequence[float] | None) -> Tensor | None:
+    """The checks of ``weight`` that do not need the number of classes (the modules run them at
+    construction, values included): a non-empty 1-D real tensor of finite non-negative numbers.  Returns
+    it as a float32 tensor (a copy: the module's buffer does not alias the caller's tensor)."""
+    if weight is None:
+        return None
+    w = weight_tensor(weight).detach().clone()
+    if w.dim() != 1 or w.shape[0] == 0:
+        raise ValueError(f"weight must be a 1-D tensor with one entry per class, got shape {tuple(w.shape)}")
+    bad, message = bad_weight(w)
+    if bool(bad):
+        raise ValueError(message)
+    return w
 
 
 def class_weight(weight: Tensor | Sequence[float] | None, num_classes: int, device: torch.device) -> Tensor | None:
     if weight is None:
         return None
-    w = torch.as_tensor(weight, device=device)
-    if not (w.is_floating_point() or w.dtype in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)):
-        raise TypeError(f"weight must be real-valued, got {w.dtype}")
-    w = w.to(torch.float32)
+    w = weight_tensor(weight, device)
     if w.dim() != 1 or w.shape[0] != num_classes:
         raise ValueError(
             f"weight must be a 1-D tensor with one entry per class (length C={num_classes}), got shape {tuple(w.shape)}"
@@ -162,8 +248,15 @@ NONFINITE = "input contains NaN or Inf values"
 
 def run_value_checks(x: Tensor, checks: list[tuple[Tensor, str]]) -> None:
     """Check ``x`` for NaN/Inf and evaluate boolean 'is bad' flags, with one host sync in the common
-    case; raise the first failing message."""
+    case; raise the first failing message.
+
+    Under ``torch.compile`` each check becomes a ``torch._assert_async`` node of the graph (see the module
+    docstring): no host synchronisation and no data-dependent branch, but the bad input is still refused.
+    """
     if compiling():
+        torch._assert_async(torch.isfinite(x).all(), NONFINITE)
+        for bad, message in checks:
+            torch._assert_async(~bad, message)
         return
     flags = torch.stack([nonfinite_flag(x).reshape(())] + [c.reshape(()) for c, _ in checks]).tolist()
     if flags[0] and not bool(torch.isfinite(x).all()):
@@ -200,12 +293,19 @@ def bad_weight(w: Tensor) -> tuple[Tensor, str]:
     return (w < 0).any() | ~torch.isfinite(w).all(), "weight must be finite and non-negative"
 
 
-def check_options(*, ignore_index: int | None, bins: int | None, reduction: str, backend: str) -> None:
-    """The keyword arguments shared by every loss."""
+def check_options(
+    *, ignore_index: int | None, bins: int | None, reduction: str, backend: str, **flags: bool
+) -> tuple[int | None, int | None]:
+    """The keyword arguments shared by every loss; ``flags`` are the boolean options by name
+    (``per_image=...``, ``from_logits=...``), each of which must be ``True`` or ``False``.  Returns
+    ``(ignore_index, bins)`` as plain ints (numpy integers are accepted)."""
     check_reduction(reduction)
-    check_ignore_index(ignore_index)
-    check_bins(bins)
+    ignore_index = check_ignore_index(ignore_index)
+    bins = check_bins(bins)
     check_backend(backend)
+    for name, value in flags.items():
+        check_flag(value, name)
+    return ignore_index, bins
 
 
 def check_softmax(
@@ -219,19 +319,25 @@ def check_softmax(
     bins: int | None,
     reduction: str,
     backend: str,
-) -> Tensor | None:
-    """Every check of :func:`lovasz.lovasz_softmax`; returns the class weights as a float32 tensor."""
+    per_image: bool,
+) -> tuple[Tensor | None, str | tuple[int, ...], int | None, int | None]:
+    """Every check of :func:`lovasz.lovasz_softmax`.  Returns the class weights as a float32 tensor, and
+    ``classes``, ``ignore_index`` and ``bins`` as plain Python values (numpy integers accepted)."""
     check_softmax_shapes(input, target)
-    check_options(ignore_index=ignore_index, bins=bins, reduction=reduction, backend=backend)
+    ignore_index, bins = check_options(
+        ignore_index=ignore_index, bins=bins, reduction=reduction, backend=backend, from_logits=from_logits,
+        per_image=per_image,
+    )  # fmt: skip
     num_classes = input.shape[1]
     check_classes(classes, num_classes)
+    classes = check_class_list(classes)
     w = class_weight(weight, num_classes, input.device)
     value_checks = [] if from_logits else [not_probabilities(input)]
     value_checks.append(labels_out_of_range(target, num_classes, ignore_index))
     if w is not None:
         value_checks.append(bad_weight(w))
     run_value_checks(input, value_checks)
-    return w
+    return w, classes, ignore_index, bins
 
 
 def check_binary(
@@ -243,12 +349,35 @@ def check_binary(
     bins: int | None,
     reduction: str,
     backend: str,
-) -> tuple[Tensor, Tensor]:
-    """Every check of :func:`lovasz.lovasz_hinge` and :func:`lovasz.lovasz_sigmoid`; returns input and
-    target as ``[B, C, N]``."""
+    per_image: bool,
+) -> tuple[Tensor, Tensor, int | None, int | None]:
+    """Every check of :func:`lovasz.lovasz_hinge` and :func:`lovasz.lovasz_sigmoid`.  Returns input and
+    target as ``[B, C, N]``, and ``ignore_index`` and ``bins`` as plain ints."""
     x, t = binary_layout(input, target)
-    check_options(ignore_index=ignore_index, bins=bins, reduction=reduction, backend=backend)
+    ignore_index, bins = check_options(
+        ignore_index=ignore_index, bins=bins, reduction=reduction, backend=backend, from_logits=from_logits,
+        per_image=per_image,
+    )  # fmt: skip
     value_checks = [] if from_logits else [not_probabilities(x)]
     value_checks.append(labels_not_binary(t, ignore_index))
     run_value_checks(x, value_checks)
-    return x, t
+    return x, t, ignore_index, bins
+
+
+def check_lovasz_weight(lovasz_weight: float) -> float:
+    """The weight of the Lovász term in :class:`lovasz.CrossEntropyLovaszLoss`: a finite real >= 0."""
+    if isinstance(lovasz_weight, bool) or not isinstance(lovasz_weight, numbers.Real):
+        raise TypeError(f"lovasz_weight must be a real number, got {type(lovasz_weight).__name__}")
+    value = float(lovasz_weight)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"lovasz_weight must be finite and non-negative, got {lovasz_weight!r}")
+    return value
+
+
+def check_warmup_steps(warmup_steps: int) -> int:
+    """The warm-up length of :class:`lovasz.CrossEntropyLovaszLoss`: an int >= 0 (0: no warm-up)."""
+    if not _is_integer(warmup_steps):
+        raise TypeError(f"warmup_steps must be a non-negative int, got {type(warmup_steps).__name__}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be a non-negative int, got {warmup_steps}")
+    return int(warmup_steps)

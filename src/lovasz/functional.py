@@ -90,9 +90,9 @@ def lovasz_softmax(
         >>> float(lovasz.lovasz_softmax(onehot, labels, from_logits=False))  # perfect prediction
         0.0
     """
-    w = _checks.check_softmax(
+    w, classes, ignore_index, bins = _checks.check_softmax(
         input, target, classes=classes, ignore_index=ignore_index, weight=weight, from_logits=from_logits,
-        bins=bins, reduction=reduction, backend=backend,
+        bins=bins, reduction=reduction, backend=backend, per_image=per_image,
     )  # fmt: skip
     b, c = input.shape[:2]
     with _no_autocast(input):
@@ -115,9 +115,9 @@ def _binary_loss(
     reduction: str,
     backend: str,
 ) -> Tensor:
-    x, t = _checks.check_binary(
+    x, t, ignore_index, bins = _checks.check_binary(
         input, target, ignore_index=ignore_index, from_logits=from_logits, bins=bins, reduction=reduction,
-        backend=backend,
+        backend=backend, per_image=per_image,
     )  # fmt: skip
     surrogate = HINGE if hinge else SIGMOID if from_logits else SIGMOID_PROBS
     with _no_autocast(x):

@@ -18,6 +18,9 @@ class LovaszSoftmaxLoss(nn.Module):
     """Module form of :func:`lovasz.lovasz_softmax`; the arguments are the same keyword arguments.
 
     ``weight`` is registered as a buffer, so it follows ``.to(device)`` and is saved in ``state_dict``.
+    The arguments are checked at construction, with the messages of the function (numpy integers are
+    accepted and stored as ``int``); what needs the input (class ids below ``C``, the length of
+    ``weight``, the data) is checked at each call.
 
     Example:
         >>> import torch, lovasz
@@ -40,15 +43,16 @@ class LovaszSoftmaxLoss(nn.Module):
         backend: BackendName = "auto",
     ) -> None:
         super().__init__()
-        _checks.check_options(ignore_index=ignore_index, bins=bins, reduction=reduction, backend=backend)
-        self.classes = classes if isinstance(classes, str) else tuple(int(c) for c in classes)
+        self.ignore_index, self.bins = _checks.check_options(
+            ignore_index=ignore_index, bins=bins, reduction=reduction, backend=backend, per_image=per_image,
+            from_logits=from_logits,
+        )  # fmt: skip
+        self.classes = _checks.check_class_list(classes)
         self.per_image = per_image
-        self.ignore_index = ignore_index
         self.from_logits = from_logits
-        self.bins = bins
         self.reduction = reduction
         self.backend = backend
-        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
+        self.register_buffer("weight", _checks.check_module_weight(weight))
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return lovasz_softmax(
@@ -90,10 +94,10 @@ class LovaszHingeLoss(nn.Module):
         backend: BackendName = "auto",
     ) -> None:
         super().__init__()
-        _checks.check_options(ignore_index=ignore_index, bins=bins, reduction=reduction, backend=backend)
+        self.ignore_index, self.bins = _checks.check_options(
+            ignore_index=ignore_index, bins=bins, reduction=reduction, backend=backend, per_image=per_image
+        )
         self.per_image = per_image
-        self.ignore_index = ignore_index
-        self.bins = bins
         self.reduction = reduction
         self.backend = backend
 
@@ -134,11 +138,12 @@ class LovaszSigmoidLoss(nn.Module):
         backend: BackendName = "auto",
     ) -> None:
         super().__init__()
-        _checks.check_options(ignore_index=ignore_index, bins=bins, reduction=reduction, backend=backend)
+        self.ignore_index, self.bins = _checks.check_options(
+            ignore_index=ignore_index, bins=bins, reduction=reduction, backend=backend, per_image=per_image,
+            from_logits=from_logits,
+        )  # fmt: skip
         self.per_image = per_image
-        self.ignore_index = ignore_index
         self.from_logits = from_logits
-        self.bins = bins
         self.reduction = reduction
         self.backend = backend
 
@@ -171,6 +176,14 @@ class CrossEntropyLovaszLoss(nn.Module):
     the same ``ignore_index`` and class ``weight``; the other keyword arguments go to
     :class:`LovaszSoftmaxLoss`.  The step counter is a buffer, so it is saved with the model.
 
+    ``lovasz_weight`` must be a finite number ``>= 0`` and ``warmup_steps`` an int ``>= 0``.  The
+    cross-entropy term is always the mean over the valid pixels and takes logits, so
+    ``reduction="none"`` (per-class or per-image Lovász losses cannot be added to per-pixel
+    cross-entropies, and a scalar added to them would be wrong) and ``from_logits=False`` are refused:
+    combine :func:`lovasz.lovasz_softmax` and :func:`torch.nn.functional.cross_entropy` yourself for
+    those.  The target may have any integer dtype (it is converted to ``torch.long`` for the
+    cross-entropy, without changing the caller's tensor).
+
     Example:
         >>> import torch, lovasz
         >>> criterion = lovasz.CrossEntropyLovaszLoss(lovasz_weight=0.5, warmup_steps=100, ignore_index=255)
@@ -189,12 +202,22 @@ class CrossEntropyLovaszLoss(nn.Module):
         **lovasz_kwargs,
     ) -> None:
         super().__init__()
-        if lovasz_weight < 0 or warmup_steps < 0:
-            raise ValueError("lovasz_weight and warmup_steps must be non-negative")
-        self.lovasz_weight = lovasz_weight
-        self.warmup_steps = warmup_steps
-        self.ignore_index = ignore_index
+        self.lovasz_weight = _checks.check_lovasz_weight(lovasz_weight)
+        self.warmup_steps = _checks.check_warmup_steps(warmup_steps)
+        if lovasz_kwargs.get("reduction", "mean") == "none":
+            raise ValueError(
+                "CrossEntropyLovaszLoss does not support reduction='none': the cross-entropy is per pixel and "
+                "the Lovász loss per class or per image, so they cannot be added elementwise; use "
+                "reduction='mean' or 'sum', or combine lovasz.lovasz_softmax and F.cross_entropy yourself"
+            )
+        if lovasz_kwargs.get("from_logits", True) is False:
+            raise ValueError(
+                "CrossEntropyLovaszLoss takes logits (its cross-entropy term needs them); from_logits=False is "
+                "not supported: pass logits, or combine lovasz.lovasz_softmax(..., from_logits=False) with "
+                "F.nll_loss(p.log(), ...) yourself"
+            )
         self.lovasz = LovaszSoftmaxLoss(ignore_index=ignore_index, weight=weight, **lovasz_kwargs)
+        self.ignore_index = self.lovasz.ignore_index
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     def current_lovasz_weight(self) -> float:
@@ -206,12 +229,24 @@ class CrossEntropyLovaszLoss(nn.Module):
         lam = self.current_lovasz_weight()
         if self.training:
             self.steps += 1
+        lv = self.lovasz
+        if lam == 0:
+            # The Lovász term (whose call checks the inputs) is skipped: check them here, so that bad labels
+            # get the same message as with lam > 0 rather than an error from inside cross_entropy.
+            _checks.check_softmax(
+                input, target, classes=lv.classes, ignore_index=lv.ignore_index, weight=lv.weight,
+                from_logits=lv.from_logits, bins=lv.bins, reduction=lv.reduction, backend=lv.backend,
+                per_image=lv.per_image,
+            )  # fmt: skip
+            lovasz_term = None
+        else:
+            lovasz_term = lv(input, target)
         ce = nn.functional.cross_entropy(
             input.float() if input.dtype in (torch.float16, torch.bfloat16) else input,
-            target,
-            weight=None if self.lovasz.weight is None else self.lovasz.weight.to(input.device),
+            target.long(),  # F.cross_entropy takes int64 class ids only; .long() copies other dtypes
+            weight=None if lv.weight is None else lv.weight.to(input.device),
             ignore_index=-100 if self.ignore_index is None else self.ignore_index,
         )
-        if lam == 0:
+        if lovasz_term is None:
             return ce
-        return ce + lam * self.lovasz(input, target)
+        return ce + lam * lovasz_term

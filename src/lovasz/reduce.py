@@ -50,17 +50,18 @@ def reduce_groups(losses: Tensor, select: Tensor, weight: Tensor | None, reducti
     ws = select.to(losses.dtype)
     if weight is not None:
         ws = ws * weight.to(losses.dtype)
-    weighted = ws * losses
+    # Means are sums of losses times normalized weights (not sums divided afterwards), so that huge hinge
+    # losses (logits near the float32 limit) average without overflowing.
     if losses.dim() == 2:  # per image
-        per_image = _safe_div(weighted.sum(dim=1), ws.sum(dim=1))
+        per_image = (_safe_div(ws, ws.sum(dim=1, keepdim=True)) * losses).sum(dim=1)
         if reduction == "none":
             return per_image
         if reduction == "sum":
             return per_image.sum()
-        counted = (ws.sum(dim=1) > 0).sum()
-        return _safe_div(per_image.sum(), counted.to(losses.dtype))
+        counted = (ws.sum(dim=1) > 0).sum().to(losses.dtype)
+        return (per_image / counted.clamp_min(1.0)).sum()
     if reduction == "none":
-        return weighted
+        return ws * losses
     if reduction == "sum":
-        return weighted.sum()
-    return _safe_div(weighted.sum(), ws.sum())
+        return (ws * losses).sum()
+    return (_safe_div(ws, ws.sum()) * losses).sum()

@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["HINGE", "PROBS", "SIGMOID", "SIGMOID_PROBS", "SOFTMAX", "SURROGATES", "Surrogate", "get"]
+__all__ = ["HINGE", "PROBS", "SIGMOID", "SIGMOID_PROBS", "SOFTMAX", "SURROGATES", "Surrogate", "from_code", "get"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,14 @@ SIGMOID_PROBS = Surrogate("sigmoid_probs", 3, "channels", False, True, "|y - p|"
 HINGE = Surrogate("hinge", 4, "channels", True, False, "max(1 - x·(2y - 1), 0)")
 
 SURROGATES: dict[str, Surrogate] = {s.name: s for s in (SOFTMAX, PROBS, SIGMOID, SIGMOID_PROBS, HINGE)}
+
+
+def from_code(code: int) -> Surrogate:
+    """The surrogate whose kernel code is ``code``."""
+    for s in SURROGATES.values():
+        if s.code == code:
+            return s
+    raise ValueError(f"no surrogate has code {code}")
 
 
 def get(name: str | Surrogate) -> Surrogate:

@@ -18,7 +18,6 @@ from ..errors import build_errors
 from .backends import BackendNotSupportedError, LovaszFallbackWarning, resolve, triton_probe
 from .binned import lovasz_binned
 from .exact import lovasz_exact
-from .fused import fused_binned
 from .histogram import DEFAULT_BINS, Binning, Histogram, histogram_losses, weight_tables
 from .result import GroupLosses
 
@@ -71,7 +70,9 @@ def group_losses(
     shape = (b, c) if per_image else (c,)
     impl = resolve(backend, x, bins)
     binning = None if bins is None else Binning.for_errors(bins, s.bounded)
-    if impl.kernels is not None:
+    if impl.fused:
+        from .fused import fused_binned  # registers the custom operators on first use
+
         assert binning is not None
         losses, n_fg, n_valid = fused_binned(
             x,
@@ -80,7 +81,7 @@ def group_losses(
             per_image=per_image,
             ignore_index=ignore_index,
             binning=binning,
-            kernels=impl.kernels,
+            backend=impl.name,
         )
         return GroupLosses(losses, n_fg, n_valid).view(*shape)
     groups = build_errors(s, x, target, per_image=per_image, ignore_index=ignore_index)

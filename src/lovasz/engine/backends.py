@@ -14,8 +14,9 @@ The binned engine has three implementations: ``"torch"`` (:mod:`.binned`, any de
    interpreter, for testing kernels without a GPU).
 
 A backend asked for in 1 or 2 that cannot serve the call raises :class:`BackendNotSupportedError`,
-which lists every reason (numba for a CUDA tensor, Triton without a GPU, float64 input, a call inside
-``torch.compile``, a package that is not installed).  With ``bins=None`` the argument must be ``"auto"``
+which lists every reason (numba for a CUDA tensor, Triton without a GPU, float64 input, a package that
+is not installed).  The fused kernels are custom operators (:mod:`.fused`), so they also serve calls
+inside ``torch.compile``.  With ``bins=None`` the argument must be ``"auto"``
 or ``"torch"`` and ``LOVASZ_BACKEND`` is not read.
 
 **Triton probe.**  Whether the Triton kernels compile and launch is decided once per device, before their
@@ -32,7 +33,6 @@ simulate kernels that fail.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 import subprocess
@@ -43,7 +43,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from .._checks import check_backend, compiling
+from .._checks import check_backend
 from ..surrogates import SIGMOID, SOFTMAX
 from ..types import BACKENDS
 
@@ -74,16 +74,24 @@ class BackendNotSupportedError(ValueError):
 
 @dataclass(frozen=True)
 class Resolved:
-    """The outcome of :func:`resolve`: the backend's name and, for fused kernels, their module."""
+    """The outcome of :func:`resolve`: the backend's name."""
 
     name: str
-    kernels: ModuleType | None  # a module with histogram() and backward(); None for the PyTorch engine
+
+    @property
+    def fused(self) -> bool:
+        """Whether the backend runs fused kernels (numba, Triton) rather than the PyTorch engine."""
+        return self.name != "torch"
 
 
-@functools.cache
+_INSTALLED: dict[str, bool] = {}
+
+
 def installed(package: str) -> bool:
-    """Whether ``package`` can be imported, without importing it."""
-    return importlib.util.find_spec(package) is not None
+    """Whether ``package`` can be imported, without importing it (looked up once per process)."""
+    if package not in _INSTALLED:
+        _INSTALLED[package] = importlib.util.find_spec(package) is not None
+    return _INSTALLED[package]
 
 
 def numba_installed() -> bool:
@@ -119,8 +127,6 @@ def not_supported_reasons(name: str, x: Tensor, bins: int | None) -> list[str]:
         reasons.append(f"the {name} kernels implement the binned engine only (bins=None is the exact engine)")
     if x.dtype == torch.float64:
         reasons.append("the input is float64 and the fused kernels compute in float32 (backend='torch' keeps float64)")
-    if compiling():
-        reasons.append("the call is being compiled by torch.compile, which cannot trace the fused kernels")
     if name == "numba":
         if x.device.type != "cpu":
             reasons.append(f"the input is on {x.device} and the numba kernels run on the CPU")
@@ -166,7 +172,8 @@ class TritonProbe:
     def failure(self, device: torch.device) -> BaseException | None:
         key = str(device)
         if key not in self._results:
-            self._results[key] = self._run(device)
+            # Not traced by torch.compile (a graph break the first time a device is probed).
+            self._results[key] = torch.compiler.disable(self._run)(device)
         return self._results[key]
 
     def warn_once(self, device: torch.device) -> None:
@@ -185,9 +192,9 @@ class TritonProbe:
     @staticmethod
     def _run(device: torch.device) -> BaseException | None:
         try:
-            kernels = load_kernels("triton")
+            load_kernels("triton")
             with torch.enable_grad():
-                _probe_kernels(kernels, device)
+                _probe_kernels(device)
         except Exception as exc:
             if not _is_launch_error(exc):
                 raise
@@ -195,7 +202,7 @@ class TritonProbe:
         return None
 
 
-def _probe_kernels(kernels: ModuleType, device: torch.device) -> None:
+def _probe_kernels(device: torch.device) -> None:
     """Forward and backward of both kernel families on a tiny input."""
     from .fused import fused_binned
     from .histogram import Binning
@@ -209,7 +216,7 @@ def _probe_kernels(kernels: ModuleType, device: torch.device) -> None:
             t = torch.randint(0, 2, (2, 3, 64), generator=g).to(device)
         binning = Binning.for_errors(256, surrogate.bounded)
         losses, _, _ = fused_binned(
-            x, t, surrogate=surrogate, per_image=True, ignore_index=None, binning=binning, kernels=kernels
+            x, t, surrogate=surrogate, per_image=True, ignore_index=None, binning=binning, backend="triton"
         )
         losses.sum().backward()
     if device.type == "cuda":
@@ -239,14 +246,14 @@ def resolve(backend: str, x: Tensor, bins: int | None) -> Resolved:
                 f"backend={backend!r} cannot run this call: the {backend} kernels implement the binned engine "
                 "only; pass bins=lovasz.DEFAULT_BINS, or backend='auto' for the exact engine"
             )
-        return Resolved("torch", None)
+        return Resolved("torch")
     name, source = _requested(backend)
     if name != "auto":
         reasons = not_supported_reasons(name, x, bins)
         if reasons:
             raise BackendNotSupportedError(f"{source} cannot run this call: " + "; ".join(reasons))
         if name == "torch":
-            return Resolved("torch", None)
+            return Resolved("torch")
         if name == "triton":
             exc = triton_probe.failure(x.device)
             if exc is not None:
@@ -254,7 +261,7 @@ def resolve(backend: str, x: Tensor, bins: int | None) -> Resolved:
                     f"{source} cannot run this call: the Triton kernels failed to compile or launch on "
                     f"{x.device} ({exc!r})"
                 ) from exc
-        return Resolved(name, load_kernels(name))
+        return Resolved(name)
     for candidate in AUTO_ORDER:
         if candidate == "torch":
             break
@@ -263,5 +270,5 @@ def resolve(backend: str, x: Tensor, bins: int | None) -> Resolved:
         if candidate == "triton" and triton_probe.failure(x.device) is not None:
             triton_probe.warn_once(x.device)
             continue
-        return Resolved(candidate, load_kernels(candidate))
-    return Resolved("torch", None)
+        return Resolved(candidate)
+    return Resolved("torch")

@@ -1,7 +1,8 @@
 """Fused binned Lovász losses: scores and labels in, per-group losses out, no error tensor in between.
 
-A kernel module (:mod:`.kernels_cpu`, numba; :mod:`.kernels_triton`, Triton), chosen by
-:mod:`.backends`, provides two functions with one contract:
+A kernel module (:mod:`.kernels_cpu`, numba; :mod:`.kernels_triton`, Triton), named by the resolver
+(:mod:`.backends`) and loaded through :func:`.backends.load_kernels`, provides two functions with one
+contract:
 
 * ``histogram(x32, t, surrogate, per_image, ignore_index, binning) -> Histogram``: surrogate → error →
   bin → per (group, bin) counts and error sums, for ``x32`` ``[B, C, N]`` float32 and ``t`` int64
@@ -12,43 +13,131 @@ A kernel module (:mod:`.kernels_cpu`, numba; :mod:`.kernels_triton`, Triton), ch
 
 :func:`.histogram.histogram_losses` turns the histogram into losses and the table, as for the PyTorch
 binned engine, so both give ``Σ_i e_i w_i`` with the same weights.
+
+Both directions are registered as PyTorch custom operators (``lovasz::binned_forward`` and
+``lovasz::binned_backward``, :func:`torch.library.custom_op`) with fake (meta) implementations and an
+autograd formula, so ``torch.compile`` keeps them as opaque calls inside a compiled graph instead of
+falling back to the slower PyTorch engine.  Eager calls go through an equivalent autograd function with
+the same two implementations.  Neither has a second derivative: double backward through the fused path
+raises an error that says so (use ``backend="torch"`` for double backward).
 """
 
 from __future__ import annotations
-
-from types import ModuleType
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .. import surrogates
+from .._checks import compiling
 from ..surrogates import Surrogate
+from . import backends
 from .histogram import Binning, histogram_losses
 
 __all__ = ["fused_binned"]
 
 
-class _FusedBinned(torch.autograd.Function):
+def _kernel_args(code: int, lo: int, hi: int, per_octave: int) -> tuple[Surrogate, Binning]:
+    return surrogates.from_code(code), Binning(lo, hi, per_octave)
+
+
+def _groups(x32: Tensor, per_image: bool) -> int:
+    b, c = x32.shape[:2]
+    return b * c if per_image else c
+
+
+def _forward_impl(
+    x32: Tensor,
+    t: Tensor,
+    backend: str,
+    code: int,
+    per_image: bool,
+    ignore_index: int | None,
+    lo: int,
+    hi: int,
+    per_octave: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Losses ``[G]`` float32, weight table ``[G, K, 2]`` float32, foreground and valid counts ``[G]``."""
+    kernels = backends.load_kernels(backend)
+    surrogate, binning = _kernel_args(code, lo, hi, per_octave)
+    hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning)
+    losses, table, n_fg, n_valid = histogram_losses(hist, use_numba=backend == "numba")
+    device = x32.device
+    return losses.to(device, torch.float32), table.to(device), n_fg.to(device), n_valid.to(device)
+
+
+_binned_forward = torch.library.custom_op("lovasz::binned_forward", _forward_impl, mutates_args=())
+
+
+@_binned_forward.register_fake
+def _(x32, t, backend, code, per_image, ignore_index, lo, hi, per_octave):
+    g = _groups(x32, per_image)
+    k = Binning(lo, hi, per_octave).num_bins
+    counts = x32.new_empty(g, dtype=torch.int64)
+    return x32.new_empty(g), x32.new_empty(g, k, 2), counts, torch.empty_like(counts)
+
+
+def _backward_impl(
+    x32: Tensor,
+    t: Tensor,
+    table: Tensor,
+    backend: str,
+    code: int,
+    per_image: bool,
+    ignore_index: int | None,
+    lo: int,
+    hi: int,
+    per_octave: int,
+) -> Tensor:
+    """d loss / d ``x32`` for a weight table already scaled by the upstream gradient."""
+    kernels = backends.load_kernels(backend)
+    surrogate, binning = _kernel_args(code, lo, hi, per_octave)
+    grad = torch.empty_like(x32)
+    kernels.backward(x32, t, surrogate, per_image, ignore_index, binning, table.contiguous(), grad)
+    return grad
+
+
+_binned_backward = torch.library.custom_op("lovasz::binned_backward", _backward_impl, mutates_args=())
+
+
+@_binned_backward.register_fake
+def _(x32, t, table, backend, code, per_image, ignore_index, lo, hi, per_octave):
+    return torch.empty_like(x32)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x32, t, *config = inputs
+    ctx.save_for_backward(x32, t, output[1])
+    ctx.config = config
+    ctx.mark_non_differentiable(output[1], output[2], output[3])
+
+
+def _backward(ctx, grad_losses, _grad_table, _grad_fg, _grad_valid):
+    x32, t, table = ctx.saved_tensors
+    scaled = table * grad_losses.to(torch.float32).view(-1, 1, 1)
+    grad = torch.ops.lovasz.binned_backward(x32, t, scaled, *ctx.config)
+    return (grad,) + (None,) * (1 + len(ctx.config))
+
+
+torch.library.register_autograd("lovasz::binned_forward", _backward, setup_context=_setup_context)
+
+
+class _EagerFused(torch.autograd.Function):
+    """The same computation outside ``torch.compile``: calling a custom operator eagerly imports
+    ``torch._dynamo`` on its first call (over a second), which a plain autograd function avoids."""
+
     @staticmethod
-    def forward(ctx, x, target, surrogate, per_image, ignore_index, binning, kernels):  # type: ignore[override]
-        x32 = x.detach().to(torch.float32).contiguous()
-        t = target.to(torch.int64).contiguous()
-        hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning)
-        losses, table, n_fg, n_valid = histogram_losses(hist, use_numba=getattr(kernels, "NAME", "") == "numba")
-        ctx.save_for_backward(x32, t, table)
-        ctx.config = (surrogate, per_image, ignore_index, binning, kernels, x.dtype)
-        ctx.mark_non_differentiable(n_fg, n_valid)
-        return losses.to(torch.float32), n_fg, n_valid
+    def forward(ctx, x32, t, *config):  # type: ignore[override]
+        output = _forward_impl(x32, t, *config)
+        _setup_context(ctx, (x32, t, *config), output)
+        return output
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_losses, _n_fg, _n_valid):  # type: ignore[override]
+    def backward(ctx, grad_losses, *_):  # type: ignore[override]
         x32, t, table = ctx.saved_tensors
-        surrogate, per_image, ignore_index, binning, kernels, dtype = ctx.config
-        scaled = (table * grad_losses.to(torch.float32).view(-1, 1, 1)).contiguous()
-        grad = torch.empty_like(x32)
-        kernels.backward(x32, t, surrogate, per_image, ignore_index, binning, scaled, grad)
-        return grad.to(dtype), None, None, None, None, None, None
+        scaled = table * grad_losses.to(torch.float32).view(-1, 1, 1)
+        return (_backward_impl(x32, t, scaled, *ctx.config),) + (None,) * (1 + len(ctx.config))
 
 
 def fused_binned(
@@ -59,17 +148,23 @@ def fused_binned(
     per_image: bool,
     ignore_index: int | None,
     binning: Binning,
-    kernels: ModuleType,
+    backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-group binned Lovász losses straight from scores.
 
     Args:
-        x: ``[B, C, N]`` scores.
+        x: ``[B, C, N]`` scores (any float dtype; the kernels compute in float32, the gradient comes back
+            in ``x``'s dtype).
         target: ``[B, N]`` class ids (``"classes"`` layout) or ``[B, C, N]`` 0/1 labels (``"channels"``).
         surrogate: from :mod:`lovasz.surrogates`.
-        kernels: the kernel module chosen by :func:`.backends.resolve`.
+        backend: ``"numba"`` or ``"triton"``, as chosen by :func:`.backends.resolve`.
 
     Returns:
         ``(losses, fg_count, valid_count)``, each ``[G]`` with ``G = B·C`` per image or ``C``.
     """
-    return _FusedBinned.apply(x, target, surrogate, per_image, ignore_index, binning, kernels)
+    x32 = x.to(torch.float32).contiguous()
+    t = target.to(torch.int64).contiguous()
+    op = torch.ops.lovasz.binned_forward if compiling() else _EagerFused.apply
+    config = (backend, surrogate.code, per_image, ignore_index, binning.lo, binning.hi, binning.per_octave)
+    losses, _, n_fg, n_valid = op(x32, t, *config)
+    return losses, n_fg, n_valid

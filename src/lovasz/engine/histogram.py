@@ -71,14 +71,24 @@ class Binning:
         return 2 + (self.hi - self.lo) * self.per_octave
 
     def index(self, errors: Tensor) -> Tensor:
-        """Bin of every error (int64), increasing with the error."""
-        e = errors.detach().to(torch.float64)
-        mantissa, exponent = torch.frexp(e)  # e = mantissa · 2^exponent, mantissa in [0.5, 1)
-        octave = exponent.to(torch.int64) - 1 - self.lo
-        sub = torch.floor((2.0 * mantissa - 1.0) * self.per_octave).to(torch.int64)
+        """Bin of every error (int64), increasing with the error.
+
+        Read from the float's bits (exponent, then the top mantissa bits), as the kernels do: integer
+        arithmetic only, so that it compiles under every ``torch.compile`` backend.  Errors must be
+        non-negative (``-0.0`` counts as ``0``)."""
+        e = errors.detach()
+        if e.dtype == torch.float64:
+            bits, mantissa_bits, bias, sign_bit = e.view(torch.int64), 52, 1023, 63
+        else:
+            bits, mantissa_bits, bias, sign_bit = e.to(torch.float32).view(torch.int32).to(torch.int64), 23, 127, 31
+        bits = bits & ((1 << sign_bit) - 1)  # clears the sign of -0.0
+        octave = (bits >> mantissa_bits) - bias - self.lo
+        sub = ((bits & ((1 << mantissa_bits) - 1)) * self.per_octave) >> mantissa_bits
         idx = 1 + octave * self.per_octave + sub
-        idx = torch.where(e < 2.0**self.lo, 0, idx)
-        return torch.where(e >= 2.0**self.hi, self.num_bins - 1, idx)
+        lo_bits = (bias + self.lo) << mantissa_bits
+        hi_bits = (bias + self.hi) << mantissa_bits
+        idx = torch.where(bits < lo_bits, 0, idx)
+        return torch.where(bits >= hi_bits, self.num_bins - 1, idx)
 
 
 def weight_tables(fg_counts: Tensor, bg_counts: Tensor) -> tuple[Tensor, Tensor]:
