@@ -38,16 +38,11 @@ __all__ = [
 ]
 
 
-def lovasz_extension(
-    errors: Tensor, fg: Tensor, valid: Tensor | None = None, bins: int | None = None, bounded: bool = True
-) -> Tensor:
-    """Lovász extension of the Jaccard loss of every row: ``[G, P]`` errors → ``[G]`` losses.
-
-    ``bounded`` says the errors lie in ``[0, 1]`` (softmax/sigmoid); it picks the binned engine's range.
-    """
+def lovasz_extension(errors: Tensor, fg: Tensor, valid: Tensor | None = None, bins: int | None = None) -> Tensor:
+    """Lovász extension of the Jaccard loss of every row: ``[G, P]`` errors → ``[G]`` losses."""
     if bins is None:
         return lovasz_exact(errors, fg, valid)
-    return lovasz_binned(errors, fg, valid, Binning.for_errors(bins, bounded))
+    return lovasz_binned(errors, fg, valid, Binning.for_bins(bins))
 
 
 def group_losses(
@@ -69,7 +64,7 @@ def group_losses(
     b, c = x.shape[:2]
     shape = (b, c) if per_image else (c,)
     impl = resolve(backend, x, bins)
-    binning = None if bins is None else Binning.for_errors(bins, s.bounded)
+    binning = None if bins is None else Binning.for_bins(bins)
     if impl.fused:
         from .fused import fused_binned  # registers the custom operators on first use
 

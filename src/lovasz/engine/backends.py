@@ -214,7 +214,7 @@ def _probe_kernels(device: torch.device) -> None:
             t = torch.randint(0, 3, (2, 64), generator=g).to(device)
         else:
             t = torch.randint(0, 2, (2, 3, 64), generator=g).to(device)
-        binning = Binning.for_errors(256, surrogate.bounded)
+        binning = Binning.for_bins(256)
         losses, _, _ = fused_binned(
             x, t, surrogate=surrogate, per_image=True, ignore_index=None, binning=binning, backend="triton"
         )

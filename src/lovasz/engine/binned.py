@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .histogram import Binning, Histogram, histogram_losses
+from .histogram import Binning, Histogram, histogram_losses, inverse_top
 
 __all__ = ["binned_histogram", "lovasz_binned"]
 
@@ -21,8 +21,9 @@ def binned_histogram(errors: Tensor, fg: Tensor, valid: Tensor | None, binning: 
     e = errors.detach()
     g = e.shape[0]
     k = binning.num_bins
+    top = (e if valid is None else torch.where(valid, e, 0.0)).amax(dim=1).to(torch.float32)
     group = torch.arange(g, device=e.device).unsqueeze(1)
-    cells = (binning.index(e) + k * group) * 2 + fg.long()
+    cells = (binning.index(e, inverse_top(top).unsqueeze(1)) + k * group) * 2 + fg.long()
     if valid is not None:
         cells = torch.where(valid, cells, 2 * g * k)
     flat = cells.flatten()
@@ -30,7 +31,7 @@ def binned_histogram(errors: Tensor, fg: Tensor, valid: Tensor | None, binning: 
     counts.scatter_add_(0, flat, torch.ones((), dtype=torch.float64, device=e.device).expand_as(flat))
     sums = torch.zeros(2 * g * k + 1, dtype=torch.float64, device=e.device)
     sums.scatter_add_(0, flat, e.flatten().to(torch.float64))
-    hist = Histogram(torch.stack([counts[:-1], sums[:-1]], dim=-1).view(1, g, k, 2, 2), binning)
+    hist = Histogram(torch.stack([counts[:-1], sums[:-1]], dim=-1).view(1, g, k, 2, 2), top, binning)
     return hist, cells
 
 

@@ -7,9 +7,9 @@ contract:
 * ``histogram(x32, t, surrogate, per_image, ignore_index, binning) -> Histogram``: surrogate → error →
   bin → per (group, bin) counts and error sums, for ``x32`` ``[B, C, N]`` float32 and ``t`` int64
   (``[B, N]`` class ids or ``[B, C, N]`` 0/1 labels, by the surrogate's layout);
-* ``backward(x32, t, surrogate, per_image, ignore_index, binning, table, grad)``: recompute the errors and
-  bins, look the weight up in ``table`` (``[G, K, 2]``, scaled by the upstream gradient) and write
-  d loss / d ``x32`` into ``grad``.
+* ``backward(x32, t, surrogate, per_image, ignore_index, binning, top, table, grad)``: recompute the errors
+  and their bins (with the anchors ``top`` of the histogram), look the weight up in ``table``
+  (``[G, K, 2]``, scaled by the upstream gradient) and write d loss / d ``x32`` into ``grad``.
 
 :func:`.histogram.histogram_losses` turns the histogram into losses and the table, as for the PyTorch
 binned engine, so both give ``Σ_i e_i w_i`` with the same weights.
@@ -37,8 +37,8 @@ from .histogram import Binning, histogram_losses
 __all__ = ["fused_binned"]
 
 
-def _kernel_args(code: int, lo: int, hi: int, per_octave: int) -> tuple[Surrogate, Binning]:
-    return surrogates.from_code(code), Binning(lo, hi, per_octave)
+def _kernel_args(code: int, lo: int, per_octave: int) -> tuple[Surrogate, Binning]:
+    return surrogates.from_code(code), Binning(lo, per_octave)
 
 
 def _groups(x32: Tensor, per_image: bool) -> int:
@@ -54,46 +54,52 @@ def _forward_impl(
     per_image: bool,
     ignore_index: int | None,
     lo: int,
-    hi: int,
     per_octave: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Losses ``[G]`` float32, weight table ``[G, K, 2]`` float32, foreground and valid counts ``[G]``."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Losses ``[G]`` float32, weight table ``[G, K, 2]`` float32, anchors ``[G]`` float32, foreground and
+    valid counts ``[G]``."""
     kernels = backends.load_kernels(backend)
-    surrogate, binning = _kernel_args(code, lo, hi, per_octave)
+    surrogate, binning = _kernel_args(code, lo, per_octave)
     hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning)
     losses, table, n_fg, n_valid = histogram_losses(hist, use_numba=backend == "numba")
     device = x32.device
-    return losses.to(device, torch.float32), table.to(device), n_fg.to(device), n_valid.to(device)
+    return (
+        losses.to(device, torch.float32),
+        table.to(device),
+        hist.top.to(device, torch.float32),
+        n_fg.to(device),
+        n_valid.to(device),
+    )
 
 
 _binned_forward = torch.library.custom_op("lovasz::binned_forward", _forward_impl, mutates_args=())
 
 
 @_binned_forward.register_fake
-def _(x32, t, backend, code, per_image, ignore_index, lo, hi, per_octave):
+def _(x32, t, backend, code, per_image, ignore_index, lo, per_octave):
     g = _groups(x32, per_image)
-    k = Binning(lo, hi, per_octave).num_bins
+    k = Binning(lo, per_octave).num_bins
     counts = x32.new_empty(g, dtype=torch.int64)
-    return x32.new_empty(g), x32.new_empty(g, k, 2), counts, torch.empty_like(counts)
+    return x32.new_empty(g), x32.new_empty(g, k, 2), x32.new_empty(g), counts, torch.empty_like(counts)
 
 
 def _backward_impl(
     x32: Tensor,
     t: Tensor,
+    top: Tensor,
     table: Tensor,
     backend: str,
     code: int,
     per_image: bool,
     ignore_index: int | None,
     lo: int,
-    hi: int,
     per_octave: int,
 ) -> Tensor:
     """d loss / d ``x32`` for a weight table already scaled by the upstream gradient."""
     kernels = backends.load_kernels(backend)
-    surrogate, binning = _kernel_args(code, lo, hi, per_octave)
+    surrogate, binning = _kernel_args(code, lo, per_octave)
     grad = torch.empty_like(x32)
-    kernels.backward(x32, t, surrogate, per_image, ignore_index, binning, table.contiguous(), grad)
+    kernels.backward(x32, t, surrogate, per_image, ignore_index, binning, top, table.contiguous(), grad)
     return grad
 
 
@@ -101,21 +107,21 @@ _binned_backward = torch.library.custom_op("lovasz::binned_backward", _backward_
 
 
 @_binned_backward.register_fake
-def _(x32, t, table, backend, code, per_image, ignore_index, lo, hi, per_octave):
+def _(x32, t, top, table, backend, code, per_image, ignore_index, lo, per_octave):
     return torch.empty_like(x32)
 
 
 def _setup_context(ctx, inputs, output) -> None:
     x32, t, *config = inputs
-    ctx.save_for_backward(x32, t, output[1])
+    ctx.save_for_backward(x32, t, output[1], output[2])
     ctx.config = config
-    ctx.mark_non_differentiable(output[1], output[2], output[3])
+    ctx.mark_non_differentiable(*output[1:])
 
 
-def _backward(ctx, grad_losses, _grad_table, _grad_fg, _grad_valid):
-    x32, t, table = ctx.saved_tensors
+def _backward(ctx, grad_losses, *_):
+    x32, t, table, top = ctx.saved_tensors
     scaled = table * grad_losses.to(torch.float32).view(-1, 1, 1)
-    grad = torch.ops.lovasz.binned_backward(x32, t, scaled, *ctx.config)
+    grad = torch.ops.lovasz.binned_backward(x32, t, top, scaled, *ctx.config)
     return (grad,) + (None,) * (1 + len(ctx.config))
 
 
@@ -135,9 +141,9 @@ class _EagerFused(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_losses, *_):  # type: ignore[override]
-        x32, t, table = ctx.saved_tensors
+        x32, t, table, top = ctx.saved_tensors
         scaled = table * grad_losses.to(torch.float32).view(-1, 1, 1)
-        return (_backward_impl(x32, t, scaled, *ctx.config),) + (None,) * (1 + len(ctx.config))
+        return (_backward_impl(x32, t, top, scaled, *ctx.config),) + (None,) * (1 + len(ctx.config))
 
 
 def fused_binned(
@@ -165,6 +171,6 @@ def fused_binned(
     x32 = x.to(torch.float32).contiguous()
     t = target.to(torch.int64).contiguous()
     op = torch.ops.lovasz.binned_forward if compiling() else _EagerFused.apply
-    config = (backend, surrogate.code, per_image, ignore_index, binning.lo, binning.hi, binning.per_octave)
-    losses, _, n_fg, n_valid = op(x32, t, *config)
+    config = (backend, surrogate.code, per_image, ignore_index, binning.lo, binning.per_octave)
+    losses, _, _, n_fg, n_valid = op(x32, t, *config)
     return losses, n_fg, n_valid

@@ -26,19 +26,29 @@ These weights are a convex combination of exact Lovász weight vectors (one per 
 they are a valid subgradient of the extension at the quantized errors, and the loss ``Σ_i e_i w_i``
 satisfies the bound below.  The small tables are computed in float64.
 
-**Binning.**  Log-linear on the float: ``per_octave`` sub-bins of equal width in every octave
-``[2^E, 2^(E+1))`` for ``lo <= E < hi``, one bin for errors below ``2^lo`` and one for errors ``>= 2^hi``.
-Every in-range bin has relative width at most ``1/per_octave``.  Bounded errors (softmax, sigmoid, in
-``[0, 1]``) use ``lo = -24, hi = 0``; hinge errors use ``lo = -16, hi = 8``.
+**Binning, anchored at both ends.**  Each group's errors are divided by its largest error ``U`` (the
+*anchor*, :attr:`Histogram.top`), so ``x = e/U`` lies in ``[0, 1]``.  Below ``x = 1/2`` the bins are
+log-linear in ``x``: ``per_octave`` (``P``) sub-bins of equal width in every octave ``[2^E, 2^(E+1))``,
+``lo <= E < -1``, and one bin for ``x < 2^lo``.  From ``x = 1/2`` up they are the mirror image, log-linear
+in the distance to the top, ``d = 1 − x``, with one bin for ``d < 2^lo``.  So the resolution is relative
+near zero (where most errors of a trained network lie) *and* near the group's largest errors, where the
+exact Lovász weights change fastest: the top-ranked elements, a one-pixel class, near-equal scores at
+initialisation, confident false positives next to a missed small object.  The anchor makes the binning
+scale-free, so hinge errors (unbounded) are binned like probabilities.  Bins are read from the float32
+bits of ``x``: integer arithmetic only.
 
-**Error bound.**  With ``e'`` the lower edge of each element's bin, ``e' >= e·(1 − 1/(P+1)) − 2^lo``
-elementwise (``P = per_octave``); the extension ``f`` is monotone, positively homogeneous and satisfies
-``f(x + c·1) = f(x) + c·D(V)`` with ``D(V) <= 1``, and ``Σ w_i e_i >= Σ w_i e'_i = f(e')``, so
+**Error bound.**  Let ``e'`` be the lower edge of each element's bin (in error units).  In the lower half
+a bin in octave ``E`` is ``2^E/P <= x/P`` wide; in the upper half it is at most ``d/P <= x/P`` wide
+(``d <= 1/2 <= x``); the two extreme bins are ``2^lo`` wide, and the top one only holds ``x >= 1 − 2^lo``.
+So ``e − e' <= e/P + 2^lo·U`` elementwise (``P >= 2^-lo/2`` never binds at the defaults).  The weights are
+a convex combination of exact weight vectors of orders that sort ``e'``, so ``L = Σ w_i e_i`` satisfies
+``f(e') <= L <= f(e)`` (the extension ``f`` is the maximum of ``Σ w_i e_i`` over such vectors).  ``f`` is
+monotone, positively homogeneous and ``f(c·1) <= c``, hence
 
-    0 <= f(e) − L_binned(e) <= f(e)/(P+1) + 2^lo        (errors below 2^hi)
+    0 <= f(e) − L_binned(e) <= f(e)/P + 2^lo·U
 
-a *relative* error of at most ``1/(P+1)``: 0.6% at the default ``bins``.  (Hinge errors above ``2^8`` share
-the top bin; only they can exceed the bound.)
+a relative error of at most ``1/P``: 0.93 % at the default ``bins`` (``lo = -20``, ``P = 107``), plus
+``U·2^-20`` absolute.
 """
 
 from __future__ import annotations
@@ -48,47 +58,54 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_BINS", "Binning", "Histogram", "histogram_losses", "weight_tables"]
+__all__ = ["DEFAULT_BINS", "Binning", "Histogram", "histogram_losses", "inverse_top", "weight_tables"]
 
 DEFAULT_BINS = 4096
 
 
 @dataclass(frozen=True)
 class Binning:
-    """Log-linear quantization of non-negative errors into ``num_bins`` ordered bins."""
+    """Quantization of ``x = e/U`` in ``[0, 1]`` into ``num_bins`` ordered bins, fine near 0 and near 1
+    (see the module docstring)."""
 
     lo: int
-    hi: int
     per_octave: int
 
     @classmethod
-    def for_errors(cls, bins: int, bounded: bool) -> Binning:
-        lo, hi = (-24, 0) if bounded else (-16, 8)
-        return cls(lo, hi, max(1, (bins - 2) // (hi - lo)))
+    def for_bins(cls, bins: int, lo: int = -20) -> Binning:
+        """The binning with at most ``bins`` bins."""
+        return cls(lo, max(1, (bins - 2) // (2 * (-1 - lo))))
+
+    @property
+    def half(self) -> int:
+        """Bins in each half (below and above ``x = 1/2``)."""
+        return 1 + (-1 - self.lo) * self.per_octave
 
     @property
     def num_bins(self) -> int:
-        return 2 + (self.hi - self.lo) * self.per_octave
+        return 2 * self.half
 
-    def index(self, errors: Tensor) -> Tensor:
-        """Bin of every error (int64), increasing with the error.
+    def _log_bin(self, v_bits: Tensor) -> Tensor:
+        """Bin of ``v`` in ``[0, 1/2]`` given as float32 bits (int64): 0 below ``2^lo``, then log-linear."""
+        octave = (v_bits >> 23) - 127 - self.lo
+        sub = ((v_bits & ((1 << 23) - 1)) * self.per_octave) >> 23
+        return torch.where(v_bits < ((127 + self.lo) << 23), 0, 1 + octave * self.per_octave + sub)
 
-        Read from the float's bits (exponent, then the top mantissa bits), as the kernels do: integer
-        arithmetic only, so that it compiles under every ``torch.compile`` backend.  Errors must be
-        non-negative (``-0.0`` counts as ``0``)."""
-        e = errors.detach()
-        if e.dtype == torch.float64:
-            bits, mantissa_bits, bias, sign_bit = e.view(torch.int64), 52, 1023, 63
-        else:
-            bits, mantissa_bits, bias, sign_bit = e.to(torch.float32).view(torch.int32).to(torch.int64), 23, 127, 31
-        bits = bits & ((1 << sign_bit) - 1)  # clears the sign of -0.0
-        octave = (bits >> mantissa_bits) - bias - self.lo
-        sub = ((bits & ((1 << mantissa_bits) - 1)) * self.per_octave) >> mantissa_bits
-        idx = 1 + octave * self.per_octave + sub
-        lo_bits = (bias + self.lo) << mantissa_bits
-        hi_bits = (bias + self.hi) << mantissa_bits
-        idx = torch.where(bits < lo_bits, 0, idx)
-        return torch.where(bits >= hi_bits, self.num_bins - 1, idx)
+    def index(self, errors: Tensor, inv_top: Tensor) -> Tensor:
+        """Bin (int64) of every error of a ``[G, P]`` matrix, non-decreasing in the error; ``inv_top``
+        (``[G, 1]`` float32) is ``1/U`` of each row (0 where ``U = 0``).  Computed in float32, from the
+        bits, exactly as the kernels do."""
+        x = errors.detach().to(torch.float32) * inv_top
+        low = self._log_bin(x.clamp(max=0.5).view(torch.int32).to(torch.int64))
+        d = (1.0 - x).clamp(min=0.0, max=0.5)
+        up = self._log_bin(d.view(torch.int32).to(torch.int64))
+        return torch.where(x < 0.5, low, self.num_bins - 1 - up)
+
+
+def inverse_top(top: Tensor) -> Tensor:
+    """``1/U`` in float32 for anchors ``U`` (0 where ``U = 0``: every error of that group is 0)."""
+    top = top.to(torch.float32)
+    return torch.where(top > 0, 1.0 / top.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
 
 
 def weight_tables(fg_counts: Tensor, bg_counts: Tensor) -> tuple[Tensor, Tensor]:
@@ -131,24 +148,29 @@ class Histogram:
     ``K = binning.num_bins`` bins in increasing error, then (background, foreground) × (count, error sum).
     Counts are integers, exact in float64 below 2^53.
 
-    **Additivity.**  The histogram of a union of pixel sets is the sum of their histograms, and the losses
-    and weights depend on the pixels through the histogram only.  This is the seam of a loss over several
-    processes: every rank builds the histogram of its local batch with the same groups (classes for a
-    batch loss; (image, class) pairs numbered over the global batch for a per-image loss), an all-reduce
-    (sum) of :meth:`merged` ``.cells`` gives the histogram of the global batch, and
-    :func:`histogram_losses` then gives every rank the same losses and weight table; backward needs only
-    the local scores and that table.  One float64 tensor of ``G·K·4`` entries travels, whatever the
-    number of pixels.
+    ``top`` holds each group's anchor ``U`` (its largest error), by which the errors are scaled before
+    they are binned.
+
+    **Additivity.**  With the same anchors, the histogram of a union of pixel sets is the sum of their
+    histograms, and the losses and weights depend on the pixels through the histogram only.  This is the
+    seam of a loss over several processes: every rank computes the anchors of its local batch, an
+    all-reduce (max) of ``top`` gives the global anchors, every rank bins its pixels with them into a
+    histogram with the same groups (classes for a batch loss; (image, class) pairs numbered over the
+    global batch for a per-image loss), an all-reduce (sum) of :meth:`merged` ``.cells`` gives the
+    histogram of the global batch, and :func:`histogram_losses` then gives every rank the same losses and
+    weight table; backward needs only the local scores, the anchors and that table.  ``G`` floats and one
+    float64 tensor of ``G·K·4`` entries travel, whatever the number of pixels.
     """
 
     cells: Tensor
+    top: Tensor  # [G] float32: each group's anchor U, its largest error (see the module docstring)
     binning: Binning
 
     def merged(self) -> Histogram:
         """The same histogram with its partials added up (``S = 1``)."""
         if self.cells.shape[0] == 1:
             return self
-        return Histogram(self.cells.sum(dim=0, keepdim=True), self.binning)
+        return Histogram(self.cells.sum(dim=0, keepdim=True), self.top, self.binning)
 
     @property
     def counts(self) -> Tensor:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..surrogates import HINGE, SIGMOID, SIGMOID_PROBS, SOFTMAX, Surrogate
-from .histogram import Binning, Histogram
+from .histogram import Binning, Histogram, inverse_top
 
 try:
     from numba import njit, prange
@@ -34,6 +34,9 @@ except ImportError:  # pragma: no cover - exercised where numba is absent
 _SOFTMAX, _SIGMOID, _SIGMOID_PROBS, _HINGE = SOFTMAX.code, SIGMOID.code, SIGMOID_PROBS.code, HINGE.code
 NAME = "numba"
 BLOCK = 256
+# Fast-math without 'contract' (no fused multiply-adds) and without 'arcp' (no approximate reciprocals):
+# forward and backward must bin every error identically, and match Binning.index bit for bit.
+_FASTMATH = {"nnan", "ninf", "nsz", "reassoc", "afn"}
 # Fixed (not the thread count), so that results are the same on every machine.
 NUM_CHUNKS = 8
 
@@ -61,15 +64,31 @@ if AVAILABLE:
         return poly * r * r + r + np.float32(1.0)
 
     @njit(inline="always")
-    def _bins(e_bits, kb, width, lo_bits, hi_bits, lo, per_octave, num_bins):
-        """Bin of non-negative float32 errors given as int32 bit patterns (monotone in the error)."""
+    def _log_bin(bits, lo_bits, lo, per_octave):
+        """Log-linear bin of a value in [0, 1/2] given by its float32 bits (see Binning._log_bin)."""
+        octave = (bits >> 23) - 127 - lo
+        sub = np.int32(np.float64(bits & 0x7FFFFF) * (per_octave / 8388608.0))
+        k = 1 + octave * per_octave + sub
+        return 0 if bits < lo_bits else k
+
+    @njit(inline="always")
+    def _bins(e, inv, xs, kb, width, lo, per_octave, half):
+        """Bins of errors ``e[:width]`` scaled by ``inv`` = 1/U: fine near 0 and near the anchor U
+        (lovasz.engine.histogram.Binning.index, bit for bit).  ``xs``: [2, BLOCK] float32 scratch."""
+        xl = xs[0]
+        xd = xs[1]
         for j in range(width):
-            bits = e_bits[j]
-            octave = (bits >> 23) - 127 - lo
-            sub = np.int32(np.float64(bits & 0x7FFFFF) * (per_octave / 8388608.0))
-            k = 1 + octave * per_octave + sub
-            k = 0 if bits < lo_bits else k
-            kb[j] = num_bins - 1 if bits >= hi_bits else k
+            x = e[j] * inv
+            xl[j] = min(x, np.float32(0.5))
+            xd[j] = min(max(np.float32(1.0) - x, np.float32(0.0)), np.float32(0.5))
+        lb = xl.view(np.int32)
+        db = xd.view(np.int32)
+        lo_bits = np.int32((127 + lo) << 23)
+        top = 2 * half - 1
+        for j in range(width):
+            kl = _log_bin(lb[j], lo_bits, lo, per_octave)
+            kd = _log_bin(db[j], lo_bits, lo, per_octave)
+            kb[j] = kl if xl[j] < np.float32(0.5) else top - kd
 
     @njit(inline="always")
     def _softmax_block(x, b, i0, width, c_, from_logits, p, pf, pn):
@@ -107,11 +126,6 @@ if AVAILABLE:
                 pc[j] *= den[j]
 
     @njit(inline="always")
-    def _bit_bounds(lo, hi):
-        """int32 bit patterns of 2^lo and 2^hi: errors below / from these go to the bottom / top bin."""
-        return np.int32((127 + lo) << 23), np.int32((127 + hi) << 23)
-
-    @njit(inline="always")
     def _span(pos, stop, n_):
         row = pos // n_
         i0 = pos - row * n_
@@ -132,24 +146,32 @@ if AVAILABLE:
             v = t[b, i0 + j]
             lab[j] = -1 if use_ignore and v == ignore else np.int32(v)
 
-    @njit(parallel=True, cache=True, fastmath=True)
-    def softmax_forward(x, t, ignore, use_ignore, code, per_image, lo, hi, per_octave, num_bins, nchunks):
+    @njit(inline="always")
+    def _inverse(top):
+        """1/U per group (0 where U = 0), float32."""
+        inv = np.zeros(top.shape[0], np.float32)
+        for g in range(top.shape[0]):
+            if top[g] > 0:
+                inv[g] = np.float32(1.0) / top[g]
+        return inv
+
+    @njit(parallel=True, cache=True, fastmath=_FASTMATH)
+    def softmax_forward(x, t, ignore, use_ignore, code, per_image, lo, per_octave, half, nchunks):
+        """Pass 1: errors of every (image, class, pixel) into a scratch array and each group's largest
+        error (its anchor).  Pass 2: bins and the (group, bin) histogram.  Returns (acc, top)."""
         b_, c_, n_ = x.shape
         from_logits = code == _SOFTMAX
         groups = b_ * c_ if per_image else c_
         slots = 1 if per_image else nchunks
         units = b_ if per_image else nchunks
-        acc = np.zeros((slots, groups, num_bins, 2, 2), np.float64)
-        flat = acc.reshape(-1)
-        lo_bits, hi_bits = _bit_bounds(lo, hi)
+        num_bins = 2 * half
+        errors = np.empty((b_, c_, n_), np.float32)
+        tops = np.zeros((units, groups), np.float32)
         for unit_ in prange(units):
-            start, stop, slot = _unit_range(np.int64(unit_), per_image, n_, nchunks, b_ * n_)
+            start, stop, _slot = _unit_range(np.int64(unit_), per_image, n_, nchunks, b_ * n_)
             p = np.empty((c_, BLOCK), np.float32)
             pf = np.empty((3, BLOCK), np.float32)
             pn = np.empty((3, BLOCK), np.int32)
-            e = pf[0]
-            e_bits = e.view(np.int32)
-            kb = pn[0]
             lab = pn[2]
             pos = start
             while pos < stop:
@@ -158,27 +180,52 @@ if AVAILABLE:
                 _labels(t, b, i0, width, ignore, use_ignore, lab)
                 for c in range(c_):
                     g = b * c_ + c if per_image else c
-                    base = (slot * groups + g) * num_bins * 4
                     pc = p[c]
+                    ec = errors[b, c, i0 : i0 + width]
+                    m = tops[unit_, g]
                     for j in range(width):
-                        e[j] = max(np.float32(1.0) - pc[j] if lab[j] == c else pc[j], np.float32(0.0))
-                    _bins(e_bits, kb, width, lo_bits, hi_bits, lo, per_octave, num_bins)
+                        v = max(np.float32(1.0) - pc[j] if lab[j] == c else pc[j], np.float32(0.0))
+                        ec[j] = v
+                        m = max(m, v if lab[j] >= 0 else np.float32(0.0))
+                    tops[unit_, g] = m
+                pos += width
+        top = np.zeros(groups, np.float32)
+        for u in range(units):
+            for g in range(groups):
+                top[g] = max(top[g], tops[u, g])
+        inv = _inverse(top)
+        acc = np.zeros((slots, groups, num_bins, 2, 2), np.float64)
+        flat = acc.reshape(-1)
+        for unit_ in prange(units):
+            start, stop, slot = _unit_range(np.int64(unit_), per_image, n_, nchunks, b_ * n_)
+            xs = np.empty((2, BLOCK), np.float32)
+            kb = np.empty(BLOCK, np.int32)
+            lab = np.empty(BLOCK, np.int32)
+            pos = start
+            while pos < stop:
+                b, i0, width = _span(pos, stop, n_)
+                _labels(t, b, i0, width, ignore, use_ignore, lab)
+                for c in range(c_):
+                    g = b * c_ + c if per_image else c
+                    base = (slot * groups + g) * num_bins * 4
+                    ec = errors[b, c, i0 : i0 + width]
+                    _bins(ec, inv[g], xs, kb, width, lo, per_octave, half)
                     for j in range(width):
                         if lab[j] < 0:
                             continue
                         idx = base + kb[j] * 4 + (2 if lab[j] == c else 0)
                         flat[idx] += 1.0
-                        flat[idx + 1] += e[j]
+                        flat[idx + 1] += ec[j]
                 pos += width
-        return acc
+        return acc, top
 
-    @njit(parallel=True, cache=True, fastmath=True)
-    def softmax_backward(x, t, ignore, use_ignore, code, per_image, lo, hi, per_octave, num_bins, table, grad):
+    @njit(parallel=True, cache=True, fastmath=_FASTMATH)
+    def softmax_backward(x, t, ignore, use_ignore, code, per_image, lo, per_octave, half, inv, table, grad):
         # table: [G, K, 2] float32 = d loss / d error for (group, bin, is_fg), already scaled by grad_output.
         b_, c_, n_ = x.shape
         from_logits = code == _SOFTMAX
+        num_bins = 2 * half
         nblocks = (n_ + BLOCK - 1) // BLOCK
-        lo_bits, hi_bits = _bit_bounds(lo, hi)
         for unit_ in prange(b_ * nblocks):
             unit = np.int64(unit_)
             b = unit // nblocks
@@ -188,9 +235,9 @@ if AVAILABLE:
             gp = np.empty((c_, BLOCK), np.float32)
             pf = np.empty((4, BLOCK), np.float32)
             pn = np.empty((3, BLOCK), np.int32)
+            xs = np.empty((2, BLOCK), np.float32)
             _softmax_block(x, b, i0, width, c_, from_logits, p, pf, pn)
             e = pf[0]
-            e_bits = e.view(np.int32)
             dot = pf[3]
             dot[:width] = 0.0
             kb = pn[0]
@@ -203,7 +250,7 @@ if AVAILABLE:
                 pc = p[c]
                 for j in range(width):
                     e[j] = max(np.float32(1.0) - pc[j] if lab[j] == c else pc[j], np.float32(0.0))
-                _bins(e_bits, kb, width, lo_bits, hi_bits, lo, per_octave, num_bins)
+                _bins(e, inv[g], xs, kb, width, lo, per_octave, half)
                 gc = gp[c]
                 for j in range(width):
                     fg = lab[j] == c
@@ -251,46 +298,69 @@ if AVAILABLE:
                 de[j] = d if m > 0 else np.float32(0.0)
                 fgb[j] = 1 if fg else 0
 
-    @njit(parallel=True, cache=True, fastmath=True)
-    def binary_forward(x, t, ignore, use_ignore, code, per_image, lo, hi, per_octave, num_bins, nchunks):
+    @njit(parallel=True, cache=True, fastmath=_FASTMATH)
+    def binary_forward(x, t, ignore, use_ignore, code, per_image, lo, per_octave, half, nchunks):
+        """Pass 1: errors into a scratch array and each group's anchor; pass 2: the histogram."""
         b_, c_, n_ = x.shape
         groups = b_ * c_ if per_image else c_
         slots = 1 if per_image else nchunks
         units = b_ if per_image else nchunks
-        acc = np.zeros((slots, groups, num_bins, 2, 2), np.float64)
-        flat = acc.reshape(-1)
-        lo_bits, hi_bits = _bit_bounds(lo, hi)
+        num_bins = 2 * half
+        errors = np.empty((b_, c_, n_), np.float32)
+        tops = np.zeros((units, groups), np.float32)
         for unit_ in prange(units):
-            start, stop, slot = _unit_range(np.int64(unit_), per_image, c_ * n_, nchunks, b_ * c_ * n_)
+            start, stop, _slot = _unit_range(np.int64(unit_), per_image, c_ * n_, nchunks, b_ * c_ * n_)
             pf = np.empty((3, BLOCK), np.float32)
             pn = np.empty((2, BLOCK), np.int32)
             fgb = np.empty(BLOCK, np.int32)
-            e = pf[1]
-            e_bits = e.view(np.int32)
-            kb = pn[0]
             pos = start
             while pos < stop:
                 row, i0, width = _span(pos, stop, n_)
                 b = row // c_
                 c = row - b * c_
                 g = b * c_ + c if per_image else c
-                _binary_block(x, t, b, c, i0, width, code, e, pf[2], fgb, pf, pn)
-                _bins(e_bits, kb, width, lo_bits, hi_bits, lo, per_octave, num_bins)
+                ec = errors[b, c, i0 : i0 + width]
+                _binary_block(x, t, b, c, i0, width, code, ec, pf[2], fgb, pf, pn)
+                m = tops[unit_, g]
+                for j in range(width):
+                    ok = not (use_ignore and t[b, c, i0 + j] == ignore)
+                    m = max(m, ec[j] if ok else np.float32(0.0))
+                tops[unit_, g] = m
+                pos += width
+        top = np.zeros(groups, np.float32)
+        for u in range(units):
+            for g in range(groups):
+                top[g] = max(top[g], tops[u, g])
+        inv = _inverse(top)
+        acc = np.zeros((slots, groups, num_bins, 2, 2), np.float64)
+        flat = acc.reshape(-1)
+        for unit_ in prange(units):
+            start, stop, slot = _unit_range(np.int64(unit_), per_image, c_ * n_, nchunks, b_ * c_ * n_)
+            xs = np.empty((2, BLOCK), np.float32)
+            kb = np.empty(BLOCK, np.int32)
+            pos = start
+            while pos < stop:
+                row, i0, width = _span(pos, stop, n_)
+                b = row // c_
+                c = row - b * c_
+                g = b * c_ + c if per_image else c
+                ec = errors[b, c, i0 : i0 + width]
+                _bins(ec, inv[g], xs, kb, width, lo, per_octave, half)
                 base = (slot * groups + g) * num_bins * 4
                 for j in range(width):
-                    if use_ignore and t[b, c, i0 + j] == ignore:
+                    lab = t[b, c, i0 + j]
+                    if use_ignore and lab == ignore:
                         continue
-                    idx = base + kb[j] * 4 + fgb[j] * 2
+                    idx = base + kb[j] * 4 + (2 if lab == 1 else 0)
                     flat[idx] += 1.0
-                    flat[idx + 1] += e[j]
+                    flat[idx + 1] += ec[j]
                 pos += width
-        return acc
+        return acc, top
 
-    @njit(parallel=True, cache=True, fastmath=True)
-    def binary_backward(x, t, ignore, use_ignore, code, per_image, lo, hi, per_octave, num_bins, table, grad):
+    @njit(parallel=True, cache=True, fastmath=_FASTMATH)
+    def binary_backward(x, t, ignore, use_ignore, code, per_image, lo, per_octave, half, inv, table, grad):
         b_, c_, n_ = x.shape
         nblocks = (n_ + BLOCK - 1) // BLOCK
-        lo_bits, hi_bits = _bit_bounds(lo, hi)
         for unit_ in prange(b_ * c_ * nblocks):
             unit = np.int64(unit_)
             row = unit // nblocks
@@ -301,12 +371,13 @@ if AVAILABLE:
             g = b * c_ + c if per_image else c
             pf = np.empty((3, BLOCK), np.float32)
             pn = np.empty((2, BLOCK), np.int32)
+            xs = np.empty((2, BLOCK), np.float32)
             fgb = np.empty(BLOCK, np.int32)
             e = pf[1]
             de = pf[2]
             kb = pn[0]
             _binary_block(x, t, b, c, i0, width, code, e, de, fgb, pf, pn)
-            _bins(e.view(np.int32), kb, width, lo_bits, hi_bits, lo, per_octave, num_bins)
+            _bins(e, inv[g], xs, kb, width, lo, per_octave, half)
             for j in range(width):
                 w = table[g, kb[j], fgb[j]] * de[j]
                 grad[b, c, i0 + j] = np.float32(0.0) if use_ignore and t[b, c, i0 + j] == ignore else w
@@ -403,7 +474,7 @@ def _kernels_and_args(x32, t, surrogate: Surrogate, per_image: bool, ignore_inde
     """(forward kernel, backward kernel, their shared leading arguments)."""
     use_ignore = ignore_index is not None
     ignore = int(ignore_index) if use_ignore else 0
-    args = (x32.numpy(), t.numpy(), ignore, use_ignore, surrogate.code, per_image, b.lo, b.hi, b.per_octave, b.num_bins)
+    args = (x32.numpy(), t.numpy(), ignore, use_ignore, surrogate.code, per_image, b.lo, b.per_octave, b.half)
     if surrogate.per_class:
         return softmax_forward, softmax_backward, args
     return binary_forward, binary_backward, args
@@ -415,7 +486,8 @@ def histogram(
     """Histogram of ``x32`` (``[B, C, N]`` float32 contiguous) with targets ``t`` (int64), ``NUM_CHUNKS``
     partials over the batch (one per image with ``per_image``)."""
     forward_kernel, _, args = _kernels_and_args(x32, t, surrogate, per_image, ignore_index, b)
-    return Histogram(torch.from_numpy(forward_kernel(*args, NUM_CHUNKS)), b)
+    acc, top = forward_kernel(*args, NUM_CHUNKS)
+    return Histogram(torch.from_numpy(acc), torch.from_numpy(top), b)
 
 
 def backward(
@@ -425,10 +497,11 @@ def backward(
     per_image: bool,
     ignore_index: int | None,
     b: Binning,
+    top: torch.Tensor,
     table: torch.Tensor,
     grad: torch.Tensor,
 ) -> None:
-    """Write d loss / d ``x32`` into ``grad`` given the weight table ``[G, K, 2]`` (float32), already
-    scaled by the gradient of each group's loss."""
+    """Write d loss / d ``x32`` into ``grad`` given the anchors ``top`` ``[G]`` and the weight table
+    ``[G, K, 2]`` (float32), already scaled by the gradient of each group's loss."""
     _, backward_kernel, args = _kernels_and_args(x32, t, surrogate, per_image, ignore_index, b)
-    backward_kernel(*args, table.numpy(), grad.numpy())
+    backward_kernel(*args, inverse_top(top).numpy(), table.numpy(), grad.numpy())

@@ -1,11 +1,13 @@
 """Fused Triton kernels (CUDA) for the binned engine.
 
 Same contract as :mod:`.kernels_cpu`.  Each program takes a tile of ``BLOCK_N`` pixels × all classes
-(softmax) or ``BLOCK`` elements (binary losses), computes probabilities, errors and bins in registers and
-adds into the global (group, bin) histogram with *integer* atomics: int32 counts and int64 fixed-point
-error sums (``e · 2^(32 - hi)``).  Integer addition is associative, so the histogram — and the loss — is
-bitwise deterministic whatever the order of the atomics.  Backward recomputes the tile and writes the
-gradient w.r.t. the logits in one pass.
+(softmax) or ``BLOCK`` elements (binary losses) and computes probabilities and errors in registers.  A
+first kernel finds each group's anchor (its largest error, an integer ``atomic_max`` on the float's bits);
+a second recomputes the tile, bins the errors scaled by the anchors and adds into the global (group, bin)
+histogram with *integer* atomics: int32 counts and int64 fixed-point sums of ``e/U`` (``· 2^32``).
+Integer operations are associative, so the histogram — and the loss — is bitwise deterministic whatever
+the order of the atomics.  Backward recomputes the tile and writes the gradient w.r.t. the logits in one
+pass.
 
 On CPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``), which is how the test-suite
 checks them without a GPU.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..surrogates import HINGE, SIGMOID, SOFTMAX, Surrogate
-from .histogram import Binning, Histogram
+from .histogram import Binning, Histogram, inverse_top
 
 try:
     import triton
@@ -35,13 +37,20 @@ if AVAILABLE:
     _HINGE = tl.constexpr(HINGE.code)
 
     @triton.jit
-    def _bin(e, lo_bits, hi_bits, lo, per_octave, num_bins):
-        bits = e.to(tl.int32, bitcast=True)
+    def _log_bin(v, lo, per_octave):
+        """Log-linear bin of ``v`` in [0, 1/2] (lovasz.engine.histogram.Binning._log_bin)."""
+        bits = v.to(tl.int32, bitcast=True)
         octave = (bits >> 23) - 127 - lo
         sub = (((bits & 0x7FFFFF).to(tl.int64) * per_octave) >> 23).to(tl.int32)
-        k = 1 + octave * per_octave + sub
-        k = tl.where(bits < lo_bits, 0, k)
-        return tl.where(bits >= hi_bits, num_bins - 1, k)
+        return tl.where(bits < (127 + lo) << 23, 0, 1 + octave * per_octave + sub)
+
+    @triton.jit
+    def _bin(e, inv, lo, per_octave, num_bins):
+        """Bin of errors scaled by the anchors' inverses: fine near 0 and near the anchor."""
+        x = e * inv
+        xl = tl.minimum(x, 0.5)
+        xd = tl.minimum(tl.maximum(1.0 - x, 0.0), 0.5)
+        return tl.where(xl < 0.5, _log_bin(xl, lo, per_octave), num_bins - 1 - _log_bin(xd, lo, per_octave))
 
     @triton.jit
     def _softmax_tile(x_ptr, t_ptr, b, pid_n, C, N, ignore, USE_IGNORE, CODE, BLOCK_C, BLOCK_N):
@@ -65,42 +74,56 @@ if AVAILABLE:
         return offs_c, offs_n, in_tile, p, fg, e, in_tile & valid[None, :]
 
     @triton.jit
-    def _softmax_cells(e, fg, b, offs_c, C, lo, lo_bits, hi_bits, per_octave, num_bins, PER_IMAGE):
-        """Flat (group, bin, is_fg) cell of every element of a softmax tile."""
-        k = _bin(e, lo_bits, hi_bits, lo, per_octave, num_bins)
+    def _softmax_groups(b, offs_c, C, PER_IMAGE):
         if PER_IMAGE:
-            g = b * C + offs_c
-        else:
-            g = offs_c
-        return (g[:, None] * num_bins + k) * 2 + fg.to(tl.int32)
+            return b * C + offs_c
+        return offs_c
+
+    @triton.jit
+    def _softmax_top(
+        x_ptr, t_ptr, top_ptr, C, N, ignore,
+        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr,
+        BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):  # fmt: skip
+        """Each group's largest error (its anchor), as int32 bits (non-negative floats order as ints)."""
+        b = tl.program_id(1)
+        offs_c, _offs_n, _in_tile, _p, _fg, e, use = _softmax_tile(
+            x_ptr, t_ptr, b, tl.program_id(0), C, N, ignore, USE_IGNORE, CODE, BLOCK_C, BLOCK_N
+        )
+        tile_max = tl.max(tl.where(use, e, 0.0), axis=1)
+        g = _softmax_groups(b, offs_c, C, PER_IMAGE)
+        tl.atomic_max(top_ptr + g, tile_max.to(tl.int32, bitcast=True), mask=offs_c < C)
 
     @triton.jit
     def _softmax_fwd(
-        x_ptr, t_ptr, counts_ptr, sums_ptr, C, N, ignore, lo, lo_bits, hi_bits, per_octave, num_bins, scale,
+        x_ptr, t_ptr, inv_ptr, counts_ptr, sums_ptr, C, N, ignore, lo, per_octave, num_bins,
         USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
-        pid_n = tl.program_id(0)
         b = tl.program_id(1)
         offs_c, _offs_n, _in_tile, _p, fg, e, use = _softmax_tile(
-            x_ptr, t_ptr, b, pid_n, C, N, ignore, USE_IGNORE, CODE, BLOCK_C, BLOCK_N
+            x_ptr, t_ptr, b, tl.program_id(0), C, N, ignore, USE_IGNORE, CODE, BLOCK_C, BLOCK_N
         )
-        idx = _softmax_cells(e, fg, b, offs_c, C, lo, lo_bits, hi_bits, per_octave, num_bins, PER_IMAGE)
+        g = _softmax_groups(b, offs_c, C, PER_IMAGE)
+        inv = tl.load(inv_ptr + g, mask=offs_c < C, other=0.0)[:, None]
+        idx = (g[:, None] * num_bins + _bin(e, inv, lo, per_octave, num_bins)) * 2 + fg.to(tl.int32)
         tl.atomic_add(counts_ptr + idx, tl.full(idx.shape, 1, tl.int32), mask=use)
-        tl.atomic_add(sums_ptr + idx, (e * scale).to(tl.int64), mask=use)
+        # Fixed point: e/U in [0, 1] times 2^32 (int64 sums are exact up to 2^31 elements per bin).
+        tl.atomic_add(sums_ptr + idx, (tl.minimum(e * inv, 1.0) * 4294967296.0).to(tl.int64), mask=use)
 
     @triton.jit
     def _softmax_bwd(
-        x_ptr, t_ptr, table_ptr, grad_ptr, C, N, ignore, lo, lo_bits, hi_bits, per_octave, num_bins,
+        x_ptr, t_ptr, inv_ptr, table_ptr, grad_ptr, C, N, ignore, lo, per_octave, num_bins,
         USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
-        pid_n = tl.program_id(0)
         b = tl.program_id(1)
         offs_c, offs_n, in_tile, p, fg, e, use = _softmax_tile(
-            x_ptr, t_ptr, b, pid_n, C, N, ignore, USE_IGNORE, CODE, BLOCK_C, BLOCK_N
+            x_ptr, t_ptr, b, tl.program_id(0), C, N, ignore, USE_IGNORE, CODE, BLOCK_C, BLOCK_N
         )
-        idx = _softmax_cells(e, fg, b, offs_c, C, lo, lo_bits, hi_bits, per_octave, num_bins, PER_IMAGE)
+        g = _softmax_groups(b, offs_c, C, PER_IMAGE)
+        inv = tl.load(inv_ptr + g, mask=offs_c < C, other=0.0)[:, None]
+        idx = (g[:, None] * num_bins + _bin(e, inv, lo, per_octave, num_bins)) * 2 + fg.to(tl.int32)
         w = tl.load(table_ptr + idx, mask=use, other=0.0)
         gp = tl.where(fg, -w, w)  # d error / d p
         if CODE == _SOFTMAX:
@@ -140,40 +163,40 @@ if AVAILABLE:
         return offs, inside, use, fg, g, e, de
 
     @triton.jit
+    def _binary_top(
+        x_ptr, t_ptr, top_ptr, C, N, total, ignore,
+        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        _offs, _inside, use, _fg, g, e, _de = _binary_tile(
+            x_ptr, t_ptr, tl.program_id(0), C, N, total, ignore, USE_IGNORE, CODE, PER_IMAGE, BLOCK
+        )
+        tl.atomic_max(top_ptr + g, e.to(tl.int32, bitcast=True), mask=use)
+
+    @triton.jit
     def _binary_fwd(
-        x_ptr, t_ptr, counts_ptr, sums_ptr, C, N, total, ignore, lo, lo_bits, hi_bits, per_octave, num_bins, scale,
+        x_ptr, t_ptr, inv_ptr, counts_ptr, sums_ptr, C, N, total, ignore, lo, per_octave, num_bins,
         USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         _offs, _inside, use, fg, g, e, _de = _binary_tile(
             x_ptr, t_ptr, tl.program_id(0), C, N, total, ignore, USE_IGNORE, CODE, PER_IMAGE, BLOCK
         )
-        idx = (g * num_bins + _bin(e, lo_bits, hi_bits, lo, per_octave, num_bins)) * 2 + fg.to(tl.int32)
+        inv = tl.load(inv_ptr + g, mask=use, other=0.0)
+        idx = (g * num_bins + _bin(e, inv, lo, per_octave, num_bins)) * 2 + fg.to(tl.int32)
         tl.atomic_add(counts_ptr + idx, tl.full(idx.shape, 1, tl.int32), mask=use)
-        # Errors above 2^(hi+7) (hinge logits beyond ±32000) saturate in the fixed-point sum (2^39 / scale).
-        tl.atomic_add(sums_ptr + idx, (tl.minimum(e, 549755813888.0 / scale) * scale).to(tl.int64), mask=use)
+        tl.atomic_add(sums_ptr + idx, (tl.minimum(e * inv, 1.0) * 4294967296.0).to(tl.int64), mask=use)
 
     @triton.jit
     def _binary_bwd(
-        x_ptr, t_ptr, table_ptr, grad_ptr, C, N, total, ignore, lo, lo_bits, hi_bits, per_octave, num_bins,
+        x_ptr, t_ptr, inv_ptr, table_ptr, grad_ptr, C, N, total, ignore, lo, per_octave, num_bins,
         USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         offs, inside, use, fg, g, e, de = _binary_tile(
             x_ptr, t_ptr, tl.program_id(0), C, N, total, ignore, USE_IGNORE, CODE, PER_IMAGE, BLOCK
         )
-        idx = (g * num_bins + _bin(e, lo_bits, hi_bits, lo, per_octave, num_bins)) * 2 + fg.to(tl.int32)
+        inv = tl.load(inv_ptr + g, mask=use, other=0.0)
+        idx = (g * num_bins + _bin(e, inv, lo, per_octave, num_bins)) * 2 + fg.to(tl.int32)
         w = tl.load(table_ptr + idx, mask=use, other=0.0)
         tl.store(grad_ptr + offs, w * de, mask=inside)
-
-
-def _common(binning: Binning):
-    lo_bits = (127 + binning.lo) << 23
-    hi_bits = (127 + binning.hi) << 23
-    return binning.lo, lo_bits, hi_bits, binning.per_octave, binning.num_bins
-
-
-def _scale(binning: Binning) -> float:
-    # Fixed point for the error sums: errors up to 2^hi, int64 sums safe up to 2^31 elements per bin.
-    return float(2 ** (32 - binning.hi))
 
 
 def _tiles(c: int) -> tuple[int, int]:
@@ -181,33 +204,48 @@ def _tiles(c: int) -> tuple[int, int]:
     return block_c, max(16, min(1024, 4096 // block_c))
 
 
+_BLOCK = 1024
+
+
+def _launch(name: str, x32, t, surrogate: Surrogate, per_image: bool, ignore_index: int | None, pointers, bin_args):
+    """Launch the softmax or binary variant of kernel ``name`` over the whole input: ``x32``, ``t``, then
+    ``pointers``, the sizes and ``ignore``, then ``bin_args`` (``lo, per_octave, num_bins``, or none)."""
+    bsz, c, n = x32.shape
+    use_ignore = ignore_index is not None
+    ignore = int(ignore_index) if use_ignore else 0
+    flags = dict(USE_IGNORE=use_ignore, CODE=surrogate.code, PER_IMAGE=per_image)
+    if surrogate.per_class:
+        block_c, block_n = _tiles(c)
+        grid = (triton.cdiv(n, block_n), bsz)
+        sizes = (c, n, ignore)
+        flags.update(BLOCK_C=block_c, BLOCK_N=block_n)
+        kernel = _softmax_top if name == "top" else _softmax_fwd if name == "fwd" else _softmax_bwd
+    else:
+        grid = (triton.cdiv(x32.numel(), _BLOCK),)
+        sizes = (c, n, x32.numel(), ignore)
+        flags.update(BLOCK=_BLOCK)
+        kernel = _binary_top if name == "top" else _binary_fwd if name == "fwd" else _binary_bwd
+    kernel[grid](x32, t, *pointers, *sizes, *bin_args, **flags)
+
+
 def histogram(
     x32: torch.Tensor, t: torch.Tensor, surrogate: Surrogate, per_image: bool, ignore_index: int | None, b: Binning
 ) -> Histogram:
-    """Histogram of ``x32`` (``[B, C, N]`` float32 contiguous) with targets ``t`` (int64), one partial."""
-    bsz, c, n = x32.shape
+    """Histogram of ``x32`` (``[B, C, N]`` float32 contiguous) with targets ``t`` (int64), one partial:
+    a first kernel finds each group's anchor, a second bins and counts."""
+    bsz, c, _ = x32.shape
     groups = bsz * c if per_image else c
     k = b.num_bins
-    use_ignore = ignore_index is not None
-    ignore = int(ignore_index) if use_ignore else 0
+    top_bits = torch.zeros(groups, dtype=torch.int32, device=x32.device)
+    bin_args = (b.lo, b.per_octave, k)
+    _launch("top", x32, t, surrogate, per_image, ignore_index, (top_bits,), ())
+    top = top_bits.view(torch.float32)
     counts = torch.zeros(groups * k * 2, dtype=torch.int32, device=x32.device)
     sums = torch.zeros(groups * k * 2, dtype=torch.int64, device=x32.device)
-    scale = _scale(b)
-    if surrogate.per_class:
-        block_c, block_n = _tiles(c)
-        _softmax_fwd[(triton.cdiv(n, block_n), bsz)](
-            x32, t, counts, sums, c, n, ignore, *_common(b), scale,
-            USE_IGNORE=use_ignore, CODE=surrogate.code, PER_IMAGE=per_image, BLOCK_C=block_c, BLOCK_N=block_n,
-        )  # fmt: skip
-    else:
-        total = x32.numel()
-        block = 1024
-        _binary_fwd[(triton.cdiv(total, block),)](
-            x32, t, counts, sums, c, n, total, ignore, *_common(b), scale,
-            USE_IGNORE=use_ignore, CODE=surrogate.code, PER_IMAGE=per_image, BLOCK=block,
-        )  # fmt: skip
-    cells = torch.stack([counts.to(torch.float64), sums.to(torch.float64) / scale], dim=-1)
-    return Histogram(cells.view(1, groups, k, 2, 2), b)
+    _launch("fwd", x32, t, surrogate, per_image, ignore_index, (inverse_top(top), counts, sums), bin_args)
+    error_sums = sums.to(torch.float64).view(groups, k * 2) * (top.to(torch.float64) / 4294967296.0)[:, None]
+    cells = torch.stack([counts.to(torch.float64), error_sums.flatten()], dim=-1)
+    return Histogram(cells.view(1, groups, k, 2, 2), top, b)
 
 
 def backward(
@@ -217,23 +255,10 @@ def backward(
     per_image: bool,
     ignore_index: int | None,
     b: Binning,
+    top: torch.Tensor,
     table: torch.Tensor,
     grad: torch.Tensor,
 ) -> None:
-    """Write d loss / d ``x32`` into ``grad`` given the scaled weight table ``[G, K, 2]`` float32."""
-    bsz, c, n = x32.shape
-    use_ignore = ignore_index is not None
-    ignore = int(ignore_index) if use_ignore else 0
-    if surrogate.per_class:
-        block_c, block_n = _tiles(c)
-        _softmax_bwd[(triton.cdiv(n, block_n), bsz)](
-            x32, t, table, grad, c, n, ignore, *_common(b),
-            USE_IGNORE=use_ignore, CODE=surrogate.code, PER_IMAGE=per_image, BLOCK_C=block_c, BLOCK_N=block_n,
-        )  # fmt: skip
-    else:
-        total = x32.numel()
-        block = 1024
-        _binary_bwd[(triton.cdiv(total, block),)](
-            x32, t, table, grad, c, n, total, ignore, *_common(b),
-            USE_IGNORE=use_ignore, CODE=surrogate.code, PER_IMAGE=per_image, BLOCK=block,
-        )  # fmt: skip
+    """Write d loss / d ``x32`` into ``grad`` given the anchors and the scaled weight table ``[G, K, 2]``."""
+    bin_args = (b.lo, b.per_octave, b.num_bins)
+    _launch("bwd", x32, t, surrogate, per_image, ignore_index, (inverse_top(top), table, grad), bin_args)
