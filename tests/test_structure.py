@@ -4,6 +4,7 @@ light (torch, nothing heavy it does not need)."""
 from __future__ import annotations
 
 import ast
+import os
 import pathlib
 import subprocess
 import sys
@@ -79,3 +80,21 @@ def test_kernels_load_when_the_cpu_binned_engine_first_runs():
         "assert 'numba' in sys.modules and 'triton' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_numba_cache_goes_to_the_user_cache_not_the_package(tmp_path):
+    pytest.importorskip("numba")
+    import lovasz.engine as engine
+
+    package_dir = pathlib.Path(engine.__file__).parent
+    before = set(package_dir.rglob("*.nbi"))
+    code = (
+        "import torch, lovasz\n"
+        "x = torch.randn(1, 3, 40, requires_grad=True); t = torch.randint(0, 3, (1, 40))\n"
+        "lovasz.lovasz_softmax(x, t, bins=256).backward()\n"
+    )
+    env = dict(os.environ, LOVASZ_CACHE=str(tmp_path))
+    env.pop("NUMBA_CACHE_DIR", None)
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600)
+    assert list((tmp_path / "numba").rglob("*.nbi")), "no numba cache index in LOVASZ_CACHE/numba"
+    assert set(package_dir.rglob("*.nbi")) == before, "numba wrote its cache into the package"

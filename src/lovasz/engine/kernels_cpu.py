@@ -17,6 +17,12 @@ int64.  Groups are ``b * C + c`` per image, ``c`` over the batch.  Accumulators 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -24,11 +30,30 @@ from ..surrogates import HINGE, SIGMOID, SIGMOID_PROBS, SOFTMAX, Surrogate
 from .histogram import Binning, Histogram, inverse_top
 
 try:
-    from numba import njit, prange
+    import numba
+    from numba import njit
 
     AVAILABLE = True
 except ImportError:  # pragma: no cover - exercised where numba is absent
     AVAILABLE = False
+
+
+def cache_dir() -> str:
+    """Where the compiled kernels are cached: ``$LOVASZ_CACHE/numba``, by default
+    ``$XDG_CACHE_HOME/lovasz/numba`` or ``~/.cache/lovasz/numba`` (never the package's own folder).
+    ``NUMBA_CACHE_DIR``, when set, takes precedence, as numba documents."""
+    root = os.environ.get("LOVASZ_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lovasz"
+    )
+    return os.path.join(root, "numba")
+
+
+if AVAILABLE:
+    # numba picks a function's cache folder when it is decorated: point it at ours for the decorations
+    # below only, and leave the user's setting (and other packages' caches) alone.
+    _USER_CACHE_DIR = numba.config.CACHE_DIR
+    if not _USER_CACHE_DIR:
+        numba.config.CACHE_DIR = cache_dir()
 
 # Surrogate codes (lovasz.surrogates), frozen into the kernels as compile-time constants.
 _SOFTMAX, _SIGMOID, _SIGMOID_PROBS, _HINGE = SOFTMAX.code, SIGMOID.code, SIGMOID_PROBS.code, HINGE.code
@@ -146,33 +171,18 @@ if AVAILABLE:
             v = t[b, i0 + j]
             lab[j] = -1 if use_ignore and v == ignore else np.int32(v)
 
-    @njit(inline="always")
-    def _inverse(top):
-        """1/U per group (0 where U = 0), float32."""
-        inv = np.zeros(top.shape[0], np.float32)
-        for g in range(top.shape[0]):
-            if top[g] > 0:
-                inv[g] = np.float32(1.0) / top[g]
-        return inv
-
-    @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-    def softmax_forward(x, t, ignore, use_ignore, code, per_image, lo, per_octave, half, nchunks):
-        """Pass 1: errors of every (image, class, pixel) into a scratch array and each group's largest
-        error (its anchor).  Pass 2: bins and the (group, bin) histogram.  Returns (acc, top)."""
+    @njit(nogil=True, cache=True, fastmath=_FASTMATH)
+    def softmax_errors(x, t, ignore, use_ignore, code, per_image, nchunks, errors, tops, u0, u1):
+        """Pass 1, units ``u0..u1``: errors of every (image, class, pixel) into ``errors`` and each
+        unit's largest error per group into ``tops[unit]``."""
         b_, c_, n_ = x.shape
         from_logits = code == _SOFTMAX
-        groups = b_ * c_ if per_image else c_
-        slots = 1 if per_image else nchunks
-        units = b_ if per_image else nchunks
-        num_bins = 2 * half
-        errors = np.empty((b_, c_, n_), np.float32)
-        tops = np.zeros((units, groups), np.float32)
-        for unit_ in prange(units):
-            start, stop, _slot = _unit_range(np.int64(unit_), per_image, n_, nchunks, b_ * n_)
-            p = np.empty((c_, BLOCK), np.float32)
-            pf = np.empty((3, BLOCK), np.float32)
-            pn = np.empty((3, BLOCK), np.int32)
-            lab = pn[2]
+        p = np.empty((c_, BLOCK), np.float32)
+        pf = np.empty((3, BLOCK), np.float32)
+        pn = np.empty((3, BLOCK), np.int32)
+        lab = pn[2]
+        for unit in range(u0, u1):
+            start, stop, _slot = _unit_range(np.int64(unit), per_image, n_, nchunks, b_ * n_)
             pos = start
             while pos < stop:
                 b, i0, width = _span(pos, stop, n_)
@@ -182,25 +192,26 @@ if AVAILABLE:
                     g = b * c_ + c if per_image else c
                     pc = p[c]
                     ec = errors[b, c, i0 : i0 + width]
-                    m = tops[unit_, g]
+                    m = tops[unit, g]
                     for j in range(width):
                         v = max(np.float32(1.0) - pc[j] if lab[j] == c else pc[j], np.float32(0.0))
                         ec[j] = v
                         m = max(m, v if lab[j] >= 0 else np.float32(0.0))
-                    tops[unit_, g] = m
+                    tops[unit, g] = m
                 pos += width
-        top = np.zeros(groups, np.float32)
-        for u in range(units):
-            for g in range(groups):
-                top[g] = max(top[g], tops[u, g])
-        inv = _inverse(top)
-        acc = np.zeros((slots, groups, num_bins, 2, 2), np.float64)
+
+    @njit(nogil=True, cache=True, fastmath=_FASTMATH)
+    def softmax_histogram(t, ignore, use_ignore, per_image, nchunks, lo, per_octave, half, errors, inv, acc, u0, u1):
+        """Pass 2, units ``u0..u1``: bins of the stored errors and the (group, bin) histogram."""
+        b_, c_, n_ = errors.shape
+        groups = acc.shape[1]
+        num_bins = 2 * half
         flat = acc.reshape(-1)
-        for unit_ in prange(units):
-            start, stop, slot = _unit_range(np.int64(unit_), per_image, n_, nchunks, b_ * n_)
-            xs = np.empty((2, BLOCK), np.float32)
-            kb = np.empty(BLOCK, np.int32)
-            lab = np.empty(BLOCK, np.int32)
+        xs = np.empty((2, BLOCK), np.float32)
+        kb = np.empty(BLOCK, np.int32)
+        lab = np.empty(BLOCK, np.int32)
+        for unit in range(u0, u1):
+            start, stop, slot = _unit_range(np.int64(unit), per_image, n_, nchunks, b_ * n_)
             pos = start
             while pos < stop:
                 b, i0, width = _span(pos, stop, n_)
@@ -217,25 +228,25 @@ if AVAILABLE:
                         flat[idx] += 1.0
                         flat[idx + 1] += ec[j]
                 pos += width
-        return acc, top
 
-    @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-    def softmax_backward(x, t, ignore, use_ignore, code, per_image, lo, per_octave, half, inv, table, grad):
-        # table: [G, K, 2] float32 = d loss / d error for (group, bin, is_fg), already scaled by grad_output.
-        b_, c_, n_ = x.shape
+    @njit(nogil=True, cache=True, fastmath=_FASTMATH)
+    def softmax_backward(x, t, ignore, use_ignore, code, per_image, lo, per_octave, half, inv, table, grad, u0, u1):
+        """Backward over (image, block) units ``u0..u1``.  ``table``: [G, K, 2] float32 = d loss / d error
+        for (group, bin, is_fg), already scaled by grad_output."""
+        _, c_, n_ = x.shape
         from_logits = code == _SOFTMAX
         num_bins = 2 * half
         nblocks = (n_ + BLOCK - 1) // BLOCK
-        for unit_ in prange(b_ * nblocks):
+        p = np.empty((c_, BLOCK), np.float32)
+        gp = np.empty((c_, BLOCK), np.float32)
+        pf = np.empty((4, BLOCK), np.float32)
+        pn = np.empty((3, BLOCK), np.int32)
+        xs = np.empty((2, BLOCK), np.float32)
+        for unit_ in range(u0, u1):
             unit = np.int64(unit_)
             b = unit // nblocks
             i0 = (unit - b * nblocks) * BLOCK
             width = min(n_, i0 + BLOCK) - i0
-            p = np.empty((c_, BLOCK), np.float32)
-            gp = np.empty((c_, BLOCK), np.float32)
-            pf = np.empty((4, BLOCK), np.float32)
-            pn = np.empty((3, BLOCK), np.int32)
-            xs = np.empty((2, BLOCK), np.float32)
             _softmax_block(x, b, i0, width, c_, from_logits, p, pf, pn)
             e = pf[0]
             dot = pf[3]
@@ -298,21 +309,15 @@ if AVAILABLE:
                 de[j] = d if m > 0 else np.float32(0.0)
                 fgb[j] = 1 if fg else 0
 
-    @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-    def binary_forward(x, t, ignore, use_ignore, code, per_image, lo, per_octave, half, nchunks):
-        """Pass 1: errors into a scratch array and each group's anchor; pass 2: the histogram."""
+    @njit(nogil=True, cache=True, fastmath=_FASTMATH)
+    def binary_errors(x, t, ignore, use_ignore, code, per_image, nchunks, errors, tops, u0, u1):
+        """Pass 1 of the binary losses (see :func:`softmax_errors`)."""
         b_, c_, n_ = x.shape
-        groups = b_ * c_ if per_image else c_
-        slots = 1 if per_image else nchunks
-        units = b_ if per_image else nchunks
-        num_bins = 2 * half
-        errors = np.empty((b_, c_, n_), np.float32)
-        tops = np.zeros((units, groups), np.float32)
-        for unit_ in prange(units):
-            start, stop, _slot = _unit_range(np.int64(unit_), per_image, c_ * n_, nchunks, b_ * c_ * n_)
-            pf = np.empty((3, BLOCK), np.float32)
-            pn = np.empty((2, BLOCK), np.int32)
-            fgb = np.empty(BLOCK, np.int32)
+        pf = np.empty((3, BLOCK), np.float32)
+        pn = np.empty((2, BLOCK), np.int32)
+        fgb = np.empty(BLOCK, np.int32)
+        for unit in range(u0, u1):
+            start, stop, _slot = _unit_range(np.int64(unit), per_image, c_ * n_, nchunks, b_ * c_ * n_)
             pos = start
             while pos < stop:
                 row, i0, width = _span(pos, stop, n_)
@@ -321,23 +326,24 @@ if AVAILABLE:
                 g = b * c_ + c if per_image else c
                 ec = errors[b, c, i0 : i0 + width]
                 _binary_block(x, t, b, c, i0, width, code, ec, pf[2], fgb, pf, pn)
-                m = tops[unit_, g]
+                m = tops[unit, g]
                 for j in range(width):
                     ok = not (use_ignore and t[b, c, i0 + j] == ignore)
                     m = max(m, ec[j] if ok else np.float32(0.0))
-                tops[unit_, g] = m
+                tops[unit, g] = m
                 pos += width
-        top = np.zeros(groups, np.float32)
-        for u in range(units):
-            for g in range(groups):
-                top[g] = max(top[g], tops[u, g])
-        inv = _inverse(top)
-        acc = np.zeros((slots, groups, num_bins, 2, 2), np.float64)
+
+    @njit(nogil=True, cache=True, fastmath=_FASTMATH)
+    def binary_histogram(t, ignore, use_ignore, per_image, nchunks, lo, per_octave, half, errors, inv, acc, u0, u1):
+        """Pass 2 of the binary losses (see :func:`softmax_histogram`)."""
+        b_, c_, n_ = errors.shape
+        groups = acc.shape[1]
+        num_bins = 2 * half
         flat = acc.reshape(-1)
-        for unit_ in prange(units):
-            start, stop, slot = _unit_range(np.int64(unit_), per_image, c_ * n_, nchunks, b_ * c_ * n_)
-            xs = np.empty((2, BLOCK), np.float32)
-            kb = np.empty(BLOCK, np.int32)
+        xs = np.empty((2, BLOCK), np.float32)
+        kb = np.empty(BLOCK, np.int32)
+        for unit in range(u0, u1):
+            start, stop, slot = _unit_range(np.int64(unit), per_image, c_ * n_, nchunks, b_ * c_ * n_)
             pos = start
             while pos < stop:
                 row, i0, width = _span(pos, stop, n_)
@@ -355,13 +361,17 @@ if AVAILABLE:
                     flat[idx] += 1.0
                     flat[idx + 1] += ec[j]
                 pos += width
-        return acc, top
 
-    @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-    def binary_backward(x, t, ignore, use_ignore, code, per_image, lo, per_octave, half, inv, table, grad):
-        b_, c_, n_ = x.shape
+    @njit(nogil=True, cache=True, fastmath=_FASTMATH)
+    def binary_backward(x, t, ignore, use_ignore, code, per_image, lo, per_octave, half, inv, table, grad, u0, u1):
+        """Backward over (row, block) units ``u0..u1``."""
+        _, c_, n_ = x.shape
         nblocks = (n_ + BLOCK - 1) // BLOCK
-        for unit_ in prange(b_ * c_ * nblocks):
+        pf = np.empty((3, BLOCK), np.float32)
+        pn = np.empty((2, BLOCK), np.int32)
+        xs = np.empty((2, BLOCK), np.float32)
+        fgb = np.empty(BLOCK, np.int32)
+        for unit_ in range(u0, u1):
             unit = np.int64(unit_)
             row = unit // nblocks
             i0 = (unit - row * nblocks) * BLOCK
@@ -369,10 +379,6 @@ if AVAILABLE:
             b = row // c_
             c = row - b * c_
             g = b * c_ + c if per_image else c
-            pf = np.empty((3, BLOCK), np.float32)
-            pn = np.empty((2, BLOCK), np.int32)
-            xs = np.empty((2, BLOCK), np.float32)
-            fgb = np.empty(BLOCK, np.int32)
             e = pf[1]
             de = pf[2]
             kb = pn[0]
@@ -411,19 +417,15 @@ if AVAILABLE:
             - (ia2 * ia2 * ia2 - ib2 * ib2 * ib2) / 252.0
         )
 
-    @njit(parallel=True, cache=True)
-    def tables(acc):
+    @njit(nogil=True, cache=True)
+    def tables_range(acc, losses, table, n_fg, n_valid, g0, g1):
         """Partial accumulators ``[S, G, K, 2, 2]`` → losses ``[G]``, weight table ``[G, K, 2]`` (float32,
         ``[..., 0]`` background, ``[..., 1]`` foreground), foreground and valid counts ``[G]``.
 
         Same quantities as :func:`lovasz.engine.binned.weight_tables`, in one pass per group from the top
         bin down: a foreground element of a bin gets ``(H(u+g) - H(u-1)) / (g+1)`` with ``u = n + B``."""
-        slots, groups, num_bins = acc.shape[0], acc.shape[1], acc.shape[2]
-        losses = np.zeros(groups, np.float64)
-        table = np.zeros((groups, num_bins, 2), np.float32)
-        n_fg = np.zeros(groups, np.int64)
-        n_valid = np.zeros(groups, np.int64)
-        for g_ in prange(groups):
+        slots, num_bins = acc.shape[0], acc.shape[2]
+        for g_ in range(g0, g1):
             grp = np.int64(g_)
             n = 0
             total = 0
@@ -467,27 +469,99 @@ if AVAILABLE:
                 above_f += f
                 above_b += gb
             losses[grp] = loss
-        return losses, table, n_fg, n_valid
 
 
-def _kernels_and_args(x32, t, surrogate: Surrogate, per_image: bool, ignore_index: int | None, b: Binning):
-    """(forward kernel, backward kernel, their shared leading arguments)."""
-    use_ignore = ignore_index is not None
-    ignore = int(ignore_index) if use_ignore else 0
-    args = (x32.numpy(), t.numpy(), ignore, use_ignore, surrogate.code, per_image, b.lo, b.per_octave, b.half)
-    if surrogate.per_class:
-        return softmax_forward, softmax_backward, args
-    return binary_forward, binary_backward, args
+if AVAILABLE:
+    numba.config.CACHE_DIR = _USER_CACHE_DIR
+
+_POOL: ThreadPoolExecutor | None = None
+_ANNOUNCED = threading.Event()
+
+
+@contextlib.contextmanager
+def _compiling_message(*kernels):
+    """Say so in one line (stderr, once per process) when compiling kernels takes longer than a second."""
+    if _ANNOUNCED.is_set() or all(k.signatures for k in kernels):
+        yield
+        return
+
+    def announce() -> None:
+        if not _ANNOUNCED.is_set():
+            _ANNOUNCED.set()
+            sys.stderr.write(
+                "lovasz: compiling the CPU kernels of the binned engine (numba), once per machine; "
+                f"cached in {numba.config.CACHE_DIR or cache_dir()}\n"
+            )
+
+    timer = threading.Timer(1.0, announce)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _parallel(fn, units: int, *args) -> None:
+    """Run ``fn(*args, u0, u1)`` over ``units`` split into contiguous ranges, on ``torch.get_num_threads()``
+    threads (the kernels release the GIL).  Each unit writes its own outputs, so the result does not
+    depend on the number of threads."""
+    global _POOL
+    workers = max(1, min(torch.get_num_threads(), units))
+    if workers == 1:
+        fn(*args, 0, units)
+        return
+    if _POOL is None or _POOL._max_workers < workers:
+        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lovasz")
+    tasks = min(units, 4 * workers)
+    bounds = [units * k // tasks for k in range(tasks + 1)]
+    futures = [_POOL.submit(fn, *args, bounds[k], bounds[k + 1]) for k in range(tasks) if bounds[k] < bounds[k + 1]]
+    for f in futures:
+        f.result()
+
+
+def tables(acc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Partial accumulators ``[S, G, K, 2, 2]`` → losses ``[G]``, weight table ``[G, K, 2]`` (float32,
+    ``[..., 0]`` background, ``[..., 1]`` foreground), foreground and valid counts ``[G]``: the quantities
+    of :func:`lovasz.engine.histogram.weight_tables`, in one pass per group from the top bin down (a
+    foreground element of a bin gets ``(H(u+g) - H(u-1)) / (g+1)`` with ``u = n + B``)."""
+    groups, num_bins = acc.shape[1], acc.shape[2]
+    losses = np.zeros(groups, np.float64)
+    table = np.zeros((groups, num_bins, 2), np.float32)
+    n_fg = np.zeros(groups, np.int64)
+    n_valid = np.zeros(groups, np.int64)
+    with _compiling_message(tables_range):
+        _parallel(tables_range, groups, acc, losses, table, n_fg, n_valid)
+    return losses, table, n_fg, n_valid
 
 
 def histogram(
     x32: torch.Tensor, t: torch.Tensor, surrogate: Surrogate, per_image: bool, ignore_index: int | None, b: Binning
 ) -> Histogram:
     """Histogram of ``x32`` (``[B, C, N]`` float32 contiguous) with targets ``t`` (int64), ``NUM_CHUNKS``
-    partials over the batch (one per image with ``per_image``)."""
-    forward_kernel, _, args = _kernels_and_args(x32, t, surrogate, per_image, ignore_index, b)
-    acc, top = forward_kernel(*args, NUM_CHUNKS)
-    return Histogram(torch.from_numpy(acc), torch.from_numpy(top), b)
+    partials over the batch (one per image with ``per_image``).  Pass 1 writes the errors to a scratch
+    array (freed on return) and finds each group's anchor; pass 2 bins them."""
+    x, tt = x32.numpy(), t.numpy()
+    bsz, c, _ = x.shape
+    groups = bsz * c if per_image else c
+    units = bsz if per_image else NUM_CHUNKS
+    use_ignore = ignore_index is not None
+    ignore = int(ignore_index) if use_ignore else 0
+    errors_fn, histogram_fn = (
+        (softmax_errors, softmax_histogram) if surrogate.per_class else (binary_errors, binary_histogram)
+    )
+    errors = np.empty(x.shape, np.float32)
+    tops = np.zeros((units, groups), np.float32)
+    acc = np.zeros((1 if per_image else NUM_CHUNKS, groups, b.num_bins, 2, 2), np.float64)
+    with _compiling_message(errors_fn, histogram_fn):
+        _parallel(errors_fn, units, x, tt, ignore, use_ignore, surrogate.code, per_image, NUM_CHUNKS, errors, tops)
+        top = torch.from_numpy(tops.max(axis=0))
+        inv = inverse_top(top).numpy()
+        _parallel(
+            histogram_fn, units, tt, ignore, use_ignore, per_image, NUM_CHUNKS, b.lo, b.per_octave, b.half,
+            errors, inv, acc,
+        )  # fmt: skip
+    return Histogram(torch.from_numpy(acc), top, b)
 
 
 def backward(
@@ -503,5 +577,14 @@ def backward(
 ) -> None:
     """Write d loss / d ``x32`` into ``grad`` given the anchors ``top`` ``[G]`` and the weight table
     ``[G, K, 2]`` (float32), already scaled by the gradient of each group's loss."""
-    _, backward_kernel, args = _kernels_and_args(x32, t, surrogate, per_image, ignore_index, b)
-    backward_kernel(*args, inverse_top(top).numpy(), table.numpy(), grad.numpy())
+    x = x32.numpy()
+    bsz, c, n = x.shape
+    nblocks = (n + BLOCK - 1) // BLOCK
+    use_ignore = ignore_index is not None
+    ignore = int(ignore_index) if use_ignore else 0
+    fn, units = (softmax_backward, bsz * nblocks) if surrogate.per_class else (binary_backward, bsz * c * nblocks)
+    with _compiling_message(fn):
+        _parallel(
+            fn, units, x, t.numpy(), ignore, use_ignore, surrogate.code, per_image, b.lo, b.per_octave, b.half,
+            inverse_top(top).numpy(), table.numpy(), grad.numpy(),
+        )  # fmt: skip
