@@ -53,12 +53,27 @@ def train(seed: int, bins: int | None, steps: int, test) -> float:
     return miou(model, *test)
 
 
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def _mean_std(values: list[float]) -> str:
+    """``mean ± std``; the standard deviation needs two values (one seed: the value alone)."""
+    if len(values) < 2:
+        return f"{values[0]:.4f} (one seed)"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--bins", type=int, default=lovasz.DEFAULT_BINS)
+    p.add_argument("--seeds", type=_positive_int, default=5)
+    p.add_argument("--steps", type=_positive_int, default=200)
+    p.add_argument("--bins", type=_positive_int, default=lovasz.DEFAULT_BINS, help="binned engine budget (>= 64)")
     args = p.parse_args()
+    if args.bins < 64:
+        p.error(f"--bins must be at least 64, got {args.bins}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     test = synthetic_shapes(torch.Generator().manual_seed(99), 256)
     results: dict[str, list[float]] = {"exact": [], "binned": []}
@@ -74,8 +89,11 @@ def main() -> None:
     print("| engine | test mIoU (mean ± std over seeds) |")
     print("|---|---|")
     for name, vals in results.items():
-        print(f"| {name} | {statistics.mean(vals):.4f} ± {statistics.stdev(vals):.4f} |")
-    print(f"\nbinned − exact, per seed: mean {statistics.mean(diffs):+.4f}, std {statistics.stdev(diffs):.4f}")
+        print(f"| {name} | {_mean_std(vals)} |")
+    if len(diffs) > 1:
+        print(f"\nbinned − exact, per seed: mean {statistics.mean(diffs):+.4f}, std {statistics.stdev(diffs):.4f}")
+    else:
+        print(f"\nbinned − exact: {diffs[0]:+.4f} (one seed)")
 
 
 if __name__ == "__main__":

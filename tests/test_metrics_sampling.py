@@ -1,4 +1,4 @@
-"""Metrics against a direct per-class computation, the Equibatch sampler, the combined loss."""
+"""Metrics against a direct per-class computation, the combined loss (the sampler: tests/test_sampler.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import torch
 
 import lovasz
 from lovasz.metrics import SegmentationIoU, confusion_matrix, intersection_union, iou_scores
-from lovasz.sampling import EquibatchSampler, class_presence
 
 
 def _naive_iou(pred, target, k, ignore=None):
@@ -88,39 +87,6 @@ def test_metric_input_errors():
         intersection_union(torch.zeros(1, 3, dtype=torch.long), torch.full((1, 3), 7), 3)
     with pytest.raises(TypeError, match="integer"):
         confusion_matrix(torch.zeros(1, 3), torch.zeros(1, 3, dtype=torch.long), 3)
-
-
-def test_equibatch_balances_rare_classes_and_is_deterministic():
-    g = torch.Generator().manual_seed(0)
-    n, c = 200, 6
-    presence = torch.zeros(n, c, dtype=torch.bool)
-    presence[:, 0] = True  # background everywhere
-    rare = torch.rand(n, c - 1, generator=g) < torch.tensor([0.5, 0.3, 0.1, 0.05, 0.02])
-    presence[:, 1:] = rare
-    sampler = EquibatchSampler(presence, batch_size=8, seed=3)
-    batches = list(sampler)
-    assert len(batches) == len(sampler) == n // 8
-    assert batches == list(EquibatchSampler(presence, batch_size=8, seed=3))
-    sampler.set_epoch(1)
-    assert list(sampler) != batches
-    # every class that exists appears in every batch (each has >= 1 image), unlike random batches
-    assert all(presence[b].any(0).all() for b in batches)
-    random_batches = torch.randperm(n, generator=g)[: (n // 8) * 8].view(-1, 8)
-    assert not all(presence[b].any(0).all() for b in random_batches)
-    # the rarest class is drawn far more often than its share of the data set, the others still spread
-    drawn = torch.tensor([i for b in batches for i in b])
-    assert presence[drawn, 5].float().mean() > 5 * presence[:, 5].float().mean()
-    assert len(set(drawn.tolist())) > n // 3
-
-
-def test_class_presence_and_sampler_errors():
-    masks = torch.tensor([[[0, 1], [255, 1]], [[2, 2], [2, 0]]])
-    p = class_presence(masks, 3, ignore_index=255)
-    assert p.tolist() == [[True, True, False], [True, False, True]]
-    with pytest.raises(ValueError, match="class_presence"):
-        EquibatchSampler(torch.zeros(0, 3, dtype=torch.bool), batch_size=2)
-    with pytest.raises(ValueError, match="batch_size"):
-        EquibatchSampler(p, batch_size=0)
 
 
 def test_combined_loss_and_warmup():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import statistics
 import sys
@@ -19,6 +20,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from .. import __version__
 from . import data as datasets
 
 TRAIN_EXTRA = ("torchmetrics", "matplotlib", "mlxtend", "tqdm")
@@ -36,27 +38,185 @@ METRICS = [
 ]
 
 
-def _bins(value: str) -> int | None:
-    return None if value in ("0", "exact", "none") else int(value)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown in the help (not the empty ones: ``None``, off flags), descriptions kept as written."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors in one line (``lovasz train: error: ...``), without the long usage block before them."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
+def _number(value: str, kind: type, what: str, ok) -> int | float:
+    try:
+        number = kind(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+    if not ok(number):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    return _number(value, int, "a positive integer", lambda n: n > 0)
+
+
+def _non_negative_int(value: str) -> int:
+    return _number(value, int, "an integer >= 0", lambda n: n >= 0)
+
+
+def _positive_float(value: str) -> float:
+    return _number(value, float, "a number > 0", lambda x: math.isfinite(x) and x > 0)
+
+
+def _non_negative_float(value: str) -> float:
+    return _number(value, float, "a number >= 0", lambda x: math.isfinite(x) and x >= 0)
+
+
+def _bins(value: str) -> int:
+    """Binned-engine budget (>= 64), or 0 / ``exact`` / ``none`` for the exact engine (returned as 0; 0 and
+    "not given" (``None``) differ until :func:`_finish_args` turns 0 into ``None``)."""
+    if value.lower() in ("0", "exact", "none"):
+        return 0
+    return _number(value, int, "a number of bins >= 64, or 0 for the exact engine", lambda n: n >= 64)
+
+
+def _checkpoint(value: str) -> str:
+    """An existing file that ``torch.load(weights_only=True)`` reads as a lovasz checkpoint."""
+    path = Path(value)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {value}" if not path.exists() else f"not a file: {value}")
+    import pickle
+
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise argparse.ArgumentTypeError(
+            f"{value} is not a lovasz checkpoint: it holds Python objects that torch.load(weights_only=True) refuses"
+        ) from None
+    except Exception:  # any other failure to read it: not a PyTorch file, truncated, ...
+        raise argparse.ArgumentTypeError(f"{value} is not a lovasz checkpoint (not a readable PyTorch file)") from None
+    if not isinstance(ckpt, dict) or not {"model", "config"} <= ckpt.keys():
+        raise argparse.ArgumentTypeError(f"{value} is not a lovasz checkpoint (no 'model' and 'config' entries)")
+    return value
+
+
+# Options of `lovasz train` that apply to some losses only; they default to None ("not given") so that
+# _finish_args can refuse them where they do not apply, then fill in the real defaults.
+_LOVASZ_OPTIONS = {"per_image": "--per-image", "classes": "--classes", "bins": "--bins"}
+_WEIGHT_OPTIONS = {"lovasz_weight": "--lovasz-weight"}
+
+
+def _unset_defaults(parser: argparse.ArgumentParser, dests) -> dict:
+    """Make the options ``dests`` default to ``None``; return their real defaults (still shown in the help)."""
+    real = {}
+    for action in parser._actions:
+        if action.dest in dests:
+            real[action.dest] = action.default
+            if action.default not in (None, False):
+                action.help = f"{action.help or ''} (default: {action.default})".strip()
+            action.default = None
+    return real
+
+
+def _finish_args(args) -> None:
+    """Refuse options that do not apply, in one line (exit code 2); fill in the defaults; bins 0 → None."""
+
+    def refuse(message: str) -> None:
+        sys.stderr.write(f"lovasz {args.command}: error: {message}\n")
+        sys.exit(2)
+
+    real = getattr(args, "unset_defaults", None)
+    if real is not None:
+        del args.unset_defaults
+        loss = args.loss
+        given = [flag for dest, flag in _LOVASZ_OPTIONS.items() if getattr(args, dest) is not None]
+        if loss == "ce" and given:
+            refuse(f"{', '.join(given)} configure the Lovász loss; they do not apply to --loss ce")
+        if loss != "ce+lovasz" and args.lovasz_weight is not None:
+            refuse(f"--lovasz-weight is λ in ce + λ·lovasz; it does not apply to --loss {loss}")
+        for dest, default in real.items():
+            if getattr(args, dest) is None:
+                setattr(args, dest, default)
+    if hasattr(args, "bins"):
+        args.bins = args.bins or None  # 0: the exact engine
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", choices=["digits", "fashion"], default="digits")
-    p.add_argument("--loss", choices=["ce", "lovasz", "ce+lovasz"], default="ce")
-    p.add_argument("--per-image", action="store_true", help="Lovász per image (default: over the batch)")
+    class CheckDevice(argparse.Action):  # --device / --amp: refuse, in one line, what this machine cannot run
+        def __call__(self, parser, namespace, values, option_string=None):
+            setattr(namespace, self.dest, values)
+            from .train import resolve_device
+
+            try:
+                resolve_device(namespace.device, namespace.amp)
+            except ValueError as exc:
+                parser.exit(2, f"{parser.prog}: error: {exc}\n")
+
+    def model_spec(value: str) -> str:
+        from .models import parse_model_spec
+
+        try:
+            parse_model_spec(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    p.add_argument(
+        "--data", choices=["digits", "fashion", "voc", "cityscapes", "folder"], default="digits",
+        help="built-in canvases (digits, fashion) or a data set on disk under --root",
+    )  # fmt: skip
+    p.add_argument(
+        "--root", help="voc: VOCdevkit/VOC2012; cityscapes: the folder of leftImg8bit/ and gtFine/; "
+        "folder: the folder of images/ and masks/ (same stems; masks: PNGs of class ids, 255 = void)",
+    )  # fmt: skip
+    p.add_argument("--num-classes", type=_positive_int, help="number of classes of --data folder (required there)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="--data folder: share held out for validation")
+    p.add_argument("--crop-size", type=_positive_int, default=512, help="training crop side (on-disk data)")
+    p.add_argument(
+        "--scale", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"),
+        help="random scale range of the training augmentation (on-disk data)",
+    )  # fmt: skip
+    p.add_argument("--workers", type=_non_negative_int, default=0, help="DataLoader worker processes (on-disk data)")
+    p.add_argument(
+        "--model", type=model_spec, default="unet",
+        help="unet (the small U-Net), deeplabv3_resnet50 or fcn_resnet50 (torchvision), smp:<Arch>:<encoder>",
+    )  # fmt: skip
+    p.add_argument("--weights", help="local state dict to initialise the model from (nothing is downloaded)")
+    p.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", action=CheckDevice,
+        help="auto: cuda if available",
+    )  # fmt: skip
+    p.add_argument(
+        "--amp", choices=["none", "bf16", "fp16"], default="none", action=CheckDevice,
+        help="autocast dtype (fp16: CUDA only, with a gradient scaler)",
+    )  # fmt: skip
+    p.add_argument("--channels-last", action="store_true", help="model and inputs in channels_last memory format")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    p.add_argument("--loss", choices=["ce", "lovasz", "ce+lovasz"], default="ce", help="training loss")
+    p.add_argument("--per-image", action="store_true", help="Lovász per image (else over the batch)")
     p.add_argument("--classes", choices=["present", "all"], default="present", help="Lovász class selection")
-    p.add_argument("--lovasz-weight", type=float, default=1.0, help="λ in ce + λ·lovasz")
-    p.add_argument("--bins", type=_bins, default=4096, help="binned engine budget; 0 for the exact engine")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lovasz-weight", type=_non_negative_float, default=1.0, help="λ in ce + λ·lovasz")
+    p.add_argument("--bins", type=_bins, default=4096, help="binned engine budget (>= 64); 0 for the exact engine")
+    p.add_argument("--epochs", type=_positive_int, default=8, help="training epochs")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch")
+    p.add_argument("--lr", type=_positive_float, default=2e-3, help="peak learning rate (one-cycle schedule)")
     p.add_argument("--equibatch", action="store_true", help="class-balanced batches (EquibatchSampler)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init", help="checkpoint to fine-tune from")
-    p.add_argument("--width", type=int, default=16, help="U-Net base width")
-    p.add_argument("--train-size", type=int, default=1500, help="training canvases")
-    p.add_argument("--threads", type=int, help="torch threads")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the initialisation and the batches")
+    p.add_argument("--init", type=_checkpoint, help="checkpoint to fine-tune from")
+    p.add_argument("--width", type=_positive_int, default=16, help="U-Net base width")
+    p.add_argument("--train-size", type=_positive_int, default=1500, help="training canvases")
+    p.add_argument("--threads", type=_positive_int, help="torch threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _config(args):
@@ -67,6 +227,9 @@ def _config(args):
         lovasz_weight=args.lovasz_weight, bins=args.bins,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, equibatch=args.equibatch, seed=args.seed,
         init=args.init, width=args.width, train_size=args.train_size, threads=args.threads,
+        root=args.root, num_classes=args.num_classes, val_fraction=args.val_fraction, crop_size=args.crop_size,
+        scale=tuple(args.scale), workers=args.workers, model=args.model, weights=args.weights,
+        device=args.device, amp=args.amp, channels_last=args.channels_last, weight_decay=args.weight_decay,
     )  # fmt: skip
 
 
@@ -97,6 +260,7 @@ def cmd_eval(args) -> None:
     print(f"{args.checkpoint} on {name} / {args.split}:")
     _print_scores(scores, datasets.class_names(name))
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(scores, indent=2))
 
 
@@ -182,38 +346,46 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="lovasz", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = _Parser(prog="lovasz", description=__doc__, formatter_class=_HelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train one model")
+    t = sub.add_parser("train", help="train one model", description="Train one model.", formatter_class=_HelpFormatter)
     _add_train_args(t)
-    t.add_argument("--out", default="runs/train")
-    e = sub.add_parser("eval", help="evaluate a checkpoint")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--data", choices=["digits", "fashion"], help="default: the checkpoint's")
-    e.add_argument("--split", choices=["train", "val", "test"], default="test")
+    t.add_argument("--out", default="runs/train", help="output folder (model.pt, results.json)")
+    t.set_defaults(unset_defaults=_unset_defaults(t, {**_LOVASZ_OPTIONS, **_WEIGHT_OPTIONS}))
+    e = sub.add_parser(
+        "eval", help="evaluate a checkpoint", description="Evaluate a checkpoint.", formatter_class=_HelpFormatter
+    )
+    e.add_argument("--checkpoint", required=True, type=_checkpoint, help="model.pt written by lovasz train")
+    e.add_argument("--data", choices=["digits", "fashion"], help="data set (default: the checkpoint's)")
+    e.add_argument("--split", choices=["train", "val", "test"], default="test", help="split to score")
     e.add_argument("--json", help="also write the scores to this file")
-    d = sub.add_parser("demo", help="CE pretraining, then CE / Lovász fine-tuning, several seeds")
-    d.add_argument("--data", choices=["digits", "fashion"], default="digits")
-    d.add_argument("--seeds", type=int, default=3)
-    d.add_argument("--pretrain-epochs", type=int, default=16)
-    d.add_argument("--finetune-epochs", type=int, default=4)
-    d.add_argument("--lr", type=float, default=3e-3, help="pretraining learning rate")
-    d.add_argument("--finetune-lr", type=float, default=5e-4)
-    d.add_argument("--bins", type=_bins, default=4096, help="binned engine budget; 0 for the exact engine")
-    d.add_argument("--width", type=int, default=16)
-    d.add_argument("--train-size", type=int, default=1500)
-    d.add_argument("--threads", type=int)
+    d = sub.add_parser(
+        "demo",
+        help="CE pretraining, then CE / Lovász fine-tuning, several seeds",
+        description="CE pretraining, then CE / Lovász fine-tuning from that checkpoint, for several seeds.",
+        formatter_class=_HelpFormatter,
+    )
+    d.add_argument("--data", choices=["digits", "fashion"], default="digits", help="data set")
+    d.add_argument("--seeds", type=_positive_int, default=3, help="fine-tuning seeds")
+    d.add_argument("--pretrain-epochs", type=_positive_int, default=16, help="cross-entropy pretraining epochs")
+    d.add_argument("--finetune-epochs", type=_positive_int, default=4, help="fine-tuning epochs")
+    d.add_argument("--lr", type=_positive_float, default=3e-3, help="pretraining learning rate")
+    d.add_argument("--finetune-lr", type=_positive_float, default=5e-4, help="fine-tuning learning rate")
+    d.add_argument("--bins", type=_bins, default=4096, help="binned engine budget (>= 64); 0 for the exact engine")
+    d.add_argument("--width", type=_positive_int, default=16, help="U-Net base width")
+    d.add_argument("--train-size", type=_positive_int, default=1500, help="training canvases")
+    d.add_argument("--threads", type=_positive_int, help="torch threads")
     d.add_argument("--long", action="store_true", help="twice the epochs")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--out", default="runs/demo", help="output folder")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    _finish_args(args)
     if getattr(args, "threads", None):
         import torch
 

@@ -12,6 +12,23 @@ above half of the object's maximum) with its class + 1, background 0: 11 classes
 The source objects are split first (70 % train, 10 % validation, 20 % test), so test canvases contain
 only objects never seen in training.  Generation is deterministic given the seed and cached under
 ``~/.cache/lovasz`` (``LOVASZ_CACHE`` overrides).
+
+Your own data, read from disk with PIL (images ``[3, H, W]`` float, normalized with the ImageNet mean and
+std; masks ``[H, W]`` int64 class ids, 255 = void), one :class:`torch.utils.data.Dataset` per layout:
+
+* ``voc`` (:class:`VOCSegmentation`): ``ROOT/JPEGImages/<id>.jpg``, ``ROOT/SegmentationClass/<id>.png``
+  (palette PNGs whose indices are the class ids 0..20, 255 = void) and
+  ``ROOT/ImageSets/Segmentation/{train,val}.txt``; 21 classes.
+* ``cityscapes`` (:class:`CityscapesSegmentation`): ``ROOT/leftImg8bit/<split>/<city>/<name>_leftImg8bit.png``
+  and ``ROOT/gtFine/<split>/<city>/<name>_gtFine_labelIds.png``; the 34 label ids are mapped to the 19
+  train ids of the official table (:data:`CITYSCAPES_TRAIN_IDS`), everything else to 255.
+* ``folder`` (:class:`FolderSegmentation`): ``ROOT/images/*`` and ``ROOT/masks/*`` paired by file stem,
+  masks single-channel PNGs of class ids (255 = void); a fixed, seeded share of the pairs is the
+  validation split.
+
+Training samples are augmented (:class:`Augment`: random scale, random crop padded with 0 / 255,
+horizontal flip), deterministically given the seed, the epoch and the index; validation samples are not.
+:func:`pad_collate` batches samples of different sizes by padding (masks with 255).
 """
 
 from __future__ import annotations
@@ -19,12 +36,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 NUM_CLASSES = 11
 EVAL_SIZES = (300, 500)  # validation and test canvases; train, eval and demo must agree to score the same split
@@ -55,7 +74,18 @@ class SegmentationSplit:
         return self.images.shape[0]
 
 
-def class_names(name: str) -> list[str]:
+def class_names(name: str, num_classes: int | None = None) -> list[str]:
+    """The class names of data set ``name``.  ``folder`` data sets have numbered classes: ``num_classes``
+    of them, by default as many as the last folder data set built in this process."""
+    if name == "voc":
+        return list(VOC_NAMES)
+    if name == "cityscapes":
+        return list(CITYSCAPES_NAMES)
+    if name == "folder":
+        n = num_classes if num_classes is not None else _last_folder_classes
+        if n is None:
+            raise ValueError("class_names('folder') needs num_classes (no folder data set was built yet)")
+        return [str(c) for c in range(n)]
     return DIGIT_NAMES if name == "digits" else FASHION_NAMES
 
 
@@ -137,6 +167,11 @@ def load(
         seed: generation seed (object split and layouts).
         noise: standard deviation of Gaussian pixel noise.
     """
+    if name in FILE_LAYOUTS:
+        raise ValueError(
+            f"load() builds the built-in canvases only; {name!r} is read from disk: use build_dataset({name!r}, root, "
+            "split) (a voc / cityscapes / folder run's validation scores are in its results.json)"
+        )
     if name not in ("digits", "fashion"):
         raise ValueError(f"data set must be 'digits' or 'fashion', got {name!r}")
     if size < 28:
@@ -180,3 +215,348 @@ def synthetic_shapes(g: torch.Generator, batch: int, size: int = 32, noise: floa
         target[i, row : row + 2, 4 : size - 4] = 3
     image = torch.stack([(target == k).float() for k in range(1, 4)], 1)
     return image + noise * torch.randn(image.shape, generator=g), target
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data sets read from disk: Pascal VOC, Cityscapes, a folder of images and masks.
+
+BUILTIN = ("digits", "fashion")
+FILE_LAYOUTS = ("voc", "cityscapes", "folder")
+IGNORE_INDEX = 255
+RGB_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, what torchvision / smp encoders expect
+RGB_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+VOC_NAMES = [
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+]  # fmt: skip
+CITYSCAPES_NAMES = [
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+]  # fmt: skip
+# The official table (cityscapesScripts, helpers/labels.py): labelId -> trainId; every other id -> 255.
+CITYSCAPES_TRAIN_IDS = {
+    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
+    23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+}  # fmt: skip
+_CITYSCAPES_LUT = np.full(256, IGNORE_INDEX, np.uint8)
+for _label_id, _train_id in CITYSCAPES_TRAIN_IDS.items():
+    _CITYSCAPES_LUT[_label_id] = _train_id
+_last_folder_classes: int | None = None
+
+
+def num_classes_of(name: str, num_classes: int | None = None) -> int:
+    """Number of classes of data set ``name`` (``folder``: ``num_classes``, which it requires)."""
+    if name in BUILTIN:
+        return NUM_CLASSES
+    if name == "voc":
+        return len(VOC_NAMES)
+    if name == "cityscapes":
+        return len(CITYSCAPES_NAMES)
+    if name == "folder":
+        if num_classes is None:
+            raise ValueError("--data folder needs --num-classes (the number of class ids in the masks, 255 = void)")
+        if num_classes < 1 or num_classes > IGNORE_INDEX:
+            raise ValueError(f"--num-classes must be in [1, {IGNORE_INDEX}], got {num_classes}")
+        return num_classes
+    raise ValueError(f"data set must be one of {BUILTIN + FILE_LAYOUTS}, got {name!r}")
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training-time augmentation: scale by a factor drawn uniformly from ``scale`` (image bilinear, mask
+    nearest, to the same size), pad to ``crop_size`` (image with 0 = black, mask with 255), crop a random
+    ``crop_size`` square (``None``: no crop), flip horizontally with probability 1/2 (``flip``)."""
+
+    crop_size: int | None = 512
+    scale: tuple[float, float] = (0.5, 2.0)
+    flip: bool = True
+
+    def __post_init__(self) -> None:
+        lo, hi = self.scale
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale must be (min, max) with 0 < min <= max, got {self.scale}")
+        if self.crop_size is not None and self.crop_size < 1:
+            raise ValueError(f"crop_size must be >= 1, got {self.crop_size}")
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``image`` ``[H, W, 3]`` uint8 and ``mask`` ``[H, W]`` uint8 → the augmented pair (same layout)."""
+        from PIL import Image
+
+        h, w = mask.shape
+        s = float(rng.uniform(*self.scale))
+        size = (max(1, round(w * s)), max(1, round(h * s)))
+        if size != (w, h):
+            image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+            mask = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
+        if self.crop_size is not None:
+            c = self.crop_size
+            h, w = mask.shape
+            ph, pw = max(0, c - h), max(0, c - w)
+            if ph or pw:
+                image = np.pad(image, ((0, ph), (0, pw), (0, 0)), constant_values=0)
+                mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
+            h, w = mask.shape
+            top, left = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
+            image, mask = image[top : top + c, left : left + c], mask[top : top + c, left : left + c]
+        if self.flip and rng.random() < 0.5:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+
+def normalize(image: np.ndarray) -> Tensor:
+    """``[H, W, 3]`` uint8 → ``[3, H, W]`` float32 normalized with :data:`RGB_MEAN` / :data:`RGB_STD`."""
+    x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).div_(255)
+    mean = torch.tensor(RGB_MEAN).view(3, 1, 1)
+    std = torch.tensor(RGB_STD).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def denormalize(image: Tensor) -> Tensor:
+    """Inverse of :func:`normalize`: ``[..., 3, H, W]`` → values in [0, 1]."""
+    mean = torch.tensor(RGB_MEAN, device=image.device).view(3, 1, 1)
+    std = torch.tensor(RGB_STD, device=image.device).view(3, 1, 1)
+    return image * std + mean
+
+
+def pad_collate(batch: Sequence[tuple[Tensor, Tensor]], multiple: int = 32) -> tuple[Tensor, Tensor]:
+    """Stack ``(image, mask)`` samples of any sizes: pad (bottom and right) to the largest height and width,
+    rounded up to ``multiple`` (what U-Nets and encoders with 5 poolings need); images with black, masks
+    with 255, so the padding counts nowhere in the losses and metrics."""
+    h = max(m.shape[-2] for _, m in batch)
+    w = max(m.shape[-1] for _, m in batch)
+    h, w = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+    black = -torch.tensor(RGB_MEAN) / torch.tensor(RGB_STD)
+    images = black.view(1, -1, 1, 1).repeat(len(batch), 1, h, w)
+    masks = torch.full((len(batch), h, w), IGNORE_INDEX, dtype=torch.long)
+    for i, (x, m) in enumerate(batch):
+        images[i, :, : x.shape[-2], : x.shape[-1]] = x
+        masks[i, : m.shape[-2], : m.shape[-1]] = m
+    return images, masks
+
+
+def _check_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what}: directory {path} does not exist")
+    return path
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    """A single-channel PNG (palette "P": its indices; grayscale "L"/"I"): ``[H, W]`` integer array."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        if img.mode not in ("P", "L", "I", "I;16"):
+            raise ValueError(
+                f"mask {path} has PIL mode {img.mode!r}: masks must be single-channel (palette 'P' or "
+                "grayscale 'L') PNGs whose values are class ids, 255 = void"
+            )
+        return np.asarray(img)
+
+
+def _missing(what: str, names: list[str]) -> str:
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return f"{what}: " + ", ".join(names[:5]) + more
+
+
+class FileSegmentation(Dataset):
+    """Base of the on-disk layouts: ``pairs`` of (image file, mask file).
+
+    ``dataset[i]`` is ``(image [3, H, W] float32 normalized, mask [H, W] int64)``, augmented by
+    ``augment`` when given, with the random draws fixed by ``(seed, epoch, i)`` (:meth:`set_epoch`)."""
+
+    in_channels = 3
+
+    def __init__(
+        self,
+        pairs: list[tuple[Path, Path]],
+        num_classes: int,
+        class_names: list[str],
+        augment: Augment | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.pairs = pairs
+        self.num_classes = num_classes
+        self.class_names = class_names
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def labels(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        """The mask file's values → class ids as uint8 (255 = void); checks they are in range."""
+        bad = (raw != IGNORE_INDEX) & ((raw < 0) | (raw >= self.num_classes))
+        if bad.any():
+            values = sorted({int(v) for v in np.unique(raw[bad])})[:10]
+            raise ValueError(
+                f"mask {path} holds values {values} outside the class ids [0, {self.num_classes}) and 255 (void)"
+            )
+        return raw.astype(np.uint8)
+
+    def read_mask(self, i: int) -> np.ndarray:
+        path = self.pairs[i][1]
+        return self.labels(_read_mask(path), path)
+
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``i`` without augmentation: ``[H, W, 3]`` uint8 image, ``[H, W]`` uint8 class ids."""
+        image_path, mask_path = self.pairs[i]
+        image, mask = _read_image(image_path), self.read_mask(i)
+        if image.shape[:2] != mask.shape:
+            raise ValueError(
+                f"image {image_path} is {image.shape[1]}×{image.shape[0]} but its mask {mask_path} is "
+                f"{mask.shape[1]}×{mask.shape[0]}"
+            )
+        return image, mask
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        image, mask = self.read(i)
+        if self.augment is not None:
+            image, mask = self.augment(image, mask, np.random.default_rng([self.seed, self.epoch, i]))
+        return normalize(image), torch.from_numpy(mask.astype(np.int64))
+
+    def class_presence(self) -> Tensor:
+        """``[N, C]`` bool: which classes each (unaugmented) mask contains, for the Equibatch sampler."""
+        out = torch.zeros(len(self), self.num_classes, dtype=torch.bool)
+        for i in range(len(self)):
+            ids = np.unique(self.read_mask(i))
+            out[i, torch.from_numpy(ids[ids != IGNORE_INDEX].astype(np.int64))] = True
+        return out
+
+
+class VOCSegmentation(FileSegmentation):
+    """Pascal VOC segmentation in the VOCdevkit layout; ``root`` is e.g. ``VOCdevkit/VOC2012``."""
+
+    def __init__(self, root: str | Path, split: str = "train", augment: Augment | None = None, seed: int = 0):
+        root = _check_dir(Path(root), "--data voc --root")
+        for sub in ("JPEGImages", "SegmentationClass"):
+            _check_dir(root / sub, f"--data voc: {root} is not a VOC root (VOCdevkit/VOC2012)")
+        split_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if not split_file.is_file():
+            raise FileNotFoundError(f"--data voc: split file {split_file} is missing (it lists the {split} image ids)")
+        ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+        if not ids:
+            raise ValueError(f"--data voc: split file {split_file} lists no image")
+        pairs = [(root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png") for i in ids]
+        missing = [str(p) for pair in pairs for p in pair if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                _missing(f"--data voc: {len(missing)} files listed by {split_file} are missing", missing)
+            )
+        super().__init__(pairs, len(VOC_NAMES), list(VOC_NAMES), augment, seed)
+
+
+class CityscapesSegmentation(FileSegmentation):
+    """Cityscapes fine annotations, label ids mapped to the 19 train ids (others → 255)."""
+
+    def __init__(self, root: str | Path, split: str = "train", augment: Augment | None = None, seed: int = 0):
+        root = _check_dir(Path(root), "--data cityscapes --root")
+        image_dir = _check_dir(root / "leftImg8bit" / split, f"--data cityscapes: {root} has no {split} images")
+        label_dir = _check_dir(root / "gtFine" / split, f"--data cityscapes: {root} has no {split} annotations")
+        images = sorted(image_dir.glob("*/*_leftImg8bit.png"))
+        if not images:
+            raise FileNotFoundError(f"--data cityscapes: no <city>/<name>_leftImg8bit.png under {image_dir}")
+        pairs = []
+        for image in images:
+            name = image.name[: -len("_leftImg8bit.png")]
+            pairs.append((image, label_dir / image.parent.name / f"{name}_gtFine_labelIds.png"))
+        missing = [str(m) for _, m in pairs if not m.is_file()]
+        if missing:
+            raise FileNotFoundError(_missing(f"--data cityscapes: {len(missing)} label files are missing", missing))
+        super().__init__(pairs, len(CITYSCAPES_NAMES), list(CITYSCAPES_NAMES), augment, seed)
+
+    def labels(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        ids = np.where((raw >= 0) & (raw < 256), raw, IGNORE_INDEX).astype(np.intp)
+        return _CITYSCAPES_LUT[ids]
+
+
+class FolderSegmentation(FileSegmentation):
+    """``root/images/*`` and ``root/masks/*`` paired by stem.  The split is fixed (independent of the training
+    seed): the pairs sorted by stem, shuffled with seed 0, the first ``round(val_fraction · N)`` (at least
+    one) are ``val``, the rest ``train``; ``split="all"`` takes every pair."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        num_classes: int | None = None,
+        val_fraction: float = 0.1,
+        augment: Augment | None = None,
+        seed: int = 0,
+    ):
+        global _last_folder_classes
+        n_classes = num_classes_of("folder", num_classes)
+        if split not in ("train", "val", "all"):
+            raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        root = _check_dir(Path(root), "--data folder --root")
+        images = self._by_stem(_check_dir(root / "images", f"--data folder: {root} has no images/ folder"), "image")
+        masks = self._by_stem(_check_dir(root / "masks", f"--data folder: {root} has no masks/ folder"), "mask")
+        no_mask, no_image = sorted(images.keys() - masks.keys()), sorted(masks.keys() - images.keys())
+        if no_mask or no_image:
+            parts = []
+            if no_mask:
+                parts.append(_missing(f"{len(no_mask)} images without a mask of the same name", no_mask))
+            if no_image:
+                parts.append(_missing(f"{len(no_image)} masks without an image of the same name", no_image))
+            raise ValueError(f"--data folder: images/ and masks/ do not match by name: {'; '.join(parts)}")
+        stems = sorted(images)
+        if len(stems) < 2:
+            raise ValueError(
+                f"--data folder: {root} needs at least 2 image/mask pairs (train and val), has {len(stems)}"
+            )
+        order = np.random.default_rng(0).permutation(len(stems))
+        n_val = min(len(stems) - 1, max(1, round(val_fraction * len(stems))))
+        chosen = {"val": order[:n_val], "train": order[n_val:], "all": np.arange(len(stems))}[split]
+        pairs = [(images[stems[k]], masks[stems[k]]) for k in sorted(chosen.tolist())]
+        super().__init__(pairs, n_classes, class_names("folder", n_classes), augment, seed)
+        _last_folder_classes = n_classes
+
+    @staticmethod
+    def _by_stem(folder: Path, what: str) -> dict[str, Path]:
+        files: dict[str, Path] = {}
+        for path in sorted(folder.iterdir()):
+            if path.name.startswith(".") or not path.is_file():
+                continue
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if path.stem in files:
+                raise ValueError(f"--data folder: two {what} files named {path.stem!r}: {files[path.stem]}, {path}")
+            files[path.stem] = path
+        if not files:
+            raise FileNotFoundError(f"--data folder: no {what} files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+        return files
+
+
+def build_dataset(
+    name: str,
+    root: str | Path | None,
+    split: str,
+    *,
+    num_classes: int | None = None,
+    augment: Augment | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+) -> FileSegmentation:
+    """The ``split`` ("train" or "val") of on-disk data set ``name`` (``voc``, ``cityscapes``, ``folder``)."""
+    if name not in FILE_LAYOUTS:
+        raise ValueError(f"build_dataset reads {FILE_LAYOUTS}, got {name!r} (the built-in canvases: load())")
+    if root is None:
+        raise ValueError(f"--data {name} needs --root DIR (the data set's directory)")
+    if name == "voc":
+        return VOCSegmentation(root, split, augment, seed)
+    if name == "cityscapes":
+        return CityscapesSegmentation(root, split, augment, seed)
+    return FolderSegmentation(root, split, num_classes, val_fraction, augment, seed)

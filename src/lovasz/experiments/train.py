@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -15,9 +16,11 @@ from ..metrics import intersection_union, iou_scores
 from ..modules import CrossEntropyLovaszLoss, LovaszSoftmaxLoss
 from ..sampling import EquibatchSampler, class_presence
 from . import data as datasets
-from .models import SmallUNet
+from .models import build_model
 
 LOSSES = ("ce", "lovasz", "ce+lovasz")
+DEVICES = ("auto", "cpu", "cuda")
+AMP_MODES = ("none", "bf16", "fp16")
 
 
 @dataclass
@@ -39,6 +42,19 @@ class TrainConfig:
     train_size: int = 1500
     image_size: int = 64
     threads: int | None = None
+    # data read from disk (--data voc | cityscapes | folder)
+    root: str | None = None
+    num_classes: int | None = None  # folder layout only (voc: 21, cityscapes: 19)
+    val_fraction: float = 0.1  # folder layout: share of the pairs held out for validation
+    crop_size: int | None = 512  # training crops; None: whole (scaled) images
+    scale: tuple[float, float] = (0.5, 2.0)  # random scale range of the training augmentation
+    workers: int = 0  # DataLoader worker processes
+    # model and hardware
+    model: str = "unet"  # unet | deeplabv3_resnet50 | fcn_resnet50 | smp:<Arch>:<encoder>
+    weights: str | None = None  # local state dict to initialise the model from
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "none"  # none | bf16 | fp16
+    channels_last: bool = False
     history: list = field(default_factory=list)
 
 
@@ -58,67 +74,203 @@ def make_loss(cfg: TrainConfig) -> nn.Module:
     """The training criterion of ``cfg.loss``: cross-entropy, Lovász-Softmax, or CE + λ·Lovász."""
     if cfg.loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {cfg.loss!r}")
+    # On-disk data: void pixels (255) and the padding of crops and batches count nowhere.  The canvases have
+    # no void label and keep exactly the losses they always had.
+    ignore = {"ignore_index": datasets.IGNORE_INDEX} if cfg.data in datasets.FILE_LAYOUTS else {}
     if cfg.loss == "ce":
-        return nn.CrossEntropyLoss()
+        return nn.CrossEntropyLoss(**ignore)
     if cfg.loss == "lovasz":
-        return LovaszSoftmaxLoss(per_image=cfg.per_image, classes=cfg.classes, bins=cfg.bins)
+        return LovaszSoftmaxLoss(per_image=cfg.per_image, classes=cfg.classes, bins=cfg.bins, **ignore)
     return CrossEntropyLovaszLoss(
-        lovasz_weight=cfg.lovasz_weight, per_image=cfg.per_image, classes=cfg.classes, bins=cfg.bins
+        lovasz_weight=cfg.lovasz_weight, per_image=cfg.per_image, classes=cfg.classes, bins=cfg.bins, **ignore
     )
 
 
+def resolve_device(device: str = "auto", amp: str = "none") -> torch.device:
+    """``device`` (auto | cpu | cuda; auto = cuda if available) as a ``torch.device``, after checking that it
+    can run ``amp``.  ``ValueError`` (one line) for cuda without CUDA, fp16 off CUDA, bf16 on a GPU without
+    bf16, or an unknown value."""
+    if device not in DEVICES:
+        raise ValueError(f"--device must be one of {DEVICES}, got {device!r}")
+    if amp not in AMP_MODES:
+        raise ValueError(f"--amp must be one of {AMP_MODES}, got {amp!r}")
+    cuda = torch.cuda.is_available()
+    if device == "cuda" and not cuda:
+        raise ValueError(f"--device cuda: CUDA is not available (torch {torch.__version__}); use --device cpu")
+    dev = torch.device("cuda" if device == "cuda" or (device == "auto" and cuda) else "cpu")
+    if amp == "fp16" and dev.type != "cuda":
+        raise ValueError(
+            "--amp fp16 needs a CUDA device (fp16 autocast with a gradient scaler); "
+            f"this run is on the CPU{' (--device auto: no CUDA here)' if device == 'auto' else ''}: use --amp bf16"
+        )
+    if amp == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("--amp bf16: this GPU does not support bfloat16; use --amp fp16")
+    return dev
+
+
+class Runtime:
+    """Where and how the model runs: device, autocast dtype (``amp``) and memory format."""
+
+    def __init__(self, device: torch.device, amp: str = "none", channels_last: bool = False) -> None:
+        self.device = device
+        self.dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        self.channels_last = channels_last
+
+    @classmethod
+    def of(cls, model: nn.Module, amp: str = "none", channels_last: bool = False) -> Runtime:
+        return cls(next(model.parameters()).device, amp, channels_last)
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+def predict(
+    model: nn.Module, images: torch.Tensor, batch_size: int = 128, amp: str = "none", channels_last: bool = False
+) -> torch.Tensor:
+    """Class ids ``[N, H, W]`` (on the CPU) of ``images`` ``[N, C, H, W]``, run where the model is."""
     model.eval()
-    return torch.cat([model(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+    rt = Runtime.of(model, amp, channels_last)
+    preds = []
+    for i in range(0, len(images), batch_size):
+        with rt.autocast():
+            preds.append(model(rt.inputs(images[i : i + batch_size])).argmax(1).cpu())
+    return torch.cat(preds)
 
 
-def evaluate(model: nn.Module, split: datasets.SegmentationSplit) -> dict:
-    pred = predict(model, split.images)
-    inter, union = intersection_union(pred, split.masks, datasets.NUM_CLASSES)
-    return iou_scores(inter, union)
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    split,
+    num_classes: int | None = None,
+    *,
+    batch_size: int = 8,
+    workers: int = 0,
+    amp: str = "none",
+    channels_last: bool = False,
+) -> dict:
+    """IoU scores (:func:`lovasz.metrics.iou_scores`) of ``model`` on ``split``: a built-in
+    :class:`~.data.SegmentationSplit`, or an on-disk :class:`~.data.FileSegmentation` (read in batches of
+    ``batch_size`` with :func:`~.data.pad_collate`; void and padding pixels count nowhere)."""
+    if isinstance(split, datasets.SegmentationSplit):
+        pred = predict(model, split.images, amp=amp, channels_last=channels_last)
+        inter, union = intersection_union(pred, split.masks, num_classes or datasets.NUM_CLASSES)
+        return iou_scores(inter, union)
+    num_classes = num_classes or split.num_classes
+    model.eval()
+    rt = Runtime.of(model, amp, channels_last)
+    loader = torch.utils.data.DataLoader(
+        split, batch_size=batch_size, num_workers=workers, collate_fn=datasets.pad_collate,
+        pin_memory=rt.device.type == "cuda",
+    )  # fmt: skip
+    inters, unions = [], []
+    for images, masks in loader:
+        with rt.autocast():
+            pred = model(rt.inputs(images)).argmax(1)
+        inter, union = intersection_union(pred, masks.to(pred.device), num_classes, datasets.IGNORE_INDEX)
+        inters.append(inter.cpu())
+        unions.append(union.cpu())
+    return iou_scores(torch.cat(inters), torch.cat(unions))
+
+
+def _architecture(cfg: TrainConfig) -> dict:
+    """What :func:`load_model` needs to rebuild the model: plain Python values only."""
+    return {
+        "model": cfg.model,
+        "in_channels": 1 if cfg.data in datasets.BUILTIN else 3,
+        "num_classes": datasets.num_classes_of(cfg.data, cfg.num_classes),
+        "width": cfg.width,
+    }
 
 
 def save_checkpoint(path: Path, model: nn.Module, cfg: TrainConfig, metrics: dict) -> None:
+    """``{"model": state dict, "config": dict, "architecture": dict, "metrics": dict}``: tensors and plain
+    Python values only, so :func:`load_model` reads it with ``torch.load(weights_only=True)``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "config": asdict(cfg), "metrics": metrics}, path)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"model": state, "config": asdict(cfg), "architecture": _architecture(cfg), "metrics": metrics}, path)
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    """The model of a ``lovasz train`` checkpoint (on the CPU) and the checkpoint dict; loaded with
+    ``weights_only=True`` (no code from the file runs)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     cfg = ckpt["config"]
-    model = SmallUNet(1, datasets.NUM_CLASSES, cfg["width"])
+    arch = ckpt.get("architecture") or {"model": "unet", "in_channels": 1, "num_classes": datasets.NUM_CLASSES}
+    model = build_model(arch["model"], arch["in_channels"], arch["num_classes"], cfg["width"])
     model.load_state_dict(ckpt["model"])
     return model, ckpt
+
+
+def _training_data(cfg: TrainConfig, splits):
+    """``(train, val, test)``: built-in :class:`~.data.SegmentationSplit` s, or on-disk data sets (no labelled
+    test split: ``test`` is ``val``)."""
+    if cfg.data in datasets.FILE_LAYOUTS:
+        augment = datasets.Augment(crop_size=cfg.crop_size, scale=tuple(cfg.scale))
+        common = dict(num_classes=cfg.num_classes, seed=cfg.seed, val_fraction=cfg.val_fraction)
+        train_set = datasets.build_dataset(cfg.data, cfg.root, "train", augment=augment, **common)
+        val_set = datasets.build_dataset(cfg.data, cfg.root, "val", **common)
+        return train_set, val_set, val_set
+    if splits is None:
+        splits = datasets.load(cfg.data, sizes=(cfg.train_size, *datasets.EVAL_SIZES), size=cfg.image_size)
+    return splits["train"], splits["val"], splits["test"]
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, splits=None, progress: bool = True, log=print) -> dict:
     """Train one model; writes ``model.pt`` (the final model: no selection, so no metric is favoured) and
     ``results.json`` to ``out_dir``.
 
-    Returns the results dict: config, per-epoch history, and validation/test metrics of the final model."""
+    Returns the results dict: config, per-epoch history, and validation/test metrics of the final model.
+    On-disk data sets (``voc``, ``cityscapes``, ``folder``) have no labelled test split: their ``test``
+    scores are the validation split's (``results["test_split"] == "val"``)."""
+    device = resolve_device(cfg.device, cfg.amp)
+    rt = Runtime(device, cfg.amp, cfg.channels_last)
+    on_disk = cfg.data in datasets.FILE_LAYOUTS
+    arch = _architecture(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if splits is None:
-        splits = datasets.load(cfg.data, sizes=(cfg.train_size, *datasets.EVAL_SIZES), size=cfg.image_size)
-    train_split, val_split = splits["train"], splits["val"]
+    train_split, val_split, test_split = _training_data(cfg, splits)
     torch.manual_seed(cfg.seed)
-    model = SmallUNet(1, datasets.NUM_CLASSES, cfg.width)
+    model = build_model(cfg.model, arch["in_channels"], arch["num_classes"], cfg.width, cfg.weights, log=log)
     if cfg.init:
         init_model, _ = load_model(cfg.init)
         model.load_state_dict(init_model.state_dict())
+    model = rt.prepare(model)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
     steps_per_epoch = max(1, len(train_split) // cfg.batch_size)
+    sampler = None
+    if cfg.equibatch:
+        presence = train_split.class_presence() if on_disk else class_presence(train_split.masks, arch["num_classes"])
+        drop_last = len(train_split) >= cfg.batch_size  # full batches only, as without --equibatch
+        sampler = EquibatchSampler(presence, cfg.batch_size, seed=cfg.seed, drop_last=drop_last)
+        steps_per_epoch = len(sampler)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.0 if cfg.init else 0.2
     )
     loss_fn = make_loss(cfg)
-    sampler = None
-    if cfg.equibatch:
-        sampler = EquibatchSampler(
-            class_presence(train_split.masks, datasets.NUM_CLASSES), cfg.batch_size, steps_per_epoch, seed=cfg.seed
-        )
     g = torch.Generator().manual_seed(cfg.seed)
+    eval_kw = dict(amp=cfg.amp, channels_last=cfg.channels_last)
+    if on_disk:
+        eval_kw.update(batch_size=cfg.batch_size, workers=cfg.workers)
+        log(
+            f"  {cfg.data}: {len(train_split)} training images (crops {cfg.crop_size}, scale {tuple(cfg.scale)}), "
+            f"{len(val_split)} validation images; {cfg.model} on {device}"
+            + (f", {cfg.amp} autocast" if cfg.amp != "none" else "")
+            + (", channels_last" if cfg.channels_last else "")
+        )
     cfg.history = []
     val: dict = {}
     t_start = time.time()
@@ -130,20 +282,36 @@ def train(cfg: TrainConfig, out_dir: str | Path, splits=None, progress: bool = T
         else:
             perm = torch.randperm(len(train_split), generator=g)
             batches = [perm[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(steps_per_epoch)]
+        if on_disk:
+            train_split.set_epoch(epoch)
+            loader = torch.utils.data.DataLoader(
+                train_split, batch_sampler=[torch.as_tensor(b).tolist() for b in batches],
+                num_workers=cfg.workers, collate_fn=datasets.pad_collate, pin_memory=device.type == "cuda",
+            )  # fmt: skip
+        else:
+            loader = (
+                (train_split.images[idx], train_split.masks[idx]) for idx in (torch.as_tensor(b) for b in batches)
+            )
         losses = []
-        for idx in _progress(batches, len(batches), f"epoch {epoch + 1}/{cfg.epochs}", progress):
-            idx = torch.as_tensor(idx)
-            logits = model(train_split.images[idx])
-            loss = loss_fn(logits, train_split.masks[idx])
+        for images, masks in _progress(loader, len(batches), f"epoch {epoch + 1}/{cfg.epochs}", progress):
+            masks = masks.to(device, non_blocking=True)
+            with rt.autocast():
+                logits = model(rt.inputs(images))
+                loss = loss_fn(logits, masks)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
             sched.step()
-            losses.append(loss.item())
-        val = evaluate(model, val_split)
+            losses.append(loss.detach())
+        val = evaluate(model, val_split, arch["num_classes"], **eval_kw)
         row = {
             "epoch": epoch + 1,
-            "train_loss": sum(losses) / len(losses),
+            "train_loss": sum(torch.stack(losses).float().tolist()) / len(losses),
             "val_miou_dataset": val["miou_dataset"],
             "val_miou_image": val["miou_image"],
             "seconds": time.time() - t_start,
@@ -154,6 +322,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, splits=None, progress: bool = T
             f"  per-image {val['miou_image']:.4f}  ({row['seconds']:.0f} s)"
         )
     save_checkpoint(out / "model.pt", model, cfg, val)
-    results = {"config": asdict(cfg), "val": val, "test": evaluate(model, splits["test"])}
+    if on_disk:
+        log(f"  {cfg.data} has no labelled test split: the test scores are those of the val split")
+        results = {"config": asdict(cfg), "val": val, "test": val, "test_split": "val"}
+    else:
+        results = {"config": asdict(cfg), "val": val, "test": evaluate(model, test_split, **eval_kw)}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results

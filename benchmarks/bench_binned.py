@@ -1,0 +1,157 @@
+"""The binned engine against cross-entropy, measured fairly: one process, every method interleaved, after
+warm-up, medians; eager and ``torch.compile`` (default backend); with glibc's default allocator (fresh
+pages: every allocation above 32 MB is mapped afresh and page-faults) and with a warm allocator
+(``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` raised: buffers are reused, as GPU caching
+allocators do).  Each allocator setting runs in its own child process, because glibc reads it at start.
+
+    python benchmarks/bench_binned.py                      # both allocators, all sizes, CPU
+    python benchmarks/bench_binned.py --allocator warm --sizes 8x21x256x256 --rounds 5
+
+"held fwd→bwd" is what the autograd graph saves for backward beyond the inputs themselves (counted
+through ``torch.autograd.graph.saved_tensors_hooks``, each storage once): what a loss adds to the
+activations a network keeps.  Times are forward+backward, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+WARM_ENV = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
+SIZES = ["8x21x256x256", "2x19x512x1024", "4x150x128x128", "16x1x256x256"]
+
+
+def methods(binary: bool) -> dict[str, Callable]:
+    import lovasz
+
+    bins = lovasz.DEFAULT_BINS
+    if binary:
+        return {
+            "BCE (F.binary_cross_entropy_with_logits)": lambda x, t, tf: F.binary_cross_entropy_with_logits(x, tf),
+            "lovasz_hinge binned, per image": lambda x, t, tf: lovasz.lovasz_hinge(x, t, bins=bins),
+            "lovasz_hinge binned, batch": lambda x, t, tf: lovasz.lovasz_hinge(x, t, bins=bins, per_image=False),
+            "lovasz_sigmoid binned, batch": lambda x, t, tf: lovasz.lovasz_sigmoid(x, t, bins=bins),
+        }
+    return {
+        "CE (F.cross_entropy)": lambda x, t, tf: F.cross_entropy(x, t),
+        "lovasz_softmax binned, batch": lambda x, t, tf: lovasz.lovasz_softmax(x, t, bins=bins),
+        "lovasz_softmax binned, per image": lambda x, t, tf: lovasz.lovasz_softmax(
+            x, t, bins=bins, per_image=True, classes="all"
+        ),
+    }
+
+
+def held_bytes(fn: Callable, x: torch.Tensor, t: torch.Tensor, tf: torch.Tensor) -> int:
+    inputs = {x.untyped_storage().data_ptr(), t.untyped_storage().data_ptr(), tf.untyped_storage().data_ptr()}
+    seen: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in inputs:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = fn(x, t, tf)
+    loss.backward()
+    return sum(seen.values())
+
+
+def run(sizes: list[str], rounds: int, compile_too: bool) -> list[dict]:
+    rows = []
+    for size in sizes:
+        b, c, h, w = (int(v) for v in size.split("x"))
+        binary = c == 1
+        g = torch.Generator().manual_seed(0)
+        shape = (b, h, w) if binary else (b, c, h, w)
+        logits = torch.randn(shape, generator=g) * 3
+        target = torch.randint(0, 2 if binary else c, (b, h, w), generator=g)
+        target_f = target.float()
+        fns = methods(binary)
+        if compile_too:
+            for name in [n for n in fns if "lovasz" in n]:
+                fns[name + ", torch.compile"] = torch.compile(fns[name])
+        times: dict[str, list[float]] = {name: [] for name in fns}
+
+        def step(fn: Callable, logits=logits, target=target, target_f=target_f) -> float:
+            x = logits.detach().requires_grad_(True)
+            t0 = time.perf_counter()
+            fn(x, target, target_f).backward()
+            return time.perf_counter() - t0
+
+        for fn in fns.values():  # warm-up (compilation, caches)
+            step(fn)
+            step(fn)
+        names = list(fns)
+        for r in range(rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]  # rotate the order every round
+            for name in order:
+                times[name].append(step(fns[name]))
+        base = statistics.median(times[names[0]])
+        for name in names:
+            med = statistics.median(times[name])
+            held = held_bytes(fns[name], logits.detach().requires_grad_(True), target, target_f)
+            rows.append(dict(size=size, method=name, ms=1000 * med, ratio=med / base, held_mib=held / 2**20))
+    return rows
+
+
+def table(rows: list[dict], allocator: str) -> str:
+    lines = [
+        f"allocator: {allocator}; {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}",
+        "",
+        "| size | method | fwd+bwd ms (median) | × CE/BCE | held fwd→bwd MiB |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['size']} | {r['method']} | {r['ms']:.1f} | {r['ratio']:.2f} | {r['held_mib']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", nargs="+", default=SIZES, help="BxCxHxW; C=1 means a binary loss")
+    p.add_argument("--rounds", type=int, default=9, help="timed rounds (each method once per round)")
+    p.add_argument("--allocator", choices=["both", "warm", "fresh"], default="both")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--child", choices=["warm", "fresh"], help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        rows = run(args.sizes, args.rounds, not args.no_compile)
+        print(json.dumps(rows))
+        return
+    results = {}
+    for allocator in ["fresh", "warm"] if args.allocator == "both" else [args.allocator]:
+        env = dict(os.environ, **(WARM_ENV if allocator == "warm" else {}))
+        if allocator == "fresh":
+            for key in WARM_ENV:
+                env.pop(key, None)
+        cmd = [sys.executable, __file__, "--child", allocator, "--rounds", str(args.rounds), "--sizes", *args.sizes]
+        if args.no_compile:
+            cmd.append("--no-compile")
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.stderr.write(out.stderr)
+            sys.exit(f"the {allocator}-allocator run failed (exit {out.returncode})")
+        rows = json.loads(out.stdout.strip().splitlines()[-1])
+        results[allocator] = rows
+        label = "warm (buffers reused, no page faults)" if allocator == "warm" else "fresh (glibc default)"
+        print(table(rows, label) + "\n", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
