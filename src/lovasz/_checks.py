@@ -78,7 +78,7 @@ def check_bins(bins: int | None) -> int | None:
     return bins
 
 
-def check_float_input(input: Tensor, name: str = "input") -> None:
+def check_float_input(input: Tensor, name: str = "input", allow_empty: bool = False) -> None:
     if not isinstance(input, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(input).__name__}")
     if not input.is_floating_point():
@@ -86,6 +86,8 @@ def check_float_input(input: Tensor, name: str = "input") -> None:
             f"{name} must be a floating-point tensor (float32, float64, float16 or bfloat16), "
             f"got {input.dtype}; pass the network's raw scores"
         )
+    if allow_empty and input.dim() >= 2 and input.shape[0] == 0 and math.prod(input.shape[1:]) > 0:
+        return  # an empty local batch of a loss over several processes
     if input.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(input.shape)}); the loss needs at least one pixel")
 
@@ -99,8 +101,8 @@ def check_ignore_index(ignore_index: int | None) -> int | None:
     return int(ignore_index)
 
 
-def check_softmax_shapes(input: Tensor, target: Tensor) -> None:
-    check_float_input(input)
+def check_softmax_shapes(input: Tensor, target: Tensor, allow_empty: bool = False) -> None:
+    check_float_input(input, allow_empty=allow_empty)
     if not isinstance(target, Tensor):
         raise TypeError(f"target must be a torch.Tensor of class ids, got {type(target).__name__}")
     if input.dim() < 2:
@@ -120,9 +122,9 @@ def check_softmax_shapes(input: Tensor, target: Tensor) -> None:
         raise ValueError(f"target is on {target.device} but input is on {input.device}; move them together")
 
 
-def binary_layout(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+def binary_layout(input: Tensor, target: Tensor, allow_empty: bool = False) -> tuple[Tensor, Tensor]:
     """Check a binary/multi-label pair and return both as ``[B, C, N]`` (``C = 1`` for binary)."""
-    check_float_input(input)
+    check_float_input(input, allow_empty=allow_empty)
     if not isinstance(target, Tensor):
         raise TypeError(f"target must be a torch.Tensor of 0/1 labels, got {type(target).__name__}")
     if target.is_complex():
@@ -137,10 +139,13 @@ def binary_layout(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         # binary [B, *spatial] (so [B, H, W] masks work as in the reference code; a binary volume is
         # passed as [B, 1, D, H, W]).
         if input.dim() >= 4:
-            return input.reshape(b, input.shape[1], -1), target.reshape(b, target.shape[1], -1)
-        return input.reshape(b, 1, -1), target.reshape(b, 1, -1)
+            c, n = input.shape[1], math.prod(input.shape[2:])
+            return input.reshape(b, c, n), target.reshape(b, c, n)
+        n = math.prod(input.shape[1:])
+        return input.reshape(b, 1, n), target.reshape(b, 1, n)
     if input.dim() >= 2 and input.shape[1] == 1 and tuple(target.shape) == (b, *input.shape[2:]):
-        return input.reshape(b, 1, -1), target.reshape(b, 1, -1)
+        n = math.prod(input.shape[2:])
+        return input.reshape(b, 1, n), target.reshape(b, 1, n)
     raise ValueError(
         f"target shape {tuple(target.shape)} does not fit input shape {tuple(input.shape)}: expected input "
         "[B, *spatial] with target [B, *spatial], input [B, 1, *spatial] with target [B, *spatial] or "
@@ -320,10 +325,11 @@ def check_softmax(
     reduction: str,
     backend: str,
     per_image: bool,
+    allow_empty: bool = False,
 ) -> tuple[Tensor | None, str | tuple[int, ...], int | None, int | None]:
     """Every check of :func:`lovasz.lovasz_softmax`.  Returns the class weights as a float32 tensor, and
     ``classes``, ``ignore_index`` and ``bins`` as plain Python values (numpy integers accepted)."""
-    check_softmax_shapes(input, target)
+    check_softmax_shapes(input, target, allow_empty=allow_empty)
     ignore_index, bins = check_options(
         ignore_index=ignore_index, bins=bins, reduction=reduction, backend=backend, from_logits=from_logits,
         per_image=per_image,
@@ -350,10 +356,11 @@ def check_binary(
     reduction: str,
     backend: str,
     per_image: bool,
+    allow_empty: bool = False,
 ) -> tuple[Tensor, Tensor, int | None, int | None]:
     """Every check of :func:`lovasz.lovasz_hinge` and :func:`lovasz.lovasz_sigmoid`.  Returns input and
     target as ``[B, C, N]``, and ``ignore_index`` and ``bins`` as plain ints."""
-    x, t = binary_layout(input, target)
+    x, t = binary_layout(input, target, allow_empty=allow_empty)
     ignore_index, bins = check_options(
         ignore_index=ignore_index, bins=bins, reduction=reduction, backend=backend, from_logits=from_logits,
         per_image=per_image,

@@ -7,7 +7,9 @@ evaluated by the engine that the resolver picks) and reduce the group losses (:m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -18,7 +20,19 @@ from .reduce import reduce_groups, select_classes
 from .surrogates import HINGE, PROBS, SIGMOID, SIGMOID_PROBS, SOFTMAX
 from .types import BackendName, ClassSelection, Reduction
 
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
 __all__ = ["lovasz_hinge", "lovasz_sigmoid", "lovasz_softmax"]
+
+
+def _sync(process_group):
+    """The collectives of a loss over a process group (``None`` for a local loss)."""
+    if process_group is None:
+        return None
+    from .distributed import ProcessSync
+
+    return ProcessSync(process_group)
 
 
 def _no_autocast(x: Tensor):
@@ -39,6 +53,7 @@ def lovasz_softmax(
     bins: int | None = None,
     reduction: Reduction = "mean",
     backend: BackendName = "auto",
+    process_group: ProcessGroup | None = None,
 ) -> Tensor:
     r"""Lovász-Softmax loss: a convex surrogate of ``1 - IoU`` for multi-class segmentation.
 
@@ -75,6 +90,13 @@ def lovasz_softmax(
             on CUDA, numba on the CPU, PyTorch otherwise), ``"torch"``, ``"numba"`` or ``"triton"``.  A
             backend that cannot serve the call raises :class:`lovasz.BackendNotSupportedError`
             (see :mod:`lovasz.engine.backends`).  With ``bins=None`` only ``"auto"``/``"torch"``.
+        process_group: a ``torch.distributed`` process group (``torch.distributed.group.WORLD`` for all
+            processes): the loss of the union of all ranks' batches, with "present" classes decided over
+            it and per-image means over all its images.  Every rank gets the same value; each rank's
+            gradient w.r.t. its own ``input`` is ``world_size ×`` its slice of the one-process gradient,
+            so that ``DistributedDataParallel``'s gradient averaging gives the one-process gradient.
+            Every rank must call the loss (an empty local batch, ``B = 0``, is allowed).  See
+            :mod:`lovasz.distributed` for what travels.
 
     Returns:
         The loss (float32, or float64 for float64 input).  If no pixel is valid it is 0, with a zero
@@ -93,14 +115,17 @@ def lovasz_softmax(
     w, classes, ignore_index, bins = _checks.check_softmax(
         input, target, classes=classes, ignore_index=ignore_index, weight=weight, from_logits=from_logits,
         bins=bins, reduction=reduction, backend=backend, per_image=per_image,
+        allow_empty=process_group is not None,
     )  # fmt: skip
     b, c = input.shape[:2]
+    n = math.prod(input.shape[2:])
+    sync = _sync(process_group)
     with _no_autocast(input):
         result = group_losses(
-            SOFTMAX if from_logits else PROBS, input.reshape(b, c, -1), target.reshape(b, -1),
-            per_image=per_image, ignore_index=ignore_index, bins=bins, backend=backend,
+            SOFTMAX if from_logits else PROBS, input.reshape(b, c, n), target.reshape(b, n),
+            per_image=per_image, ignore_index=ignore_index, bins=bins, backend=backend, sync=sync,
         )  # fmt: skip
-        return reduce_groups(result.losses, select_classes(result, classes), w, reduction)
+        return reduce_groups(result.losses, select_classes(result, classes), w, reduction, sync)
 
 
 def _binary_loss(
@@ -114,17 +139,19 @@ def _binary_loss(
     bins: int | None,
     reduction: str,
     backend: str,
+    process_group: ProcessGroup | None,
 ) -> Tensor:
     x, t, ignore_index, bins = _checks.check_binary(
         input, target, ignore_index=ignore_index, from_logits=from_logits, bins=bins, reduction=reduction,
-        backend=backend, per_image=per_image,
+        backend=backend, per_image=per_image, allow_empty=process_group is not None,
     )  # fmt: skip
     surrogate = HINGE if hinge else SIGMOID if from_logits else SIGMOID_PROBS
+    sync = _sync(process_group)
     with _no_autocast(x):
         result = group_losses(
-            surrogate, x, t, per_image=per_image, ignore_index=ignore_index, bins=bins, backend=backend
+            surrogate, x, t, per_image=per_image, ignore_index=ignore_index, bins=bins, backend=backend, sync=sync
         )
-        return reduce_groups(result.losses, result.has_valid, None, reduction)
+        return reduce_groups(result.losses, result.has_valid, None, reduction, sync)
 
 
 def lovasz_hinge(
@@ -136,6 +163,7 @@ def lovasz_hinge(
     bins: int | None = None,
     reduction: Reduction = "mean",
     backend: BackendName = "auto",
+    process_group: ProcessGroup | None = None,
 ) -> Tensor:
     r"""Lovász hinge loss for binary (and multi-label) segmentation.
 
@@ -156,6 +184,7 @@ def lovasz_hinge(
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (``[B]`` per image, or ``[C]`` per channel with
             ``per_image=False``; 0 for entries with no valid pixel).
         backend: implementation of the binned engine, as in :func:`lovasz_softmax`.
+        process_group: the loss of all ranks' batches together, as in :func:`lovasz_softmax`.
 
     Example:
         >>> import torch, lovasz
@@ -165,7 +194,7 @@ def lovasz_hinge(
     """
     return _binary_loss(
         input, target, hinge=True, per_image=per_image, ignore_index=ignore_index, from_logits=True, bins=bins,
-        reduction=reduction, backend=backend,
+        reduction=reduction, backend=backend, process_group=process_group,
     )  # fmt: skip
 
 
@@ -179,6 +208,7 @@ def lovasz_sigmoid(
     bins: int | None = None,
     reduction: Reduction = "mean",
     backend: BackendName = "auto",
+    process_group: ProcessGroup | None = None,
 ) -> Tensor:
     r"""Lovász-Sigmoid loss: errors :math:`e_i = |y_i - \sigma(s_i)|` for binary or multi-label targets.
 
@@ -194,5 +224,5 @@ def lovasz_sigmoid(
     """
     return _binary_loss(
         input, target, hinge=False, per_image=per_image, ignore_index=ignore_index, from_logits=from_logits,
-        bins=bins, reduction=reduction, backend=backend,
+        bins=bins, reduction=reduction, backend=backend, process_group=process_group,
     )  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -10,6 +11,9 @@ from torch import Tensor, nn
 from . import _checks
 from .functional import lovasz_hinge, lovasz_sigmoid, lovasz_softmax
 from .types import BackendName, ClassSelection, Reduction
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = ["CrossEntropyLovaszLoss", "LovaszHingeLoss", "LovaszSigmoidLoss", "LovaszSoftmaxLoss"]
 
@@ -41,6 +45,7 @@ class LovaszSoftmaxLoss(nn.Module):
         bins: int | None = None,
         reduction: Reduction = "mean",
         backend: BackendName = "auto",
+        process_group: ProcessGroup | None = None,
     ) -> None:
         super().__init__()
         self.ignore_index, self.bins = _checks.check_options(
@@ -52,6 +57,7 @@ class LovaszSoftmaxLoss(nn.Module):
         self.from_logits = from_logits
         self.reduction = reduction
         self.backend = backend
+        self.process_group = process_group
         self.register_buffer("weight", _checks.check_module_weight(weight))
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
@@ -66,6 +72,7 @@ class LovaszSoftmaxLoss(nn.Module):
             bins=self.bins,
             reduction=self.reduction,
             backend=self.backend,
+            process_group=self.process_group,
         )
 
     def extra_repr(self) -> str:
@@ -92,6 +99,7 @@ class LovaszHingeLoss(nn.Module):
         bins: int | None = None,
         reduction: Reduction = "mean",
         backend: BackendName = "auto",
+        process_group: ProcessGroup | None = None,
     ) -> None:
         super().__init__()
         self.ignore_index, self.bins = _checks.check_options(
@@ -100,6 +108,7 @@ class LovaszHingeLoss(nn.Module):
         self.per_image = per_image
         self.reduction = reduction
         self.backend = backend
+        self.process_group = process_group
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return lovasz_hinge(
@@ -110,6 +119,7 @@ class LovaszHingeLoss(nn.Module):
             bins=self.bins,
             reduction=self.reduction,
             backend=self.backend,
+            process_group=self.process_group,
         )
 
     def extra_repr(self) -> str:
@@ -136,6 +146,7 @@ class LovaszSigmoidLoss(nn.Module):
         bins: int | None = None,
         reduction: Reduction = "mean",
         backend: BackendName = "auto",
+        process_group: ProcessGroup | None = None,
     ) -> None:
         super().__init__()
         self.ignore_index, self.bins = _checks.check_options(
@@ -146,6 +157,7 @@ class LovaszSigmoidLoss(nn.Module):
         self.from_logits = from_logits
         self.reduction = reduction
         self.backend = backend
+        self.process_group = process_group
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return lovasz_sigmoid(
@@ -157,6 +169,7 @@ class LovaszSigmoidLoss(nn.Module):
             bins=self.bins,
             reduction=self.reduction,
             backend=self.backend,
+            process_group=self.process_group,
         )
 
     def extra_repr(self) -> str:

@@ -45,8 +45,29 @@ def select_classes(result: GroupLosses, classes: str | Sequence[int]) -> Tensor:
     return select
 
 
-def reduce_groups(losses: Tensor, select: Tensor, weight: Tensor | None, reduction: str) -> Tensor:
-    """Reduce ``losses`` of shape ``[B, C]`` (per image) or ``[C]`` (batch) as described above."""
+def reduce_groups(losses: Tensor, select: Tensor, weight: Tensor | None, reduction: str, sync=None) -> Tensor:
+    """Reduce ``losses`` of shape ``[B, C]`` (per image) or ``[C]`` (batch) as described above.
+
+    With ``sync`` (:class:`lovasz.distributed.ProcessSync`), the result is that of all ranks' images
+    together (the batch losses are global already), and its gradient is scaled by the world size
+    (:mod:`lovasz.distributed` explains the convention); per-image ``"none"`` stays local."""
+    if sync is not None:
+        from .distributed import scale_grad
+
+        if losses.dim() == 2 and reduction == "none":
+            return reduce_groups(losses, select, weight, reduction)
+        if losses.dim() == 2:
+            ws = select.to(losses.dtype)
+            if weight is not None:
+                ws = ws * weight.to(losses.dtype)
+            per_image = (_safe_div(ws, ws.sum(dim=1, keepdim=True)) * losses).sum(dim=1)
+            local = torch.stack([per_image.sum(), (ws.sum(dim=1) > 0).sum().to(losses.dtype)])
+            total = sync.all_sum(local)
+            summed = local[0] + (total[0] - local[0].detach())
+            out = summed if reduction == "sum" else summed / total[1].clamp_min(1.0)
+        else:
+            out = reduce_groups(losses, select, weight, reduction)
+        return scale_grad(out, float(sync.world_size))
     ws = select.to(losses.dtype)
     if weight is not None:
         ws = ws * weight.to(losses.dtype)

@@ -11,12 +11,13 @@ Every path returns a :class:`GroupLosses`.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .. import surrogates
 from ..errors import build_errors
 from .backends import BackendNotSupportedError, LovaszFallbackWarning, resolve, triton_probe
-from .binned import lovasz_binned
+from .binned import lovasz_binned, lovasz_binned_counts
 from .exact import lovasz_exact
 from .histogram import DEFAULT_BINS, Binning, Histogram, histogram_losses, weight_tables
 from .result import GroupLosses
@@ -54,15 +55,23 @@ def group_losses(
     ignore_index: int | None,
     bins: int | None,
     backend: str = "auto",
+    sync=None,
 ) -> GroupLosses:
     """Lovász losses of every group of ``x`` ``[B, C, N]``, folded to ``[B, C]`` (per image) or ``[C]``.
 
     ``target`` is ``[B, N]`` class ids for a surrogate with the ``"classes"`` layout, ``[B, C, N]`` 0/1
-    labels for ``"channels"``.  Inputs are assumed checked (:mod:`lovasz._checks`).
+    labels for ``"channels"``.  Inputs are assumed checked (:mod:`lovasz._checks`).  With ``sync``
+    (:class:`lovasz.distributed.ProcessSync`) and ``per_image=False``, the groups are those of all ranks'
+    inputs together (per image, groups are local and need no synchronisation).
     """
     s = surrogates.get(surrogate)
     b, c = x.shape[:2]
     shape = (b, c) if per_image else (c,)
+    if per_image:
+        sync = None
+        if b == 0:  # an empty local batch (only reachable with a process group)
+            zeros = x.new_zeros(shape, dtype=torch.int64)
+            return GroupLosses(x.sum() * x.new_zeros(shape, dtype=torch.float32), zeros, zeros)
     impl = resolve(backend, x, bins)
     binning = None if bins is None else Binning.for_bins(bins)
     if impl.fused:
@@ -77,12 +86,17 @@ def group_losses(
             ignore_index=ignore_index,
             binning=binning,
             backend=impl.name,
+            sync=sync,
         )
         return GroupLosses(losses, n_fg, n_valid).view(*shape)
     groups = build_errors(s, x, target, per_image=per_image, ignore_index=ignore_index)
-    if binning is None:
-        losses = lovasz_exact(groups.errors, groups.fg, groups.valid)
-    else:
-        losses = lovasz_binned(groups.errors, groups.fg, groups.valid, binning)
-    n_fg, n_valid = groups.counts()
+    if binning is not None:
+        losses, n_fg, n_valid = lovasz_binned_counts(groups.errors, groups.fg, groups.valid, binning, sync)
+        return GroupLosses(losses, n_fg, n_valid).view(*shape)
+    errors, fg, valid = groups.errors, groups.fg, groups.valid
+    if sync is not None:
+        errors, fg, valid = sync.gather_columns(errors, fg, valid)
+    losses = lovasz_exact(errors, fg, valid)
+    n_fg = fg.sum(dim=1)
+    n_valid = n_fg.new_full(n_fg.shape, errors.shape[1]) if valid is None else valid.sum(dim=1)
     return GroupLosses(losses, n_fg, n_valid).view(*shape)

@@ -12,16 +12,24 @@ from torch import Tensor
 
 from .histogram import Binning, Histogram, histogram_losses, inverse_top
 
-__all__ = ["binned_histogram", "lovasz_binned"]
+__all__ = ["binned_histogram", "lovasz_binned", "lovasz_binned_counts"]
 
 
-def binned_histogram(errors: Tensor, fg: Tensor, valid: Tensor | None, binning: Binning) -> tuple[Histogram, Tensor]:
+def binned_histogram(
+    errors: Tensor, fg: Tensor, valid: Tensor | None, binning: Binning, sync=None
+) -> tuple[Histogram, Tensor]:
     """Histogram of ``[G, P]`` errors, and the flat ``(group, bin, is_fg)`` cell of every element (``2·G·K``
-    for elements that are not valid)."""
+    for elements that are not valid).  With ``sync`` (:class:`lovasz.distributed.ProcessSync`), the
+    anchors and the histogram are those of all ranks' errors together."""
     e = errors.detach()
     g = e.shape[0]
     k = binning.num_bins
-    top = (e if valid is None else torch.where(valid, e, 0.0)).amax(dim=1).to(torch.float32)
+    if e.shape[1] == 0:
+        top = e.new_zeros(g, dtype=torch.float32)
+    else:
+        top = (e if valid is None else torch.where(valid, e, 0.0)).amax(dim=1).to(torch.float32)
+    if sync is not None:
+        top = sync.all_max(top)
     group = torch.arange(g, device=e.device).unsqueeze(1)
     cells = (binning.index(e, inverse_top(top).unsqueeze(1)) + k * group) * 2 + fg.long()
     if valid is not None:
@@ -32,22 +40,33 @@ def binned_histogram(errors: Tensor, fg: Tensor, valid: Tensor | None, binning: 
     sums = torch.zeros(2 * g * k + 1, dtype=torch.float64, device=e.device)
     sums.scatter_add_(0, flat, e.flatten().to(torch.float64))
     hist = Histogram(torch.stack([counts[:-1], sums[:-1]], dim=-1).view(1, g, k, 2, 2), top, binning)
+    if sync is not None:
+        hist = Histogram(sync.all_sum(hist.cells), top, binning)
     return hist, cells
 
 
 class _LovaszBinned(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, errors: Tensor, fg: Tensor, valid: Tensor | None, binning: Binning) -> Tensor:  # type: ignore[override]
-        hist, cells = binned_histogram(errors, fg, valid, binning)
-        losses, table, _, _ = histogram_losses(hist, table_dtype=errors.dtype)
+    def forward(ctx, errors: Tensor, fg: Tensor, valid: Tensor | None, binning: Binning, sync):  # type: ignore[override]
+        hist, cells = binned_histogram(errors, fg, valid, binning, sync)
+        losses, table, n_fg, n_valid = histogram_losses(hist, table_dtype=errors.dtype)
         weights = torch.cat([table.flatten(), table.new_zeros(1)])[cells]
         ctx.save_for_backward(weights)
-        return losses.to(errors.dtype)
+        ctx.mark_non_differentiable(n_fg, n_valid)
+        return losses.to(errors.dtype), n_fg, n_valid
 
     @staticmethod
-    def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_loss: Tensor, _n_fg, _n_valid):  # type: ignore[override]
         (weights,) = ctx.saved_tensors
-        return grad_loss.unsqueeze(1) * weights, None, None, None
+        return grad_loss.unsqueeze(1) * weights, None, None, None, None
+
+
+def lovasz_binned_counts(
+    errors: Tensor, fg: Tensor, valid: Tensor | None, binning: Binning, sync=None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Losses ``[G]`` and the foreground and valid counts ``[G]`` of the histogram (those of all ranks
+    with ``sync``)."""
+    return _LovaszBinned.apply(errors, fg, valid, binning, sync)
 
 
 def lovasz_binned(errors: Tensor, fg: Tensor, valid: Tensor | None, binning: Binning) -> Tensor:
@@ -56,4 +75,4 @@ def lovasz_binned(errors: Tensor, fg: Tensor, valid: Tensor | None, binning: Bin
     Pure PyTorch; runs on any device.  The fused kernels compute the same histogram without
     materializing the errors.
     """
-    return _LovaszBinned.apply(errors, fg, valid, binning)
+    return _LovaszBinned.apply(errors, fg, valid, binning, None)[0]

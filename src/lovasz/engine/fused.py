@@ -32,7 +32,7 @@ from .. import surrogates
 from .._checks import compiling
 from ..surrogates import Surrogate
 from . import backends
-from .histogram import Binning, histogram_losses
+from .histogram import Binning, Histogram, histogram_losses
 
 __all__ = ["fused_binned"]
 
@@ -46,6 +46,37 @@ def _groups(x32: Tensor, per_image: bool) -> int:
     return b * c if per_image else c
 
 
+def _forward(
+    x32: Tensor,
+    t: Tensor,
+    backend: str,
+    code: int,
+    per_image: bool,
+    ignore_index: int | None,
+    lo: int,
+    per_octave: int,
+    sync=None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Losses ``[G]`` float32, weight table ``[G, K, 2]`` float32, anchors ``[G]`` float32, foreground and
+    valid counts ``[G]``; with ``sync``, of all ranks' inputs together."""
+    kernels = backends.load_kernels(backend)
+    surrogate, binning = _kernel_args(code, lo, per_octave)
+    if sync is None:
+        hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning)
+    else:
+        hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning, reduce_top=sync.all_max)
+        hist = Histogram(sync.all_sum(hist.merged().cells.to(x32.device)), hist.top, binning)
+    losses, table, n_fg, n_valid = histogram_losses(hist, use_numba=backend == "numba")
+    device = x32.device
+    return (
+        losses.to(device, torch.float32),
+        table.to(device),
+        hist.top.to(device, torch.float32),
+        n_fg.to(device),
+        n_valid.to(device),
+    )
+
+
 def _forward_impl(
     x32: Tensor,
     t: Tensor,
@@ -56,20 +87,7 @@ def _forward_impl(
     lo: int,
     per_octave: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Losses ``[G]`` float32, weight table ``[G, K, 2]`` float32, anchors ``[G]`` float32, foreground and
-    valid counts ``[G]``."""
-    kernels = backends.load_kernels(backend)
-    surrogate, binning = _kernel_args(code, lo, per_octave)
-    hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning)
-    losses, table, n_fg, n_valid = histogram_losses(hist, use_numba=backend == "numba")
-    device = x32.device
-    return (
-        losses.to(device, torch.float32),
-        table.to(device),
-        hist.top.to(device, torch.float32),
-        n_fg.to(device),
-        n_valid.to(device),
-    )
+    return _forward(x32, t, backend, code, per_image, ignore_index, lo, per_octave)
 
 
 _binned_forward = torch.library.custom_op("lovasz::binned_forward", _forward_impl, mutates_args=())
@@ -133,8 +151,8 @@ class _EagerFused(torch.autograd.Function):
     ``torch._dynamo`` on its first call (over a second), which a plain autograd function avoids."""
 
     @staticmethod
-    def forward(ctx, x32, t, *config):  # type: ignore[override]
-        output = _forward_impl(x32, t, *config)
+    def forward(ctx, x32, t, sync, *config):  # type: ignore[override]
+        output = _forward(x32, t, *config, sync=sync)
         _setup_context(ctx, (x32, t, *config), output)
         return output
 
@@ -143,7 +161,7 @@ class _EagerFused(torch.autograd.Function):
     def backward(ctx, grad_losses, *_):  # type: ignore[override]
         x32, t, table, top = ctx.saved_tensors
         scaled = table * grad_losses.to(torch.float32).view(-1, 1, 1)
-        return (_backward_impl(x32, t, top, scaled, *ctx.config),) + (None,) * (1 + len(ctx.config))
+        return (_backward_impl(x32, t, top, scaled, *ctx.config),) + (None,) * (2 + len(ctx.config))
 
 
 def fused_binned(
@@ -155,6 +173,7 @@ def fused_binned(
     ignore_index: int | None,
     binning: Binning,
     backend: str,
+    sync=None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-group binned Lovász losses straight from scores.
 
@@ -164,13 +183,16 @@ def fused_binned(
         target: ``[B, N]`` class ids (``"classes"`` layout) or ``[B, C, N]`` 0/1 labels (``"channels"``).
         surrogate: from :mod:`lovasz.surrogates`.
         backend: ``"numba"`` or ``"triton"``, as chosen by :func:`.backends.resolve`.
+        sync: a :class:`lovasz.distributed.ProcessSync` for the loss of all ranks' inputs together.
 
     Returns:
         ``(losses, fg_count, valid_count)``, each ``[G]`` with ``G = B·C`` per image or ``C``.
     """
     x32 = x.to(torch.float32).contiguous()
     t = target.to(torch.int64).contiguous()
-    op = torch.ops.lovasz.binned_forward if compiling() else _EagerFused.apply
     config = (backend, surrogate.code, per_image, ignore_index, binning.lo, binning.per_octave)
-    losses, _, _, n_fg, n_valid = op(x32, t, *config)
+    if compiling() and sync is None:
+        losses, _, _, n_fg, n_valid = torch.ops.lovasz.binned_forward(x32, t, *config)
+    else:
+        losses, _, _, n_fg, n_valid = _EagerFused.apply(x32, t, sync, *config)
     return losses, n_fg, n_valid

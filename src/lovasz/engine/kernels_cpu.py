@@ -537,11 +537,18 @@ def tables(acc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
 
 
 def histogram(
-    x32: torch.Tensor, t: torch.Tensor, surrogate: Surrogate, per_image: bool, ignore_index: int | None, b: Binning
+    x32: torch.Tensor,
+    t: torch.Tensor,
+    surrogate: Surrogate,
+    per_image: bool,
+    ignore_index: int | None,
+    b: Binning,
+    reduce_top=None,
 ) -> Histogram:
     """Histogram of ``x32`` (``[B, C, N]`` float32 contiguous) with targets ``t`` (int64), ``NUM_CHUNKS``
     partials over the batch (one per image with ``per_image``).  Pass 1 writes the errors to a scratch
-    array (freed on return) and finds each group's anchor; pass 2 bins them."""
+    array (freed on return) and finds each group's anchor; ``reduce_top`` (e.g. a max over processes) may
+    replace the anchors before pass 2 bins the errors."""
     x, tt = x32.numpy(), t.numpy()
     bsz, c, _ = x.shape
     groups = bsz * c if per_image else c
@@ -557,6 +564,8 @@ def histogram(
     with _compiling_message(errors_fn, histogram_fn):
         _parallel(errors_fn, units, x, tt, ignore, use_ignore, surrogate.code, per_image, NUM_CHUNKS, errors, tops)
         top = torch.from_numpy(tops.max(axis=0))
+        if reduce_top is not None:
+            top = reduce_top(top)
         inv = inverse_top(top).numpy()
         _parallel(
             histogram_fn, units, tt, ignore, use_ignore, per_image, NUM_CHUNKS, b.lo, b.per_octave, b.half,

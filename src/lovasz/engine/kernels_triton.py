@@ -229,20 +229,31 @@ def _launch(name: str, x32, t, surrogate: Surrogate, per_image: bool, ignore_ind
 
 
 def histogram(
-    x32: torch.Tensor, t: torch.Tensor, surrogate: Surrogate, per_image: bool, ignore_index: int | None, b: Binning
+    x32: torch.Tensor,
+    t: torch.Tensor,
+    surrogate: Surrogate,
+    per_image: bool,
+    ignore_index: int | None,
+    b: Binning,
+    reduce_top=None,
 ) -> Histogram:
     """Histogram of ``x32`` (``[B, C, N]`` float32 contiguous) with targets ``t`` (int64), one partial:
-    a first kernel finds each group's anchor, a second bins and counts."""
+    a first kernel finds each group's anchor (``reduce_top`` may replace the anchors, e.g. by their max
+    over processes), a second bins and counts."""
     bsz, c, _ = x32.shape
     groups = bsz * c if per_image else c
     k = b.num_bins
     top_bits = torch.zeros(groups, dtype=torch.int32, device=x32.device)
     bin_args = (b.lo, b.per_octave, k)
-    _launch("top", x32, t, surrogate, per_image, ignore_index, (top_bits,), ())
+    if x32.numel():
+        _launch("top", x32, t, surrogate, per_image, ignore_index, (top_bits,), ())
     top = top_bits.view(torch.float32)
+    if reduce_top is not None:
+        top = reduce_top(top)
     counts = torch.zeros(groups * k * 2, dtype=torch.int32, device=x32.device)
     sums = torch.zeros(groups * k * 2, dtype=torch.int64, device=x32.device)
-    _launch("fwd", x32, t, surrogate, per_image, ignore_index, (inverse_top(top), counts, sums), bin_args)
+    if x32.numel():
+        _launch("fwd", x32, t, surrogate, per_image, ignore_index, (inverse_top(top), counts, sums), bin_args)
     error_sums = sums.to(torch.float64).view(groups, k * 2) * (top.to(torch.float64) / 4294967296.0)[:, None]
     cells = torch.stack([counts.to(torch.float64), error_sums.flatten()], dim=-1)
     return Histogram(cells.view(1, groups, k, 2, 2), top, b)
@@ -261,4 +272,5 @@ def backward(
 ) -> None:
     """Write d loss / d ``x32`` into ``grad`` given the anchors and the scaled weight table ``[G, K, 2]``."""
     bin_args = (b.lo, b.per_octave, b.num_bins)
-    _launch("bwd", x32, t, surrogate, per_image, ignore_index, (inverse_top(top), table, grad), bin_args)
+    if x32.numel():
+        _launch("bwd", x32, t, surrogate, per_image, ignore_index, (inverse_top(top), table, grad), bin_args)

@@ -8,6 +8,7 @@ for the reduction.  Rows are ``(image, class)`` pairs when ``per_image`` is true
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -24,13 +25,6 @@ class Groups:
     fg: Tensor  # [G, P] bool, False where not valid
     valid: Tensor | None  # [G, P] bool, or None when every pixel is valid
     shape: tuple[int, ...]  # (B, C) when per image, (C,) for the whole batch
-
-    def counts(self) -> tuple[Tensor, Tensor]:
-        """Foreground and valid pixel counts of every group, int64 ``[G]``."""
-        fg = self.fg.sum(dim=1)
-        if self.valid is None:
-            return fg, torch.full_like(fg, self.errors.shape[1])
-        return fg, self.valid.sum(dim=1)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -56,8 +50,9 @@ def softmax_errors(
 ) -> Groups:
     """Errors ``|1[y = c] - p_c|`` for every class ``c`` (``p``: softmax of ``input`` over dim 1)."""
     b, c = input.shape[:2]
-    x = input.reshape(b, c, -1).to(_compute_dtype(input))
-    t = target.reshape(b, 1, -1)  # [B, *spatial] or already [B, N]
+    n = math.prod(input.shape[2:])
+    x = input.reshape(b, c, n).to(_compute_dtype(input))
+    t = target.reshape(b, 1, n)  # [B, *spatial] or already [B, N]
     prob = x.softmax(dim=1) if from_logits else x
     valid = None if ignore_index is None else t != ignore_index
     fg = t == torch.arange(c, device=input.device).view(1, c, 1)

@@ -1,0 +1,179 @@
+"""The loss over several processes (``process_group=``), in real gloo process groups of 2 and 3 ranks,
+against one process on the whole batch: the value on every rank equals the one-process loss of the
+concatenated inputs, and each rank's gradient is ``world_size ×`` its slice of the one-process gradient.
+Unequal local batches, an empty rank, a fully ignored rank and a class present on one rank only are
+covered; and through ``DistributedDataParallel`` the parameter gradient equals the one-process one."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import lovasz
+from lovasz.engine import backends
+
+SPLITS = {2: [3, 1], 3: [2, 0, 2]}  # images per rank; the global batch has 4
+ENGINES = [(None, "auto"), (256, "torch")] + ([(256, "numba")] if backends.numba_installed() else [])
+
+
+def _configs() -> list[dict]:
+    rng = random.Random(0)
+    out = []
+    for i in range(36):
+        bins, backend = ENGINES[i % len(ENGINES)]
+        kind = ["softmax", "softmax", "probs", "hinge", "sigmoid", "multilabel"][i % 6]
+        cfg = dict(
+            kind=kind,
+            seed=i,
+            bins=bins,
+            backend=backend,
+            per_image=(i // len(ENGINES)) % 2 == 1,
+            ignore=rng.random() < 0.5,
+            reduction=rng.choice(["mean", "mean", "sum"]),
+            special=rng.choice(["none", "none", "one_rank_class", "ignored_rank"]),
+        )
+        if kind in ("softmax", "probs"):
+            cfg["classes"] = rng.choice(["present", "all", [0, 2]])
+            cfg["weight"] = rng.random() < 0.4
+        out.append(cfg)
+    return out
+
+
+def _inputs(cfg: dict):
+    """The global batch (4 images) of a configuration."""
+    g = torch.Generator().manual_seed(cfg["seed"])
+    kind = cfg["kind"]
+    if kind in ("softmax", "probs"):
+        x = torch.randn(4, 4, 6, 7, generator=g) * 2
+        if kind == "probs":
+            x = x.softmax(1)
+        t = torch.randint(0, 3, (4, 6, 7), generator=g)  # class 3 absent everywhere
+        if cfg["special"] == "one_rank_class":
+            t[0, 2:4, 2:5] = 3  # present in image 0 only (rank 0)
+    elif kind == "multilabel":
+        x = torch.randn(4, 3, 5, 6, generator=g) * 2
+        t = (torch.rand(4, 3, 5, 6, generator=g) < 0.3).long()
+    else:
+        x = torch.randn(4, 6, 7, generator=g) * 2
+        t = (torch.rand(4, 6, 7, generator=g) < 0.3).long()
+    if cfg["ignore"]:
+        t = t.masked_fill(torch.rand(t.shape, generator=g) < 0.2, 255)
+    if cfg["special"] == "ignored_rank":
+        t[3] = 255  # the last image (on the last non-empty rank) is fully ignored
+    return x, t
+
+
+def _loss(cfg: dict, x: torch.Tensor, t: torch.Tensor, group=None) -> torch.Tensor:
+    common = dict(
+        per_image=cfg["per_image"],
+        ignore_index=255 if cfg["ignore"] or cfg["special"] == "ignored_rank" else None,
+        bins=cfg["bins"],
+        backend=cfg["backend"],
+        reduction=cfg["reduction"],
+        process_group=group,
+    )
+    kind = cfg["kind"]
+    if kind in ("softmax", "probs"):
+        weight = [1.0, 2.0, 0.5, 1.5] if cfg["weight"] else None
+        return lovasz.lovasz_softmax(
+            x, t, classes=cfg["classes"], weight=weight, from_logits=kind == "softmax", **common
+        )
+    if kind == "hinge":
+        return lovasz.lovasz_hinge(x, t, **common)
+    return lovasz.lovasz_sigmoid(x, t, **common)
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        split = SPLITS[world]
+        start = sum(split[:rank])
+        results = []
+        for cfg in _configs():
+            x, t = _inputs(cfg)
+            xl = x[start : start + split[rank]].clone().requires_grad_(True)
+            loss = _loss(cfg, xl, t[start : start + split[rank]], dist.group.WORLD)
+            loss.backward()
+            results.append((loss.detach(), xl.grad))
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_loss_over_processes_equals_the_loss_of_the_whole_batch(world, tmp_path):
+    mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
+    split = SPLITS[world]
+    per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    for i, cfg in enumerate(_configs()):
+        x, t = _inputs(cfg)
+        xg = x.clone().requires_grad_(True)
+        want = _loss(cfg, xg, t)
+        want.backward()
+        start = 0
+        for r in range(world):
+            value, grad = per_rank[r][i]
+            torch.testing.assert_close(value, want.detach(), rtol=1e-5, atol=1e-6, msg=f"value, rank {r}, {cfg}")
+            want_grad = world * xg.grad[start : start + split[r]]
+            torch.testing.assert_close(grad, want_grad, rtol=1e-5, atol=1e-6, msg=f"grad, rank {r}, {cfg}")
+            start += split[r]
+
+
+def test_a_local_loss_differs_so_the_comparison_can_fail():
+    cfg = dict(_configs()[0], per_image=False, special="none")
+    x, t = _inputs(cfg)
+    whole = _loss(cfg, x, t)
+    local = _loss(cfg, x[:3], t[:3])
+    assert not torch.allclose(whole, local)
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        images, labels = _ddp_data()
+        split = SPLITS[world]
+        start = sum(split[:rank])
+        model = DistributedDataParallel(_ddp_model())
+        loss = lovasz.lovasz_softmax(
+            model(images[start : start + split[rank]]), labels[start : start + split[rank]], bins=256,
+            process_group=dist.group.WORLD,
+        )  # fmt: skip
+        loss.backward()
+        torch.save([p.grad for p in model.parameters()], os.path.join(out_dir, f"ddp{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _ddp_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Conv2d(2, 4, 3, padding=1)
+
+
+def _ddp_data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(4, 2, 8, 8, generator=g), torch.randint(0, 4, (4, 8, 8), generator=g)
+
+
+def test_distributed_data_parallel_gives_the_one_process_gradient(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    model = _ddp_model()
+    images, labels = _ddp_data()
+    lovasz.lovasz_softmax(model(images), labels, bins=256).backward()
+    for r in range(2):
+        grads = torch.load(tmp_path / f"ddp{r}.pt")
+        for got, p in zip(grads, model.parameters(), strict=True):
+            torch.testing.assert_close(got, p.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_process_group_needs_an_initialized_default_group():
+    with pytest.raises(ValueError, match="init_process_group"):
+        lovasz.lovasz_softmax(torch.randn(1, 2, 3), torch.zeros(1, 3, dtype=torch.long), process_group=object())
