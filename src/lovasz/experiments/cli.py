@@ -1,6 +1,7 @@
 """The ``lovasz`` command (also ``python -m lovasz.experiments``): ``train``, ``eval`` and ``demo``.
 
-lovasz demo                      # CE pretraining, then CE / Lovász batch / Lovász per-image fine-tuning
+lovasz demo                      # per seed: CE pretraining, then CE / Lovász fine-tuning from it
+lovasz demo --task binary        # per seed: BCE pretraining, then BCE / Lovász hinge / Lovász-Sigmoid
 lovasz train --loss ce+lovasz --per-image --init runs/ce/model.pt --out runs/ft
 lovasz eval --checkpoint runs/ft/model.pt
 
@@ -13,16 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import statistics
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from .. import __version__
 from . import data as datasets
 
+# Sized so that `bash scripts/demo.sh` (3 seeds, each with its own pretraining) runs in under 15 minutes on 2 CPU cores.
+DEMO_DEFAULTS = {"pretrain_epochs": 8, "finetune_epochs": 3, "train_size": 1000, "batch_size": 8}
 TRAIN_EXTRA = ("torchmetrics", "matplotlib", "mlxtend", "tqdm")
 DEMO_VARIANTS = {
     "CE (continued)": dict(loss="ce"),
@@ -35,6 +39,17 @@ METRICS = [
     ("miou_image", "per-image mIoU"),
     ("miou_class_image", "class-over-images mIoU"),
     ("miou_image_worst", "worst-10% images mIoU"),
+]
+# `lovasz demo --task binary`: object (every digit) vs background, a 1-channel model; `loss` of train_binary.
+BINARY_VARIANTS = {
+    "BCE (continued)": dict(loss="bce"),
+    "Lovász hinge per image": dict(loss="hinge"),
+    "Lovász-Sigmoid per image": dict(loss="sigmoid"),
+}
+BINARY_METRICS = [
+    ("iou_dataset", "dataset IoU (fg)"),
+    ("iou_image", "per-image IoU (fg)"),
+    ("iou_image_worst", "worst-10% images IoU (fg)"),
 ]
 
 
@@ -206,6 +221,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-image", action="store_true", help="Lovász per image (else over the batch)")
     p.add_argument("--classes", choices=["present", "all"], default="present", help="Lovász class selection")
     p.add_argument("--lovasz-weight", type=_non_negative_float, default=1.0, help="λ in ce + λ·lovasz")
+    p.add_argument(
+        "--lovasz-sync", choices=["global", "local"], default="global",
+        help="under torchrun: the Lovász term of the global batch (all ranks) or of each rank's slice",
+    )  # fmt: skip
     p.add_argument("--bins", type=_bins, default=4096, help="binned engine budget (>= 64); 0 for the exact engine")
     p.add_argument("--epochs", type=_positive_int, default=8, help="training epochs")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch")
@@ -230,6 +249,7 @@ def _config(args):
         root=args.root, num_classes=args.num_classes, val_fraction=args.val_fraction, crop_size=args.crop_size,
         scale=tuple(args.scale), workers=args.workers, model=args.model, weights=args.weights,
         device=args.device, amp=args.amp, channels_last=args.channels_last, weight_decay=args.weight_decay,
+        lovasz_sync=args.lovasz_sync,
     )  # fmt: skip
 
 
@@ -243,8 +263,12 @@ def cmd_train(args) -> None:
     from .train import train
 
     cfg = _config(args)
-    print(f"training {cfg.loss}{' per image' if cfg.per_image else ''} on {cfg.data} → {args.out}")
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if main_rank:
+        print(f"training {cfg.loss}{' per image' if cfg.per_image else ''} on {cfg.data} → {args.out}")
     results = train(cfg, args.out, progress=not args.no_progress)
+    if not main_rank:
+        return
     print(f"test ({args.out}/results.json):")
     _print_scores(results["test"], datasets.class_names(cfg.data))
 
@@ -264,85 +288,328 @@ def cmd_eval(args) -> None:
         Path(args.json).write_text(json.dumps(scores, indent=2))
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# lovasz demo: for each seed s, a model pretrained from scratch with seed s, then every fine-tuning variant
+# started from that seed's checkpoint with seed s.  The seed-to-seed spread therefore includes the pretraining,
+# and each variant is compared with the baseline of its own seed (paired differences).
+
+# t_{0.975, df}: two-sided 95 % quantiles of Student's t for df = n - 1 = 1..9 (n = 2..10 seeds).
+T_975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 6: 2.4469, 7: 2.3646, 8: 2.3060, 9: 2.2622}
+
+
+def t_975(df: int) -> float:
+    """``t_{0.975, df}`` of Student's t: :data:`T_975` for ``df <= 9``; beyond, the Cornish–Fisher expansion in
+    ``1/df`` around the normal quantile (within 1e-4 of the exact value for ``df >= 10``)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df in T_975:
+        return T_975[df]
+    z = 1.959963985
+    terms = (
+        (z**3 + z) / 4,
+        (5 * z**5 + 16 * z**3 + 3 * z) / 96,
+        (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
+        (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160,
+    )
+    return z + sum(g / df ** (k + 1) for k, g in enumerate(terms))
+
+
+def paired_interval(diffs: list[float]) -> tuple[float, float | None, float | None]:
+    """``(mean, low, high)``: the mean of ``diffs`` and its 95 % interval ``mean ± t_{0.975,n-1}·sd/√n``
+    (``None`` bounds for a single value)."""
+    mean = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return mean, None, None
+    half = t_975(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return mean, mean - half, mean + half
+
+
+def _finding(low: float | None, high: float | None) -> str:
+    if low is None or high is None:
+        return "no (1 seed: no interval)"
+    if low > 0:
+        return "yes, higher"
+    if high < 0:
+        return "yes, lower"
+    return "no"
+
+
 def _mean_std(values: list[float], sign: str = "") -> str:
     if len(values) == 1:
         return f"{values[0]:{sign}.4f}"
     return f"{statistics.mean(values):{sign}.4f} ± {statistics.stdev(values):.4f}"
 
 
-def cmd_demo(args) -> None:
-    from . import plots
-    from .train import TrainConfig, load_model, predict, train
+def demo_table(
+    results: dict[str, list[dict]], metrics: list[tuple[str, str]], baseline: str, caption: str
+) -> tuple[str, dict]:
+    """The demo's markdown tables: every row's mean ± sd over seeds, then each variant's paired difference to
+    ``baseline`` (mean, 95 % interval, and "finding" only where the interval excludes 0).  ``results``: row
+    name → one scores dict per seed, in seed order; the variants are the rows after ``baseline``.  Returns
+    the text and ``{variant: {metric: {mean, low, high, finding}}}``."""
+    names = list(results)
+    n = len(results[baseline])
+    header = "| model | " + " | ".join(label for _, label in metrics) + " |"
+    lines = [caption, "", header, "|---|" + "---:|" * len(metrics)]
+    for name, runs in results.items():
+        lines.append(f"| {name} | " + " | ".join(_mean_std([r[key] for r in runs]) for key, _ in metrics) + " |")
+    df = f"t with {n - 1} degree{'s' if n > 2 else ''} of freedom" if n > 1 else "one seed: no interval"
+    lines += [
+        "",
+        f"Paired by seed (same pretrained model, same batches): variant − {baseline}, mean over {n} seeds and "
+        f"95 % interval (mean ± t·sd/√n, Student {df}). A difference is a finding only where its interval "
+        "excludes 0.",
+        "",
+        f"| variant − {baseline} | metric | mean | 95 % interval | finding |",
+        "|---|---|---:|---|---|",
+    ]
+    differences: dict[str, dict] = {}
+    for name in names[names.index(baseline) + 1 :]:
+        differences[name] = {}
+        for key, label in metrics:
+            diffs = [a[key] - b[key] for a, b in zip(results[name], results[baseline], strict=True)]
+            mean, low, high = paired_interval(diffs)
+            finding = _finding(low, high)
+            interval = "—" if low is None else f"[{low:+.4f}, {high:+.4f}]"
+            differences[name][key] = {"mean": mean, "low": low, "high": high, "finding": finding}
+            lines.append(f"| {name} | {label} | {mean:+.4f} | {interval} | {finding} |")
+    return "\n".join(lines), differences
 
-    out = Path(args.out)
+
+MULTICLASS_DEMO = dict(
+    pretrained="CE pretrained",
+    pretraining="CE pretraining",
+    pretrain_loss=dict(loss="ce"),
+    baseline="CE (continued)",
+    variants=DEMO_VARIANTS,
+    metrics=METRICS,
+    curves=(("val_miou_dataset", "validation dataset mIoU"), ("val_miou_image", "validation per-image mIoU")),
+)
+BINARY_DEMO = dict(
+    pretrained="BCE pretrained",
+    pretraining="BCE pretraining",
+    pretrain_loss=dict(loss="bce"),
+    baseline="BCE (continued)",
+    variants=BINARY_VARIANTS,
+    metrics=BINARY_METRICS,
+    curves=(("val_iou_dataset", "validation dataset IoU (fg)"), ("val_iou_image", "validation per-image IoU (fg)")),
+)
+
+
+def _binary_loss(name: str, bins: int | None):
+    """Criterion ``(logits [B, H, W], foreground [B, H, W] bool) → loss`` of a binary variant."""
+    import torch.nn.functional as F
+
+    import lovasz
+
+    if name == "bce":
+        return lambda logits, fg: F.binary_cross_entropy_with_logits(logits, fg.float())
+    if name == "hinge":
+        return lambda logits, fg: lovasz.lovasz_hinge(logits, fg, per_image=True, bins=bins)
+    if name == "sigmoid":
+        return lambda logits, fg: lovasz.lovasz_sigmoid(logits, fg, per_image=True, bins=bins)
+    raise ValueError(f"binary loss must be bce, hinge or sigmoid, got {name!r}")
+
+
+def _predict_binary(model, images, batch_size: int = 128):
+    """Foreground masks ``[N, H, W]`` int64 (logit > 0, i.e. probability > 0.5) of a 1-channel model."""
+    import torch
+
+    from .train import Runtime
+
+    model.eval()
+    rt = Runtime.of(model)
+    with torch.no_grad():
+        return torch.cat(
+            [
+                (model(rt.inputs(images[i : i + batch_size]))[:, 0] > 0).long().cpu()
+                for i in range(0, len(images), batch_size)
+            ]
+        )
+
+
+def evaluate_binary(model, split) -> dict:
+    """Foreground IoU of a 1-channel model on a built-in split (every digit class is foreground): dataset IoU
+    (``iou_dataset``), mean per-image IoU (``iou_image``), mean of the worst 10 % of images
+    (``iou_image_worst``), and ``per_class_iou`` (background, foreground)."""
+    from ..metrics import intersection_union, iou_scores
+
+    inter, union = intersection_union(_predict_binary(model, split.images), (split.masks > 0).long(), 2)
+    fg = iou_scores(inter[:, 1:], union[:, 1:])
+    return {
+        "iou_dataset": fg["miou_dataset"],
+        "iou_image": fg["miou_image"],
+        "iou_image_worst": fg["miou_image_worst"],
+        "per_class_iou": iou_scores(inter, union)["per_class_iou"],
+    }
+
+
+def train_binary(cfg, out_dir: str | Path, splits, progress: bool = True, log=print) -> dict:
+    """Object vs background on the built-in canvases: :func:`~.train.train` with a 1-channel U-Net and
+    ``cfg.loss`` one of ``bce`` (``binary_cross_entropy_with_logits``), ``hinge`` (``lovasz_hinge``,
+    per image) or ``sigmoid`` (``lovasz_sigmoid``, per image).  The same seeding as ``train`` (the
+    initialisation, then the batch order from ``cfg.seed``), optimizer and one-cycle schedule.  Writes
+    ``model.pt`` (readable by :func:`~.train.load_model`) and ``results.json``; returns the results."""
+    import torch
+
+    from .models import build_model
+    from .train import Runtime, _progress, load_model, resolve_device
+
+    device = resolve_device(cfg.device, cfg.amp)
+    rt = Runtime(device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train_split, val_split, test_split = splits["train"], splits["val"], splits["test"]
+    torch.manual_seed(cfg.seed)
+    model = build_model("unet", 1, 1, cfg.width, log=log)
+    if cfg.init:
+        model.load_state_dict(load_model(cfg.init)[0].state_dict())
+    model = rt.prepare(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = max(1, len(train_split) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.0 if cfg.init else 0.2
+    )
+    loss_fn = _binary_loss(cfg.loss, cfg.bins)
+    g = torch.Generator().manual_seed(cfg.seed)
+    cfg.history = []
+    val: dict = {}
+    t_start = time.time()
+    for epoch in range(cfg.epochs):
+        model.train()
+        perm = torch.randperm(len(train_split), generator=g)
+        losses = []
+        for i in _progress(range(steps), steps, f"epoch {epoch + 1}/{cfg.epochs}", progress):
+            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            fg = (train_split.masks[idx] > 0).to(device)
+            loss = loss_fn(model(rt.inputs(train_split.images[idx]))[:, 0], fg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.detach())
+        val = evaluate_binary(model, val_split)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": sum(torch.stack(losses).float().tolist()) / len(losses),
+            "val_iou_dataset": val["iou_dataset"],
+            "val_iou_image": val["iou_image"],
+            "seconds": time.time() - t_start,
+        }
+        cfg.history.append(row)
+        log(
+            f"  epoch {epoch + 1:2d}  loss {row['train_loss']:.4f}  val IoU (fg) {val['iou_dataset']:.4f}"
+            f"  per-image {val['iou_image']:.4f}  ({row['seconds']:.0f} s)"
+        )
+    config = {**asdict(cfg), "task": "binary"}
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    architecture = {"model": "unet", "in_channels": 1, "num_classes": 1, "width": cfg.width}
+    torch.save({"model": state, "config": config, "architecture": architecture, "metrics": val}, out / "model.pt")
+    results = {"config": config, "val": val, "test": evaluate_binary(model, test_split)}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("á", "a")).strip("-")
+
+
+def cmd_demo(args) -> None:
+    import torch
+
+    from . import plots
+    from .train import TrainConfig, load_model, predict, resolve_device, train
+
+    binary = args.task == "binary"
+    spec = BINARY_DEMO if binary else MULTICLASS_DEMO
+    run = train_binary if binary else train
+    out = Path(args.out or ("runs/demo-binary" if binary else "runs/demo"))
     pre_epochs, ft_epochs = args.pretrain_epochs, args.finetune_epochs
     if args.long:
         pre_epochs, ft_epochs = 2 * pre_epochs, 2 * ft_epochs
-    names = datasets.class_names(args.data)
+    names = ["background", "foreground"] if binary else datasets.class_names(args.data)
     base = TrainConfig(
-        data=args.data, bins=args.bins, width=args.width, train_size=args.train_size, threads=args.threads,
+        data=args.data, bins=args.bins, width=args.width, train_size=args.train_size, batch_size=args.batch_size,
+        threads=args.threads,
     )  # fmt: skip
     splits = datasets.load(args.data, sizes=(args.train_size, *datasets.EVAL_SIZES), size=base.image_size)
+    device = resolve_device(base.device)
+    where = f"{device.type}, {_count(torch.get_num_threads(), 'thread')}" if device.type == "cpu" else str(device)
+    task = "object vs background (1 output channel)" if binary else f"{datasets.NUM_CLASSES} classes"
     print(
-        f"lovasz demo on {args.data} canvases (train {len(splits['train'])}, val {len(splits['val'])}, "
-        f"test {len(splits['test'])}): one cross-entropy checkpoint ({pre_epochs} epochs, lr {args.lr}), then "
-        f"{args.seeds} seeds × fine-tuning from it for {ft_epochs} epochs (lr {args.finetune_lr}) with each loss; "
-        f"Lovász bins={args.bins}\n"
+        f"lovasz demo --task {args.task} on {args.data} canvases, {task} (train {len(splits['train'])}, "
+        f"val {len(splits['val'])}, test {len(splits['test'])}); for each of {_count(args.seeds, 'seed')}: "
+        f"{spec['pretraining']} from scratch ({_count(pre_epochs, 'epoch')}, lr {args.lr}), then fine-tuning from "
+        f"it for {_count(ft_epochs, 'epoch')} (lr {args.finetune_lr}) with each loss; Lovász bins={args.bins}; "
+        f"{where}\n"
     )
     t0 = time.time()
-    print("pretraining with cross-entropy")
-    pre = train(replace(base, epochs=pre_epochs, lr=args.lr), out / "pretrain", splits, not args.no_progress)
-    results: dict[str, list[dict]] = {"CE pretrained": [pre["test"]], **{k: [] for k in DEMO_VARIANTS}}
+    results: dict[str, list[dict]] = {spec["pretrained"]: [], **{k: [] for k in spec["variants"]}}
     histories: dict[str, list] = {}
     models = {}
+    progress = not args.no_progress
     for seed in range(args.seeds):
-        for name, change in DEMO_VARIANTS.items():
+        print(f"seed {seed}: {spec['pretraining']} from scratch")
+        pre_dir = out / f"seed{seed}" / "pretrain"
+        pre_cfg = replace(base, seed=seed, epochs=pre_epochs, lr=args.lr, **spec["pretrain_loss"])
+        pre = run(pre_cfg, pre_dir, splits, progress)
+        results[spec["pretrained"]].append(pre["test"])
+        if seed == 0:
+            histories[spec["pretraining"]] = pre["config"]["history"]
+        for name, change in spec["variants"].items():
             print(f"seed {seed}: fine-tuning, {name}")
             cfg = replace(
-                base, seed=seed, epochs=ft_epochs, lr=args.finetune_lr, init=str(out / "pretrain" / "model.pt"),
-                **change,
-            )  # fmt: skip
-            slug = re.sub(r"[^a-z0-9]+", "-", name.lower().replace("á", "a")).strip("-")
-            res = train(cfg, out / f"seed{seed}" / slug, splits, not args.no_progress)
+                base, seed=seed, epochs=ft_epochs, lr=args.finetune_lr, init=str(pre_dir / "model.pt"), **change
+            )
+            res = run(cfg, out / f"seed{seed}" / _slug(name), splits, progress)
             results[name].append(res["test"])
             if seed == 0:
                 histories[name] = res["config"]["history"]
-                models[name] = load_model(out / f"seed{seed}" / slug / "model.pt")[0]
+                models[name] = load_model(out / f"seed{seed}" / _slug(name) / "model.pt")[0]
     elapsed = time.time() - t0
 
-    lines = [
-        f"Test split of `{args.data}`; fine-tuned rows: mean ± std over {args.seeds} seeds; {elapsed / 60:.1f} min.",
-        "",
-        "| model | " + " | ".join(label for _, label in METRICS) + " |",
-        "|---|" + "---:|" * len(METRICS),
-    ]
-    for name, runs in results.items():
-        cells = [_mean_std([r[key] for r in runs]) for key, _ in METRICS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Paired by seed (same checkpoint, same batches), difference to CE (continued):", ""]
-    lines += ["| model | " + " | ".join(label for _, label in METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
-    for name in list(DEMO_VARIANTS)[1:]:
-        cells = []
-        for key, _ in METRICS:
-            diffs = [a[key] - b[key] for a, b in zip(results[name], results["CE (continued)"], strict=True)]
-            cells.append(_mean_std(diffs, sign="+"))
-        lines.append(f"| {name} − CE | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
+    what = "foreground vs background" if binary else "mIoU over the 11 classes"
+    caption = (
+        f"`lovasz demo --task {args.task}`: test split of `{args.data}` ({len(splits['test'])} canvases), {what}; "
+        f"{_count(args.seeds, 'seed')}, each pretrained from scratch ({_count(pre_epochs, 'epoch')}) and "
+        f"fine-tuned from its own checkpoint ({_count(ft_epochs, 'epoch')}); {args.train_size} training canvases, "
+        f"batches of {args.batch_size}; "
+        "rows: mean ± sd over seeds; "
+        f"{elapsed / 60:.1f} min ({where})."
+    )
+    table, differences = demo_table(results, spec["metrics"], spec["baseline"], caption)
     print("\n" + table)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps({"elapsed_s": elapsed, "args": vars(args), "test": results}, indent=2))
-    histories = {"CE pretraining": pre["config"]["history"], **histories}
-    plots.training_curves(histories, out / "curves.png", f"CE pretraining, then fine-tuning (seed 0, {args.data})")
+    summary = {
+        "task": args.task,
+        "elapsed_s": elapsed,
+        "where": where,
+        "args": vars(args),
+        "test": results,
+        "paired_differences": differences,
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    plots.training_curves(
+        histories, out / "curves.png", f"{spec['pretraining']}, then fine-tuning (seed 0, {args.data})", spec["curves"]
+    )
     mean_per_class = {
-        name: [statistics.fmean(r["per_class_iou"][c] for r in runs) for c in range(datasets.NUM_CLASSES)]
+        name: [statistics.fmean(r["per_class_iou"][c] for r in runs) for c in range(len(names))]
         for name, runs in results.items()
     }
     plots.per_class_bars(mean_per_class, names, out / "per_class_iou.png", f"test IoU per class ({args.data})")
     test = splits["test"]
-    preds = {name: predict(m, test.images[:4]) for name, m in models.items()}
-    plots.predictions(test.images[:4], test.masks[:4], preds, out / "predictions.png", datasets.NUM_CLASSES)
-    print(f"\nwrote {out}/table.md, results.json, curves.png, per_class_iou.png, predictions.png")
+    if binary:
+        preds = {name: _predict_binary(m, test.images[:4]) for name, m in models.items()}
+        plots.predictions(test.images[:4], (test.masks[:4] > 0).long(), preds, out / "predictions.png", 2)
+    else:
+        preds = {name: predict(m, test.images[:4]) for name, m in models.items()}
+        plots.predictions(test.images[:4], test.masks[:4], preds, out / "predictions.png", datasets.NUM_CLASSES)
+    print(f"\nwrote {out}/table.md, results.json, curves.png, per_class_iou.png, predictions.png, seed*/")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -362,22 +629,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="also write the scores to this file")
     d = sub.add_parser(
         "demo",
-        help="CE pretraining, then CE / Lovász fine-tuning, several seeds",
-        description="CE pretraining, then CE / Lovász fine-tuning from that checkpoint, for several seeds.",
+        help="per seed: CE pretraining, then CE / Lovász fine-tuning from it",
+        description="For each seed s: pretraining from scratch with seed s, then fine-tuning with each loss from "
+        "that checkpoint with seed s; paired differences to the continued baseline with 95 % intervals.",
         formatter_class=_HelpFormatter,
     )
+    d.add_argument(
+        "--task", choices=["multiclass", "binary"], default="multiclass",
+        help="multiclass: 11 classes, CE vs Lovász-Softmax; binary: object vs background, BCE vs Lovász hinge "
+        "and Lovász-Sigmoid (per image)",
+    )  # fmt: skip
     d.add_argument("--data", choices=["digits", "fashion"], default="digits", help="data set")
-    d.add_argument("--seeds", type=_positive_int, default=3, help="fine-tuning seeds")
-    d.add_argument("--pretrain-epochs", type=_positive_int, default=16, help="cross-entropy pretraining epochs")
-    d.add_argument("--finetune-epochs", type=_positive_int, default=4, help="fine-tuning epochs")
+    d.add_argument("--seeds", type=_positive_int, default=3, help="seeds (each: pretraining + every fine-tuning)")
+    d.add_argument(
+        "--pretrain-epochs", type=_positive_int, default=DEMO_DEFAULTS["pretrain_epochs"], help="pretraining epochs"
+    )
+    d.add_argument(
+        "--finetune-epochs", type=_positive_int, default=DEMO_DEFAULTS["finetune_epochs"], help="fine-tuning epochs"
+    )
     d.add_argument("--lr", type=_positive_float, default=3e-3, help="pretraining learning rate")
     d.add_argument("--finetune-lr", type=_positive_float, default=5e-4, help="fine-tuning learning rate")
     d.add_argument("--bins", type=_bins, default=4096, help="binned engine budget (>= 64); 0 for the exact engine")
     d.add_argument("--width", type=_positive_int, default=16, help="U-Net base width")
-    d.add_argument("--train-size", type=_positive_int, default=1500, help="training canvases")
+    d.add_argument("--train-size", type=_positive_int, default=DEMO_DEFAULTS["train_size"], help="training canvases")
+    d.add_argument(
+        "--batch-size", type=_positive_int, default=DEMO_DEFAULTS["batch_size"], help="images per batch (all phases)"
+    )
     d.add_argument("--threads", type=_positive_int, help="torch threads")
     d.add_argument("--long", action="store_true", help="twice the epochs")
-    d.add_argument("--out", default="runs/demo", help="output folder")
+    d.add_argument("--out", help="output folder (default: runs/demo); runs/demo-binary for --task binary")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 

@@ -14,10 +14,17 @@ def _figure(**kwargs):
     return Figure(**kwargs)
 
 
-def training_curves(runs: dict[str, list[dict]], path: Path, title: str) -> None:
-    """``runs``: name → history rows (``epoch``, ``train_loss``, ``val_miou_dataset``, ``val_miou_image``)."""
-    fig = _figure(figsize=(15, 4))
-    axes = fig.subplots(1, 3)
+CURVES = (("val_miou_dataset", "validation dataset mIoU"), ("val_miou_image", "validation per-image mIoU"))
+
+
+def training_curves(
+    runs: dict[str, list[dict]], path: Path, title: str, curves: tuple[tuple[str, str], ...] = CURVES
+) -> None:
+    """``runs``: name → history rows (``epoch``, ``train_loss`` and the keys of ``curves``: pairs of a row key
+    and its panel title).  A run whose name ends with "pretraining" comes first; the later ones continue
+    after it on the epoch axis."""
+    fig = _figure(figsize=(5 * (1 + len(curves)), 4))
+    axes = fig.subplots(1, 1 + len(curves))
     offset = 0
     for name, rows in runs.items():
         # Fine-tuning curves continue after the pretraining curve, when one is given first.
@@ -25,9 +32,9 @@ def training_curves(runs: dict[str, list[dict]], path: Path, title: str) -> None
         if name.endswith("pretraining"):
             offset = rows[-1]["epoch"] if rows else 0
         axes[0].plot(epochs, [r["train_loss"] for r in rows], label=name)
-        axes[1].plot(epochs, [r["val_miou_dataset"] for r in rows], label=name)
-        axes[2].plot(epochs, [r["val_miou_image"] for r in rows], label=name)
-    for ax, label in zip(axes, ["training loss", "validation dataset mIoU", "validation per-image mIoU"], strict=True):
+        for ax, (key, _) in zip(axes[1:], curves, strict=True):
+            ax.plot(epochs, [r[key] for r in rows], label=name)
+    for ax, label in zip(axes, ["training loss", *(label for _, label in curves)], strict=True):
         ax.set_xlabel("epoch")
         ax.set_title(label)
         ax.grid(alpha=0.3)

@@ -16,6 +16,7 @@ from ..metrics import intersection_union, iou_scores
 from ..modules import CrossEntropyLovaszLoss, LovaszSoftmaxLoss
 from ..sampling import EquibatchSampler, class_presence
 from . import data as datasets
+from .distributed import setup as setup_distributed
 from .models import build_model
 
 LOSSES = ("ce", "lovasz", "ce+lovasz")
@@ -55,6 +56,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "none"  # none | bf16 | fp16
     channels_last: bool = False
+    # under torchrun: the Lovász term over the global batch (all ranks) or each rank's slice
+    lovasz_sync: str = "global"  # global | local
     history: list = field(default_factory=list)
 
 
@@ -70,8 +73,9 @@ def _progress(it, total: int, desc: str, enabled: bool):
     yield from tqdm(it, total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
 
 
-def make_loss(cfg: TrainConfig) -> nn.Module:
-    """The training criterion of ``cfg.loss``: cross-entropy, Lovász-Softmax, or CE + λ·Lovász."""
+def make_loss(cfg: TrainConfig, process_group=None) -> nn.Module:
+    """The training criterion of ``cfg.loss``: cross-entropy, Lovász-Softmax, or CE + λ·Lovász; with a
+    ``process_group``, the Lovász term is that of the global batch (:mod:`lovasz.distributed`)."""
     if cfg.loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {cfg.loss!r}")
     # On-disk data: void pixels (255) and the padding of crops and batches count nowhere.  The canvases have
@@ -79,11 +83,13 @@ def make_loss(cfg: TrainConfig) -> nn.Module:
     ignore = {"ignore_index": datasets.IGNORE_INDEX} if cfg.data in datasets.FILE_LAYOUTS else {}
     if cfg.loss == "ce":
         return nn.CrossEntropyLoss(**ignore)
+    group = {"process_group": process_group} if process_group is not None else {}
     if cfg.loss == "lovasz":
-        return LovaszSoftmaxLoss(per_image=cfg.per_image, classes=cfg.classes, bins=cfg.bins, **ignore)
+        return LovaszSoftmaxLoss(per_image=cfg.per_image, classes=cfg.classes, bins=cfg.bins, **ignore, **group)
     return CrossEntropyLovaszLoss(
-        lovasz_weight=cfg.lovasz_weight, per_image=cfg.per_image, classes=cfg.classes, bins=cfg.bins, **ignore
-    )
+        lovasz_weight=cfg.lovasz_weight, per_image=cfg.per_image, classes=cfg.classes, bins=cfg.bins, **ignore,
+        **group,
+    )  # fmt: skip
 
 
 def resolve_device(device: str = "auto", amp: str = "none") -> torch.device:
@@ -232,20 +238,36 @@ def train(cfg: TrainConfig, out_dir: str | Path, splits=None, progress: bool = T
 
     Returns the results dict: config, per-epoch history, and validation/test metrics of the final model.
     On-disk data sets (``voc``, ``cityscapes``, ``folder``) have no labelled test split: their ``test``
-    scores are the validation split's (``results["test_split"] == "val"``)."""
+    scores are the validation split's (``results["test_split"] == "val"``).
+
+    Under ``torchrun`` (:mod:`.distributed`) every rank trains on its slice of each global batch in
+    ``DistributedDataParallel``; rank 0 evaluates, logs and writes the files; every rank returns the
+    results."""
     device = resolve_device(cfg.device, cfg.amp)
+    ctx, device = setup_distributed(device)
+    if not ctx.main:
+        progress = False
+        log = _quiet
     rt = Runtime(device, cfg.amp, cfg.channels_last)
     on_disk = cfg.data in datasets.FILE_LAYOUTS
     arch = _architecture(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if not ctx.main:
+        ctx.barrier()  # rank 0 builds (and caches) the data first
     train_split, val_split, test_split = _training_data(cfg, splits)
+    if ctx.main:
+        ctx.barrier()
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, arch["in_channels"], arch["num_classes"], cfg.width, cfg.weights, log=log)
     if cfg.init:
         init_model, _ = load_model(cfg.init)
         model.load_state_dict(init_model.state_dict())
     model = rt.prepare(model)
+    if ctx.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -260,7 +282,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, splits=None, progress: bool = T
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.0 if cfg.init else 0.2
     )
-    loss_fn = make_loss(cfg)
+    loss_fn = make_loss(cfg, ctx.group if cfg.lovasz_sync == "global" else None)
     g = torch.Generator().manual_seed(cfg.seed)
     eval_kw = dict(amp=cfg.amp, channels_last=cfg.channels_last)
     if on_disk:
@@ -282,6 +304,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, splits=None, progress: bool = T
         else:
             perm = torch.randperm(len(train_split), generator=g)
             batches = [perm[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(steps_per_epoch)]
+        if ctx.world > 1:  # the same global batches on every rank (same seed); each takes its slice
+            batches = [ctx.shard(b) for b in batches]
         if on_disk:
             train_split.set_epoch(epoch)
             loader = torch.utils.data.DataLoader(
@@ -308,10 +332,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, splits=None, progress: bool = T
                 opt.step()
             sched.step()
             losses.append(loss.detach())
-        val = evaluate(model, val_split, arch["num_classes"], **eval_kw)
+        train_loss = ctx.mean(sum(torch.stack(losses).float().tolist()) / len(losses))
+        val = evaluate(_unwrap(model), val_split, arch["num_classes"], **eval_kw) if ctx.main else {}
+        if not ctx.main:
+            continue
         row = {
             "epoch": epoch + 1,
-            "train_loss": sum(torch.stack(losses).float().tolist()) / len(losses),
+            "train_loss": train_loss,
             "val_miou_dataset": val["miou_dataset"],
             "val_miou_image": val["miou_image"],
             "seconds": time.time() - t_start,
@@ -321,11 +348,26 @@ def train(cfg: TrainConfig, out_dir: str | Path, splits=None, progress: bool = T
             f"  epoch {epoch + 1:2d}  loss {row['train_loss']:.4f}  val mIoU {val['miou_dataset']:.4f}"
             f"  per-image {val['miou_image']:.4f}  ({row['seconds']:.0f} s)"
         )
-    save_checkpoint(out / "model.pt", model, cfg, val)
-    if on_disk:
-        log(f"  {cfg.data} has no labelled test split: the test scores are those of the val split")
-        results = {"config": asdict(cfg), "val": val, "test": val, "test_split": "val"}
-    else:
-        results = {"config": asdict(cfg), "val": val, "test": evaluate(model, test_split, **eval_kw)}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    model = _unwrap(model)
+    results = None
+    if ctx.main:
+        save_checkpoint(out / "model.pt", model, cfg, val)
+        if on_disk:
+            log(f"  {cfg.data} has no labelled test split: the test scores are those of the val split")
+            results = {"config": asdict(cfg), "val": val, "test": val, "test_split": "val"}
+        else:
+            results = {"config": asdict(cfg), "val": val, "test": evaluate(model, test_split, **eval_kw)}
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+    ctx.barrier()
+    if ctx.world > 1:
+        results = ctx.broadcast(results)
+    ctx.close()
     return results
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def _quiet(*args, **kwargs) -> None:
+    """The log of ranks other than 0."""

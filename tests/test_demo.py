@@ -1,0 +1,123 @@
+"""`lovasz demo` (multi-class and binary): per-seed pretraining, paired differences with 95 % intervals."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from lovasz.experiments import data
+from lovasz.experiments.cli import T_975, demo_table, main, paired_interval, t_975
+from lovasz.experiments.train import load_model
+
+TINY = ["--seeds", "2", "--pretrain-epochs", "1", "--finetune-epochs", "1", "--train-size", "32", "--width", "8"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOVASZ_CACHE", str(tmp_path / "cache"))
+
+
+def _student_t_cdf_above_half(t: float, df: int, steps: int = 20000) -> float:
+    """P(0 < T < t) for Student's t with ``df`` degrees of freedom (Simpson's rule on the density)."""
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+    pdf = lambda x: c * (1 + x * x / df) ** (-(df + 1) / 2)  # noqa: E731
+    h = t / steps
+    total = pdf(0) + pdf(t) + sum((4 if i % 2 else 2) * pdf(i * h) for i in range(1, steps))
+    return total * h / 3
+
+
+@pytest.mark.parametrize("df", [*T_975, 10, 12, 15, 20, 30, 60])
+def test_t_quantiles_are_the_975_quantiles(df):
+    t = t_975(df)
+    if df in T_975:
+        assert t == T_975[df]
+    # 0.475 = 0.975 - 0.5; a t off by 1e-4 moves the probability by about pdf(t) * 1e-4 < 1e-5
+    assert _student_t_cdf_above_half(t, df) == pytest.approx(0.475, abs=1e-5)
+    with pytest.raises(ValueError):
+        t_975(0)
+
+
+def test_paired_interval():
+    mean, low, high = paired_interval([1.0, 2.0, 3.0])  # sd 1, n 3: half-width t_{.975,2} / sqrt(3)
+    assert mean == 2.0 and high - mean == pytest.approx(4.3027 / math.sqrt(3)) and low == pytest.approx(4 - high)
+    assert paired_interval([0.5]) == (0.5, None, None)
+
+
+def test_table_says_finding_only_where_the_interval_excludes_zero():
+    metrics = [("a", "metric a"), ("b", "metric b")]
+
+    def runs(a, b):
+        return [{"a": x, "b": y} for x, y in zip(a, b, strict=True)]
+
+    results = {
+        "pretrained": runs([0.1, 0.1, 0.1], [0.1, 0.1, 0.1]),
+        "base": runs([0.50, 0.60, 0.70], [0.5, 0.5, 0.5]),
+        "better": runs([0.51, 0.61, 0.71], [0.6, 0.4, 0.5]),  # a: +0.01 every seed; b: +0.1, -0.1, 0
+        "worse": runs([0.49, 0.58, 0.70], [0.5, 0.5, 0.5]),  # a: -0.01, -0.02, 0: interval contains 0
+    }
+    text, diffs = demo_table(results, metrics, "base", "caption")
+    assert text.startswith("caption\n")
+    assert "| variant − base | metric | mean | 95 % interval | finding |" in text
+    assert "| better | metric a | +0.0100 | [+0.0100, +0.0100] | yes, higher |" in text
+    assert "| better | metric b | +0.0000 |" in text and text.count("yes") == 1
+    assert diffs["worse"]["a"]["finding"] == "no" and diffs["worse"]["a"]["low"] < 0 < diffs["worse"]["a"]["high"]
+    assert set(diffs) == {"better", "worse"}  # the rows after the baseline
+    assert "| pretrained | 0.1000 ± 0.0000 |" in text
+
+
+def _check_layout(out, variants, pretrained, metrics):
+    """One pretraining per seed, from scratch with that seed; every fine-tuning from its own seed's checkpoint."""
+    assert not (out / "pretrain").exists()
+    assert sorted(p.parent.name for p in out.glob("*/pretrain")) == ["seed0", "seed1"]
+    weights = []
+    for seed in (0, 1):
+        pre = json.loads((out / f"seed{seed}" / "pretrain" / "results.json").read_text())["config"]
+        assert pre["seed"] == seed and pre["init"] is None
+        weights.append(load_model(out / f"seed{seed}" / "pretrain" / "model.pt")[0].state_dict())
+        finetuned = sorted(p.parent.name for p in (out / f"seed{seed}").glob("*/results.json"))
+        assert len(finetuned) == len(variants) + 1  # + pretrain
+        for slug in finetuned:
+            if slug == "pretrain":
+                continue
+            cfg = json.loads((out / f"seed{seed}" / slug / "results.json").read_text())["config"]
+            assert cfg["seed"] == seed and cfg["init"] == str(out / f"seed{seed}" / "pretrain" / "model.pt")
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # two different pretrainings
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["test"]) == [pretrained, *variants]
+    assert all(len(runs) == 2 for runs in res["test"].values())  # one entry per seed, the pretrained row too
+    assert set(res["paired_differences"]) == set(variants[1:])
+    for per_metric in res["paired_differences"].values():
+        assert set(per_metric) == set(metrics)
+    table = (out / "table.md").read_text()
+    assert "95 % interval" in table and "| finding |" in table and "Student t with 1 degree of freedom" in table
+    for f in ("curves.png", "per_class_iou.png", "predictions.png"):
+        assert (out / f).stat().st_size > 0
+    return res, table
+
+
+def test_demo_multiclass_pretrains_once_per_seed(tmp_path, capsys):
+    out = tmp_path / "demo"
+    main(["demo", *TINY, "--no-progress", "--out", str(out)])
+    assert "| variant − CE (continued) |" in capsys.readouterr().out
+    variants = ["CE (continued)", "Lovász batch", "Lovász per image", "Lovász per image, all classes"]
+    metrics = ["miou_dataset", "miou_image", "miou_class_image", "miou_image_worst"]
+    _, table = _check_layout(out, variants, "CE pretrained", metrics)
+    assert "| Lovász per image, all classes | per-image mIoU |" in table
+    assert load_model(out / "seed0" / "pretrain" / "model.pt")[1]["architecture"]["num_classes"] == data.NUM_CLASSES
+
+
+def test_demo_binary(tmp_path, capsys):
+    out = tmp_path / "binary"
+    main(["demo", "--task", "binary", *TINY, "--no-progress", "--out", str(out)])
+    assert "| variant − BCE (continued) |" in capsys.readouterr().out
+    variants = ["BCE (continued)", "Lovász hinge per image", "Lovász-Sigmoid per image"]
+    res, table = _check_layout(out, variants, "BCE pretrained", ["iou_dataset", "iou_image", "iou_image_worst"])
+    assert "| Lovász hinge per image | per-image IoU (fg) |" in table
+    model, ckpt = load_model(out / "seed1" / "lovasz-hinge-per-image" / "model.pt")
+    assert ckpt["architecture"]["num_classes"] == 1 and ckpt["config"]["loss"] == "hinge"
+    assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+    scores = res["test"]["Lovász hinge per image"][0]
+    assert 0 <= scores["iou_image_worst"] <= scores["iou_image"] <= 1 and len(scores["per_class_iou"]) == 2
