@@ -158,6 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--child", nargs=3, metavar=("METHOD", "SIZE", "WHAT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    for size in args.sizes:
+        parts = size.split("x")
+        if len(parts) != 4 or not all(v.isdigit() and int(v) > 0 for v in parts):
+            p.error(f"--sizes takes BxCxHxW with positive integers, e.g. 8x21x256x256; got {size!r}")
     if args.child:
         print(json.dumps(child(*args.child[:2], args.device, args.repeats, args.child[2])))
         return
@@ -213,6 +217,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": args.device, "hardware": hw, "results": results}, f, indent=2)
+    failed = [r for r in results if "error" in r and not r["error"].startswith("not installed")]
+    if failed:
+        rows = "; ".join(f"{r['method']} {r['size']}: {r['error']}" for r in failed)
+        sys.exit(f"{len(failed)} row(s) failed: {rows}")
 
 
 if __name__ == "__main__":

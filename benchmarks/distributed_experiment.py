@@ -1,0 +1,58 @@
+"""Per-rank vs global-batch Lovász loss with small per-process batches (issue: the loss of the global batch).
+
+    bash benchmarks/distributed_experiment.sh      # runs the 6 trainings, then this script prints the table
+
+For each seed s, the model pretrained with cross-entropy from scratch with seed s by the shipped demo
+(``runs/demo/seed<s>/pretrain/model.pt``, from ``bash scripts/demo.sh``) is fine-tuned with Lovász-Softmax
+over the batch under ``torchrun --nproc-per-node 4``, 2 canvases per process (a global batch of 8), once
+with each rank's own loss (``--lovasz-sync local``) and once with the loss of the global batch
+(``--lovasz-sync global``), same seed, same batches.  Test split metrics, paired by seed, with 95 %
+Student-t intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from lovasz.experiments.cli import _finding, paired_interval
+
+METRICS = [
+    ("miou_dataset", "dataset mIoU"),
+    ("miou_image", "per-image mIoU"),
+    ("miou_class_image", "class-over-images mIoU"),
+    ("miou_image_worst", "worst-10% images mIoU"),
+]
+
+
+def main(root: str = "runs/dist", seeds: int = 3) -> None:
+    runs = {
+        sync: [json.loads((Path(root) / f"seed{s}-{sync}" / "results.json").read_text())["test"] for s in range(seeds)]
+        for sync in ("local", "global")
+    }
+    print(f"4 processes × 2 canvases (global batch 8), {seeds} seeds, test split of `digits`\n")
+    print("| Lovász batch loss | " + " | ".join(label for _, label in METRICS) + " |")
+    print("|---|" + "---:|" * len(METRICS))
+    for sync, rows in runs.items():
+        cells = [
+            f"{statistics.mean(r[k] for r in rows):.4f} ± {statistics.stdev(r[k] for r in rows):.4f}"
+            for k, _ in METRICS
+        ]
+        print(
+            f"| {sync} (per rank)" if sync == "local" else f"| {sync} (process_group)", "| " + " | ".join(cells) + " |"
+        )
+    print("\nglobal − local, paired by seed: mean [95 % interval]; a finding only where the interval excludes 0\n")
+    print("| metric | mean | 95 % interval | finding |")
+    print("|---|---:|---|---|")
+    for key, label in METRICS:
+        diffs = [g[key] - loc[key] for g, loc in zip(runs["global"], runs["local"], strict=True)]
+        mean, lo, hi = paired_interval(diffs)
+        finding = _finding(lo, hi)
+        interval = "—" if lo is None else f"[{lo:+.4f}, {hi:+.4f}]"
+        print(f"| {label} | {mean:+.4f} | {interval} | {finding} |")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:2])
