@@ -62,6 +62,7 @@ class DistContext:
 
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
+            dist.barrier()  # no rank tears the group down while another still uses it
             dist.destroy_process_group()
 
 
