@@ -34,7 +34,7 @@ def _bytes_per_call(per_image: bool, bins: int | None, classes: int, pixels_per_
     if bins is None:  # all_gather of errors (float32) and two byte masks, plus the sizes
         return classes * pixels_per_rank * (4 + 2) + 8
     k = Binning.for_bins(bins if bins else lovasz.DEFAULT_BINS).num_bins
-    return classes * 4 + classes * k * 4 * 8  # anchors (float32 max) + histogram (float64 sum)
+    return classes * 4 + classes * k * 4 * 4  # anchors (float32 max) + histogram (float32 sum)
 
 
 def _worker(rank: int, world: int, init_file: str, rounds: int, queue) -> None:

@@ -7,9 +7,10 @@ every rank computes the loss of the *union* of all ranks' batches:
 
 * **binned engine**: each rank computes its groups' anchors (largest errors); one all-reduce (max) makes
   them global; each rank bins its pixels into a histogram; one all-reduce (sum) of the ``[C, K, 2, 2]``
-  histogram makes it global (:class:`lovasz.engine.Histogram` is additive).  Every rank then has the
-  same losses and weight table, and backward needs only its local scores.  Traffic per call:
-  ``C·(1 + 4·K)`` numbers, whatever the number of pixels (``K = bins``).
+  histogram makes it global (:class:`lovasz.engine.Histogram` is additive), sent as float32.  Every
+  rank then has the same losses and weight table, and backward needs only its
+  local scores.  Traffic per call: ``4·C·(1 + 4·K)`` bytes, whatever the number of pixels (``K = bins``:
+  0.7 MB at 11 classes).
 * **exact engine**: the errors and labels of every rank are gathered (``all_gather``, padded to the
   largest rank's size), and the exact loss of the union is computed on every rank; the gradient flows
   back to the local slice.  Traffic per call: about ``C × (all pixels of the global batch) × 6`` bytes
@@ -60,6 +61,13 @@ class ProcessSync:
         out = t.detach().clone()
         dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.group)
         return out
+
+    def sum_histogram(self, cells: Tensor) -> Tensor:
+        """All-reduce (sum) of a merged histogram ``[1, G, K, 2, 2]`` float64, sent as float32: half the
+        bytes, counts exact up to 2^24 per (group, bin) cell and error sums to ~1e-7 relative."""
+        out = cells.to(torch.float32)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.group)
+        return out.to(torch.float64)
 
     def gather_columns(self, errors: Tensor, fg: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """``[G, P_r]`` rows of every rank concatenated along dim 1 (padded with invalid elements); the local

@@ -41,7 +41,7 @@ def binned_histogram(
     sums.scatter_add_(0, flat, e.flatten().to(torch.float64))
     hist = Histogram(torch.stack([counts[:-1], sums[:-1]], dim=-1).view(1, g, k, 2, 2), top, binning)
     if sync is not None:
-        hist = Histogram(sync.all_sum(hist.cells), top, binning)
+        hist = Histogram(sync.sum_histogram(hist.cells), top, binning)
     return hist, cells
 
 

@@ -65,7 +65,7 @@ def _forward(
         hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning)
     else:
         hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning, reduce_top=sync.all_max)
-        hist = Histogram(sync.all_sum(hist.merged().cells.to(x32.device)), hist.top, binning)
+        hist = Histogram(sync.sum_histogram(hist.merged().cells.to(x32.device)), hist.top, binning)
     losses, table, n_fg, n_valid = histogram_losses(hist, use_numba=backend == "numba")
     device = x32.device
     return (

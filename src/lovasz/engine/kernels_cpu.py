@@ -490,7 +490,7 @@ def _compiling_message(*kernels):
         if not _ANNOUNCED.is_set():
             _ANNOUNCED.set()
             sys.stderr.write(
-                "lovasz: compiling the CPU kernels of the binned engine (numba), once per machine; "
+                "lovasz: compiling the CPU kernels of the binned engine (numba), once per cache directory; "
                 f"cached in {numba.config.CACHE_DIR or cache_dir()}\n"
             )
 

@@ -227,7 +227,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--bins", type=_bins, default=4096, help="binned engine budget (>= 64); 0 for the exact engine")
     p.add_argument("--epochs", type=_positive_int, default=8, help="training epochs")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=32, help="images per batch (the global batch under torchrun)"
+    )
     p.add_argument("--lr", type=_positive_float, default=2e-3, help="peak learning rate (one-cycle schedule)")
     p.add_argument("--equibatch", action="store_true", help="class-balanced batches (EquibatchSampler)")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the initialisation and the batches")
