@@ -45,41 +45,46 @@ def select_classes(result: GroupLosses, classes: str | Sequence[int]) -> Tensor:
     return select
 
 
+def _weights(select: Tensor, weight: Tensor | None, dtype) -> Tensor:
+    """Per-group weights: 1 (or the class weight) where selected, 0 elsewhere."""
+    ws = select.to(dtype)
+    return ws if weight is None else ws * weight.to(dtype)
+
+
+def _per_image(losses: Tensor, ws: Tensor) -> tuple[Tensor, Tensor]:
+    """Each image's weighted mean over its selected classes ``[B]``, and how many images count.
+
+    Means are sums of losses times normalized weights (not sums divided afterwards), so that huge hinge
+    losses (logits near the float32 limit) average without overflowing."""
+    per_image = (_safe_div(ws, ws.sum(dim=1, keepdim=True)) * losses).sum(dim=1)
+    return per_image, (ws.sum(dim=1) > 0).sum().to(losses.dtype)
+
+
 def reduce_groups(losses: Tensor, select: Tensor, weight: Tensor | None, reduction: str, sync=None) -> Tensor:
     """Reduce ``losses`` of shape ``[B, C]`` (per image) or ``[C]`` (batch) as described above.
 
     With ``sync`` (:class:`lovasz.distributed.ProcessSync`), the result is that of all ranks' images
     together (the batch losses are global already), and its gradient is scaled by the world size
     (:mod:`lovasz.distributed` explains the convention); per-image ``"none"`` stays local."""
-    if sync is not None:
+    ws = _weights(select, weight, losses.dtype)
+    if sync is not None and not (losses.dim() == 2 and reduction == "none"):
         from .distributed import scale_grad
 
-        if losses.dim() == 2 and reduction == "none":
-            return reduce_groups(losses, select, weight, reduction)
         if losses.dim() == 2:
-            ws = select.to(losses.dtype)
-            if weight is not None:
-                ws = ws * weight.to(losses.dtype)
-            per_image = (_safe_div(ws, ws.sum(dim=1, keepdim=True)) * losses).sum(dim=1)
-            local = torch.stack([per_image.sum(), (ws.sum(dim=1) > 0).sum().to(losses.dtype)])
+            per_image, counted = _per_image(losses, ws)
+            local = torch.stack([per_image.sum(), counted])
             total = sync.all_sum(local)
             summed = local[0] + (total[0] - local[0].detach())
             out = summed if reduction == "sum" else summed / total[1].clamp_min(1.0)
         else:
             out = reduce_groups(losses, select, weight, reduction)
         return scale_grad(out, float(sync.world_size))
-    ws = select.to(losses.dtype)
-    if weight is not None:
-        ws = ws * weight.to(losses.dtype)
-    # Means are sums of losses times normalized weights (not sums divided afterwards), so that huge hinge
-    # losses (logits near the float32 limit) average without overflowing.
     if losses.dim() == 2:  # per image
-        per_image = (_safe_div(ws, ws.sum(dim=1, keepdim=True)) * losses).sum(dim=1)
+        per_image, counted = _per_image(losses, ws)
         if reduction == "none":
             return per_image
         if reduction == "sum":
             return per_image.sum()
-        counted = (ws.sum(dim=1) > 0).sum().to(losses.dtype)
         return (per_image / counted.clamp_min(1.0)).sum()
     if reduction == "none":
         return ws * losses

@@ -172,16 +172,6 @@ class Histogram:
             return self
         return Histogram(self.cells.sum(dim=0, keepdim=True), self.top, self.binning)
 
-    @property
-    def counts(self) -> Tensor:
-        """``[G, K, 2]`` int64 (background, foreground) counts."""
-        return self.cells[..., 0].sum(dim=0).round().to(torch.int64)
-
-    @property
-    def error_sums(self) -> Tensor:
-        """``[G, K, 2]`` float64 (background, foreground) error sums."""
-        return self.cells[..., 1].sum(dim=0)
-
 
 def histogram_losses(
     hist: Histogram, table_dtype: torch.dtype = torch.float32, *, use_numba: bool = False
