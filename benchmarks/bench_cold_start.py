@@ -1,0 +1,50 @@
+"""First binned call in a fresh process: with an empty kernel cache (numba compiles) and with a warm one.
+
+    python benchmarks/bench_cold_start.py
+
+Each measurement is a new Python process with ``LOVASZ_CACHE`` pointing at a fresh temporary folder (cold),
+then at the same folder again (warm); it prints the import time and the time of the first
+forward+backward of ``lovasz_softmax`` and ``lovasz_hinge`` with ``bins=DEFAULT_BINS`` on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+CHILD = r"""
+import json, time
+t0 = time.perf_counter()
+import torch, lovasz
+t1 = time.perf_counter()
+x = torch.randn(2, 5, 32, 32, requires_grad=True)
+t = torch.randint(0, 5, (2, 32, 32))
+lovasz.lovasz_softmax(x, t, bins=lovasz.DEFAULT_BINS).backward()
+t2 = time.perf_counter()
+lovasz.lovasz_hinge(x[:, 0], (t == 1).long(), bins=lovasz.DEFAULT_BINS).backward()
+t3 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "softmax": t2 - t1, "hinge": t3 - t2}))
+"""
+
+
+def run(cache: str) -> dict:
+    env = dict(os.environ, LOVASZ_CACHE=cache)
+    env.pop("NUMBA_CACHE_DIR", None)
+    out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as cache:
+        rows = {"cold (empty cache)": run(cache), "warm (cached kernels)": run(cache)}
+    print("| process | import lovasz (s) | first softmax call (s) | then first hinge call (s) |")
+    print("|---|---:|---:|---:|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['import']:.2f} | {r['softmax']:.2f} | {r['hinge']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
