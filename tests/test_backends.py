@@ -98,19 +98,21 @@ def _fake_triton(fail_forward=None, fail_backward=None, counter=None):
     """A Triton kernel module that runs the numba kernels, or raises the given exceptions."""
     from lovasz.engine import kernels_cpu
 
-    def histogram(*args):
+    def histogram(*args, **kwargs):
         if counter is not None:
             counter.append("forward")
         if fail_forward is not None:
             raise fail_forward
-        return kernels_cpu.histogram(*args)
+        return kernels_cpu.histogram(*args, **kwargs)
 
-    def backward(*args):
+    def backward(*args, **kwargs):
         if fail_backward is not None:
             raise fail_backward
-        return kernels_cpu.backward(*args)
+        return kernels_cpu.backward(*args, **kwargs)
 
-    return types.SimpleNamespace(AVAILABLE=True, histogram=histogram, backward=backward)
+    return types.SimpleNamespace(
+        AVAILABLE=True, histogram=histogram, backward=backward, saves_errors=kernels_cpu.saves_errors
+    )
 
 
 def _patch_kernels(monkeypatch, fake):
@@ -155,7 +157,7 @@ def test_plain_bugs_and_errors_of_real_calls_are_not_hidden(monkeypatch):
     fake = _fake_triton()
     _patch_kernels(monkeypatch, fake)
     assert resolve("auto", X, 256).name == "triton"  # probe passed
-    fake.histogram = lambda *args: (_ for _ in ()).throw(RuntimeError("launch failed"))
+    fake.histogram = lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("launch failed"))
     with pytest.raises(RuntimeError, match="launch failed"):
         lovasz.lovasz_softmax(X, T, bins=256)  # a real call's failure propagates: no silent fallback
 

@@ -46,6 +46,11 @@ def _groups(x32: Tensor, per_image: bool) -> int:
     return b * c if per_image else c
 
 
+def _saves_errors(kernels, code: int) -> bool:
+    """Whether the kernel module keeps the errors for backward (then the scores are not saved)."""
+    return bool(getattr(kernels, "saves_errors", lambda s: False)(surrogates.from_code(code)))
+
+
 def _forward(
     x32: Tensor,
     t: Tensor,
@@ -56,15 +61,19 @@ def _forward(
     lo: int,
     per_octave: int,
     sync=None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Losses ``[G]`` float32, weight table ``[G, K, 2]`` float32, anchors ``[G]`` float32, foreground and
-    valid counts ``[G]``; with ``sync``, of all ranks' inputs together."""
+    valid counts ``[G]``, and the errors kept for backward (empty unless the kernels keep them); with
+    ``sync``, of all ranks' inputs together."""
     kernels = backends.load_kernels(backend)
     surrogate, binning = _kernel_args(code, lo, per_octave)
-    if sync is None:
-        hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning)
-    else:
-        hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning, reduce_top=sync.all_max)
+    saves = _saves_errors(kernels, code)
+    kept = torch.empty_like(x32) if saves else x32.new_empty(0)
+    extra: dict = {"errors": kept} if saves else {}
+    if sync is not None:
+        extra["reduce_top"] = sync.all_max
+    hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning, **extra)
+    if sync is not None:
         hist = Histogram(sync.sum_histogram(hist.merged().cells.to(x32.device)), hist.top, binning)
     losses, table, n_fg, n_valid = histogram_losses(hist, use_numba=backend == "numba")
     device = x32.device
@@ -74,6 +83,7 @@ def _forward(
         hist.top.to(device, torch.float32),
         n_fg.to(device),
         n_valid.to(device),
+        kept,
     )
 
 
@@ -86,7 +96,7 @@ def _forward_impl(
     ignore_index: int | None,
     lo: int,
     per_octave: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     return _forward(x32, t, backend, code, per_image, ignore_index, lo, per_octave)
 
 
@@ -98,11 +108,12 @@ def _(x32, t, backend, code, per_image, ignore_index, lo, per_octave):
     g = _groups(x32, per_image)
     k = Binning(lo, per_octave).num_bins
     counts = x32.new_empty(g, dtype=torch.int64)
-    return x32.new_empty(g), x32.new_empty(g, k, 2), x32.new_empty(g), counts, torch.empty_like(counts)
+    kept = torch.empty_like(x32) if _saves_errors(backends.load_kernels(backend), code) else x32.new_empty(0)
+    return x32.new_empty(g), x32.new_empty(g, k, 2), x32.new_empty(g), counts, torch.empty_like(counts), kept
 
 
 def _backward_impl(
-    x32: Tensor,
+    source: Tensor,
     t: Tensor,
     top: Tensor,
     table: Tensor,
@@ -113,11 +124,16 @@ def _backward_impl(
     lo: int,
     per_octave: int,
 ) -> Tensor:
-    """d loss / d ``x32`` for a weight table already scaled by the upstream gradient."""
+    """d loss / d scores for a weight table already scaled by the upstream gradient.  ``source`` is what
+    forward saved: the errors the kernels kept (then ``t`` is empty and unused), or the scores ``x32``."""
     kernels = backends.load_kernels(backend)
     surrogate, binning = _kernel_args(code, lo, per_octave)
-    grad = torch.empty_like(x32)
-    kernels.backward(x32, t, surrogate, per_image, ignore_index, binning, top, table.contiguous(), grad)
+    grad = torch.empty_like(source)
+    if _saves_errors(kernels, code):
+        kernels.backward(None, None, surrogate, per_image, ignore_index, binning, top, table.contiguous(), grad,
+                         errors=source)  # fmt: skip
+    else:
+        kernels.backward(source, t, surrogate, per_image, ignore_index, binning, top, table.contiguous(), grad)
     return grad
 
 
@@ -125,21 +141,24 @@ _binned_backward = torch.library.custom_op("lovasz::binned_backward", _backward_
 
 
 @_binned_backward.register_fake
-def _(x32, t, top, table, backend, code, per_image, ignore_index, lo, per_octave):
-    return torch.empty_like(x32)
+def _(source, t, top, table, backend, code, per_image, ignore_index, lo, per_octave):
+    return torch.empty_like(source)
 
 
 def _setup_context(ctx, inputs, output) -> None:
     x32, t, *config = inputs
-    ctx.save_for_backward(x32, t, output[1], output[2])
+    if output[5].dim() > 1:  # the kernels kept the errors: they replace the scores and the labels
+        ctx.save_for_backward(output[5], t.new_empty(0), output[1], output[2])
+    else:
+        ctx.save_for_backward(x32, t, output[1], output[2])
     ctx.config = config
     ctx.mark_non_differentiable(*output[1:])
 
 
 def _backward(ctx, grad_losses, *_):
-    x32, t, table, top = ctx.saved_tensors
+    source, t, table, top = ctx.saved_tensors
     scaled = table * grad_losses.to(torch.float32).view(-1, 1, 1)
-    grad = torch.ops.lovasz.binned_backward(x32, t, top, scaled, *ctx.config)
+    grad = torch.ops.lovasz.binned_backward(source, t, top, scaled, *ctx.config)
     return (grad,) + (None,) * (1 + len(ctx.config))
 
 
@@ -154,14 +173,17 @@ class _EagerFused(torch.autograd.Function):
     def forward(ctx, x32, t, sync, *config):  # type: ignore[override]
         output = _forward(x32, t, *config, sync=sync)
         _setup_context(ctx, (x32, t, *config), output)
+        ctx.set_materialize_grads(False)  # no zero gradients for the outputs that have none (the kept errors)
         return output
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_losses, *_):  # type: ignore[override]
-        x32, t, table, top = ctx.saved_tensors
+        if grad_losses is None:
+            return (None,) * (3 + len(ctx.config))
+        source, t, table, top = ctx.saved_tensors
         scaled = table * grad_losses.to(torch.float32).view(-1, 1, 1)
-        return (_backward_impl(x32, t, top, scaled, *ctx.config),) + (None,) * (2 + len(ctx.config))
+        return (_backward_impl(source, t, top, scaled, *ctx.config),) + (None,) * (2 + len(ctx.config))
 
 
 def fused_binned(
@@ -192,7 +214,7 @@ def fused_binned(
     t = target.to(torch.int64).contiguous()
     config = (backend, surrogate.code, per_image, ignore_index, binning.lo, binning.per_octave)
     if compiling() and sync is None:
-        losses, _, _, n_fg, n_valid = torch.ops.lovasz.binned_forward(x32, t, *config)
+        losses, _, _, n_fg, n_valid, _ = torch.ops.lovasz.binned_forward(x32, t, *config)
     else:
-        losses, _, _, n_fg, n_valid = _EagerFused.apply(x32, t, sync, *config)
+        losses, _, _, n_fg, n_valid, _ = _EagerFused.apply(x32, t, sync, *config)
     return losses, n_fg, n_valid

@@ -31,7 +31,8 @@ from .histogram import Binning, Histogram, inverse_top
 
 try:
     import numba
-    from numba import njit
+    from numba import njit, types
+    from numba.extending import intrinsic
 
     AVAILABLE = True
 except ImportError:  # pragma: no cover - exercised where numba is absent
@@ -65,6 +66,14 @@ BLOCK = 256
 _FASTMATH = {"nnan", "ninf", "nsz", "reassoc", "afn", "contract"}
 # Fixed (not the thread count), so that results are the same on every machine.
 NUM_CHUNKS = 8
+ROW_UNITS = 16
+if AVAILABLE:
+    # Signed error bits (pass 1 -> pass 2 and backward): the sign bit marks a foreground element, and a NaN
+    # pattern an ignored one; integer comparisons only, so fast-math cannot touch them.
+    _SIGN = np.int32(-2147483648)
+    _ABS = np.int32(0x7FFFFFFF)
+    _INF_BITS = np.int32(0x7F800000)
+    _IGNORED = np.int32(0x7FC00000)
 
 if AVAILABLE:
     _LOG2E = np.float32(1.4426950408889634)
@@ -77,79 +86,65 @@ if AVAILABLE:
     _P4 = np.float32(1.6666665459e-1)
     _P5 = np.float32(5.0000001201e-1)
 
-    @njit(inline="always")
-    def _exp_mantissa(v, scale_bits, j):
-        """exp(v) for v <= 0 as (returned mantissa) · (float whose bits go to scale_bits[j]).
+    @intrinsic
+    def _bits(typingctx, x):
+        """The bits of a float32 as an int32 (an LLVM bitcast: free, and loops around it vectorize)."""
 
-        Cephes expf: Cody-Waite reduction and a degree-5 polynomial, written so that loops vectorize."""
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(types.int32))
+
+        return types.int32(types.float32), codegen
+
+    @intrinsic
+    def _float(typingctx, x):
+        """The float32 whose bits are an int32 (the inverse of :func:`_bits`)."""
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+        return types.float32(types.int32), codegen
+
+    @njit(inline="always")
+    def _expf(v):
+        """exp(v) for v <= 0: Cephes expf (Cody-Waite reduction, degree-5 polynomial) with the power of two
+        built from its bits, so that loops calling it vectorize."""
         v = max(v, np.float32(-87.0))
         n = np.floor(v * _LOG2E + np.float32(0.5))
         r = v - n * _C1 - n * _C2
         poly = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
-        scale_bits[j] = (np.int32(n) + np.int32(127)) << np.int32(23)
-        return poly * r * r + r + np.float32(1.0)
+        return (poly * r * r + r + np.float32(1.0)) * _float((np.int32(n) + np.int32(127)) << np.int32(23))
 
     @njit(inline="always")
     def _log_bin(bits, lo_bits, lo, per_octave):
         """Log-linear bin of a value in [0, 1/2] given by its float32 bits (see Binning._log_bin)."""
         octave = (bits >> 23) - 127 - lo
-        sub = np.int32(np.float64(bits & 0x7FFFFF) * (per_octave / 8388608.0))
+        sub = (np.int64(bits & 0x7FFFFF) * per_octave) >> 23
         k = 1 + octave * per_octave + sub
         return 0 if bits < lo_bits else k
 
     @njit(inline="always")
-    def _bins(e, inv, xs, kb, width, lo, per_octave, half):
-        """Bins of errors ``e[:width]`` scaled by ``inv`` = 1/U: fine near 0 and near the anchor U
-        (lovasz.engine.histogram.Binning.index, bit for bit).  ``xs``: [2, BLOCK] float32 scratch."""
-        xl = xs[0]
-        xd = xs[1]
-        for j in range(width):
-            x = e[j] * inv
-            xl[j] = min(x, np.float32(0.5))
-            xd[j] = min(max(np.float32(1.0) - x, np.float32(0.0)), np.float32(0.5))
-        lb = xl.view(np.int32)
-        db = xd.view(np.int32)
+    def _bin(e, inv, lo, per_octave, half):
+        """Bin of an error ``e`` scaled by ``inv`` = 1/U: fine near 0 and near the anchor U
+        (lovasz.engine.histogram.Binning.index, bit for bit)."""
+        x = e * inv
+        xl = min(x, np.float32(0.5))
+        xd = min(max(np.float32(1.0) - x, np.float32(0.0)), np.float32(0.5))
         lo_bits = np.int32((127 + lo) << 23)
-        top = 2 * half - 1
-        for j in range(width):
-            kl = _log_bin(lb[j], lo_bits, lo, per_octave)
-            kd = _log_bin(db[j], lo_bits, lo, per_octave)
-            kb[j] = kl if xl[j] < np.float32(0.5) else top - kd
+        kl = _log_bin(_bits(xl), lo_bits, lo, per_octave)
+        kd = _log_bin(_bits(xd), lo_bits, lo, per_octave)
+        return np.int32(kl if x < np.float32(0.5) else 2 * half - 1 - kd)
 
     @njit(inline="always")
-    def _softmax_block(x, b, i0, width, c_, from_logits, p, pf, pn):
-        """p[c, :width] = softmax over c of x[b, :, i0:i0+width] (or a copy, for probabilities)."""
-        xb = x[b, :, i0 : i0 + width]
-        if not from_logits:
-            for c in range(c_):
-                for j in range(width):
-                    p[c, j] = xb[c, j]
-            return
-        mx = pf[1]
-        for j in range(width):
-            mx[j] = xb[0, j]
-        for c in range(1, c_):
-            for j in range(width):
-                mx[j] = max(mx[j], xb[c, j])
-        den = pf[2]
-        den[:width] = 0.0
-        scale_bits = pn[1]
-        scale = scale_bits.view(np.float32)
-        for c in range(c_):
-            pc = p[c]
-            xc = xb[c]
-            for j in range(width):
-                pc[j] = _exp_mantissa(xc[j] - mx[j], scale_bits, j)
-            for j in range(width):
-                v = pc[j] * scale[j]
-                pc[j] = v
-                den[j] += v
-        for j in range(width):
-            den[j] = np.float32(1.0) / den[j]
-        for c in range(c_):
-            pc = p[c]
-            for j in range(width):
-                pc[j] *= den[j]
+    def _encode(v, fg, valid):
+        """Signed error bits: the float32 error ``v``, its sign bit set for a foreground element, and
+        :data:`_IGNORED` for an ignored one."""
+        return (_bits(v) | (_SIGN if fg else np.int32(0))) if valid else _IGNORED
+
+    @njit(inline="always")
+    def _magnitude(s):
+        """The error of signed error bits (0 for an ignored element)."""
+        a = s & _ABS
+        return _float(np.int32(0) if a > _INF_BITS else a)
 
     @njit(inline="always")
     def _span(pos, stop, n_):
@@ -168,155 +163,169 @@ if AVAILABLE:
     @njit(inline="always")
     def _labels(t, b, i0, width, ignore, use_ignore, lab):
         """Labels of one block as int32, with ignored pixels set to -1 (no class, no foreground)."""
+        tb = t[b, i0 : i0 + width]
         for j in range(width):
-            v = t[b, i0 + j]
+            v = tb[j]
             lab[j] = -1 if use_ignore and v == ignore else np.int32(v)
 
     @njit(nogil=True, cache=True, fastmath=_FASTMATH)
-    def softmax_errors(x, t, ignore, use_ignore, code, per_image, nchunks, errors, tops, u0, u1):
-        """Pass 1, units ``u0..u1``: errors of every (image, class, pixel) into ``errors`` and each
-        unit's largest error per group into ``tops[unit]``."""
+    def softmax_errors(x, t, ignore, use_ignore, code, per_image, nchunks, bits, tops, u0, u1):
+        """Pass 1, units ``u0..u1``: the signed error bits (:func:`_encode`) of every (image, class, pixel)
+        into ``bits``, and each unit's largest error per group into ``tops[unit]``.  Per block of pixels:
+        the softmax over classes (every row a 1-D slice, so that the loops vectorize), then the errors."""
         b_, c_, n_ = x.shape
         from_logits = code == _SOFTMAX
         p = np.empty((c_, BLOCK), np.float32)
-        pf = np.empty((3, BLOCK), np.float32)
-        pn = np.empty((3, BLOCK), np.int32)
-        lab = pn[2]
+        mx = np.empty(BLOCK, np.float32)
+        inv_den = np.empty(BLOCK, np.float32)
+        lab = np.empty(BLOCK, np.int32)
         for unit in range(u0, u1):
             start, stop, _slot = _unit_range(np.int64(unit), per_image, n_, nchunks, b_ * n_)
             pos = start
             while pos < stop:
                 b, i0, width = _span(pos, stop, n_)
-                _softmax_block(x, b, i0, width, c_, from_logits, p, pf, pn)
+                if from_logits:
+                    mx[:width] = x[b, 0, i0 : i0 + width]
+                    for c in range(1, c_):
+                        xc = x[b, c, i0 : i0 + width]
+                        for j in range(width):
+                            mx[j] = max(mx[j], xc[j])
+                    inv_den[:width] = 0.0
+                    for c in range(c_):
+                        xc = x[b, c, i0 : i0 + width]
+                        pc = p[c]
+                        for j in range(width):
+                            v = _expf(xc[j] - mx[j])
+                            pc[j] = v
+                            inv_den[j] += v
+                    for j in range(width):
+                        inv_den[j] = np.float32(1.0) / inv_den[j]
                 _labels(t, b, i0, width, ignore, use_ignore, lab)
                 for c in range(c_):
                     g = b * c_ + c if per_image else c
                     pc = p[c]
-                    ec = errors[b, c, i0 : i0 + width]
+                    xc = x[b, c, i0 : i0 + width]
+                    out = bits[b, c, i0 : i0 + width]
                     m = tops[unit, g]
                     for j in range(width):
-                        v = max(np.float32(1.0) - pc[j] if lab[j] == c else pc[j], np.float32(0.0))
-                        ec[j] = v
+                        pr = pc[j] * inv_den[j] if from_logits else xc[j]
+                        fg = lab[j] == c
+                        v = max(np.float32(1.0) - pr if fg else pr, np.float32(0.0))
                         m = max(m, v if lab[j] >= 0 else np.float32(0.0))
+                        out[j] = _encode(v, fg, lab[j] >= 0)
                     tops[unit, g] = m
                 pos += width
 
     @njit(nogil=True, cache=True, fastmath=_FASTMATH)
-    def softmax_histogram(t, ignore, use_ignore, per_image, nchunks, lo, per_octave, half, errors, inv, acc, u0, u1):
-        """Pass 2, units ``u0..u1``: bins of the stored errors and the (group, bin) histogram."""
-        b_, c_, n_ = errors.shape
+    def histogram_rows(bits, per_image, nchunks, lo, per_octave, half, inv, acc, u0, u1):
+        """Pass 2, units ``u0..u1``: bins of the signed errors ``bits`` ``[B, C, N]`` and the (group, bin)
+        histogram, a row at a time, so that one group's table stays in cache.  Per image a unit is one
+        (image, class) row; over the batch it is one fixed chunk (of ``nchunks``) of a class's ``B·N``
+        elements, accumulated into that chunk's partial table."""
+        b_, c_, n_ = bits.shape
         groups = acc.shape[1]
         num_bins = 2 * half
         flat = acc.reshape(-1)
-        xs = np.empty((2, BLOCK), np.float32)
         kb = np.empty(BLOCK, np.int32)
-        lab = np.empty(BLOCK, np.int32)
-        for unit in range(u0, u1):
-            start, stop, slot = _unit_range(np.int64(unit), per_image, n_, nchunks, b_ * n_)
+        total = b_ * n_
+        step = (total + nchunks - 1) // nchunks
+        for unit_ in range(u0, u1):
+            unit = np.int64(unit_)
+            if per_image:
+                c = unit % c_
+                start = (unit // c_) * n_
+                stop = start + n_
+                base = unit * num_bins * 4
+                g = unit
+            else:
+                c = unit // nchunks
+                chunk = unit - c * nchunks
+                start = min(chunk * step, total)
+                stop = min(start + step, total)
+                base = (chunk * groups + c) * num_bins * 4
+                g = c
+            inv_g = inv[g]
             pos = start
             while pos < stop:
                 b, i0, width = _span(pos, stop, n_)
-                _labels(t, b, i0, width, ignore, use_ignore, lab)
-                for c in range(c_):
-                    g = b * c_ + c if per_image else c
-                    base = (slot * groups + g) * num_bins * 4
-                    ec = errors[b, c, i0 : i0 + width]
-                    _bins(ec, inv[g], xs, kb, width, lo, per_octave, half)
-                    for j in range(width):
-                        if lab[j] < 0:
-                            continue
-                        idx = base + kb[j] * 4 + (2 if lab[j] == c else 0)
-                        flat[idx] += 1.0
-                        flat[idx + 1] += ec[j]
+                src = bits[b, c, i0 : i0 + width]
+                for j in range(width):
+                    kb[j] = _bin(_magnitude(src[j]), inv_g, lo, per_octave, half)
+                for j in range(width):
+                    s = src[j]
+                    if s == _IGNORED:
+                        continue
+                    idx = base + kb[j] * 4 + (2 if s < 0 else 0)
+                    flat[idx] += 1.0
+                    flat[idx + 1] += _magnitude(s)
                 pos += width
 
     @njit(nogil=True, cache=True, fastmath=_FASTMATH)
-    def softmax_backward(x, t, ignore, use_ignore, code, per_image, lo, per_octave, half, inv, table, grad, u0, u1):
-        """Backward over (image, block) units ``u0..u1``.  ``table``: [G, K, 2] float32 = d loss / d error
-        for (group, bin, is_fg), already scaled by grad_output."""
-        _, c_, n_ = x.shape
+    def softmax_backward(bits, code, per_image, lo, per_octave, half, inv, table, grad, u0, u1):
+        """Backward over (image, block) units ``u0..u1`` from the signed errors that forward kept: the
+        probabilities are ``e`` (background) or ``1 − e`` (foreground), so no exponential is recomputed.
+        ``table``: [G, K, 2] float32 = d loss / d error for (group, bin, is_fg), scaled by grad_output."""
+        _, c_, n_ = bits.shape
         from_logits = code == _SOFTMAX
         num_bins = 2 * half
         nblocks = (n_ + BLOCK - 1) // BLOCK
-        p = np.empty((c_, BLOCK), np.float32)
         gp = np.empty((c_, BLOCK), np.float32)
-        pf = np.empty((4, BLOCK), np.float32)
-        pn = np.empty((3, BLOCK), np.int32)
-        xs = np.empty((2, BLOCK), np.float32)
+        dot = np.empty(BLOCK, np.float32)
+        kb = np.empty(BLOCK, np.int32)
+        flat = table.reshape(-1)
         for unit_ in range(u0, u1):
             unit = np.int64(unit_)
             b = unit // nblocks
             i0 = (unit - b * nblocks) * BLOCK
             width = min(n_, i0 + BLOCK) - i0
-            _softmax_block(x, b, i0, width, c_, from_logits, p, pf, pn)
-            e = pf[0]
-            dot = pf[3]
             dot[:width] = 0.0
-            kb = pn[0]
-            lab = pn[2]
-            _labels(t, b, i0, width, ignore, use_ignore, lab)
-            flat = table.reshape(-1)
             for c in range(c_):
                 g = b * c_ + c if per_image else c
                 base = g * num_bins * 2
-                pc = p[c]
+                src = bits[b, c, i0 : i0 + width]
+                inv_g = inv[g]
                 for j in range(width):
-                    e[j] = max(np.float32(1.0) - pc[j] if lab[j] == c else pc[j], np.float32(0.0))
-                _bins(e, inv[g], xs, kb, width, lo, per_octave, half)
+                    kb[j] = _bin(_magnitude(src[j]), inv_g, lo, per_octave, half)
                 gc = gp[c]
                 for j in range(width):
-                    fg = lab[j] == c
+                    s = src[j]
+                    fg = s < 0
+                    e = _magnitude(s)
                     w = flat[base + kb[j] * 2 + (1 if fg else 0)]
                     w = -w if fg else w  # d error / d p = -1 (foreground) or +1 (background)
-                    w = np.float32(0.0) if lab[j] < 0 else w
+                    w = np.float32(0.0) if s == _IGNORED else w
                     gc[j] = w
-                    dot[j] += pc[j] * w
+                    dot[j] += (np.float32(1.0) - e if fg else e) * w
             for c in range(c_):
-                for j in range(width):
-                    grad[b, c, i0 + j] = p[c, j] * (gp[c, j] - dot[j]) if from_logits else gp[c, j]
+                gc = gp[c]
+                out = grad[b, c, i0 : i0 + width]
+                if from_logits:
+                    src = bits[b, c, i0 : i0 + width]
+                    for j in range(width):
+                        e = _magnitude(src[j])
+                        out[j] = (np.float32(1.0) - e if src[j] < 0 else e) * (gc[j] - dot[j])
+                else:
+                    out[:] = gc[:width]
 
     @njit(inline="always")
-    def _binary_block(x, t, b, c, i0, width, code, e, de, fgb, pf, pn):
-        """Errors, their derivative w.r.t. the input, and the fg flag for one block of one row."""
+    def _binary_error(s, fg, code):
+        """Error of one binary score ``s`` and its derivative w.r.t. ``s``."""
         if code == _SIGMOID:
-            scale = pn[1].view(np.float32)
-            mant = pf[0]
-            for j in range(width):
-                # sigmoid(s) = 1 / (1 + exp(-s)); exp of a non-positive argument, then invert if needed.
-                mant[j] = _exp_mantissa(-abs(x[b, c, i0 + j]), pn[1], j)
-            for j in range(width):
-                q = mant[j] * scale[j]  # exp(-|s|) in (0, 1]
-                s_pos = x[b, c, i0 + j] >= 0
-                pr = np.float32(1.0) / (np.float32(1.0) + q) if s_pos else q / (np.float32(1.0) + q)
-                fg = t[b, c, i0 + j] == 1
-                e[j] = max(np.float32(1.0) - pr if fg else pr, np.float32(0.0))
-                d = pr * (np.float32(1.0) - pr)
-                de[j] = -d if fg else d
-                fgb[j] = 1 if fg else 0
-        elif code == _SIGMOID_PROBS:
-            for j in range(width):
-                pr = x[b, c, i0 + j]
-                fg = t[b, c, i0 + j] == 1
-                e[j] = max(np.float32(1.0) - pr if fg else pr, np.float32(0.0))
-                de[j] = np.float32(-1.0) if fg else np.float32(1.0)
-                fgb[j] = 1 if fg else 0
-        else:  # hinge: max(1 - s·y, 0)
-            for j in range(width):
-                fg = t[b, c, i0 + j] == 1
-                s = x[b, c, i0 + j]
-                m = np.float32(1.0) - (s if fg else -s)
-                e[j] = max(m, np.float32(0.0))
-                d = np.float32(-1.0) if fg else np.float32(1.0)
-                de[j] = d if m > 0 else np.float32(0.0)
-                fgb[j] = 1 if fg else 0
+            # sigmoid(s) = 1 / (1 + exp(-s)); exp of a non-positive argument, then invert if needed.
+            q = _expf(-abs(s))  # exp(-|s|) in (0, 1]
+            pr = np.float32(1.0) / (np.float32(1.0) + q) if s >= 0 else q / (np.float32(1.0) + q)
+            d = pr * (np.float32(1.0) - pr)
+            return max(np.float32(1.0) - pr if fg else pr, np.float32(0.0)), -d if fg else d
+        if code == _SIGMOID_PROBS:
+            return max(np.float32(1.0) - s if fg else s, np.float32(0.0)), np.float32(-1.0) if fg else np.float32(1.0)
+        m = np.float32(1.0) - (s if fg else -s)  # hinge: max(1 - s·y, 0)
+        d = np.float32(-1.0) if fg else np.float32(1.0)
+        return max(m, np.float32(0.0)), d if m > 0 else np.float32(0.0)
 
     @njit(nogil=True, cache=True, fastmath=_FASTMATH)
-    def binary_errors(x, t, ignore, use_ignore, code, per_image, nchunks, errors, tops, u0, u1):
+    def binary_errors(x, t, ignore, use_ignore, code, per_image, nchunks, bits, tops, u0, u1):
         """Pass 1 of the binary losses (see :func:`softmax_errors`)."""
         b_, c_, n_ = x.shape
-        pf = np.empty((3, BLOCK), np.float32)
-        pn = np.empty((2, BLOCK), np.int32)
-        fgb = np.empty(BLOCK, np.int32)
         for unit in range(u0, u1):
             start, stop, _slot = _unit_range(np.int64(unit), per_image, c_ * n_, nchunks, b_ * c_ * n_)
             pos = start
@@ -325,53 +334,26 @@ if AVAILABLE:
                 b = row // c_
                 c = row - b * c_
                 g = b * c_ + c if per_image else c
-                ec = errors[b, c, i0 : i0 + width]
-                _binary_block(x, t, b, c, i0, width, code, ec, pf[2], fgb, pf, pn)
+                xc = x[b, c, i0 : i0 + width]
+                tc = t[b, c, i0 : i0 + width]
+                out = bits[b, c, i0 : i0 + width]
                 m = tops[unit, g]
                 for j in range(width):
-                    ok = not (use_ignore and t[b, c, i0 + j] == ignore)
-                    m = max(m, ec[j] if ok else np.float32(0.0))
+                    ok = not (use_ignore and tc[j] == ignore)
+                    fg = tc[j] == 1
+                    v, _ = _binary_error(xc[j], fg, code)
+                    m = max(m, v if ok else np.float32(0.0))
+                    out[j] = _encode(v, fg, ok)
                 tops[unit, g] = m
                 pos += width
 
     @njit(nogil=True, cache=True, fastmath=_FASTMATH)
-    def binary_histogram(t, ignore, use_ignore, per_image, nchunks, lo, per_octave, half, errors, inv, acc, u0, u1):
-        """Pass 2 of the binary losses (see :func:`softmax_histogram`)."""
-        b_, c_, n_ = errors.shape
-        groups = acc.shape[1]
-        num_bins = 2 * half
-        flat = acc.reshape(-1)
-        xs = np.empty((2, BLOCK), np.float32)
-        kb = np.empty(BLOCK, np.int32)
-        for unit in range(u0, u1):
-            start, stop, slot = _unit_range(np.int64(unit), per_image, c_ * n_, nchunks, b_ * c_ * n_)
-            pos = start
-            while pos < stop:
-                row, i0, width = _span(pos, stop, n_)
-                b = row // c_
-                c = row - b * c_
-                g = b * c_ + c if per_image else c
-                ec = errors[b, c, i0 : i0 + width]
-                _bins(ec, inv[g], xs, kb, width, lo, per_octave, half)
-                base = (slot * groups + g) * num_bins * 4
-                for j in range(width):
-                    lab = t[b, c, i0 + j]
-                    if use_ignore and lab == ignore:
-                        continue
-                    idx = base + kb[j] * 4 + (2 if lab == 1 else 0)
-                    flat[idx] += 1.0
-                    flat[idx + 1] += ec[j]
-                pos += width
-
-    @njit(nogil=True, cache=True, fastmath=_FASTMATH)
     def binary_backward(x, t, ignore, use_ignore, code, per_image, lo, per_octave, half, inv, table, grad, u0, u1):
-        """Backward over (row, block) units ``u0..u1``."""
+        """Backward over (row, block) units ``u0..u1``, recomputing the errors from the scores."""
         _, c_, n_ = x.shape
+        num_bins = 2 * half
         nblocks = (n_ + BLOCK - 1) // BLOCK
-        pf = np.empty((3, BLOCK), np.float32)
-        pn = np.empty((2, BLOCK), np.int32)
-        xs = np.empty((2, BLOCK), np.float32)
-        fgb = np.empty(BLOCK, np.int32)
+        flat = table.reshape(-1)
         for unit_ in range(u0, u1):
             unit = np.int64(unit_)
             row = unit // nblocks
@@ -380,14 +362,16 @@ if AVAILABLE:
             b = row // c_
             c = row - b * c_
             g = b * c_ + c if per_image else c
-            e = pf[1]
-            de = pf[2]
-            kb = pn[0]
-            _binary_block(x, t, b, c, i0, width, code, e, de, fgb, pf, pn)
-            _bins(e, inv[g], xs, kb, width, lo, per_octave, half)
+            base = g * num_bins * 2
+            inv_g = inv[g]
+            xc = x[b, c, i0 : i0 + width]
+            tc = t[b, c, i0 : i0 + width]
+            out = grad[b, c, i0 : i0 + width]
             for j in range(width):
-                w = table[g, kb[j], fgb[j]] * de[j]
-                grad[b, c, i0 + j] = np.float32(0.0) if use_ignore and t[b, c, i0 + j] == ignore else w
+                fg = tc[j] == 1
+                e, de = _binary_error(xc[j], fg, code)
+                w = flat[base + _bin(e, inv_g, lo, per_octave, half) * 2 + (1 if fg else 0)] * de
+                out[j] = np.float32(0.0) if use_ignore and tc[j] == ignore else w
 
     _SMALL = 64
     _H_SMALL = np.zeros(_SMALL, np.float64)
@@ -536,6 +520,13 @@ def tables(acc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     return losses, table, n_fg, n_valid
 
 
+def saves_errors(surrogate: Surrogate) -> bool:
+    """Whether forward keeps the errors for backward (``errors=`` of :func:`histogram` and
+    :func:`backward`): for the softmax surrogates, so that backward needs no exponential (the kept errors
+    are as large as cross-entropy's saved log-probabilities); the binary ones recompute from the scores."""
+    return surrogate.per_class
+
+
 def histogram(
     x32: torch.Tensor,
     t: torch.Tensor,
@@ -544,39 +535,40 @@ def histogram(
     ignore_index: int | None,
     b: Binning,
     reduce_top=None,
+    errors: torch.Tensor | None = None,
 ) -> Histogram:
     """Histogram of ``x32`` (``[B, C, N]`` float32 contiguous) with targets ``t`` (int64), ``NUM_CHUNKS``
-    partials over the batch (one per image with ``per_image``).  Pass 1 writes the errors to a scratch
-    array (freed on return) and finds each group's anchor; ``reduce_top`` (e.g. a max over processes) may
-    replace the anchors before pass 2 bins the errors."""
+    partials over the batch (one per image with ``per_image``).  Pass 1 writes every element's signed error
+    bits (the float32 error, the sign bit set for a foreground element, a NaN pattern for an ignored one)
+    and finds each group's anchor; ``reduce_top`` (e.g. a max over processes) may replace the anchors;
+    pass 2 bins the errors a row at a time.  ``errors`` (float32, shaped like ``x32``) receives the signed
+    errors for backward (see :func:`saves_errors`); otherwise they go to a scratch array freed on return."""
     x, tt = x32.numpy(), t.numpy()
     bsz, c, _ = x.shape
     groups = bsz * c if per_image else c
     units = bsz if per_image else NUM_CHUNKS
     use_ignore = ignore_index is not None
     ignore = int(ignore_index) if use_ignore else 0
-    errors_fn, histogram_fn = (
-        (softmax_errors, softmax_histogram) if surrogate.per_class else (binary_errors, binary_histogram)
-    )
-    errors = np.empty(x.shape, np.float32)
+    errors_fn = softmax_errors if surrogate.per_class else binary_errors
+    bits = np.empty(x.shape, np.int32) if errors is None else errors.numpy().view(np.int32)
     tops = np.zeros((units, groups), np.float32)
-    acc = np.zeros((1 if per_image else NUM_CHUNKS, groups, b.num_bins, 2, 2), np.float64)
-    with _compiling_message(errors_fn, histogram_fn):
-        _parallel(errors_fn, units, x, tt, ignore, use_ignore, surrogate.code, per_image, NUM_CHUNKS, errors, tops)
+    # Pass 2 over the batch: a class's elements in ``chunks`` fixed pieces (a function of the shape alone,
+    # so the sum is the same for any thread count), enough for the threads to share even a single class.
+    chunks = 1 if per_image else -(-ROW_UNITS // c)
+    acc = np.zeros((chunks, groups, b.num_bins, 2, 2), np.float64)
+    with _compiling_message(errors_fn, histogram_rows):
+        _parallel(errors_fn, units, x, tt, ignore, use_ignore, surrogate.code, per_image, NUM_CHUNKS, bits, tops)
         top = torch.from_numpy(tops.max(axis=0))
         if reduce_top is not None:
             top = reduce_top(top)
         inv = inverse_top(top).numpy()
-        _parallel(
-            histogram_fn, units, tt, ignore, use_ignore, per_image, NUM_CHUNKS, b.lo, b.per_octave, b.half,
-            errors, inv, acc,
-        )  # fmt: skip
+        _parallel(histogram_rows, chunks * groups, bits, per_image, chunks, b.lo, b.per_octave, b.half, inv, acc)
     return Histogram(torch.from_numpy(acc), top, b)
 
 
 def backward(
-    x32: torch.Tensor,
-    t: torch.Tensor,
+    x32: torch.Tensor | None,
+    t: torch.Tensor | None,
     surrogate: Surrogate,
     per_image: bool,
     ignore_index: int | None,
@@ -584,17 +576,29 @@ def backward(
     top: torch.Tensor,
     table: torch.Tensor,
     grad: torch.Tensor,
+    errors: torch.Tensor | None = None,
 ) -> None:
     """Write d loss / d ``x32`` into ``grad`` given the anchors ``top`` ``[G]`` and the weight table
-    ``[G, K, 2]`` (float32), already scaled by the gradient of each group's loss."""
-    x = x32.numpy()
-    bsz, c, n = x.shape
+    ``[G, K, 2]`` (float32), already scaled by the gradient of each group's loss.  The softmax surrogates
+    read the signed ``errors`` that :func:`histogram` kept (``x32`` and ``t`` are then unused); the binary
+    ones recompute from ``x32`` and ``t``."""
+    bsz, c, n = grad.shape
     nblocks = (n + BLOCK - 1) // BLOCK
+    inv = inverse_top(top).numpy()
+    if surrogate.per_class:
+        if errors is None:
+            raise ValueError("the numba softmax backward needs the errors kept by histogram(errors=...)")
+        bits = errors.numpy().view(np.int32)
+        with _compiling_message(softmax_backward):
+            _parallel(
+                softmax_backward, bsz * nblocks, bits, surrogate.code, per_image, b.lo, b.per_octave, b.half,
+                inv, table.numpy(), grad.numpy(),
+            )  # fmt: skip
+        return
     use_ignore = ignore_index is not None
     ignore = int(ignore_index) if use_ignore else 0
-    fn, units = (softmax_backward, bsz * nblocks) if surrogate.per_class else (binary_backward, bsz * c * nblocks)
-    with _compiling_message(fn):
+    with _compiling_message(binary_backward):
         _parallel(
-            fn, units, x, t.numpy(), ignore, use_ignore, surrogate.code, per_image, b.lo, b.per_octave, b.half,
-            inverse_top(top).numpy(), table.numpy(), grad.numpy(),
+            binary_backward, bsz * c * nblocks, x32.numpy(), t.numpy(), ignore, use_ignore, surrogate.code,
+            per_image, b.lo, b.per_octave, b.half, inv, table.numpy(), grad.numpy(),
         )  # fmt: skip
