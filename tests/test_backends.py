@@ -111,7 +111,12 @@ def _fake_triton(fail_forward=None, fail_backward=None, counter=None):
         return kernels_cpu.backward(*args, **kwargs)
 
     return types.SimpleNamespace(
-        AVAILABLE=True, histogram=histogram, backward=backward, saves_errors=kernels_cpu.saves_errors
+        AVAILABLE=True,
+        KEEPS_ERRORS=True,
+        histogram=histogram,
+        head=kernels_cpu.head,
+        backward=backward,
+        saves_errors=kernels_cpu.saves_errors,
     )
 
 

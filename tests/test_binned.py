@@ -6,6 +6,7 @@ import itertools
 import os
 import random
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -320,7 +321,7 @@ def test_cpu_tables_match_digamma_tables(seed):
     acc = torch.stack(
         [torch.stack([half.double(), sums / 2], dim=-1), torch.stack([(counts - half).double(), sums / 2], dim=-1)]
     )  # two partial slots, as the batch-mode kernels produce
-    losses, table, n_fg, n_valid = kernels_cpu.tables(acc.numpy())
+    losses, table, n_fg, n_valid = kernels_cpu.tables(acc.numpy(), np.full(acc.shape[1], acc.shape[2]))
     w_fg, w_bg = weight_tables(counts[..., 1], counts[..., 0])
     torch.testing.assert_close(torch.from_numpy(table[..., 1]).double(), w_fg, rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(torch.from_numpy(table[..., 0]).double(), w_bg, rtol=1e-6, atol=1e-12)

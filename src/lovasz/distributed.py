@@ -69,6 +69,15 @@ class ProcessSync:
         dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.group)
         return out.to(torch.float64)
 
+    def gather_head(self, values: Tensor, fg: Tensor) -> tuple[Tensor, Tensor]:
+        """Every rank's exact-head entries ``[G, H]`` (errors, -1 where unused, and foreground flags),
+        concatenated along dim 1 in rank order: ``[G, world_size·H]``."""
+        h = values.shape[1]
+        packed = torch.cat([values, fg.to(values.dtype)], dim=1).contiguous()
+        out = [torch.empty_like(packed) for _ in range(self.world_size)]
+        dist.all_gather(out, packed, group=self.group)
+        return torch.cat([o[:, :h] for o in out], dim=1), torch.cat([o[:, h:] > 0.5 for o in out], dim=1)
+
     def gather_columns(self, errors: Tensor, fg: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """``[G, P_r]`` rows of every rank concatenated along dim 1 (padded with invalid elements); the local
         block keeps its autograd history, so the gradient flows back to this rank's errors."""

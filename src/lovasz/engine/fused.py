@@ -1,18 +1,27 @@
 """Fused binned Lovász losses: scores and labels in, per-group losses out, no error tensor in between.
 
 A kernel module (:mod:`.kernels_cpu`, numba; :mod:`.kernels_triton`, Triton), named by the resolver
-(:mod:`.backends`) and loaded through :func:`.backends.load_kernels`, provides two functions with one
-contract:
+(:mod:`.backends`) and loaded through :func:`.backends.load_kernels`, provides three functions with one
+contract, for ``x32`` ``[B, C, N]`` float32 and ``t`` int64 (``[B, N]`` class ids or ``[B, C, N]`` 0/1
+labels, by the surrogate's layout):
 
-* ``histogram(x32, t, surrogate, per_image, ignore_index, binning) -> Histogram``: surrogate → error →
-  bin → per (group, bin) counts and error sums, for ``x32`` ``[B, C, N]`` float32 and ``t`` int64
-  (``[B, N]`` class ids or ``[B, C, N]`` 0/1 labels, by the surrogate's layout);
-* ``backward(x32, t, surrogate, per_image, ignore_index, binning, top, table, grad)``: recompute the errors
-  and their bins (with the anchors ``top`` of the histogram), look the weight up in ``table``
-  (``[G, K, 2]``, scaled by the upstream gradient) and write d loss / d ``x32`` into ``grad``.
+* ``histogram(x32, t, surrogate, per_image, ignore_index, binning, reduce_top=None) -> Histogram``:
+  surrogate → error → bin → per (group, bin) counts and error sums;
+* ``head(x32, t, surrogate, per_image, ignore_index, binning, top, cut, capacity)``: the errors and
+  foreground flags of the elements of each group's exact head (bins from ``cut[g]`` up,
+  :func:`.histogram.head_cut`);
+* ``backward(x32, t, surrogate, per_image, ignore_index, binning, top, table, grad, head)``: recompute the
+  errors and their bins (with the anchors ``top`` of the histogram), take the weight from ``table``
+  (``[G, K, 2]``) or, for an element of the head, from ``head`` = ``(cut, values, fg, weights)``, all
+  scaled by the upstream gradient, and write d loss / d ``x32`` into ``grad``.
 
-:func:`.histogram.histogram_losses` turns the histogram into losses and the table, as for the PyTorch
-binned engine, so both give ``Σ_i e_i w_i`` with the same weights.
+A module with ``KEEPS_ERRORS`` (numba) takes a buffer ``errors=`` shaped like ``x32``: ``histogram`` writes
+the errors there and ``head`` reads them; if ``saves_errors(surrogate)``, backward reads them too instead of
+the scores, which are then not saved.
+
+:func:`.histogram.histogram_losses` turns the histogram into losses and the table, and
+:func:`.histogram.head_weights` gives the head's exact weights, as for the PyTorch binned engine, so both
+give ``Σ_i e_i w_i`` with the same weights.
 
 Both directions are registered as PyTorch custom operators (``lovasz::binned_forward`` and
 ``lovasz::binned_backward``, :func:`torch.library.custom_op`) with fake (meta) implementations and an
@@ -32,7 +41,7 @@ from .. import surrogates
 from .._checks import compiling
 from ..surrogates import Surrogate
 from . import backends
-from .histogram import Binning, Histogram, histogram_losses
+from .histogram import HEAD, Binning, Histogram, head_cut, head_weights, histogram_losses
 
 __all__ = ["fused_binned"]
 
@@ -47,7 +56,7 @@ def _groups(x32: Tensor, per_image: bool) -> int:
 
 
 def _saves_errors(kernels, code: int) -> bool:
-    """Whether the kernel module keeps the errors for backward (then the scores are not saved)."""
+    """Whether the kernel module's backward reads the kept errors (then the scores are not saved)."""
     return bool(getattr(kernels, "saves_errors", lambda s: False)(surrogates.from_code(code)))
 
 
@@ -61,29 +70,42 @@ def _forward(
     lo: int,
     per_octave: int,
     sync=None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, ...]:
     """Losses ``[G]`` float32, weight table ``[G, K, 2]`` float32, anchors ``[G]`` float32, foreground and
-    valid counts ``[G]``, and the errors kept for backward (empty unless the kernels keep them); with
-    ``sync``, of all ranks' inputs together."""
+    valid counts ``[G]``, the errors kept for backward (empty unless the kernels keep them), and the exact
+    head: ``cut`` ``[G]`` int64, ``values`` ``[G, H]`` float32 (-1 where unused), ``fg`` ``[G, H]`` bool,
+    ``weights`` ``[G, H]`` float32.  With ``sync``, of all ranks' inputs together (the head of every rank,
+    ``H = world_size · HEAD``)."""
     kernels = backends.load_kernels(backend)
     surrogate, binning = _kernel_args(code, lo, per_octave)
-    saves = _saves_errors(kernels, code)
-    kept = torch.empty_like(x32) if saves else x32.new_empty(0)
-    extra: dict = {"errors": kept} if saves else {}
-    if sync is not None:
-        extra["reduce_top"] = sync.all_max
-    hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning, **extra)
+    buffer = torch.empty_like(x32) if getattr(kernels, "KEEPS_ERRORS", False) else None
+    extra: dict = {} if buffer is None else {"errors": buffer}
+    top_reduce = {} if sync is None else {"reduce_top": sync.all_max}
+    hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning, **top_reduce, **extra)
     if sync is not None:
         hist = Histogram(sync.sum_histogram(hist.merged().cells.to(x32.device)), hist.top, binning)
-    losses, table, n_fg, n_valid = histogram_losses(hist, use_numba=backend == "numba")
+    cut = head_cut(hist)
+    values, fg, counts = kernels.head(x32, t, surrogate, per_image, ignore_index, binning, hist.top, cut, HEAD, **extra)
+    values = torch.where(torch.arange(HEAD, device=values.device) < counts.unsqueeze(1), values, -1.0)
+    if sync is not None:
+        values, fg = sync.gather_head(values.to(x32.device), fg.to(x32.device))
+    losses, table, n_fg, n_valid = histogram_losses(hist, use_numba=backend == "numba", cut=cut)
     device = x32.device
+    values, fg, n_fg = values.to(device), fg.to(device), n_fg.to(device)
+    weights = head_weights(values, fg, values >= 0, n_fg)
+    losses = losses.to(device) + (weights * values.clamp_min(0).to(torch.float64)).sum(dim=1)
+    kept = buffer if buffer is not None and _saves_errors(kernels, code) else x32.new_empty(0)
     return (
-        losses.to(device, torch.float32),
+        losses.to(torch.float32),
         table.to(device),
         hist.top.to(device, torch.float32),
-        n_fg.to(device),
+        n_fg,
         n_valid.to(device),
         kept,
+        cut.to(device),
+        values,
+        fg,
+        weights.to(torch.float32),
     )
 
 
@@ -96,7 +118,7 @@ def _forward_impl(
     ignore_index: int | None,
     lo: int,
     per_octave: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     return _forward(x32, t, backend, code, per_image, ignore_index, lo, per_octave)
 
 
@@ -108,8 +130,12 @@ def _(x32, t, backend, code, per_image, ignore_index, lo, per_octave):
     g = _groups(x32, per_image)
     k = Binning(lo, per_octave).num_bins
     counts = x32.new_empty(g, dtype=torch.int64)
-    kept = torch.empty_like(x32) if _saves_errors(backends.load_kernels(backend), code) else x32.new_empty(0)
-    return x32.new_empty(g), x32.new_empty(g, k, 2), x32.new_empty(g), counts, torch.empty_like(counts), kept
+    kernels = backends.load_kernels(backend)
+    keeps = getattr(kernels, "KEEPS_ERRORS", False) and _saves_errors(kernels, code)
+    kept = torch.empty_like(x32) if keeps else x32.new_empty(0)
+    head = (x32.new_empty(g, HEAD), x32.new_empty(g, HEAD, dtype=torch.bool), x32.new_empty(g, HEAD))
+    return (x32.new_empty(g), x32.new_empty(g, k, 2), x32.new_empty(g), counts, torch.empty_like(counts), kept,
+            torch.empty_like(counts), *head)  # fmt: skip
 
 
 def _backward_impl(
@@ -117,6 +143,10 @@ def _backward_impl(
     t: Tensor,
     top: Tensor,
     table: Tensor,
+    cut: Tensor,
+    head_values: Tensor,
+    head_fg: Tensor,
+    head_weights: Tensor,
     backend: str,
     code: int,
     per_image: bool,
@@ -124,16 +154,18 @@ def _backward_impl(
     lo: int,
     per_octave: int,
 ) -> Tensor:
-    """d loss / d scores for a weight table already scaled by the upstream gradient.  ``source`` is what
-    forward saved: the errors the kernels kept (then ``t`` is empty and unused), or the scores ``x32``."""
+    """d loss / d scores for a weight table and head weights already scaled by the upstream gradient.
+    ``source`` is what forward saved: the errors the kernels kept (then ``t`` is empty and unused), or the
+    scores ``x32``."""
     kernels = backends.load_kernels(backend)
     surrogate, binning = _kernel_args(code, lo, per_octave)
     grad = torch.empty_like(source)
-    if _saves_errors(kernels, code):
+    head = (cut, head_values.contiguous(), head_fg.contiguous(), head_weights.contiguous())
+    if getattr(kernels, "KEEPS_ERRORS", False) and _saves_errors(kernels, code):
         kernels.backward(None, None, surrogate, per_image, ignore_index, binning, top, table.contiguous(), grad,
-                         errors=source)  # fmt: skip
+                         head, errors=source)  # fmt: skip
     else:
-        kernels.backward(source, t, surrogate, per_image, ignore_index, binning, top, table.contiguous(), grad)
+        kernels.backward(source, t, surrogate, per_image, ignore_index, binning, top, table.contiguous(), grad, head)
     return grad
 
 
@@ -141,24 +173,32 @@ _binned_backward = torch.library.custom_op("lovasz::binned_backward", _backward_
 
 
 @_binned_backward.register_fake
-def _(source, t, top, table, backend, code, per_image, ignore_index, lo, per_octave):
+def _(source, t, top, table, cut, head_values, head_fg, head_weights, backend, code, per_image, ignore_index, lo,
+      per_octave):  # fmt: skip
     return torch.empty_like(source)
 
 
 def _setup_context(ctx, inputs, output) -> None:
     x32, t, *config = inputs
+    table, top, head = output[1], output[2], output[6:]
     if output[5].dim() > 1:  # the kernels kept the errors: they replace the scores and the labels
-        ctx.save_for_backward(output[5], t.new_empty(0), output[1], output[2])
+        ctx.save_for_backward(output[5], t.new_empty(0), table, top, *head)
     else:
-        ctx.save_for_backward(x32, t, output[1], output[2])
+        ctx.save_for_backward(x32, t, table, top, *head)
     ctx.config = config
     ctx.mark_non_differentiable(*output[1:])
 
 
+def _scaled(ctx, grad_losses: Tensor) -> tuple[Tensor, ...]:
+    """The saved tensors, with the table and the head weights scaled by the upstream gradient."""
+    source, t, table, top, cut, head_values, head_fg, head_weights = ctx.saved_tensors
+    scale = grad_losses.to(torch.float32)
+    return (source, t, top, table * scale.view(-1, 1, 1), cut, head_values, head_fg,
+            head_weights * scale.view(-1, 1))  # fmt: skip
+
+
 def _backward(ctx, grad_losses, *_):
-    source, t, table, top = ctx.saved_tensors
-    scaled = table * grad_losses.to(torch.float32).view(-1, 1, 1)
-    grad = torch.ops.lovasz.binned_backward(source, t, top, scaled, *ctx.config)
+    grad = torch.ops.lovasz.binned_backward(*_scaled(ctx, grad_losses), *ctx.config)
     return (grad,) + (None,) * (1 + len(ctx.config))
 
 
@@ -181,9 +221,7 @@ class _EagerFused(torch.autograd.Function):
     def backward(ctx, grad_losses, *_):  # type: ignore[override]
         if grad_losses is None:
             return (None,) * (3 + len(ctx.config))
-        source, t, table, top = ctx.saved_tensors
-        scaled = table * grad_losses.to(torch.float32).view(-1, 1, 1)
-        return (_backward_impl(source, t, top, scaled, *ctx.config),) + (None,) * (2 + len(ctx.config))
+        return (_backward_impl(*_scaled(ctx, grad_losses), *ctx.config),) + (None,) * (2 + len(ctx.config))
 
 
 def fused_binned(
@@ -214,7 +252,7 @@ def fused_binned(
     t = target.to(torch.int64).contiguous()
     config = (backend, surrogate.code, per_image, ignore_index, binning.lo, binning.per_octave)
     if compiling() and sync is None:
-        losses, _, _, n_fg, n_valid, _ = torch.ops.lovasz.binned_forward(x32, t, *config)
+        losses, _, _, n_fg, n_valid, *_ = torch.ops.lovasz.binned_forward(x32, t, *config)
     else:
-        losses, _, _, n_fg, n_valid, _ = _EagerFused.apply(x32, t, sync, *config)
+        losses, _, _, n_fg, n_valid, *_ = _EagerFused.apply(x32, t, sync, *config)
     return losses, n_fg, n_valid

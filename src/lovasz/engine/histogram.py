@@ -58,7 +58,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_BINS", "Binning", "Histogram", "histogram_losses", "inverse_top", "weight_tables"]
+__all__ = [
+    "DEFAULT_BINS",
+    "HEAD",
+    "Binning",
+    "Histogram",
+    "head_cut",
+    "head_weights",
+    "histogram_losses",
+    "inverse_top",
+    "weight_tables",
+]
 
 DEFAULT_BINS = 4096
 
@@ -108,18 +118,20 @@ def inverse_top(top: Tensor) -> Tensor:
     return torch.where(top > 0, 1.0 / top.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
 
 
-def weight_tables(fg_counts: Tensor, bg_counts: Tensor) -> tuple[Tensor, Tensor]:
+def weight_tables(fg_counts: Tensor, bg_counts: Tensor, n: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Expected Lovász weights per (group, bin) for foreground and background elements.
 
     Args:
         fg_counts, bg_counts: ``[G, K]`` counts, bin ``K - 1`` holding the largest errors.
+        n: ``[G]`` foreground count of each whole group, when the bins hold only its largest errors (the
+            exact head); by default the sum of ``fg_counts``.
 
     Returns:
         ``(w_fg, w_bg)``, each ``[G, K]`` float64.
     """
     f = fg_counts.to(torch.float64)
     g = bg_counts.to(torch.float64)
-    n = f.sum(dim=1, keepdim=True)
+    n = f.sum(dim=1, keepdim=True) if n is None else n.to(torch.float64).view(-1, 1)
     # Counts in strictly higher bins: reverse exclusive cumulative sums.
     above_f = f.flip(1).cumsum(1).flip(1) - f
     above_b = g.flip(1).cumsum(1).flip(1) - g
@@ -174,7 +186,7 @@ class Histogram:
 
 
 def histogram_losses(
-    hist: Histogram, table_dtype: torch.dtype = torch.float32, *, use_numba: bool = False
+    hist: Histogram, table_dtype: torch.dtype = torch.float32, *, use_numba: bool = False, cut: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Losses and weight table of a histogram: the one place where counts become Lovász weights.
 
@@ -185,18 +197,69 @@ def histogram_losses(
         (the gradient of the loss w.r.t. an element's error); foreground and valid pixel counts ``[G]``
         int64.
 
+    ``cut`` (``[G]``, from :func:`head_cut`): the bins from ``cut[g]`` up are the group's exact head.  They
+    still count as "above" for the lower bins, but they are left out of ``L_g`` and zeroed in the table:
+    :func:`head_weights` gives their elements' exact weights and loss.
+
     With ``use_numba`` (the numba backend: a CPU histogram, float32 table) one numba pass computes the same
     quantities from harmonic numbers (:func:`.kernels_cpu.tables`); otherwise :func:`weight_tables` does,
     in PyTorch, on the histogram's device.
     """
+    k = hist.binning.num_bins
     if use_numba:
         from . import kernels_cpu
 
         cells = hist.cells.detach().contiguous()
-        return tuple(torch.from_numpy(a) for a in kernels_cpu.tables(cells.numpy()))  # type: ignore[return-value]
+        groups = cells.shape[1]
+        cut_np = (torch.full((groups,), k, dtype=torch.int64) if cut is None else cut.cpu()).numpy()
+        return tuple(torch.from_numpy(a) for a in kernels_cpu.tables(cells.numpy(), cut_np))  # type: ignore[return-value]
     acc = hist.cells.sum(dim=0)
     counts, sums = acc[..., 0].round().to(torch.int64), acc[..., 1]
     w_fg, w_bg = weight_tables(counts[..., 1], counts[..., 0])
+    if cut is not None:
+        below = torch.arange(k, device=cut.device) < cut.unsqueeze(1)
+        w_fg, w_bg = w_fg * below, w_bg * below
     losses = (w_fg * sums[..., 1] + w_bg * sums[..., 0]).sum(dim=1)
     table = torch.stack([w_bg, w_fg], dim=-1).to(table_dtype)
     return losses, table, counts[..., 1].sum(dim=1), counts.sum(dim=(1, 2))
+
+
+# The exact head.  Where a group's largest errors are few and close together (a small object, a class at
+# initialisation, confident false positives), their exact Lovász weights differ a lot from rank to rank
+# (for one foreground pixel: 1/2, 1/6, 1/12, ... for the background errors above it), and errors closer
+# than a bin's width would get their bin's mean weight.  So the highest bins of each group that hold at
+# most ``HEAD`` elements in total are resolved exactly: their elements are ranked by their errors and get
+# the exact weights of that order (equal errors: the mean weight of their tie, as in a bin).  The bins
+# below keep their weights, which depend only on how many elements lie above them.
+HEAD = 32
+
+
+def head_cut(hist: Histogram, head: int = HEAD) -> Tensor:
+    """``[G]`` int64: the lowest bin of each group's exact head, the highest bins holding at most ``head``
+    valid elements in total (``K``, an empty head, when the top bin alone holds more)."""
+    counts = hist.cells.sum(dim=0)[..., 0].sum(dim=-1)  # [G, K] elements per bin
+    at_or_above = counts.flip(1).cumsum(1).flip(1)
+    return hist.binning.num_bins - (at_or_above <= head + 0.5).sum(dim=1)
+
+
+def head_weights(values: Tensor, fg: Tensor, valid: Tensor, n_fg: Tensor) -> Tensor:
+    """Exact Lovász weights ``[G, H]`` float64 of head elements (``values``, ``fg``, ``valid``: ``[G, H]``,
+    in any order) that are the largest errors of groups with ``n_fg`` foreground elements: ranked by
+    decreasing error, the weight of each element is its Jaccard increment; elements with equal errors get
+    the mean weight of their tie (:func:`weight_tables` with each run of equal errors as a bin)."""
+    g, h = values.shape
+    if h == 0:
+        return values.new_zeros(g, 0, dtype=torch.float64)
+    key = torch.where(valid, values.to(torch.float64), -1.0)
+    key, order = key.sort(dim=1, descending=True, stable=True)
+    f = fg.gather(1, order) & (key >= 0)
+    b = ~fg.gather(1, order) & (key >= 0)
+    new_run = torch.ones_like(key, dtype=torch.bool)
+    new_run[:, 1:] = key[:, 1:] != key[:, :-1]
+    run = new_run.long().cumsum(1) - 1  # 0: the largest error
+    f_runs = torch.zeros_like(key).scatter_add_(1, run, f.to(key.dtype))
+    b_runs = torch.zeros_like(key).scatter_add_(1, run, b.to(key.dtype))
+    w_fg, w_bg = weight_tables(f_runs.flip(1), b_runs.flip(1), n=n_fg)
+    w_fg, w_bg = w_fg.flip(1).gather(1, run), w_bg.flip(1).gather(1, run)
+    w_sorted = torch.where(f, w_fg, torch.where(b, w_bg, 0.0))
+    return torch.zeros_like(w_sorted).scatter_(1, order, w_sorted)

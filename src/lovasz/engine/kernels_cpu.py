@@ -59,6 +59,7 @@ if AVAILABLE:
 # Surrogate codes (lovasz.surrogates), frozen into the kernels as compile-time constants.
 _SOFTMAX, _SIGMOID, _SIGMOID_PROBS, _HINGE = SOFTMAX.code, SIGMOID.code, SIGMOID_PROBS.code, HINGE.code
 NAME = "numba"
+KEEPS_ERRORS = True  # histogram() writes the errors into a caller's buffer; head() (and softmax backward) read it
 BLOCK = 256
 # Fast-math without 'arcp' (no approximate reciprocals).  Forward and backward inline the same code for
 # the errors and their bins, so they bin every error alike (tests/test_fidelity.py checks it); fused
@@ -261,7 +262,59 @@ if AVAILABLE:
                 pos += width
 
     @njit(nogil=True, cache=True, fastmath=_FASTMATH)
-    def softmax_backward(bits, code, per_image, lo, per_octave, half, inv, table, grad, u0, u1):
+    def head_rows(bits, per_image, cut, inv, lo, per_octave, half, values, fgs, counts, u0, u1):
+        """The exact head (:func:`lovasz.engine.histogram.head_cut`): every valid element whose bin is at
+        least ``cut[g]``, its error into ``values[g, :]`` and its foreground flag into ``fgs[g, :]``
+        (``counts[g]`` of them), in scan order.  Units: one per (image, class) row per image, one per class
+        over the batch."""
+        b_, c_, n_ = bits.shape
+        cap = values.shape[1]
+        kb = np.empty(BLOCK, np.int32)
+        for unit_ in range(u0, u1):
+            g = np.int64(unit_)
+            c = g % c_ if per_image else g
+            b0 = g // c_ if per_image else 0
+            b1 = b0 + 1 if per_image else b_
+            cg = cut[g]
+            inv_g = inv[g]
+            m = 0
+            if cg < 2 * half:
+                for b in range(b0, b1):
+                    for i0 in range(0, n_, BLOCK):
+                        width = min(BLOCK, n_ - i0)
+                        src = bits[b, c, i0 : i0 + width]
+                        top = np.int32(0)
+                        for j in range(width):
+                            k = _bin(_magnitude(src[j]), inv_g, lo, per_octave, half)
+                            kb[j] = k
+                            top = max(top, k)
+                        if top < cg:
+                            continue
+                        for j in range(width):
+                            if kb[j] >= cg and src[j] != _IGNORED and m < cap:
+                                values[g, m] = _magnitude(src[j])
+                                fgs[g, m] = src[j] < 0
+                                m += 1
+            counts[g] = m
+
+    @njit(inline="always")
+    def _head_weight(head_values, head_fg, head_w, g, e, fg):
+        """Weight of a head element of group ``g``: that of the head entry with the same foreground flag
+        and the nearest error (the same error, as forward stored it; equal errors share their weight)."""
+        best = -1
+        gap = np.inf
+        for i in range(head_values.shape[1]):
+            if head_fg[g, i] == fg:
+                d = abs(np.float64(head_values[g, i]) - np.float64(e))
+                if d < gap:
+                    gap = d
+                    best = i
+        return head_w[g, best] if best >= 0 else np.float32(0.0)
+
+    @njit(nogil=True, cache=True, fastmath=_FASTMATH)
+    def softmax_backward(
+        bits, code, per_image, lo, per_octave, half, inv, table, cut, head_values, head_fg, head_w, grad, u0, u1
+    ):
         """Backward over (image, block) units ``u0..u1`` from the signed errors that forward kept: the
         probabilities are ``e`` (background) or ``1 − e`` (foreground), so no exponential is recomputed.
         ``table``: [G, K, 2] float32 = d loss / d error for (group, bin, is_fg), scaled by grad_output."""
@@ -287,6 +340,7 @@ if AVAILABLE:
                 for j in range(width):
                     kb[j] = _bin(_magnitude(src[j]), inv_g, lo, per_octave, half)
                 gc = gp[c]
+                top = np.int32(0)
                 for j in range(width):
                     s = src[j]
                     fg = s < 0
@@ -296,6 +350,17 @@ if AVAILABLE:
                     w = np.float32(0.0) if s == _IGNORED else w
                     gc[j] = w
                     dot[j] += (np.float32(1.0) - e if fg else e) * w
+                    top = max(top, kb[j])
+                if top >= cut[g]:  # elements of the exact head (their table entries are 0)
+                    for j in range(width):
+                        s = src[j]
+                        if kb[j] >= cut[g] and s != _IGNORED:
+                            fg = s < 0
+                            e = _magnitude(s)
+                            w = _head_weight(head_values, head_fg, head_w, g, e, fg)
+                            w = -w if fg else w
+                            gc[j] = w
+                            dot[j] += (np.float32(1.0) - e if fg else e) * w
             for c in range(c_):
                 gc = gp[c]
                 out = grad[b, c, i0 : i0 + width]
@@ -348,7 +413,10 @@ if AVAILABLE:
                 pos += width
 
     @njit(nogil=True, cache=True, fastmath=_FASTMATH)
-    def binary_backward(x, t, ignore, use_ignore, code, per_image, lo, per_octave, half, inv, table, grad, u0, u1):
+    def binary_backward(
+        x, t, ignore, use_ignore, code, per_image, lo, per_octave, half, inv, table, cut, head_values, head_fg,
+        head_w, grad, u0, u1,
+    ):  # fmt: skip
         """Backward over (row, block) units ``u0..u1``, recomputing the errors from the scores."""
         _, c_, n_ = x.shape
         num_bins = 2 * half
@@ -367,11 +435,15 @@ if AVAILABLE:
             xc = x[b, c, i0 : i0 + width]
             tc = t[b, c, i0 : i0 + width]
             out = grad[b, c, i0 : i0 + width]
+            cg = cut[g]
             for j in range(width):
                 fg = tc[j] == 1
                 e, de = _binary_error(xc[j], fg, code)
-                w = flat[base + _bin(e, inv_g, lo, per_octave, half) * 2 + (1 if fg else 0)] * de
-                out[j] = np.float32(0.0) if use_ignore and tc[j] == ignore else w
+                k = _bin(e, inv_g, lo, per_octave, half)
+                w = flat[base + k * 2 + (1 if fg else 0)]
+                if k >= cg:  # the exact head
+                    w = _head_weight(head_values, head_fg, head_w, g, e, fg)
+                out[j] = np.float32(0.0) if use_ignore and tc[j] == ignore else w * de
 
     _SMALL = 64
     _H_SMALL = np.zeros(_SMALL, np.float64)
@@ -403,7 +475,7 @@ if AVAILABLE:
         )
 
     @njit(nogil=True, cache=True)
-    def tables_range(acc, losses, table, n_fg, n_valid, g0, g1):
+    def tables_range(acc, cut, losses, table, n_fg, n_valid, g0, g1):
         """Partial accumulators ``[S, G, K, 2, 2]`` → losses ``[G]``, weight table ``[G, K, 2]`` (float32,
         ``[..., 0]`` background, ``[..., 1]`` foreground), foreground and valid counts ``[G]``.
 
@@ -439,6 +511,10 @@ if AVAILABLE:
                 w_fg = 0.0
                 if f > 0:
                     w_fg = _harmonic_diff(u + gb, u - 1) / (gb + 1)
+                if k >= cut[grp]:  # the exact head: counted above the lower bins, weighted elsewhere
+                    above_f += f
+                    above_b += gb
+                    continue
                 w_bg = 0.0
                 if gb > 0:
                     if n > 0:
@@ -505,7 +581,7 @@ def _parallel(fn, units: int, *args) -> None:
         f.result()
 
 
-def tables(acc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def tables(acc: np.ndarray, cut: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Partial accumulators ``[S, G, K, 2, 2]`` → losses ``[G]``, weight table ``[G, K, 2]`` (float32,
     ``[..., 0]`` background, ``[..., 1]`` foreground), foreground and valid counts ``[G]``: the quantities
     of :func:`lovasz.engine.histogram.weight_tables`, in one pass per group from the top bin down (a
@@ -516,14 +592,15 @@ def tables(acc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     n_fg = np.zeros(groups, np.int64)
     n_valid = np.zeros(groups, np.int64)
     with _compiling_message(tables_range):
-        _parallel(tables_range, groups, acc, losses, table, n_fg, n_valid)
+        _parallel(tables_range, groups, acc, cut, losses, table, n_fg, n_valid)
     return losses, table, n_fg, n_valid
 
 
 def saves_errors(surrogate: Surrogate) -> bool:
-    """Whether forward keeps the errors for backward (``errors=`` of :func:`histogram` and
-    :func:`backward`): for the softmax surrogates, so that backward needs no exponential (the kept errors
-    are as large as cross-entropy's saved log-probabilities); the binary ones recompute from the scores."""
+    """Whether backward reads the errors that forward kept (``errors=`` of :func:`histogram`,
+    :func:`head` and :func:`backward`): for the softmax surrogates, so that backward needs no exponential
+    (the kept errors are as large as cross-entropy's saved log-probabilities); the binary ones recompute
+    from the scores."""
     return surrogate.per_class
 
 
@@ -537,12 +614,12 @@ def histogram(
     reduce_top=None,
     errors: torch.Tensor | None = None,
 ) -> Histogram:
-    """Histogram of ``x32`` (``[B, C, N]`` float32 contiguous) with targets ``t`` (int64), ``NUM_CHUNKS``
-    partials over the batch (one per image with ``per_image``).  Pass 1 writes every element's signed error
-    bits (the float32 error, the sign bit set for a foreground element, a NaN pattern for an ignored one)
-    and finds each group's anchor; ``reduce_top`` (e.g. a max over processes) may replace the anchors;
-    pass 2 bins the errors a row at a time.  ``errors`` (float32, shaped like ``x32``) receives the signed
-    errors for backward (see :func:`saves_errors`); otherwise they go to a scratch array freed on return."""
+    """Histogram of ``x32`` (``[B, C, N]`` float32 contiguous) with targets ``t`` (int64), partials that add
+    up in a fixed order.  Pass 1 writes every element's signed error bits into ``errors`` (float32, shaped
+    like ``x32``; the float32 error, the sign bit set for a foreground element, a NaN pattern for an
+    ignored one) and finds each group's anchor; ``reduce_top`` (e.g. a max over processes) may replace the
+    anchors; pass 2 bins the errors a row at a time.  :func:`head` and (for the softmax surrogates)
+    :func:`backward` read ``errors`` again."""
     x, tt = x32.numpy(), t.numpy()
     bsz, c, _ = x.shape
     groups = bsz * c if per_image else c
@@ -550,7 +627,7 @@ def histogram(
     use_ignore = ignore_index is not None
     ignore = int(ignore_index) if use_ignore else 0
     errors_fn = softmax_errors if surrogate.per_class else binary_errors
-    bits = np.empty(x.shape, np.int32) if errors is None else errors.numpy().view(np.int32)
+    bits = (torch.empty_like(x32) if errors is None else errors).numpy().view(np.int32)
     tops = np.zeros((units, groups), np.float32)
     # Pass 2 over the batch: a class's elements in ``chunks`` fixed pieces (a function of the shape alone,
     # so the sum is the same for any thread count), enough for the threads to share even a single class.
@@ -566,6 +643,36 @@ def histogram(
     return Histogram(torch.from_numpy(acc), top, b)
 
 
+def head(
+    x32: torch.Tensor,
+    t: torch.Tensor,
+    surrogate: Surrogate,
+    per_image: bool,
+    ignore_index: int | None,
+    b: Binning,
+    top: torch.Tensor,
+    cut: torch.Tensor,
+    capacity: int,
+    errors: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The elements of each group's exact head (bins from ``cut[g]`` up), read from the ``errors`` that
+    :func:`histogram` wrote: ``(values [G, capacity] float32, fg [G, capacity] bool, counts [G] int64)``,
+    unused entries 0 / False."""
+    if errors is None:
+        raise ValueError("the numba kernels read the head from the errors that histogram(errors=...) wrote")
+    bits = errors.numpy().view(np.int32)
+    groups = cut.shape[0]
+    values = np.zeros((groups, capacity), np.float32)
+    fgs = np.zeros((groups, capacity), np.bool_)
+    counts = np.zeros(groups, np.int64)
+    with _compiling_message(head_rows):
+        _parallel(
+            head_rows, groups, bits, per_image, cut.numpy(), inverse_top(top).numpy(), b.lo, b.per_octave, b.half,
+            values, fgs, counts,
+        )  # fmt: skip
+    return torch.from_numpy(values), torch.from_numpy(fgs), torch.from_numpy(counts)
+
+
 def backward(
     x32: torch.Tensor | None,
     t: torch.Tensor | None,
@@ -576,15 +683,20 @@ def backward(
     top: torch.Tensor,
     table: torch.Tensor,
     grad: torch.Tensor,
+    head: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     errors: torch.Tensor | None = None,
 ) -> None:
-    """Write d loss / d ``x32`` into ``grad`` given the anchors ``top`` ``[G]`` and the weight table
-    ``[G, K, 2]`` (float32), already scaled by the gradient of each group's loss.  The softmax surrogates
-    read the signed ``errors`` that :func:`histogram` kept (``x32`` and ``t`` are then unused); the binary
-    ones recompute from ``x32`` and ``t``."""
+    """Write d loss / d ``x32`` into ``grad`` given the anchors ``top`` ``[G]``, the weight table
+    ``[G, K, 2]`` (float32) and the exact head ``(cut [G], values [G, H], fg [G, H], weights [G, H])``, the
+    weights already scaled by the gradient of each group's loss.  The softmax surrogates read the signed
+    ``errors`` that :func:`histogram` kept (``x32`` and ``t`` are then unused); the binary ones recompute
+    from ``x32`` and ``t``."""
     bsz, c, n = grad.shape
+    if grad.numel() == 0:
+        return
     nblocks = (n + BLOCK - 1) // BLOCK
     inv = inverse_top(top).numpy()
+    cut, head_values, head_fg, head_w = (h.contiguous().numpy() for h in head)
     if surrogate.per_class:
         if errors is None:
             raise ValueError("the numba softmax backward needs the errors kept by histogram(errors=...)")
@@ -592,7 +704,7 @@ def backward(
         with _compiling_message(softmax_backward):
             _parallel(
                 softmax_backward, bsz * nblocks, bits, surrogate.code, per_image, b.lo, b.per_octave, b.half,
-                inv, table.numpy(), grad.numpy(),
+                inv, table.numpy(), cut, head_values, head_fg, head_w, grad.numpy(),
             )  # fmt: skip
         return
     use_ignore = ignore_index is not None
@@ -600,5 +712,6 @@ def backward(
     with _compiling_message(binary_backward):
         _parallel(
             binary_backward, bsz * c * nblocks, x32.numpy(), t.numpy(), ignore, use_ignore, surrogate.code,
-            per_image, b.lo, b.per_octave, b.half, inv, table.numpy(), grad.numpy(),
+            per_image, b.lo, b.per_octave, b.half, inv, table.numpy(), cut, head_values, head_fg, head_w,
+            grad.numpy(),
         )  # fmt: skip

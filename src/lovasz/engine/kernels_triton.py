@@ -112,8 +112,53 @@ if AVAILABLE:
         tl.atomic_add(sums_ptr + idx, (tl.minimum(e * inv, 1.0) * 4294967296.0).to(tl.int64), mask=use)
 
     @triton.jit
+    def _softmax_head(
+        x_ptr, t_ptr, inv_ptr, cut_ptr, hv_ptr, hf_ptr, count_ptr, C, N, ignore, H, lo, per_octave, num_bins,
+        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr,
+        BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):  # fmt: skip
+        """The elements of the exact head (bins from ``cut[g]`` up): their errors and foreground flags, each
+        into the next free slot of its group (an atomic counter; the order does not matter)."""
+        b = tl.program_id(1)
+        offs_c, _offs_n, _in_tile, _p, fg, e, use = _softmax_tile(
+            x_ptr, t_ptr, b, tl.program_id(0), C, N, ignore, USE_IGNORE, CODE, BLOCK_C, BLOCK_N
+        )
+        g = _softmax_groups(b, offs_c, C, PER_IMAGE)
+        inv = tl.load(inv_ptr + g, mask=offs_c < C, other=0.0)[:, None]
+        cut = tl.load(cut_ptr + g, mask=offs_c < C, other=num_bins)[:, None]
+        gg = g[:, None] + tl.zeros(e.shape, tl.int32)
+        _store_head(e, fg, gg, use & (_bin(e, inv, lo, per_octave, num_bins) >= cut), hv_ptr, hf_ptr, count_ptr, H)
+
+    @triton.jit
+    def _store_head(e, fg, g, in_head, hv_ptr, hf_ptr, count_ptr, H):
+        if tl.max(in_head.to(tl.int32)) > 0:
+            slot = tl.atomic_add(count_ptr + g, tl.full(e.shape, 1, tl.int32), mask=in_head)
+            keep = in_head & (slot < H)
+            tl.store(hv_ptr + g * H + slot, e, mask=keep)
+            tl.store(hf_ptr + g * H + slot, fg.to(tl.int8), mask=keep)
+
+    @triton.jit
+    def _head_weight(w, e, fg, g, in_head, cut_ptr, hv_ptr, hf_ptr, hw_ptr, H):
+        """``w`` with the exact head's weight for the elements ``in_head``: that of the head entry of the
+        group with the same foreground flag and the nearest error (the same error, as forward saw it)."""
+        if tl.max(in_head.to(tl.int32)) > 0:
+            best_d = tl.full(e.shape, float("inf"), tl.float32)
+            best_w = tl.zeros(e.shape, tl.float32)
+            for i in range(0, H):
+                hv = tl.load(hv_ptr + g * H + i, mask=in_head, other=-1.0)
+                hf = tl.load(hf_ptr + g * H + i, mask=in_head, other=0) != 0
+                hw = tl.load(hw_ptr + g * H + i, mask=in_head, other=0.0)
+                d = tl.abs(hv - e)
+                better = in_head & (hf == fg) & (d < best_d)
+                best_d = tl.where(better, d, best_d)
+                best_w = tl.where(better, hw, best_w)
+            w = tl.where(in_head, best_w, w)
+        return w
+
+    @triton.jit
     def _softmax_bwd(
-        x_ptr, t_ptr, inv_ptr, table_ptr, grad_ptr, C, N, ignore, lo, per_octave, num_bins,
+        x_ptr, t_ptr, inv_ptr, table_ptr, cut_ptr, hv_ptr, hf_ptr, hw_ptr, grad_ptr, C, N, ignore, H, lo,
+        per_octave, num_bins,
         USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
@@ -123,8 +168,12 @@ if AVAILABLE:
         )
         g = _softmax_groups(b, offs_c, C, PER_IMAGE)
         inv = tl.load(inv_ptr + g, mask=offs_c < C, other=0.0)[:, None]
-        idx = (g[:, None] * num_bins + _bin(e, inv, lo, per_octave, num_bins)) * 2 + fg.to(tl.int32)
+        k = _bin(e, inv, lo, per_octave, num_bins)
+        idx = (g[:, None] * num_bins + k) * 2 + fg.to(tl.int32)
         w = tl.load(table_ptr + idx, mask=use, other=0.0)
+        cut = tl.load(cut_ptr + g, mask=offs_c < C, other=num_bins)[:, None]
+        gg = g[:, None] + tl.zeros(e.shape, tl.int32)
+        w = _head_weight(w, e, fg, gg, use & (k >= cut), cut_ptr, hv_ptr, hf_ptr, hw_ptr, H)
         gp = tl.where(fg, -w, w)  # d error / d p
         if CODE == _SOFTMAX:
             grad = p * (gp - tl.sum(p * gp, axis=0)[None, :])
@@ -186,16 +235,32 @@ if AVAILABLE:
         tl.atomic_add(sums_ptr + idx, (tl.minimum(e * inv, 1.0) * 4294967296.0).to(tl.int64), mask=use)
 
     @triton.jit
+    def _binary_head(
+        x_ptr, t_ptr, inv_ptr, cut_ptr, hv_ptr, hf_ptr, count_ptr, C, N, total, ignore, H, lo, per_octave,
+        num_bins, USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        _offs, _inside, use, fg, g, e, _de = _binary_tile(
+            x_ptr, t_ptr, tl.program_id(0), C, N, total, ignore, USE_IGNORE, CODE, PER_IMAGE, BLOCK
+        )
+        inv = tl.load(inv_ptr + g, mask=use, other=0.0)
+        cut = tl.load(cut_ptr + g, mask=use, other=num_bins)
+        _store_head(e, fg, g, use & (_bin(e, inv, lo, per_octave, num_bins) >= cut), hv_ptr, hf_ptr, count_ptr, H)
+
+    @triton.jit
     def _binary_bwd(
-        x_ptr, t_ptr, inv_ptr, table_ptr, grad_ptr, C, N, total, ignore, lo, per_octave, num_bins,
+        x_ptr, t_ptr, inv_ptr, table_ptr, cut_ptr, hv_ptr, hf_ptr, hw_ptr, grad_ptr, C, N, total, ignore, H,
+        lo, per_octave, num_bins,
         USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         offs, inside, use, fg, g, e, de = _binary_tile(
             x_ptr, t_ptr, tl.program_id(0), C, N, total, ignore, USE_IGNORE, CODE, PER_IMAGE, BLOCK
         )
         inv = tl.load(inv_ptr + g, mask=use, other=0.0)
-        idx = (g * num_bins + _bin(e, inv, lo, per_octave, num_bins)) * 2 + fg.to(tl.int32)
+        k = _bin(e, inv, lo, per_octave, num_bins)
+        idx = (g * num_bins + k) * 2 + fg.to(tl.int32)
         w = tl.load(table_ptr + idx, mask=use, other=0.0)
+        cut = tl.load(cut_ptr + g, mask=use, other=num_bins)
+        w = _head_weight(w, e, fg, g, use & (k >= cut), cut_ptr, hv_ptr, hf_ptr, hw_ptr, H)
         tl.store(grad_ptr + offs, w * de, mask=inside)
 
 
@@ -209,7 +274,8 @@ _BLOCK = 1024
 
 def _launch(name: str, x32, t, surrogate: Surrogate, per_image: bool, ignore_index: int | None, pointers, bin_args):
     """Launch the softmax or binary variant of kernel ``name`` over the whole input: ``x32``, ``t``, then
-    ``pointers``, the sizes and ``ignore``, then ``bin_args`` (``lo, per_octave, num_bins``, or none)."""
+    ``pointers``, the sizes and ``ignore``, then ``bin_args`` (``lo, per_octave, num_bins``, preceded by
+    the head's capacity for ``head`` and ``bwd``, or none)."""
     bsz, c, n = x32.shape
     use_ignore = ignore_index is not None
     ignore = int(ignore_index) if use_ignore else 0
@@ -219,12 +285,12 @@ def _launch(name: str, x32, t, surrogate: Surrogate, per_image: bool, ignore_ind
         grid = (triton.cdiv(n, block_n), bsz)
         sizes = (c, n, ignore)
         flags.update(BLOCK_C=block_c, BLOCK_N=block_n)
-        kernel = _softmax_top if name == "top" else _softmax_fwd if name == "fwd" else _softmax_bwd
+        kernel = {"top": _softmax_top, "fwd": _softmax_fwd, "head": _softmax_head, "bwd": _softmax_bwd}[name]
     else:
         grid = (triton.cdiv(x32.numel(), _BLOCK),)
         sizes = (c, n, x32.numel(), ignore)
         flags.update(BLOCK=_BLOCK)
-        kernel = _binary_top if name == "top" else _binary_fwd if name == "fwd" else _binary_bwd
+        kernel = {"top": _binary_top, "fwd": _binary_fwd, "head": _binary_head, "bwd": _binary_bwd}[name]
     kernel[grid](x32, t, *pointers, *sizes, *bin_args, **flags)
 
 
@@ -259,6 +325,31 @@ def histogram(
     return Histogram(cells.view(1, groups, k, 2, 2), top, b)
 
 
+def head(
+    x32: torch.Tensor,
+    t: torch.Tensor,
+    surrogate: Surrogate,
+    per_image: bool,
+    ignore_index: int | None,
+    b: Binning,
+    top: torch.Tensor,
+    cut: torch.Tensor,
+    capacity: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The elements of each group's exact head (bins from ``cut[g]`` up): ``(values [G, capacity] float32,
+    fg [G, capacity] bool, counts [G] int64)``, in no particular order."""
+    groups = cut.shape[0]
+    values = torch.zeros(groups, capacity, dtype=torch.float32, device=x32.device)
+    fg = torch.zeros(groups, capacity, dtype=torch.int8, device=x32.device)
+    counts = torch.zeros(groups, dtype=torch.int32, device=x32.device)
+    if x32.numel():
+        pointers = (inverse_top(top), cut.to(torch.int32).contiguous(), values, fg, counts)
+        _launch(
+            "head", x32, t, surrogate, per_image, ignore_index, pointers, (capacity, b.lo, b.per_octave, b.num_bins)
+        )
+    return values, fg.bool(), counts.clamp(max=capacity).to(torch.int64)
+
+
 def backward(
     x32: torch.Tensor,
     t: torch.Tensor,
@@ -269,8 +360,13 @@ def backward(
     top: torch.Tensor,
     table: torch.Tensor,
     grad: torch.Tensor,
+    head: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
 ) -> None:
-    """Write d loss / d ``x32`` into ``grad`` given the anchors and the scaled weight table ``[G, K, 2]``."""
-    bin_args = (b.lo, b.per_octave, b.num_bins)
+    """Write d loss / d ``x32`` into ``grad`` given the anchors, the scaled weight table ``[G, K, 2]`` and
+    the exact head ``(cut [G], values [G, H], fg [G, H], weights [G, H])``, its weights scaled too."""
+    cut, values, fg, weights = head
+    bin_args = (values.shape[1], b.lo, b.per_octave, b.num_bins)
     if x32.numel():
-        _launch("bwd", x32, t, surrogate, per_image, ignore_index, (inverse_top(top), table, grad), bin_args)
+        pointers = (inverse_top(top), table, cut.to(torch.int32).contiguous(), values.contiguous(),
+                    fg.to(torch.int8).contiguous(), weights.contiguous(), grad)  # fmt: skip
+        _launch("bwd", x32, t, surrogate, per_image, ignore_index, pointers, bin_args)
