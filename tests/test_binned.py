@@ -6,7 +6,6 @@ import itertools
 import os
 import random
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -14,7 +13,7 @@ from hypothesis import strategies as st
 
 import lovasz
 from lovasz.engine import Binning, kernels_cpu, lovasz_binned, lovasz_exact
-from lovasz.engine.histogram import inverse_top, weight_tables
+from lovasz.engine.histogram import HEAD, Histogram, head_cut, histogram_losses, inverse_top, weight_tables
 from reference import lovasz_extension_ref
 
 BACKENDS = ["torch"] + (["numba"] if kernels_cpu.AVAILABLE else [])
@@ -310,7 +309,7 @@ def test_triton_kernels_under_interpreter():
 @pytest.mark.parametrize("seed", range(6))
 def test_cpu_tables_match_digamma_tables(seed):
     g = torch.Generator().manual_seed(seed)
-    groups, k = 5, 300
+    groups, k = 5, Binning(-20, 8).num_bins
     scale = [3, 50, 5000, 10**6, 2, 0][seed]
     density = torch.rand(groups, k, 2, generator=g) < 0.4
     counts = (torch.rand(groups, k, 2, generator=g, dtype=torch.float64) * scale).floor() * density
@@ -321,7 +320,9 @@ def test_cpu_tables_match_digamma_tables(seed):
     acc = torch.stack(
         [torch.stack([half.double(), sums / 2], dim=-1), torch.stack([(counts - half).double(), sums / 2], dim=-1)]
     )  # two partial slots, as the batch-mode kernels produce
-    losses, table, n_fg, n_valid = kernels_cpu.tables(acc.numpy(), np.full(acc.shape[1], acc.shape[2]))
+    losses, table, n_fg, n_valid, cut = kernels_cpu.tables(acc.numpy(), 0)  # head 0: no element in the head
+    hist = Histogram(acc, torch.zeros(groups), Binning(-20, 8))
+    assert cut.tolist() == head_cut(hist, 0).tolist()
     w_fg, w_bg = weight_tables(counts[..., 1], counts[..., 0])
     torch.testing.assert_close(torch.from_numpy(table[..., 1]).double(), w_fg, rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(torch.from_numpy(table[..., 0]).double(), w_bg, rtol=1e-6, atol=1e-12)
@@ -330,3 +331,9 @@ def test_cpu_tables_match_digamma_tables(seed):
     torch.testing.assert_close(torch.from_numpy(losses), want, rtol=1e-7, atol=1e-12)
     assert n_fg.tolist() == counts[..., 1].sum(1).long().tolist()
     assert n_valid.tolist() == counts.sum((1, 2)).long().tolist()
+    # With an exact head, the same cut, losses and table as the PyTorch tables.
+    got = kernels_cpu.tables(acc.numpy(), HEAD)
+    want = histogram_losses(hist, head=HEAD)
+    assert got[4].tolist() == want[4].tolist()
+    torch.testing.assert_close(torch.from_numpy(got[1]), want[1], rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(torch.from_numpy(got[0]), want[0], rtol=1e-7, atol=1e-12)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .histogram import HEAD, Binning, Histogram, head_cut, head_weights, histogram_losses, inverse_top
+from .histogram import HEAD, Binning, Histogram, head_weights, histogram_losses, inverse_top
 
 __all__ = ["binned_histogram", "lovasz_binned", "lovasz_binned_counts"]
 
@@ -45,14 +45,13 @@ def binned_histogram(
     return hist, cells
 
 
-def _head(errors: Tensor, cells: Tensor, hist: Histogram, sync) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The exact head (:func:`.histogram.head_cut`) of ``[G, P]`` errors whose flat cells are ``cells``:
-    ``(cut [G], values [G, H'], fg [G, H'], position [G, HEAD])`` with ``H' = HEAD`` (every rank's heads
+def _head(errors: Tensor, cells: Tensor, hist: Histogram, cut: Tensor, sync) -> tuple[Tensor, Tensor, Tensor]:
+    """The exact head (bins from ``cut[g]`` up, :func:`.histogram.head_cut`) of ``[G, P]`` errors whose flat
+    cells are ``cells``: ``(values [G, H'], fg [G, H'], position [G, HEAD])`` with ``H' = HEAD`` (every rank's heads
     side by side with ``sync``, this rank's block at ``rank·HEAD``); values are -1 where unused, and
     ``position`` is the column of each local entry in ``errors`` (-1 where unused)."""
     g, p = errors.shape
     k = hist.binning.num_bins
-    cut = head_cut(hist)
     valid = cells < 2 * g * k
     in_head = valid & ((cells // 2) % k >= cut.unsqueeze(1))
     key = torch.where(in_head, errors.detach(), -1.0)
@@ -65,15 +64,15 @@ def _head(errors: Tensor, cells: Tensor, hist: Histogram, sync) -> tuple[Tensor,
     fg = (padded.gather(1, torch.where(position >= 0, position, p)) % 2 == 1) & (values >= 0)
     if sync is not None:
         values, fg = sync.gather_head(values, fg)
-    return cut, values, fg, position
+    return values, fg, position
 
 
 class _LovaszBinned(torch.autograd.Function):
     @staticmethod
     def forward(ctx, errors: Tensor, fg: Tensor, valid: Tensor | None, binning: Binning, sync):  # type: ignore[override]
         hist, cells = binned_histogram(errors, fg, valid, binning, sync)
-        cut, head_values, head_fg, position = _head(errors, cells, hist, sync)
-        losses, table, n_fg, n_valid = histogram_losses(hist, table_dtype=errors.dtype, cut=cut)
+        losses, table, n_fg, n_valid, cut = histogram_losses(hist, table_dtype=errors.dtype)
+        head_values, head_fg, position = _head(errors, cells, hist, cut, sync)
         head_w = head_weights(head_values, head_fg, head_values >= 0, n_fg)
         losses = losses + (head_w * head_values.clamp_min(0).to(torch.float64)).sum(dim=1)
         weights = torch.cat([table.flatten(), table.new_zeros(1)])[cells]

@@ -41,7 +41,7 @@ from .. import surrogates
 from .._checks import compiling
 from ..surrogates import Surrogate
 from . import backends
-from .histogram import HEAD, Binning, Histogram, head_cut, head_weights, histogram_losses
+from .histogram import HEAD, Binning, Histogram, head_weights, histogram_losses
 
 __all__ = ["fused_binned"]
 
@@ -80,16 +80,21 @@ def _forward(
     surrogate, binning = _kernel_args(code, lo, per_octave)
     buffer = torch.empty_like(x32) if getattr(kernels, "KEEPS_ERRORS", False) else None
     extra: dict = {} if buffer is None else {"errors": buffer}
-    top_reduce = {} if sync is None else {"reduce_top": sync.all_max}
-    hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning, **top_reduce, **extra)
-    if sync is not None:
-        hist = Histogram(sync.sum_histogram(hist.merged().cells.to(x32.device)), hist.top, binning)
-    cut = head_cut(hist)
-    values, fg, counts = kernels.head(x32, t, surrogate, per_image, ignore_index, binning, hist.top, cut, HEAD, **extra)
+    if sync is None and hasattr(kernels, "losses"):  # the kernels' own road for a local loss
+        top, losses, table, n_fg, n_valid, cut, values, fg, counts = kernels.losses(
+            x32, t, surrogate, per_image, ignore_index, binning, HEAD, **extra
+        )
+    else:
+        top_reduce = {} if sync is None else {"reduce_top": sync.all_max}
+        hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning, **top_reduce, **extra)
+        if sync is not None:
+            hist = Histogram(sync.sum_histogram(hist.merged().cells.to(x32.device)), hist.top, binning)
+        losses, table, n_fg, n_valid, cut = histogram_losses(hist, use_numba=backend == "numba")
+        top = hist.top
+        values, fg, counts = kernels.head(x32, t, surrogate, per_image, ignore_index, binning, top, cut, HEAD, **extra)
     values = torch.where(torch.arange(HEAD, device=values.device) < counts.unsqueeze(1), values, -1.0)
     if sync is not None:
         values, fg = sync.gather_head(values.to(x32.device), fg.to(x32.device))
-    losses, table, n_fg, n_valid = histogram_losses(hist, use_numba=backend == "numba", cut=cut)
     device = x32.device
     values, fg, n_fg = values.to(device), fg.to(device), n_fg.to(device)
     weights = head_weights(values, fg, values >= 0, n_fg)
@@ -98,7 +103,7 @@ def _forward(
     return (
         losses.to(torch.float32),
         table.to(device),
-        hist.top.to(device, torch.float32),
+        top.to(device, torch.float32),
         n_fg,
         n_valid.to(device),
         kept,

@@ -72,6 +72,15 @@ __all__ = [
 
 DEFAULT_BINS = 4096
 
+# The exact head.  Where a group's largest errors are few and close together (a small object, a class at
+# initialisation, confident false positives), their exact Lovász weights differ a lot from rank to rank
+# (for one foreground pixel: 1/2, 1/6, 1/12, ... for the background errors above it), and errors closer
+# than a bin's width would get their bin's mean weight.  So the highest bins of each group that hold at
+# most ``HEAD`` elements in total are resolved exactly: their elements are ranked by their errors and get
+# the exact weights of that order (equal errors: the mean weight of their tie, as in a bin).  The bins
+# below keep their weights, which depend only on how many elements lie above them.
+HEAD = 32
+
 
 @dataclass(frozen=True)
 class Binning:
@@ -186,52 +195,37 @@ class Histogram:
 
 
 def histogram_losses(
-    hist: Histogram, table_dtype: torch.dtype = torch.float32, *, use_numba: bool = False, cut: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    hist: Histogram, table_dtype: torch.dtype = torch.float32, *, use_numba: bool = False, head: int = HEAD
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Losses and weight table of a histogram: the one place where counts become Lovász weights.
 
     Returns:
-        ``(losses, table, fg_count, valid_count)``: losses ``[G]`` float64,
-        ``L_g = Σ_k w_fg[g,k]·S_fg[g,k] + w_bg[g,k]·S_bg[g,k]`` (the sums ``S`` of the histogram); the
-        weight table ``[G, K, 2]`` in ``table_dtype``, ``[..., 0]`` background and ``[..., 1]`` foreground
-        (the gradient of the loss w.r.t. an element's error); foreground and valid pixel counts ``[G]``
-        int64.
-
-    ``cut`` (``[G]``, from :func:`head_cut`): the bins from ``cut[g]`` up are the group's exact head.  They
-    still count as "above" for the lower bins, but they are left out of ``L_g`` and zeroed in the table:
-    :func:`head_weights` gives their elements' exact weights and loss.
+        ``(losses, table, fg_count, valid_count, cut)``: losses ``[G]`` float64,
+        ``L_g = Σ_k w_fg[g,k]·S_fg[g,k] + w_bg[g,k]·S_bg[g,k]`` over the bins below the group's exact head
+        (the sums ``S`` of the histogram); the weight table ``[G, K, 2]`` in ``table_dtype``, ``[..., 0]``
+        background and ``[..., 1]`` foreground (the gradient of the loss w.r.t. an element's error, 0 in
+        the head); foreground and valid pixel counts ``[G]`` int64; and ``cut`` ``[G]`` int64, the lowest
+        bin of each group's exact head (:func:`head_cut`).  The head's bins still count as "above" for the
+        lower bins; :func:`head_weights` gives their elements' exact weights and loss.
 
     With ``use_numba`` (the numba backend: a CPU histogram, float32 table) one numba pass computes the same
     quantities from harmonic numbers (:func:`.kernels_cpu.tables`); otherwise :func:`weight_tables` does,
     in PyTorch, on the histogram's device.
     """
-    k = hist.binning.num_bins
     if use_numba:
         from . import kernels_cpu
 
         cells = hist.cells.detach().contiguous()
-        groups = cells.shape[1]
-        cut_np = (torch.full((groups,), k, dtype=torch.int64) if cut is None else cut.cpu()).numpy()
-        return tuple(torch.from_numpy(a) for a in kernels_cpu.tables(cells.numpy(), cut_np))  # type: ignore[return-value]
+        return tuple(torch.from_numpy(a) for a in kernels_cpu.tables(cells.numpy(), head))  # type: ignore[return-value]
     acc = hist.cells.sum(dim=0)
     counts, sums = acc[..., 0].round().to(torch.int64), acc[..., 1]
     w_fg, w_bg = weight_tables(counts[..., 1], counts[..., 0])
-    if cut is not None:
-        below = torch.arange(k, device=cut.device) < cut.unsqueeze(1)
-        w_fg, w_bg = w_fg * below, w_bg * below
+    cut = head_cut(hist, head)
+    below = torch.arange(hist.binning.num_bins, device=cut.device) < cut.unsqueeze(1)
+    w_fg, w_bg = w_fg * below, w_bg * below
     losses = (w_fg * sums[..., 1] + w_bg * sums[..., 0]).sum(dim=1)
     table = torch.stack([w_bg, w_fg], dim=-1).to(table_dtype)
-    return losses, table, counts[..., 1].sum(dim=1), counts.sum(dim=(1, 2))
-
-
-# The exact head.  Where a group's largest errors are few and close together (a small object, a class at
-# initialisation, confident false positives), their exact Lovász weights differ a lot from rank to rank
-# (for one foreground pixel: 1/2, 1/6, 1/12, ... for the background errors above it), and errors closer
-# than a bin's width would get their bin's mean weight.  So the highest bins of each group that hold at
-# most ``HEAD`` elements in total are resolved exactly: their elements are ranked by their errors and get
-# the exact weights of that order (equal errors: the mean weight of their tie, as in a bin).  The bins
-# below keep their weights, which depend only on how many elements lie above them.
-HEAD = 32
+    return losses, table, counts[..., 1].sum(dim=1), counts.sum(dim=(1, 2)), cut
 
 
 def head_cut(hist: Histogram, head: int = HEAD) -> Tensor:

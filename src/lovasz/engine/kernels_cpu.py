@@ -217,6 +217,53 @@ if AVAILABLE:
                     tops[unit, g] = m
                 pos += width
 
+    @njit(inline="always")
+    def _accumulate(bits, c, start, stop, inv_g, lo, per_octave, half, flat, base, kb):
+        """Add the elements ``start..stop`` (positions in the ``B·N`` pixels) of class ``c`` to the
+        histogram ``flat[base:]`` (``[K, 2, 2]``: (background, foreground) × (count, error sum))."""
+        n_ = bits.shape[2]
+        pos = start
+        while pos < stop:
+            b, i0, width = _span(pos, stop, n_)
+            src = bits[b, c, i0 : i0 + width]
+            for j in range(width):
+                kb[j] = _bin(_magnitude(src[j]), inv_g, lo, per_octave, half)
+            for j in range(width):
+                s = src[j]
+                if s == _IGNORED:
+                    continue
+                idx = base + kb[j] * 4 + (2 if s < 0 else 0)
+                flat[idx] += 1.0
+                flat[idx + 1] += _magnitude(s)
+            pos += width
+
+    @njit(inline="always")
+    def _gather_head(bits, c, b0, b1, cg, inv_g, lo, per_octave, half, values, fgs, kb):
+        """Errors and foreground flags of the valid elements of class ``c`` in images ``b0..b1`` whose bin
+        is at least ``cg`` (the exact head), into ``values`` and ``fgs`` in scan order; returns how many."""
+        n_ = bits.shape[2]
+        cap = values.shape[0]
+        m = 0
+        if cg >= 2 * half:
+            return m
+        for b in range(b0, b1):
+            for i0 in range(0, n_, BLOCK):
+                width = min(BLOCK, n_ - i0)
+                src = bits[b, c, i0 : i0 + width]
+                top = np.int32(0)
+                for j in range(width):
+                    k = _bin(_magnitude(src[j]), inv_g, lo, per_octave, half)
+                    kb[j] = k
+                    top = max(top, k)
+                if top < cg:
+                    continue
+                for j in range(width):
+                    if kb[j] >= cg and src[j] != _IGNORED and m < cap:
+                        values[m] = _magnitude(src[j])
+                        fgs[m] = src[j] < 0
+                        m += 1
+        return m
+
     @njit(nogil=True, cache=True, fastmath=_FASTMATH)
     def histogram_rows(bits, per_image, nchunks, lo, per_octave, half, inv, acc, u0, u1):
         """Pass 2, units ``u0..u1``: bins of the signed errors ``bits`` ``[B, C, N]`` and the (group, bin)
@@ -235,67 +282,53 @@ if AVAILABLE:
             if per_image:
                 c = unit % c_
                 start = (unit // c_) * n_
-                stop = start + n_
-                base = unit * num_bins * 4
-                g = unit
+                _accumulate(bits, c, start, start + n_, inv[unit], lo, per_octave, half, flat, unit * num_bins * 4, kb)
             else:
                 c = unit // nchunks
                 chunk = unit - c * nchunks
                 start = min(chunk * step, total)
                 stop = min(start + step, total)
                 base = (chunk * groups + c) * num_bins * 4
-                g = c
-            inv_g = inv[g]
-            pos = start
-            while pos < stop:
-                b, i0, width = _span(pos, stop, n_)
-                src = bits[b, c, i0 : i0 + width]
-                for j in range(width):
-                    kb[j] = _bin(_magnitude(src[j]), inv_g, lo, per_octave, half)
-                for j in range(width):
-                    s = src[j]
-                    if s == _IGNORED:
-                        continue
-                    idx = base + kb[j] * 4 + (2 if s < 0 else 0)
-                    flat[idx] += 1.0
-                    flat[idx + 1] += _magnitude(s)
-                pos += width
+                _accumulate(bits, c, start, stop, inv[c], lo, per_octave, half, flat, base, kb)
 
     @njit(nogil=True, cache=True, fastmath=_FASTMATH)
-    def head_rows(bits, per_image, cut, inv, lo, per_octave, half, values, fgs, counts, u0, u1):
-        """The exact head (:func:`lovasz.engine.histogram.head_cut`): every valid element whose bin is at
-        least ``cut[g]``, its error into ``values[g, :]`` and its foreground flag into ``fgs[g, :]``
-        (``counts[g]`` of them), in scan order.  Units: one per (image, class) row per image, one per class
-        over the batch."""
+    def group_tables(
+        bits, per_image, lo, per_octave, half, inv, head, losses, table, n_fg, n_valid, cut, head_values,
+        head_fg, head_counts, u0, u1,
+    ):  # fmt: skip
+        """Pass 2 and the tables in one, for groups that one unit covers whole (per image, or over the batch
+        when each class is one chunk): each group's histogram in a buffer that stays in cache, its losses,
+        weight table, counts and exact head (:func:`_group_table`), then its head's elements."""
         b_, c_, n_ = bits.shape
-        cap = values.shape[1]
+        num_bins = 2 * half
+        local = np.empty((1, 1, num_bins, 2, 2), np.float64)
+        flat = local.reshape(-1)
         kb = np.empty(BLOCK, np.int32)
         for unit_ in range(u0, u1):
             g = np.int64(unit_)
             c = g % c_ if per_image else g
             b0 = g // c_ if per_image else 0
             b1 = b0 + 1 if per_image else b_
-            cg = cut[g]
-            inv_g = inv[g]
-            m = 0
-            if cg < 2 * half:
-                for b in range(b0, b1):
-                    for i0 in range(0, n_, BLOCK):
-                        width = min(BLOCK, n_ - i0)
-                        src = bits[b, c, i0 : i0 + width]
-                        top = np.int32(0)
-                        for j in range(width):
-                            k = _bin(_magnitude(src[j]), inv_g, lo, per_octave, half)
-                            kb[j] = k
-                            top = max(top, k)
-                        if top < cg:
-                            continue
-                        for j in range(width):
-                            if kb[j] >= cg and src[j] != _IGNORED and m < cap:
-                                values[g, m] = _magnitude(src[j])
-                                fgs[g, m] = src[j] < 0
-                                m += 1
-            counts[g] = m
+            local[:] = 0.0
+            _accumulate(bits, c, b0 * n_, b1 * n_, inv[g], lo, per_octave, half, flat, 0, kb)
+            losses[g], n_fg[g], n_valid[g], cut[g] = _group_table(local, 0, head, table[g])
+            head_counts[g] = _gather_head(
+                bits, c, b0, b1, cut[g], inv[g], lo, per_octave, half, head_values[g], head_fg[g], kb
+            )
+
+    @njit(nogil=True, cache=True, fastmath=_FASTMATH)
+    def head_rows(bits, per_image, cut, inv, lo, per_octave, half, values, fgs, counts, u0, u1):
+        """The exact head (:func:`lovasz.engine.histogram.head_cut`) of groups ``u0..u1``: every valid
+        element whose bin is at least ``cut[g]``, its error into ``values[g, :]`` and its foreground flag
+        into ``fgs[g, :]`` (``counts[g]`` of them), in scan order."""
+        _, c_, _ = bits.shape
+        kb = np.empty(BLOCK, np.int32)
+        for unit_ in range(u0, u1):
+            g = np.int64(unit_)
+            c = g % c_ if per_image else g
+            b0 = g // c_ if per_image else 0
+            b1 = b0 + 1 if per_image else bits.shape[0]
+            counts[g] = _gather_head(bits, c, b0, b1, cut[g], inv[g], lo, per_octave, half, values[g], fgs[g], kb)
 
     @njit(inline="always")
     def _head_weight(head_values, head_fg, head_w, g, e, fg):
@@ -474,62 +507,72 @@ if AVAILABLE:
             - (ia2 * ia2 * ia2 - ib2 * ib2 * ib2) / 252.0
         )
 
-    @njit(nogil=True, cache=True)
-    def tables_range(acc, cut, losses, table, n_fg, n_valid, g0, g1):
-        """Partial accumulators ``[S, G, K, 2, 2]`` → losses ``[G]``, weight table ``[G, K, 2]`` (float32,
-        ``[..., 0]`` background, ``[..., 1]`` foreground), foreground and valid counts ``[G]``.
+    @njit(inline="always")
+    def _group_table(acc, grp, head, table_g):
+        """One group's histogram, partials ``acc[:, grp]`` (``[S, G, K, 2, 2]``) → its weight table
+        ``table_g`` ``[K, 2]`` (float32, ``[:, 0]`` background, ``[:, 1]`` foreground; left 0 in the exact
+        head), and ``(loss without the head, foreground count, valid count, cut)``: ``cut`` is the lowest
+        bin of the exact head, the highest bins holding at most ``head`` elements in total
+        (:func:`lovasz.engine.histogram.head_cut`).
 
-        Same quantities as :func:`lovasz.engine.binned.weight_tables`, in one pass per group from the top
-        bin down: a foreground element of a bin gets ``(H(u+g) - H(u-1)) / (g+1)`` with ``u = n + B``."""
+        Same quantities as :func:`lovasz.engine.histogram.weight_tables`, from the top bin down: a
+        foreground element of a bin gets ``(H(u+g) - H(u-1)) / (g+1)`` with ``u = n + B``."""
         slots, num_bins = acc.shape[0], acc.shape[2]
-        for g_ in range(g0, g1):
-            grp = np.int64(g_)
-            n = 0
-            total = 0
-            for k in range(num_bins):
-                for s in range(slots):
-                    n += np.int64(acc[s, grp, k, 1, 0])
-                    total += np.int64(acc[s, grp, k, 0, 0]) + np.int64(acc[s, grp, k, 1, 0])
-            n_fg[grp] = n
-            n_valid[grp] = total
-            above_f = 0
-            above_b = 0
-            loss = 0.0
-            for k in range(num_bins - 1, -1, -1):
-                f = 0
-                gb = 0
-                sum_f = 0.0
-                sum_b = 0.0
-                for s in range(slots):
-                    f += np.int64(acc[s, grp, k, 1, 0])
-                    gb += np.int64(acc[s, grp, k, 0, 0])
-                    sum_f += acc[s, grp, k, 1, 1]
-                    sum_b += acc[s, grp, k, 0, 1]
-                if f == 0 and gb == 0:
-                    continue
-                u = n + above_b
-                w_fg = 0.0
-                if f > 0:
-                    w_fg = _harmonic_diff(u + gb, u - 1) / (gb + 1)
-                if k >= cut[grp]:  # the exact head: counted above the lower bins, weighted elsewhere
-                    above_f += f
-                    above_b += gb
-                    continue
-                w_bg = 0.0
-                if gb > 0:
-                    if n > 0:
-                        j_before = 1.0 - (n - above_f) / u
-                        j_after = 1.0 - (n - above_f - f) / (u + gb)
-                    else:
-                        j_before = 1.0 if above_b > 0 else 0.0
-                        j_after = 1.0
-                    w_bg = max((j_after - j_before - f * w_fg) / gb, 0.0)
-                table[grp, k, 0] = w_bg
-                table[grp, k, 1] = w_fg
-                loss += w_fg * sum_f + w_bg * sum_b
+        n = 0
+        total = 0
+        cut = num_bins
+        for k in range(num_bins - 1, -1, -1):
+            for s in range(slots):
+                n += np.int64(acc[s, grp, k, 1, 0])
+                total += np.int64(acc[s, grp, k, 0, 0]) + np.int64(acc[s, grp, k, 1, 0])
+            if total <= head:
+                cut = k
+        above_f = 0
+        above_b = 0
+        loss = 0.0
+        for k in range(num_bins - 1, -1, -1):
+            f = 0
+            gb = 0
+            sum_f = 0.0
+            sum_b = 0.0
+            for s in range(slots):
+                f += np.int64(acc[s, grp, k, 1, 0])
+                gb += np.int64(acc[s, grp, k, 0, 0])
+                sum_f += acc[s, grp, k, 1, 1]
+                sum_b += acc[s, grp, k, 0, 1]
+            if f == 0 and gb == 0:
+                continue
+            if k >= cut:  # the exact head: counted above the lower bins, weighted elsewhere
                 above_f += f
                 above_b += gb
-            losses[grp] = loss
+                continue
+            u = n + above_b
+            w_fg = 0.0
+            if f > 0:
+                w_fg = _harmonic_diff(u + gb, u - 1) / (gb + 1)
+            w_bg = 0.0
+            if gb > 0:
+                if n > 0:
+                    j_before = 1.0 - (n - above_f) / u
+                    j_after = 1.0 - (n - above_f - f) / (u + gb)
+                else:
+                    j_before = 1.0 if above_b > 0 else 0.0
+                    j_after = 1.0
+                w_bg = max((j_after - j_before - f * w_fg) / gb, 0.0)
+            table_g[k, 0] = w_bg
+            table_g[k, 1] = w_fg
+            loss += w_fg * sum_f + w_bg * sum_b
+            above_f += f
+            above_b += gb
+        return loss, n, total, cut
+
+    @njit(nogil=True, cache=True)
+    def tables_range(acc, head, losses, table, n_fg, n_valid, cut, g0, g1):
+        """Partial accumulators ``[S, G, K, 2, 2]`` → losses ``[G]`` (without the exact head), weight table
+        ``[G, K, 2]``, foreground and valid counts and the head's lowest bin ``[G]`` (:func:`_group_table`)."""
+        for g_ in range(g0, g1):
+            grp = np.int64(g_)
+            losses[grp], n_fg[grp], n_valid[grp], cut[grp] = _group_table(acc, grp, head, table[grp])
 
 
 if AVAILABLE:
@@ -581,19 +624,18 @@ def _parallel(fn, units: int, *args) -> None:
         f.result()
 
 
-def tables(acc: np.ndarray, cut: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Partial accumulators ``[S, G, K, 2, 2]`` → losses ``[G]``, weight table ``[G, K, 2]`` (float32,
-    ``[..., 0]`` background, ``[..., 1]`` foreground), foreground and valid counts ``[G]``: the quantities
-    of :func:`lovasz.engine.histogram.weight_tables`, in one pass per group from the top bin down (a
-    foreground element of a bin gets ``(H(u+g) - H(u-1)) / (g+1)`` with ``u = n + B``)."""
+def tables(acc: np.ndarray, head: int) -> tuple[np.ndarray, ...]:
+    """Partial accumulators ``[S, G, K, 2, 2]`` → losses ``[G]`` (without the exact head), weight table
+    ``[G, K, 2]`` (float32, ``[..., 0]`` background, ``[..., 1]`` foreground, 0 in the head), foreground
+    and valid counts ``[G]`` and the head's lowest bin ``cut`` ``[G]``: the quantities of
+    :func:`lovasz.engine.histogram.histogram_losses`, in one pass per group from the top bin down."""
     groups, num_bins = acc.shape[1], acc.shape[2]
     losses = np.zeros(groups, np.float64)
     table = np.zeros((groups, num_bins, 2), np.float32)
-    n_fg = np.zeros(groups, np.int64)
-    n_valid = np.zeros(groups, np.int64)
+    n_fg, n_valid, cut = (np.zeros(groups, np.int64) for _ in range(3))
     with _compiling_message(tables_range):
-        _parallel(tables_range, groups, acc, cut, losses, table, n_fg, n_valid)
-    return losses, table, n_fg, n_valid
+        _parallel(tables_range, groups, acc, head, losses, table, n_fg, n_valid, cut)
+    return losses, table, n_fg, n_valid, cut
 
 
 def saves_errors(surrogate: Surrogate) -> bool:
@@ -602,6 +644,31 @@ def saves_errors(surrogate: Surrogate) -> bool:
     (the kept errors are as large as cross-entropy's saved log-probabilities); the binary ones recompute
     from the scores."""
     return surrogate.per_class
+
+
+def _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top):
+    """Pass 1: signed error bits into ``errors`` and the anchors; returns ``(bits, top, inv)``."""
+    x, tt = x32.numpy(), t.numpy()
+    bsz, c, _ = x.shape
+    groups = bsz * c if per_image else c
+    units = bsz if per_image else NUM_CHUNKS
+    use_ignore = ignore_index is not None
+    ignore = int(ignore_index) if use_ignore else 0
+    errors_fn = softmax_errors if surrogate.per_class else binary_errors
+    bits = (torch.empty_like(x32) if errors is None else errors).numpy().view(np.int32)
+    tops = np.zeros((units, groups), np.float32)
+    with _compiling_message(errors_fn):
+        _parallel(errors_fn, units, x, tt, ignore, use_ignore, surrogate.code, per_image, NUM_CHUNKS, bits, tops)
+    top = torch.from_numpy(tops.max(axis=0))
+    if reduce_top is not None:
+        top = reduce_top(top)
+    return bits, top, inverse_top(top).numpy()
+
+
+def _chunks(per_image: bool, c: int) -> int:
+    """Pieces of each class's elements in pass 2 over the batch: a function of the shape alone (so the
+    sums are the same for any thread count), enough for the threads to share even a single class."""
+    return 1 if per_image else -(-ROW_UNITS // c)
 
 
 def histogram(
@@ -620,27 +687,54 @@ def histogram(
     ignored one) and finds each group's anchor; ``reduce_top`` (e.g. a max over processes) may replace the
     anchors; pass 2 bins the errors a row at a time.  :func:`head` and (for the softmax surrogates)
     :func:`backward` read ``errors`` again."""
-    x, tt = x32.numpy(), t.numpy()
-    bsz, c, _ = x.shape
+    bsz, c, _ = x32.shape
     groups = bsz * c if per_image else c
-    units = bsz if per_image else NUM_CHUNKS
-    use_ignore = ignore_index is not None
-    ignore = int(ignore_index) if use_ignore else 0
-    errors_fn = softmax_errors if surrogate.per_class else binary_errors
-    bits = (torch.empty_like(x32) if errors is None else errors).numpy().view(np.int32)
-    tops = np.zeros((units, groups), np.float32)
-    # Pass 2 over the batch: a class's elements in ``chunks`` fixed pieces (a function of the shape alone,
-    # so the sum is the same for any thread count), enough for the threads to share even a single class.
-    chunks = 1 if per_image else -(-ROW_UNITS // c)
+    bits, top, inv = _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top)
+    return Histogram(torch.from_numpy(_pass2(bits, inv, per_image, c, groups, b)), top, b)
+
+
+def losses(
+    x32: torch.Tensor,
+    t: torch.Tensor,
+    surrogate: Surrogate,
+    per_image: bool,
+    ignore_index: int | None,
+    b: Binning,
+    head_size: int,
+    errors: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """The local loss in one go (no process group): :func:`histogram`, the tables
+    (:func:`lovasz.engine.histogram.histogram_losses`) and :func:`head`, with each group's histogram kept
+    in cache and never materialized where one unit covers the group.  Returns ``(top, losses, table,
+    n_fg, n_valid, cut, head_values, head_fg, head_counts)``."""
+    bsz, c, _ = x32.shape
+    groups = bsz * c if per_image else c
+    bits, top, inv = _pass1(x32, t, surrogate, per_image, ignore_index, errors, None)
+    if _chunks(per_image, c) > 1:
+        out = tables(_pass2(bits, inv, per_image, c, groups, b), head_size)
+        cut = torch.from_numpy(out[4])
+        values, fg, counts = head(x32, t, surrogate, per_image, ignore_index, b, top, cut, head_size, errors)
+        return (top, *(torch.from_numpy(a) for a in out), values, fg, counts)
+    loss = np.zeros(groups, np.float64)
+    table = np.zeros((groups, b.num_bins, 2), np.float32)
+    n_fg, n_valid, cut, counts = (np.zeros(groups, np.int64) for _ in range(4))
+    values = np.zeros((groups, head_size), np.float32)
+    fg = np.zeros((groups, head_size), np.bool_)
+    with _compiling_message(group_tables):
+        _parallel(
+            group_tables, groups, bits, per_image, b.lo, b.per_octave, b.half, inv, head_size, loss, table, n_fg,
+            n_valid, cut, values, fg, counts,
+        )  # fmt: skip
+    return (top, *(torch.from_numpy(a) for a in (loss, table, n_fg, n_valid, cut, values, fg, counts)))
+
+
+def _pass2(bits, inv, per_image, c, groups, b: Binning) -> np.ndarray:
+    """Pass 2 into partial accumulators ``[chunks, G, K, 2, 2]``."""
+    chunks = _chunks(per_image, c)
     acc = np.zeros((chunks, groups, b.num_bins, 2, 2), np.float64)
-    with _compiling_message(errors_fn, histogram_rows):
-        _parallel(errors_fn, units, x, tt, ignore, use_ignore, surrogate.code, per_image, NUM_CHUNKS, bits, tops)
-        top = torch.from_numpy(tops.max(axis=0))
-        if reduce_top is not None:
-            top = reduce_top(top)
-        inv = inverse_top(top).numpy()
+    with _compiling_message(histogram_rows):
         _parallel(histogram_rows, chunks * groups, bits, per_image, chunks, b.lo, b.per_octave, b.half, inv, acc)
-    return Histogram(torch.from_numpy(acc), top, b)
+    return acc
 
 
 def head(
