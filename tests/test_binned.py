@@ -259,6 +259,30 @@ def test_binned_is_deterministic(backend):
         assert torch.equal(loss, runs[0][0]) and torch.equal(grad, runs[0][1])
 
 
+@pytest.mark.skipif(not kernels_cpu.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("per_image", [False, True])
+def test_numba_results_do_not_depend_on_threads_or_the_thread_runtime(monkeypatch, per_image):
+    # OpenMP's team (the default where PyTorch uses OpenMP) or a thread pool, 1 or 3 threads: bit for bit.
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 5, 40, 40, generator=g) * 3
+    t = torch.randint(0, 5, (3, 40, 40), generator=g)
+    xb, tb = torch.randn(4, 1, 30, 30, generator=g), (torch.rand(4, 1, 30, 30, generator=g) < 0.3).long()
+    kw = dict(backend="numba", per_image=per_image)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for runtime, n in [("openmp", 2), ("pool", 2), ("pool", 3), ("openmp", 1), ("openmp", 3)]:
+            monkeypatch.setenv("LOVASZ_THREADS", runtime)
+            torch.set_num_threads(n)
+            runs.append(_run(lovasz.lovasz_softmax, x, t, kw, 4096) + _run(lovasz.lovasz_hinge, xb, tb, kw, 4096))
+    finally:
+        torch.set_num_threads(threads)
+    for run in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(run, runs[0], strict=True))
+    if "parallel backend: OpenMP" in torch.__config__.parallel_info() and os.path.exists("/proc/self/maps"):
+        assert kernels_cpu._OpenMP().lib is not None  # the first runtime above really was OpenMP's team
+
+
 def test_float64_uses_pytorch_engine_and_passes_gradcheck():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
