@@ -647,7 +647,7 @@ class _OpenMP:
             try:
                 for task in tasks[self.lib.omp_get_thread_num() :: workers]:
                     task()
-            except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread below
+            except BaseException as exc:
                 errors.append(exc)
 
         self.lib.GOMP_parallel(self.callback_type(body), None, workers, 0)
