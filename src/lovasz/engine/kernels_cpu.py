@@ -298,9 +298,9 @@ if AVAILABLE:
         bits, per_image, lo, per_octave, half, inv, head, losses, table, n_fg, n_valid, cut, head_values,
         head_fg, head_counts, u0, u1,
     ):  # fmt: skip
-        """Pass 2 and the tables in one, for groups that one unit covers whole (per image, or over the batch
-        when each class is one chunk): each group's histogram in a buffer that stays in cache, its losses,
-        weight table, counts and exact head (:func:`_group_table`), then its head's elements."""
+        """Pass 2 and the tables in one, a unit per group (an (image, class) row per image, a class over
+        the batch): the group's histogram in a buffer that stays in cache, its losses, weight table, counts
+        and exact head (:func:`_group_table`), then its head's elements."""
         b_, c_, n_ = bits.shape
         num_bins = 2 * half
         local = np.empty((1, 1, num_bins, 2, 2), np.float64)
@@ -763,17 +763,13 @@ def losses(
     errors: torch.Tensor,
 ) -> tuple[torch.Tensor, ...]:
     """The local loss in one go (no process group): :func:`histogram`, the tables
-    (:func:`lovasz.engine.histogram.histogram_losses`) and :func:`head`, with each group's histogram kept
-    in cache and never materialized where one unit covers the group.  Returns ``(top, losses, table,
-    n_fg, n_valid, cut, head_values, head_fg, head_counts)``."""
+    (:func:`lovasz.engine.histogram.histogram_losses`) and :func:`head`, one unit per group, whose
+    histogram stays in cache and is never materialized (:func:`group_tables`); three kernels in all with
+    pass 1 and backward, which is what a first call compiles.  Returns ``(top, losses, table, n_fg,
+    n_valid, cut, head_values, head_fg, head_counts)``."""
     bsz, c, _ = x32.shape
     groups = bsz * c if per_image else c
     bits, top, inv = _pass1(x32, t, surrogate, per_image, ignore_index, errors, None)
-    if _chunks(per_image, c) > 1:
-        out = tables(_pass2(bits, inv, per_image, c, groups, b), head_size)
-        cut = torch.from_numpy(out[4])
-        values, fg, counts = head(x32, t, surrogate, per_image, ignore_index, b, top, cut, head_size, errors)
-        return (top, *(torch.from_numpy(a) for a in out), values, fg, counts)
     loss = np.zeros(groups, np.float64)
     table = np.zeros((groups, b.num_bins, 2), np.float32)
     n_fg, n_valid, cut, counts = (np.zeros(groups, np.int64) for _ in range(4))
