@@ -1,10 +1,14 @@
 """Gradient fidelity of the binned engine where the exact weights concentrate on a few top-ranked
 pixels: a one-pixel class, an absent class with near-equal scores, binary losses at initialisation-scale
-logits, a missed small object next to confident false positives; and random, peaked and imbalanced
-logits.  At the default ``bins``, every backend's gradient has cosine >= 0.999 with the exact engine's
-and the loss is within the bound ``f(e)/P + 2^lo·U`` of the exact one (``U <= 1`` for bounded errors)."""
+logits, a missed small object next to confident false positives, top-ranked errors closer than a bin;
+and random, peaked and imbalanced logits.  At the default ``bins``, every backend's gradient has cosine
+>= 0.999 with the exact engine's and the loss is within the bound ``f(e)/P + 2^lo·U`` of the exact one
+(``U <= 1`` for bounded errors).  The exact head (each group's highest bins holding at most ``HEAD``
+elements, ranked exactly) is checked against weights computed here from the definition."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
@@ -13,6 +17,7 @@ from hypothesis import strategies as st
 
 import lovasz
 from lovasz.engine import Binning, backends
+from lovasz.engine.histogram import HEAD, head_weights
 
 BACKENDS = ["torch"] + (["numba"] if backends.numba_installed() else [])
 BINNING = Binning.for_bins(lovasz.DEFAULT_BINS)
@@ -75,6 +80,17 @@ def imbalanced(g, scale):
     return "softmax", torch.randn(b, c, h, w, generator=g) * 4 * scale, t, dict(per_image=True)
 
 
+def near_tied_top_errors(g, scale):
+    # One foreground pixel per image; its class's largest background errors differ by ~1e-4 relative, far
+    # closer than a bin (1/107), although their exact weights are 1/2, 1/6, 1/12, ...
+    b, c, h, w = 2, 4, 24, 24
+    t = torch.randint(0, 3, (b, h, w), generator=g)
+    t[:, 5, 5] = 3
+    x = torch.randn(b, c, h, w, generator=g) * scale
+    x[:, 3, 10, 10:16] = 4.0 * scale + 1e-4 * torch.arange(6.0)
+    return "softmax", x, t, dict(per_image=True)
+
+
 REGIMES = {
     "one-pixel class, per image": one_pixel_class,
     "absent class, near-equal scores, all classes": absent_class_near_equal,
@@ -84,6 +100,7 @@ REGIMES = {
     "random logits": random_logits,
     "peaked logits": peaked,
     "imbalanced labels, per image": imbalanced,
+    "top-ranked errors closer than a bin": near_tied_top_errors,
 }
 
 
@@ -127,3 +144,62 @@ def test_numba_backward_bins_like_its_forward():
         xi = x[i : i + 1].clone().requires_grad_(True)
         lovasz.lovasz_softmax(xi, t[i : i + 1], per_image=True, bins=lovasz.DEFAULT_BINS, backend="numba").backward()
         assert torch.equal(xi.grad[0], xb.grad[i])
+
+
+def _tie_averaged_weights(values: list[float], fg: list[bool], n: int) -> list[float]:
+    """From the definition: the Jaccard increments of the elements along every decreasing order of
+    ``values`` (ties in every order), averaged over those orders; ``n`` is the group's foreground count."""
+    orders = [o for o in itertools.permutations(range(len(values))) if all(
+        values[o[i]] >= values[o[i + 1]] for i in range(len(o) - 1))]  # fmt: skip
+    total = [0.0] * len(values)
+    for order in orders:
+        a = b = 0
+        before = 0.0
+        for i in order:
+            a, b = a + fg[i], b + (not fg[i])
+            after = 1.0 - (n - a) / (n + b) if n > 0 else float(b > 0)
+            total[i] += after - before
+            before = after
+    return [w / len(orders) for w in total]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 3), st.booleans()), min_size=1, max_size=6),
+    st.integers(0, 50),
+    st.integers(0, 3),
+)
+def test_head_weights_are_the_tie_averaged_exact_weights(elements, extra_fg, padding):
+    # Head elements of a group with n foreground elements in all (some of them below the head); equal
+    # errors are ties: their weight is the mean over the orders of the tie.
+    values = [0.1 + 0.2 * v for v, _ in elements]
+    fg = [f for _, f in elements]
+    n = sum(fg) + extra_fg
+    want = _tie_averaged_weights(values, fg, n)
+    pad = [-1.0] * padding  # unused entries, anywhere in the row
+    v = torch.tensor([pad + values[::-1]], dtype=torch.float32)
+    f = torch.tensor([[False] * padding + fg[::-1]])
+    got = head_weights(v, f, v >= 0, torch.tensor([n]))[0, padding:].flip(0)
+    assert torch.allclose(got, torch.tensor(want, dtype=torch.float64), atol=1e-12), (got, want)
+    assert head_weights(v, f, v >= 0, torch.tensor([n]))[0, :padding].eq(0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_head_ranks_near_ties_exactly(backend):
+    # Six background errors of one group within 5e-4 of each other (one bin) above one foreground pixel:
+    # with the head, each gets its own exact weight 1/(k(k+1)), k = 1..6.
+    e = torch.rand(1, 2000, generator=torch.Generator().manual_seed(0)) * 0.5
+    e[0, :6] = 0.9 + 1e-4 * torch.arange(6.0, 0.0, -1.0)  # ranks 1..6
+    fg = torch.zeros(1, 2000, dtype=torch.bool)
+    fg[0, 10] = True
+    e[0, 10] = 0.7
+    x = e.clone().requires_grad_(True)
+    if backend == "torch":
+        loss = lovasz.engine.lovasz_binned(x, fg, None, BINNING)
+    else:  # the same errors through the fused kernels: sigmoid probabilities of one channel
+        loss = lovasz.lovasz_sigmoid(x.view(1, 1, 1, -1), fg.long().view(1, 1, 1, -1), from_logits=False,
+                                     bins=lovasz.DEFAULT_BINS, backend=backend)  # fmt: skip
+    loss.backward()
+    want = torch.tensor([1 / (k * (k + 1)) for k in range(1, 7)])
+    assert torch.allclose(x.grad[0, :6], want, rtol=1e-5), x.grad[0, :6]
+    assert HEAD >= 7
