@@ -1,18 +1,29 @@
 """Fused CPU kernels (numba) for the binned engine.
 
-Forward: logits → (softmax | sigmoid | hinge) → error → bin → per (group, bin) foreground/background
-counts and error sums.  Backward: the same errors and bins recomputed, the weight looked up in the table
-and the softmax (or sigmoid / hinge) derivative applied, writing the gradient w.r.t. the logits in one
-pass.  Neither the errors nor any per-element index is materialized; work goes in blocks of ``BLOCK``
-pixels whose arithmetic loops vectorize (a float32 ``exp`` of our own, bins from the float's bits).
+Forward, pass 1 (:func:`softmax_errors`, :func:`binary_errors`): logits → (softmax | sigmoid | hinge) →
+error, written as *signed error bits* (the float32 error, its sign bit set for a foreground element, a NaN
+pattern for an ignored one) into a buffer shaped like the logits, and each group's largest error (its
+anchor).  Pass 2 (:func:`group_tables`, one unit per group): the bins of the group's errors and its
+(bin) histogram of foreground/background counts and error sums in a buffer that stays in cache, then the
+group's loss, weight table and exact head (the highest bins holding at most ``HEAD`` elements, whose
+elements are read back and ranked exactly by :func:`lovasz.engine.histogram.head_weights`).  Backward
+(:func:`softmax_backward`) reads the kept errors: a probability is ``e`` or ``1 − e``, so no exponential
+is recomputed; it looks the weight up in the table (or the head) and applies the softmax derivative,
+writing the gradient in one pass.  The binary losses keep nothing and recompute their errors
+(:func:`binary_backward`).  Across processes, pass 2 writes the histogram instead
+(:func:`histogram_rows`), which is summed over ranks before :func:`tables_range` and :func:`head_rows`.
 
-Determinism: over the batch, work is split into ``NUM_CHUNKS`` fixed pixel ranges, each accumulating into
-its own partial table, added in chunk order; per image, each image owns its groups' rows.  The result does
-not depend on the number of threads.
+Work goes in blocks of ``BLOCK`` pixels whose arithmetic loops vectorize: a float32 ``exp`` of our own and
+bins from the float's bits, through LLVM bitcasts (:func:`_bits`, :func:`_float`).  The kernels run on
+PyTorch's OpenMP threads where they can (:class:`_OpenMP`), else on a thread pool.
+
+Determinism: pass 1 splits the batch into ``NUM_CHUNKS`` fixed pixel ranges (one image each per image),
+each with its own anchors, and pass 2 gives each group to one unit that adds its elements in order.  The
+result does not depend on the number of threads or on the thread runtime.
 
 Layout: logits ``[B, C, N]`` float32 contiguous, targets ``[B, N]`` (softmax) or ``[B, C, N]`` (binary)
-int64.  Groups are ``b * C + c`` per image, ``c`` over the batch.  Accumulators are float64 ``[G, K, 2, 2]``:
-(background, foreground) × (count, error sum).
+int64.  Groups are ``b * C + c`` per image, ``c`` over the batch.  Histograms are float64 ``[K, 2, 2]``
+per group: (background, foreground) × (count, error sum).
 """
 
 from __future__ import annotations
@@ -69,7 +80,6 @@ BLOCK = 256
 _FASTMATH = {"nnan", "ninf", "nsz", "reassoc", "afn", "contract"}
 # Fixed (not the thread count), so that results are the same on every machine.
 NUM_CHUNKS = 8
-ROW_UNITS = 16
 if AVAILABLE:
     # Signed error bits (pass 1 -> pass 2 and backward): the sign bit marks a foreground element, and a NaN
     # pattern an ignored one; integer comparisons only, so fast-math cannot touch them.
@@ -267,31 +277,20 @@ if AVAILABLE:
         return m
 
     @njit(nogil=True, cache=True, fastmath=_FASTMATH)
-    def histogram_rows(bits, per_image, nchunks, lo, per_octave, half, inv, acc, u0, u1):
-        """Pass 2, units ``u0..u1``: bins of the signed errors ``bits`` ``[B, C, N]`` and the (group, bin)
-        histogram, a row at a time, so that one group's table stays in cache.  Per image a unit is one
-        (image, class) row; over the batch it is one fixed chunk (of ``nchunks``) of a class's ``B·N``
-        elements, accumulated into that chunk's partial table."""
+    def histogram_rows(bits, per_image, lo, per_octave, half, inv, acc, u0, u1):
+        """Pass 2 for groups ``u0..u1`` (an (image, class) row per image, a class's ``B·N`` elements over
+        the batch): bins of the signed errors ``bits`` ``[B, C, N]`` and each group's histogram
+        ``acc[0, g]``, a group at a time, so that its histogram stays in cache."""
         b_, c_, n_ = bits.shape
-        groups = acc.shape[1]
         num_bins = 2 * half
         flat = acc.reshape(-1)
         kb = np.empty(BLOCK, np.int32)
-        total = b_ * n_
-        step = (total + nchunks - 1) // nchunks
         for unit_ in range(u0, u1):
-            unit = np.int64(unit_)
-            if per_image:
-                c = unit % c_
-                start = (unit // c_) * n_
-                _accumulate(bits, c, start, start + n_, inv[unit], lo, per_octave, half, flat, unit * num_bins * 4, kb)
-            else:
-                c = unit // nchunks
-                chunk = unit - c * nchunks
-                start = min(chunk * step, total)
-                stop = min(start + step, total)
-                base = (chunk * groups + c) * num_bins * 4
-                _accumulate(bits, c, start, stop, inv[c], lo, per_octave, half, flat, base, kb)
+            g = np.int64(unit_)
+            c = g % c_ if per_image else g
+            b0 = g // c_ if per_image else 0
+            b1 = b0 + 1 if per_image else b_
+            _accumulate(bits, c, b0 * n_, b1 * n_, inv[g], lo, per_octave, half, flat, g * num_bins * 4, kb)
 
     @njit(nogil=True, cache=True, fastmath=_FASTMATH)
     def group_tables(
@@ -724,12 +723,6 @@ def _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top):
     return bits, top, inverse_top(top).numpy()
 
 
-def _chunks(per_image: bool, c: int) -> int:
-    """Pieces of each class's elements in pass 2 over the batch: a function of the shape alone (so the
-    sums are the same for any thread count), enough for the threads to share even a single class."""
-    return 1 if per_image else -(-ROW_UNITS // c)
-
-
 def histogram(
     x32: torch.Tensor,
     t: torch.Tensor,
@@ -749,7 +742,7 @@ def histogram(
     bsz, c, _ = x32.shape
     groups = bsz * c if per_image else c
     bits, top, inv = _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top)
-    return Histogram(torch.from_numpy(_pass2(bits, inv, per_image, c, groups, b)), top, b)
+    return Histogram(torch.from_numpy(_pass2(bits, inv, per_image, groups, b)), top, b)
 
 
 def losses(
@@ -783,12 +776,11 @@ def losses(
     return (top, *(torch.from_numpy(a) for a in (loss, table, n_fg, n_valid, cut, values, fg, counts)))
 
 
-def _pass2(bits, inv, per_image, c, groups, b: Binning) -> np.ndarray:
-    """Pass 2 into partial accumulators ``[chunks, G, K, 2, 2]``."""
-    chunks = _chunks(per_image, c)
-    acc = np.zeros((chunks, groups, b.num_bins, 2, 2), np.float64)
+def _pass2(bits, inv, per_image: bool, groups: int, b: Binning) -> np.ndarray:
+    """Pass 2 into the histogram ``[1, G, K, 2, 2]``, a unit per group."""
+    acc = np.zeros((1, groups, b.num_bins, 2, 2), np.float64)
     with _compiling_message(histogram_rows):
-        _parallel(histogram_rows, chunks * groups, bits, per_image, chunks, b.lo, b.per_octave, b.half, inv, acc)
+        _parallel(histogram_rows, groups, bits, per_image, b.lo, b.per_octave, b.half, inv, acc)
     return acc
 
 
