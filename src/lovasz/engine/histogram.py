@@ -37,7 +37,13 @@ initialisation, confident false positives next to a missed small object.  The an
 scale-free, so hinge errors (unbounded) are binned like probabilities.  Bins are read from the float32
 bits of ``x``: integer arithmetic only.
 
-**Error bound.**  Let ``e'`` be the lower edge of each element's bin (in error units).  In the lower half
+**The exact head.**  The highest bins of each group holding at most :data:`HEAD` elements in total
+(:func:`head_cut`) are not weighted as bins: their elements are ranked by their errors and get their exact
+weights (:func:`head_weights`; equal errors share the mean weight of their tie).  See the comment at
+:data:`HEAD`.
+
+**Error bound.**  Let ``e'`` be the lower edge of each element's bin (in error units; ``e' = e`` in the
+head).  In the lower half
 a bin in octave ``E`` is ``2^E/P <= x/P`` wide; in the upper half it is at most ``d/P <= x/P`` wide
 (``d <= 1/2 <= x``); the two extreme bins are ``2^lo`` wide, and the top one only holds ``x >= 1 − 2^lo``.
 So ``e − e' <= e/P + 2^lo·U`` elementwise (``P >= 2^-lo/2`` never binds at the defaults).  The weights are

@@ -1,0 +1,151 @@
+"""Why the binned Lovász-Softmax costs what it costs on this CPU: its stages against the machine's limits.
+
+    python benchmarks/bench_limits.py                       # 8x21x256x256, 2 threads
+    python benchmarks/bench_limits.py --size 2x19x512x1024
+
+Measures, in one process, medians over rounds, buffers reused (no page faults):
+
+* the machine: streaming bandwidth (a float32 copy of the logits' size, numba, on the same threads as the
+  kernels), the throughput of the kernels' vectorized float32 ``exp``, and of a histogram scatter (one
+  read-modify-write of a float64 (count, sum) cell per element into a per-group table that fits in cache,
+  with the bins of real errors);
+* cross-entropy's forward+backward (``F.cross_entropy``) on the same logits;
+* the numba kernels' stages: pass 1 (softmax, errors, anchors; reads the logits, writes the kept errors),
+  pass 2 with the tables and the exact head (reads the kept errors, one scatter per element) and backward
+  (reads the kept errors, writes the gradient);
+
+and prints a floor for each stage from those limits (bytes / bandwidth, elements / exp or scatter
+throughput, whichever is larger, divided over the threads) next to what it takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def median_ms(fn, rounds: int) -> float:
+    fn()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="8x21x256x256", help="BxCxHxW")
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import lovasz
+    from lovasz.engine import kernels_cpu as K
+    from lovasz.engine.histogram import HEAD, Binning
+    from lovasz.surrogates import SOFTMAX
+    from numba import njit
+
+    @njit(nogil=True, fastmath=K._FASTMATH)
+    def copy_rows(src, dst, u0, u1):
+        for r in range(u0, u1):
+            s, d = src[r], dst[r]
+            for j in range(s.shape[0]):
+                d[j] = s[j]
+
+    @njit(nogil=True, fastmath=K._FASTMATH)
+    def exp_rows(src, dst, u0, u1):
+        for r in range(u0, u1):
+            s, d = src[r], dst[r]
+            for j in range(s.shape[0]):
+                d[j] = K._expf(-abs(s[j]))
+
+    @njit(nogil=True)
+    def scatter_rows(bins, fg, values, hist, u0, u1):
+        for r in range(u0, u1):
+            h = hist[r].reshape(-1)
+            b, f, v = bins[r], fg[r], values[r]
+            for j in range(b.shape[0]):
+                idx = b[j] * 4 + f[j] * 2
+                h[idx] += 1.0
+                h[idx + 1] += v[j]
+
+    bsz, c, h, w = (int(v) for v in args.size.split("x"))
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(bsz, c, h, w, generator=g) * 3
+    target = torch.randint(0, c, (bsz, h, w), generator=g)
+    n_el = logits.numel()
+    binning = Binning.for_bins(lovasz.DEFAULT_BINS)
+
+    # The machine, on the kernels' threads.
+    rows = logits.view(bsz * c, h * w).numpy()
+    out = np.empty_like(rows)
+    copy_ms = median_ms(lambda: K._parallel(copy_rows, rows.shape[0], rows, out), args.rounds)
+    exp_ms = median_ms(lambda: K._parallel(exp_rows, rows.shape[0], rows, out), args.rounds)
+    x3 = logits.view(bsz, c, h * w).contiguous()
+    t2 = target.view(bsz, h * w).contiguous()
+    kept = torch.empty_like(x3)
+    bits, top, inv = K._pass1(x3, t2, SOFTMAX, False, None, kept, None)
+    e = kept.view(torch.int32).numpy() & 0x7FFFFFFF
+    err = e.view(np.float32).transpose(1, 0, 2).reshape(c, -1)  # [C, B*N], per group
+    real_bins = binning.index(torch.from_numpy(err.copy()), torch.from_numpy(inv).unsqueeze(1)).to(torch.int32)
+    fg = (kept.view(torch.int32).numpy() < 0).transpose(1, 0, 2).reshape(c, -1).astype(np.int32)
+    hist = np.zeros((c, binning.num_bins, 2, 2))
+    bins_np, err_np = real_bins.numpy(), np.ascontiguousarray(err)
+    scatter_ms = median_ms(lambda: K._parallel(scatter_rows, c, bins_np, fg, err_np, hist), args.rounds)
+    bandwidth = 2 * n_el * 4 / (copy_ms * 1e-3)  # bytes read + written per second
+
+    # Cross-entropy and the kernels' stages on the same logits.
+    xr = logits.clone().requires_grad_(True)
+
+    def ce() -> None:
+        xr.grad = None
+        F.cross_entropy(xr, target).backward()
+
+    ce_ms = median_ms(ce, args.rounds)
+    pass1_ms = median_ms(lambda: K._pass1(x3, t2, SOFTMAX, False, None, kept, None), args.rounds)
+    pass2_ms = median_ms(lambda: K.losses(x3, t2, SOFTMAX, False, None, binning, HEAD, kept), args.rounds) - pass1_ms
+    result = K.losses(x3, t2, SOFTMAX, False, None, binning, HEAD, kept)
+    grad = torch.empty_like(x3)
+    head = (result[5], result[6], result[7], torch.zeros(result[6].shape))
+    bwd_ms = median_ms(
+        lambda: K.backward(None, None, SOFTMAX, False, None, binning, result[0], result[2], grad, head, errors=kept),
+        args.rounds,
+    )
+
+    def floor(bytes_moved: float, exps: int = 0, scatters: int = 0) -> float:
+        return max(bytes_moved / bandwidth * 1e3, exps * exp_ms / n_el, scatters * scatter_ms / n_el)
+
+    print(
+        f"{args.size}, {args.threads} threads, torch {torch.__version__}: streaming "
+        f"{bandwidth / 1e9:.1f} GB/s (read+write), exp {n_el / exp_ms / 1e6:.2f} G/s, "
+        f"histogram scatter {n_el / scatter_ms / 1e6:.2f} G elements/s\n"
+    )
+    print("| stage | what it must do | floor from the limits (ms) | measured (ms) |")
+    print("|---|---|---:|---:|")
+    mb = n_el * 4 / 1e6
+    rows_out = [
+        ("pass 1", f"read logits + write kept errors ({2 * mb:.0f} MB), {n_el / 1e6:.1f} M exp", floor(8 * n_el, n_el), pass1_ms),
+        ("pass 2 + tables + head", f"read kept errors ({mb:.0f} MB), {n_el / 1e6:.1f} M scatters", floor(4 * n_el, 0, n_el), pass2_ms),
+        ("backward", f"read kept errors + write gradient ({2 * mb:.0f} MB)", floor(8 * n_el), bwd_ms),
+    ]
+    for name, what, fl, ms in rows_out:
+        print(f"| {name} | {what} | {fl:.1f} | {ms:.1f} |")
+    total_floor = sum(r[2] for r in rows_out)
+    total = pass1_ms + pass2_ms + bwd_ms
+    print(f"| **Lovász kernels, total** | | **{total_floor:.1f}** | **{total:.1f}** |")
+    print(f"| cross-entropy fwd+bwd (F.cross_entropy) | read/write {4 * mb:.0f} MB, {n_el / 1e6:.1f} M exp | "
+          f"{floor(16 * n_el, n_el):.1f} | {ce_ms:.1f} |")
+    print(f"\nfloor of the Lovász kernels / measured cross-entropy: {total_floor / ce_ms:.2f}×; "
+          f"measured kernels / cross-entropy: {total / ce_ms:.2f}×")
+
+
+if __name__ == "__main__":
+    main()
