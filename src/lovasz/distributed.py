@@ -7,10 +7,13 @@ every rank computes the loss of the *union* of all ranks' batches:
 
 * **binned engine**: each rank computes its groups' anchors (largest errors); one all-reduce (max) makes
   them global; each rank bins its pixels into a histogram; one all-reduce (sum) of the ``[C, K, 2, 2]``
-  histogram makes it global (:class:`lovasz.engine.Histogram` is additive), sent as float32.  Every
-  rank then has the same losses and weight table, and backward needs only its
-  local scores.  Traffic per call: ``4·C·(1 + 4·K)`` bytes, whatever the number of pixels (``K = bins``:
-  0.7 MB at 11 classes).
+  histogram makes it global (:class:`lovasz.engine.Histogram` is additive), sent as float32.  The exact
+  head (each class's highest bins holding at most ``HEAD`` = 32 pixels) travels in the same all-reduce:
+  each rank adds the candidates of its own local head (a superset of its part of the global one) in a
+  block of its own, and every rank keeps those in the global head's bins.  Every rank then has the same
+  losses, weight table and head weights, and backward needs only its local scores.  Traffic per call:
+  ``4·C·(1 + 4·K + 3·32·world_size)`` bytes, whatever the number of pixels (``K = bins``: 0.7 MB at 11
+  classes).
 * **exact engine**: the errors and labels of every rank are gathered (``all_gather``, padded to the
   largest rank's size), and the exact loss of the union is computed on every rank; the gradient flows
   back to the local slice.  Traffic per call: about ``C × (all pixels of the global batch) × 6`` bytes
@@ -62,21 +65,25 @@ class ProcessSync:
         dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.group)
         return out
 
-    def sum_histogram(self, cells: Tensor) -> Tensor:
-        """All-reduce (sum) of a merged histogram ``[1, G, K, 2, 2]`` float64, sent as float32: half the
-        bytes, counts exact up to 2^24 per (group, bin) cell and error sums to ~1e-7 relative."""
-        out = cells.to(torch.float32)
+    def sum_histogram(
+        self, cells: Tensor, head: tuple[Tensor, Tensor, Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """All-reduce (sum) of a merged histogram ``[1, G, K, 2, 2]`` float64, sent as float32 (half the
+        bytes; counts exact up to 2^24 per cell, error sums to ~1e-7 relative; float64 for a float64
+        loss), together with this rank's
+        candidates for the exact head, ``head = (values, fg, bins)``, each ``[G, H]`` (values -1 where
+        unused): in the same all-reduce, each rank's in its own block, to which the others add zeros.
+        Returns the global histogram and every rank's candidates side by side, ``[G, world_size·H]``."""
+        g, h = head[0].shape
+        dtype = torch.float64 if head[0].dtype == torch.float64 else torch.float32  # float64 losses: all float64
+        flat = cells.to(dtype).reshape(-1)
+        block = flat.new_zeros(self.world_size, 3, g, h)
+        block[self.rank] = torch.stack([head[0].to(dtype), head[1].to(dtype), head[2].to(dtype)])
+        out = torch.cat([flat, block.reshape(-1)])
         dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.group)
-        return out.to(torch.float64)
-
-    def gather_head(self, values: Tensor, fg: Tensor) -> tuple[Tensor, Tensor]:
-        """Every rank's exact-head entries ``[G, H]`` (errors, -1 where unused, and foreground flags),
-        concatenated along dim 1 in rank order: ``[G, world_size·H]``."""
-        h = values.shape[1]
-        packed = torch.cat([values, fg.to(values.dtype)], dim=1).contiguous()
-        out = [torch.empty_like(packed) for _ in range(self.world_size)]
-        dist.all_gather(out, packed, group=self.group)
-        return torch.cat([o[:, :h] for o in out], dim=1), torch.cat([o[:, h:] > 0.5 for o in out], dim=1)
+        total = out[: flat.numel()].view(cells.shape).to(torch.float64)
+        values, fg, bins = out[flat.numel() :].view(self.world_size, 3, g, h).permute(1, 2, 0, 3).reshape(3, g, -1)
+        return total, values, fg > 0.5, bins.round().to(torch.int64)
 
     def gather_columns(self, errors: Tensor, fg: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """``[G, P_r]`` rows of every rank concatenated along dim 1 (padded with invalid elements); the local

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .histogram import HEAD, Binning, Histogram, head_weights, histogram_losses, inverse_top
+from .histogram import HEAD, Binning, Histogram, head_cut, head_weights, histogram_losses, inverse_top
 
 __all__ = ["binned_histogram", "lovasz_binned", "lovasz_binned_counts"]
 
@@ -20,7 +20,7 @@ def binned_histogram(
 ) -> tuple[Histogram, Tensor]:
     """Histogram of ``[G, P]`` errors, and the flat ``(group, bin, is_fg)`` cell of every element (``2·G·K``
     for elements that are not valid).  With ``sync`` (:class:`lovasz.distributed.ProcessSync`), the
-    anchors and the histogram are those of all ranks' errors together."""
+    anchors are those of all ranks' errors together (the histogram is still the local one)."""
     e = errors.detach()
     g = e.shape[0]
     k = binning.num_bins
@@ -40,18 +40,14 @@ def binned_histogram(
     sums = torch.zeros(2 * g * k + 1, dtype=torch.float64, device=e.device)
     sums.scatter_add_(0, flat, e.flatten().to(torch.float64))
     hist = Histogram(torch.stack([counts[:-1], sums[:-1]], dim=-1).view(1, g, k, 2, 2), top, binning)
-    if sync is not None:
-        hist = Histogram(sync.sum_histogram(hist.cells), top, binning)
     return hist, cells
 
 
-def _head(errors: Tensor, cells: Tensor, hist: Histogram, cut: Tensor, sync) -> tuple[Tensor, Tensor, Tensor]:
-    """The exact head (bins from ``cut[g]`` up, :func:`.histogram.head_cut`) of ``[G, P]`` errors whose flat
-    cells are ``cells``: ``(values [G, H'], fg [G, H'], position [G, HEAD])`` with ``H' = HEAD`` (every rank's heads
-    side by side with ``sync``, this rank's block at ``rank·HEAD``); values are -1 where unused, and
-    ``position`` is the column of each local entry in ``errors`` (-1 where unused)."""
+def _head(errors: Tensor, cells: Tensor, k: int, cut: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The elements of ``[G, P]`` errors (flat cells ``cells``) in each group's bins from ``cut[g]`` up, at
+    most ``HEAD`` of them: ``(values, fg, bins, position)``, each ``[G, HEAD]``, values -1 and positions
+    (columns in ``errors``) -1 where unused."""
     g, p = errors.shape
-    k = hist.binning.num_bins
     valid = cells < 2 * g * k
     in_head = valid & ((cells // 2) % k >= cut.unsqueeze(1))
     key = torch.where(in_head, errors.detach(), -1.0)
@@ -61,18 +57,25 @@ def _head(errors: Tensor, cells: Tensor, hist: Histogram, cut: Tensor, sync) -> 
     position = torch.cat([position, position.new_full((g, HEAD - h), -1)], dim=1)
     position = torch.where(values >= 0, position, -1)
     padded = torch.cat([cells, cells.new_zeros(g, 1)], dim=1)  # a column to read for unused entries
-    fg = (padded.gather(1, torch.where(position >= 0, position, p)) % 2 == 1) & (values >= 0)
-    if sync is not None:
-        values, fg = sync.gather_head(values, fg)
-    return values, fg, position
+    cell = padded.gather(1, torch.where(position >= 0, position, p))
+    return values, (cell % 2 == 1) & (values >= 0), (cell // 2) % k, position
 
 
 class _LovaszBinned(torch.autograd.Function):
     @staticmethod
     def forward(ctx, errors: Tensor, fg: Tensor, valid: Tensor | None, binning: Binning, sync):  # type: ignore[override]
         hist, cells = binned_histogram(errors, fg, valid, binning, sync)
-        losses, table, n_fg, n_valid, cut = histogram_losses(hist, table_dtype=errors.dtype)
-        head_values, head_fg, position = _head(errors, cells, hist, cut, sync)
+        k = binning.num_bins
+        if sync is None:
+            losses, table, n_fg, n_valid, cut = histogram_losses(hist, table_dtype=errors.dtype)
+            head_values, head_fg, _, position = _head(errors, cells, k, cut)
+        else:  # the local head's candidates travel with the histogram; keep those in the global head's bins
+            head_values, head_fg, head_bins, position = _head(errors, cells, k, head_cut(hist))
+            total, head_values, head_fg, head_bins = sync.sum_histogram(hist.cells, (head_values, head_fg, head_bins))
+            hist = Histogram(total, hist.top, binning)
+            losses, table, n_fg, n_valid, cut = histogram_losses(hist, table_dtype=errors.dtype)
+            keep = (head_values >= 0) & (head_bins >= cut.unsqueeze(1))
+            head_values, head_fg = torch.where(keep, head_values, -1.0).to(errors.dtype), head_fg & keep
         head_w = head_weights(head_values, head_fg, head_values >= 0, n_fg)
         losses = losses + (head_w * head_values.clamp_min(0).to(torch.float64)).sum(dim=1)
         weights = torch.cat([table.flatten(), table.new_zeros(1)])[cells]

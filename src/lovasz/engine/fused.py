@@ -7,9 +7,9 @@ labels, by the surrogate's layout):
 
 * ``histogram(x32, t, surrogate, per_image, ignore_index, binning, reduce_top=None) -> Histogram``:
   surrogate → error → bin → per (group, bin) counts and error sums;
-* ``head(x32, t, surrogate, per_image, ignore_index, binning, top, cut, capacity)``: the errors and
-  foreground flags of the elements of each group's exact head (bins from ``cut[g]`` up,
-  :func:`.histogram.head_cut`);
+* ``head(x32, t, surrogate, per_image, ignore_index, binning, top, cut, capacity)``: the errors,
+  foreground flags and bins of the elements of each group's exact head (bins from ``cut[g]`` up,
+  :func:`.histogram.head_cut`), and how many there are;
 * ``backward(x32, t, surrogate, per_image, ignore_index, binning, top, table, grad, head)``: recompute the
   errors and their bins (with the anchors ``top`` of the histogram), take the weight from ``table``
   (``[G, K, 2]``) or, for an element of the head, from ``head`` = ``(cut, values, fg, weights)``, all
@@ -41,7 +41,7 @@ from .. import surrogates
 from .._checks import compiling
 from ..surrogates import Surrogate
 from . import backends
-from .histogram import HEAD, Binning, Histogram, head_weights, histogram_losses
+from .histogram import HEAD, Binning, Histogram, head_cut, head_weights, histogram_losses
 
 __all__ = ["fused_binned"]
 
@@ -84,17 +84,31 @@ def _forward(
         top, losses, table, n_fg, n_valid, cut, values, fg, counts = kernels.losses(
             x32, t, surrogate, per_image, ignore_index, binning, HEAD, **extra
         )
-    else:
-        top_reduce = {} if sync is None else {"reduce_top": sync.all_max}
-        hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning, **top_reduce, **extra)
-        if sync is not None:
-            hist = Histogram(sync.sum_histogram(hist.merged().cells.to(x32.device)), hist.top, binning)
+        values = torch.where(torch.arange(HEAD, device=values.device) < counts.unsqueeze(1), values, -1.0)
+    elif sync is None:
+        hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning, **extra)
         losses, table, n_fg, n_valid, cut = histogram_losses(hist, use_numba=backend == "numba")
         top = hist.top
-        values, fg, counts = kernels.head(x32, t, surrogate, per_image, ignore_index, binning, top, cut, HEAD, **extra)
-    values = torch.where(torch.arange(HEAD, device=values.device) < counts.unsqueeze(1), values, -1.0)
-    if sync is not None:
-        values, fg = sync.gather_head(values.to(x32.device), fg.to(x32.device))
+        values, fg, _, counts = kernels.head(
+            x32, t, surrogate, per_image, ignore_index, binning, top, cut, HEAD, **extra
+        )
+        values = torch.where(torch.arange(HEAD, device=values.device) < counts.unsqueeze(1), values, -1.0)
+    else:  # across processes: the local head's candidates travel with the histogram
+        hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning, reduce_top=sync.all_max, **extra)
+        local = hist.merged()
+        top = hist.top
+        values, fg, bins, counts = kernels.head(
+            x32, t, surrogate, per_image, ignore_index, binning, top, head_cut(local), HEAD, **extra
+        )
+        values = torch.where(torch.arange(HEAD, device=values.device) < counts.unsqueeze(1), values, -1.0)
+        cells, values, fg, bins = sync.sum_histogram(
+            local.cells.to(x32.device), (values.to(x32.device), fg.to(x32.device), bins.to(x32.device))
+        )
+        losses, table, n_fg, n_valid, cut = histogram_losses(
+            Histogram(cells, top, binning), use_numba=backend == "numba"
+        )
+        keep = (values >= 0) & (bins >= cut.to(bins.device).unsqueeze(1))  # the global head's bins
+        values, fg = torch.where(keep, values, -1.0), fg & keep
     device = x32.device
     values, fg, n_fg = values.to(device), fg.to(device), n_fg.to(device)
     weights = head_weights(values, fg, values >= 0, n_fg)

@@ -250,9 +250,10 @@ if AVAILABLE:
             pos += width
 
     @njit(inline="always")
-    def _gather_head(bits, c, b0, b1, cg, inv_g, lo, per_octave, half, values, fgs, kb):
-        """Errors and foreground flags of the valid elements of class ``c`` in images ``b0..b1`` whose bin
-        is at least ``cg`` (the exact head), into ``values`` and ``fgs`` in scan order; returns how many."""
+    def _gather_head(bits, c, b0, b1, cg, inv_g, lo, per_octave, half, values, fgs, bins, kb):
+        """Errors, foreground flags and bins of the valid elements of class ``c`` in images ``b0..b1`` whose
+        bin is at least ``cg`` (the exact head), into ``values``, ``fgs`` and ``bins`` in scan order;
+        returns how many."""
         n_ = bits.shape[2]
         cap = values.shape[0]
         m = 0
@@ -273,6 +274,7 @@ if AVAILABLE:
                     if kb[j] >= cg and src[j] != _IGNORED and m < cap:
                         values[m] = _magnitude(src[j])
                         fgs[m] = src[j] < 0
+                        bins[m] = kb[j]
                         m += 1
         return m
 
@@ -305,6 +307,7 @@ if AVAILABLE:
         local = np.empty((1, 1, num_bins, 2, 2), np.float64)
         flat = local.reshape(-1)
         kb = np.empty(BLOCK, np.int32)
+        head_bins = np.empty(head_values.shape[1], np.int32)
         for unit_ in range(u0, u1):
             g = np.int64(unit_)
             c = g % c_ if per_image else g
@@ -314,14 +317,14 @@ if AVAILABLE:
             _accumulate(bits, c, b0 * n_, b1 * n_, inv[g], lo, per_octave, half, flat, 0, kb)
             losses[g], n_fg[g], n_valid[g], cut[g] = _group_table(local, 0, head, table[g])
             head_counts[g] = _gather_head(
-                bits, c, b0, b1, cut[g], inv[g], lo, per_octave, half, head_values[g], head_fg[g], kb
+                bits, c, b0, b1, cut[g], inv[g], lo, per_octave, half, head_values[g], head_fg[g], head_bins, kb
             )
 
     @njit(nogil=True, cache=True, fastmath=_FASTMATH)
-    def head_rows(bits, per_image, cut, inv, lo, per_octave, half, values, fgs, counts, u0, u1):
+    def head_rows(bits, per_image, cut, inv, lo, per_octave, half, values, fgs, bins, counts, u0, u1):
         """The exact head (:func:`lovasz.engine.histogram.head_cut`) of groups ``u0..u1``: every valid
-        element whose bin is at least ``cut[g]``, its error into ``values[g, :]`` and its foreground flag
-        into ``fgs[g, :]`` (``counts[g]`` of them), in scan order."""
+        element whose bin is at least ``cut[g]``, its error into ``values[g, :]``, its foreground flag into
+        ``fgs[g, :]`` and its bin into ``bins[g, :]`` (``counts[g]`` of them), in scan order."""
         _, c_, _ = bits.shape
         kb = np.empty(BLOCK, np.int32)
         for unit_ in range(u0, u1):
@@ -329,7 +332,9 @@ if AVAILABLE:
             c = g % c_ if per_image else g
             b0 = g // c_ if per_image else 0
             b1 = b0 + 1 if per_image else bits.shape[0]
-            counts[g] = _gather_head(bits, c, b0, b1, cut[g], inv[g], lo, per_octave, half, values[g], fgs[g], kb)
+            counts[g] = _gather_head(
+                bits, c, b0, b1, cut[g], inv[g], lo, per_octave, half, values[g], fgs[g], bins[g], kb
+            )
 
     @njit(inline="always")
     def _head_weight(head_values, head_fg, head_w, g, e, fg):
@@ -797,21 +802,22 @@ def head(
     errors: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The elements of each group's exact head (bins from ``cut[g]`` up), read from the ``errors`` that
-    :func:`histogram` wrote: ``(values [G, capacity] float32, fg [G, capacity] bool, counts [G] int64)``,
-    unused entries 0 / False."""
+    :func:`histogram` wrote: ``(values [G, capacity] float32, fg [G, capacity] bool, bins [G, capacity]
+    int64, counts [G] int64)``, unused entries 0 / False."""
     if errors is None:
         raise ValueError("the numba kernels read the head from the errors that histogram(errors=...) wrote")
     bits = errors.numpy().view(np.int32)
     groups = cut.shape[0]
     values = np.zeros((groups, capacity), np.float32)
     fgs = np.zeros((groups, capacity), np.bool_)
+    bins = np.zeros((groups, capacity), np.int32)
     counts = np.zeros(groups, np.int64)
     with _compiling_message(head_rows):
         _parallel(
             head_rows, groups, bits, per_image, cut.numpy(), inverse_top(top).numpy(), b.lo, b.per_octave, b.half,
-            values, fgs, counts,
+            values, fgs, bins, counts,
         )  # fmt: skip
-    return torch.from_numpy(values), torch.from_numpy(fgs), torch.from_numpy(counts)
+    return torch.from_numpy(values), torch.from_numpy(fgs), torch.from_numpy(bins).long(), torch.from_numpy(counts)
 
 
 def backward(

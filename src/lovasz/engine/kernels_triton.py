@@ -113,8 +113,8 @@ if AVAILABLE:
 
     @triton.jit
     def _softmax_head(
-        x_ptr, t_ptr, inv_ptr, cut_ptr, hv_ptr, hf_ptr, count_ptr, C, N, ignore, H, lo, per_octave, num_bins,
-        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr,
+        x_ptr, t_ptr, inv_ptr, cut_ptr, hv_ptr, hf_ptr, hb_ptr, count_ptr, C, N, ignore, H, lo, per_octave,
+        num_bins, USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
         """The elements of the exact head (bins from ``cut[g]`` up): their errors and foreground flags, each
@@ -127,15 +127,17 @@ if AVAILABLE:
         inv = tl.load(inv_ptr + g, mask=offs_c < C, other=0.0)[:, None]
         cut = tl.load(cut_ptr + g, mask=offs_c < C, other=num_bins)[:, None]
         gg = g[:, None] + tl.zeros(e.shape, tl.int32)
-        _store_head(e, fg, gg, use & (_bin(e, inv, lo, per_octave, num_bins) >= cut), hv_ptr, hf_ptr, count_ptr, H)
+        k = _bin(e, inv, lo, per_octave, num_bins)
+        _store_head(e, fg, k, gg, use & (k >= cut), hv_ptr, hf_ptr, hb_ptr, count_ptr, H)
 
     @triton.jit
-    def _store_head(e, fg, g, in_head, hv_ptr, hf_ptr, count_ptr, H):
+    def _store_head(e, fg, k, g, in_head, hv_ptr, hf_ptr, hb_ptr, count_ptr, H):
         if tl.max(in_head.to(tl.int32)) > 0:
             slot = tl.atomic_add(count_ptr + g, tl.full(e.shape, 1, tl.int32), mask=in_head)
             keep = in_head & (slot < H)
             tl.store(hv_ptr + g * H + slot, e, mask=keep)
             tl.store(hf_ptr + g * H + slot, fg.to(tl.int8), mask=keep)
+            tl.store(hb_ptr + g * H + slot, k, mask=keep)
 
     @triton.jit
     def _head_weight(w, e, fg, g, in_head, cut_ptr, hv_ptr, hf_ptr, hw_ptr, H):
@@ -236,15 +238,17 @@ if AVAILABLE:
 
     @triton.jit
     def _binary_head(
-        x_ptr, t_ptr, inv_ptr, cut_ptr, hv_ptr, hf_ptr, count_ptr, C, N, total, ignore, H, lo, per_octave,
-        num_bins, USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr, BLOCK: tl.constexpr,
+        x_ptr, t_ptr, inv_ptr, cut_ptr, hv_ptr, hf_ptr, hb_ptr, count_ptr, C, N, total, ignore, H, lo,
+        per_octave, num_bins,
+        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         _offs, _inside, use, fg, g, e, _de = _binary_tile(
             x_ptr, t_ptr, tl.program_id(0), C, N, total, ignore, USE_IGNORE, CODE, PER_IMAGE, BLOCK
         )
         inv = tl.load(inv_ptr + g, mask=use, other=0.0)
         cut = tl.load(cut_ptr + g, mask=use, other=num_bins)
-        _store_head(e, fg, g, use & (_bin(e, inv, lo, per_octave, num_bins) >= cut), hv_ptr, hf_ptr, count_ptr, H)
+        k = _bin(e, inv, lo, per_octave, num_bins)
+        _store_head(e, fg, k, g, use & (k >= cut), hv_ptr, hf_ptr, hb_ptr, count_ptr, H)
 
     @triton.jit
     def _binary_bwd(
