@@ -76,6 +76,8 @@ class _LovaszBinned(torch.autograd.Function):
             losses, table, n_fg, n_valid, cut = histogram_losses(hist, table_dtype=errors.dtype)
             keep = (head_values >= 0) & (head_bins >= cut.unsqueeze(1))
             head_values, head_fg = torch.where(keep, head_values, -1.0).to(errors.dtype), head_fg & keep
+            # Local candidates outside the global head keep their table weight.
+            position = torch.where(keep[:, sync.rank * HEAD : (sync.rank + 1) * HEAD], position, -1)
         head_w = head_weights(head_values, head_fg, head_values >= 0, n_fg)
         losses = losses + (head_w * head_values.clamp_min(0).to(torch.float64)).sum(dim=1)
         weights = torch.cat([table.flatten(), table.new_zeros(1)])[cells]

@@ -339,19 +339,20 @@ def head(
     top: torch.Tensor,
     cut: torch.Tensor,
     capacity: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The elements of each group's exact head (bins from ``cut[g]`` up): ``(values [G, capacity] float32,
-    fg [G, capacity] bool, counts [G] int64)``, in no particular order."""
+    fg [G, capacity] bool, bins [G, capacity] int64, counts [G] int64)``, in no particular order."""
     groups = cut.shape[0]
     values = torch.zeros(groups, capacity, dtype=torch.float32, device=x32.device)
     fg = torch.zeros(groups, capacity, dtype=torch.int8, device=x32.device)
+    bins = torch.zeros(groups, capacity, dtype=torch.int32, device=x32.device)
     counts = torch.zeros(groups, dtype=torch.int32, device=x32.device)
     if x32.numel():
-        pointers = (inverse_top(top), cut.to(torch.int32).contiguous(), values, fg, counts)
+        pointers = (inverse_top(top), cut.to(torch.int32).contiguous(), values, fg, bins, counts)
         _launch(
             "head", x32, t, surrogate, per_image, ignore_index, pointers, (capacity, b.lo, b.per_octave, b.num_bins)
         )
-    return values, fg.bool(), counts.clamp(max=capacity).to(torch.int64)
+    return values, fg.bool(), bins.long(), counts.clamp(max=capacity).to(torch.int64)
 
 
 def backward(
