@@ -28,13 +28,15 @@ def _bytes_per_call(per_image: bool, bins: int | None, classes: int, pixels_per_
     """What one rank contributes to the collectives of one loss call (forward; backward sends nothing)."""
     import lovasz
     from lovasz.engine import Binning
+    from lovasz.engine.histogram import HEAD
 
     if per_image:
         return 2 * 4  # the sum of the local images' losses and their count (float32)
     if bins is None:  # all_gather of errors (float32) and two byte masks, plus the sizes
         return classes * pixels_per_rank * (4 + 2) + 8
     k = Binning.for_bins(bins if bins else lovasz.DEFAULT_BINS).num_bins
-    return classes * 4 + classes * k * 4 * 4  # anchors (float32 max) + histogram (float32 sum)
+    # anchors (float32 max) + histogram and every rank's block of exact-head candidates (one float32 sum)
+    return classes * 4 + classes * k * 4 * 4 + world * classes * HEAD * 3 * 4
 
 
 def _worker(rank: int, world: int, init_file: str, rounds: int, queue) -> None:
