@@ -364,6 +364,8 @@ if AVAILABLE:
         gp = np.empty((c_, BLOCK), np.float32)
         dot = np.empty(BLOCK, np.float32)
         kb = np.empty(BLOCK, np.int32)
+        cell = np.empty(BLOCK, np.int64)
+        wv = np.empty(BLOCK, np.float32)
         flat = table.reshape(-1)
         for unit_ in range(u0, u1):
             unit = np.int64(unit_)
@@ -376,20 +378,23 @@ if AVAILABLE:
                 base = g * num_bins * 2
                 src = bits[b, c, i0 : i0 + width]
                 inv_g = inv[g]
-                for j in range(width):
-                    kb[j] = _bin(_magnitude(src[j]), inv_g, lo, per_octave, half)
-                gc = gp[c]
                 top = np.int32(0)
-                for j in range(width):
+                for j in range(width):  # bins and table cells (vectorized)
+                    k = _bin(_magnitude(src[j]), inv_g, lo, per_octave, half)
+                    kb[j] = k
+                    cell[j] = base + k * 2 + (1 if src[j] < 0 else 0)
+                    top = max(top, k)
+                for j in range(width):  # the lookups alone (a gather, which LLVM leaves scalar here)
+                    wv[j] = flat[cell[j]]
+                gc = gp[c]
+                for j in range(width):  # (vectorized)
                     s = src[j]
                     fg = s < 0
                     e = _magnitude(s)
-                    w = flat[base + kb[j] * 2 + (1 if fg else 0)]
-                    w = -w if fg else w  # d error / d p = -1 (foreground) or +1 (background)
+                    w = -wv[j] if fg else wv[j]  # d error / d p = -1 (foreground) or +1 (background)
                     w = np.float32(0.0) if s == _IGNORED else w
                     gc[j] = w
                     dot[j] += (np.float32(1.0) - e if fg else e) * w
-                    top = max(top, kb[j])
                 if top >= cut[g]:  # elements of the exact head (their table entries are 0)
                     for j in range(width):
                         s = src[j]
