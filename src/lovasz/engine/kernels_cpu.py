@@ -670,8 +670,8 @@ _OPENMP: _OpenMP | None = None
 def _parallel(fn, units: int, *args) -> None:
     """Run ``fn(*args, u0, u1)`` over ``units`` split into contiguous ranges, on ``torch.get_num_threads()``
     threads (the kernels release the GIL): PyTorch's OpenMP threads where possible (:class:`_OpenMP`),
-    else (or with the environment variable ``LOVASZ_THREADS=pool``) a thread pool.  Each unit writes its own outputs, so the result does not depend on the number of
-    threads."""
+    else (or with the environment variable ``LOVASZ_THREADS=pool``) a thread pool.  Each unit writes its
+    own outputs, so the result does not depend on the number of threads."""
     global _POOL, _OPENMP
     workers = max(1, min(torch.get_num_threads(), units))
     if workers == 1:
