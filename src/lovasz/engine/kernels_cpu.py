@@ -230,16 +230,28 @@ if AVAILABLE:
                 pos += width
 
     @njit(inline="always")
-    def _accumulate(bits, c, start, stop, inv_g, lo, per_octave, half, flat, base, kb):
+    def _accumulate(bits, c, start, stop, inv_g, lo, per_octave, half, flat, base, kb, block_top):
         """Add the elements ``start..stop`` (positions in the ``B·N`` pixels) of class ``c`` to the
-        histogram ``flat[base:]`` (``[K, 2, 2]``: (background, foreground) × (count, error sum))."""
+        histogram ``flat[base:]`` (``[K, 2, 2]``: (background, foreground) × (count, error sum)); the
+        highest bin of each block of ``BLOCK`` pixels goes to ``block_top`` (for :func:`_gather_head`).
+        Returns the range of bins touched, ``(k_lo, k_hi)`` (empty when ``k_lo > k_hi``)."""
         n_ = bits.shape[2]
+        k_lo = np.int32(2 * half)
+        k_hi = np.int32(-1)
         pos = start
+        m = 0
         while pos < stop:
             b, i0, width = _span(pos, stop, n_)
             src = bits[b, c, i0 : i0 + width]
+            top = np.int32(-1)
             for j in range(width):
-                kb[j] = _bin(_magnitude(src[j]), inv_g, lo, per_octave, half)
+                k = _bin(_magnitude(src[j]), inv_g, lo, per_octave, half)
+                kb[j] = k
+                k_lo = min(k_lo, k)
+                top = max(top, k)
+            block_top[m] = top
+            m += 1
+            k_hi = max(k_hi, top)
             for j in range(width):
                 s = src[j]
                 if s == _IGNORED:
@@ -248,19 +260,25 @@ if AVAILABLE:
                 flat[idx] += 1.0
                 flat[idx + 1] += _magnitude(s)
             pos += width
+        return k_lo, k_hi
 
     @njit(inline="always")
-    def _gather_head(bits, c, b0, b1, cg, inv_g, lo, per_octave, half, values, fgs, bins, kb):
+    def _gather_head(bits, c, b0, b1, cg, inv_g, lo, per_octave, half, values, fgs, bins, kb, block_top):
         """Errors, foreground flags and bins of the valid elements of class ``c`` in images ``b0..b1`` whose
         bin is at least ``cg`` (the exact head), into ``values``, ``fgs`` and ``bins`` in scan order;
-        returns how many."""
+        returns how many.  Blocks whose highest bin (``block_top``, from :func:`_accumulate`) is below
+        ``cg`` are skipped."""
         n_ = bits.shape[2]
         cap = values.shape[0]
         m = 0
         if cg >= 2 * half:
             return m
+        block = -1
         for b in range(b0, b1):
             for i0 in range(0, n_, BLOCK):
+                block += 1
+                if block_top[block] < cg:
+                    continue
                 width = min(BLOCK, n_ - i0)
                 src = bits[b, c, i0 : i0 + width]
                 top = np.int32(0)
@@ -287,12 +305,14 @@ if AVAILABLE:
         num_bins = 2 * half
         flat = acc.reshape(-1)
         kb = np.empty(BLOCK, np.int32)
+        block_top = np.empty(b_ * ((n_ + BLOCK - 1) // BLOCK), np.int32)
         for unit_ in range(u0, u1):
             g = np.int64(unit_)
             c = g % c_ if per_image else g
             b0 = g // c_ if per_image else 0
             b1 = b0 + 1 if per_image else b_
-            _accumulate(bits, c, b0 * n_, b1 * n_, inv[g], lo, per_octave, half, flat, g * num_bins * 4, kb)
+            base = g * num_bins * 4
+            _accumulate(bits, c, b0 * n_, b1 * n_, inv[g], lo, per_octave, half, flat, base, kb, block_top)
 
     @njit(nogil=True, cache=True, fastmath=_FASTMATH)
     def group_tables(
@@ -304,36 +324,39 @@ if AVAILABLE:
         and exact head (:func:`_group_table`), then its head's elements."""
         b_, c_, n_ = bits.shape
         num_bins = 2 * half
-        local = np.empty((1, 1, num_bins, 2, 2), np.float64)
+        local = np.zeros((1, 1, num_bins, 2, 2), np.float64)
         flat = local.reshape(-1)
         kb = np.empty(BLOCK, np.int32)
+        block_top = np.empty(b_ * ((n_ + BLOCK - 1) // BLOCK), np.int32)
         head_bins = np.empty(head_values.shape[1], np.int32)
         for unit_ in range(u0, u1):
             g = np.int64(unit_)
             c = g % c_ if per_image else g
             b0 = g // c_ if per_image else 0
             b1 = b0 + 1 if per_image else b_
-            local[:] = 0.0
-            _accumulate(bits, c, b0 * n_, b1 * n_, inv[g], lo, per_octave, half, flat, 0, kb)
-            losses[g], n_fg[g], n_valid[g], cut[g] = _group_table(local, 0, head, table[g])
+            k_lo, k_hi = _accumulate(bits, c, b0 * n_, b1 * n_, inv[g], lo, per_octave, half, flat, 0, kb, block_top)
+            losses[g], n_fg[g], n_valid[g], cut[g] = _group_table(local, 0, head, table[g], k_lo, k_hi)
+            local[0, 0, k_lo : k_hi + 1] = 0.0  # only the bins touched: the buffer is zero for the next group
             head_counts[g] = _gather_head(
-                bits, c, b0, b1, cut[g], inv[g], lo, per_octave, half, head_values[g], head_fg[g], head_bins, kb
-            )
+                bits, c, b0, b1, cut[g], inv[g], lo, per_octave, half, head_values[g], head_fg[g], head_bins, kb,
+                block_top,
+            )  # fmt: skip
 
     @njit(nogil=True, cache=True, fastmath=_FASTMATH)
     def head_rows(bits, per_image, cut, inv, lo, per_octave, half, values, fgs, bins, counts, u0, u1):
         """The exact head (:func:`lovasz.engine.histogram.head_cut`) of groups ``u0..u1``: every valid
         element whose bin is at least ``cut[g]``, its error into ``values[g, :]``, its foreground flag into
         ``fgs[g, :]`` and its bin into ``bins[g, :]`` (``counts[g]`` of them), in scan order."""
-        _, c_, _ = bits.shape
+        b_, c_, n_ = bits.shape
         kb = np.empty(BLOCK, np.int32)
+        block_top = np.full(b_ * ((n_ + BLOCK - 1) // BLOCK), 2 * half, np.int32)  # no block skipped
         for unit_ in range(u0, u1):
             g = np.int64(unit_)
             c = g % c_ if per_image else g
             b0 = g // c_ if per_image else 0
-            b1 = b0 + 1 if per_image else bits.shape[0]
+            b1 = b0 + 1 if per_image else b_
             counts[g] = _gather_head(
-                bits, c, b0, b1, cut[g], inv[g], lo, per_octave, half, values[g], fgs[g], bins[g], kb
+                bits, c, b0, b1, cut[g], inv[g], lo, per_octave, half, values[g], fgs[g], bins[g], kb, block_top
             )
 
     @njit(inline="always")
@@ -519,7 +542,7 @@ if AVAILABLE:
         )
 
     @njit(inline="always")
-    def _group_table(acc, grp, head, table_g):
+    def _group_table(acc, grp, head, table_g, k_lo, k_hi):
         """One group's histogram, partials ``acc[:, grp]`` (``[S, G, K, 2, 2]``) → its weight table
         ``table_g`` ``[K, 2]`` (float32, ``[:, 0]`` background, ``[:, 1]`` foreground; left 0 in the exact
         head), and ``(loss without the head, foreground count, valid count, cut)``: ``cut`` is the lowest
@@ -527,21 +550,24 @@ if AVAILABLE:
         (:func:`lovasz.engine.histogram.head_cut`).
 
         Same quantities as :func:`lovasz.engine.histogram.weight_tables`, from the top bin down: a
-        foreground element of a bin gets ``(H(u+g) - H(u-1)) / (g+1)`` with ``u = n + B``."""
-        slots, num_bins = acc.shape[0], acc.shape[2]
+        foreground element of a bin gets ``(H(u+g) - H(u-1)) / (g+1)`` with ``u = n + B``.  Only bins
+        ``k_lo..k_hi`` may be non-empty."""
+        slots = acc.shape[0]
         n = 0
         total = 0
-        cut = num_bins
-        for k in range(num_bins - 1, -1, -1):
+        cut = k_hi + 1  # the empty bins above k_hi hold no element: part of the head
+        for k in range(k_hi, k_lo - 1, -1):
             for s in range(slots):
                 n += np.int64(acc[s, grp, k, 1, 0])
                 total += np.int64(acc[s, grp, k, 0, 0]) + np.int64(acc[s, grp, k, 1, 0])
             if total <= head:
                 cut = k
+        if total <= head:  # the empty bins below k_lo too
+            cut = 0
         above_f = 0
         above_b = 0
         loss = 0.0
-        for k in range(num_bins - 1, -1, -1):
+        for k in range(k_hi, k_lo - 1, -1):
             f = 0
             gb = 0
             sum_f = 0.0
@@ -583,7 +609,9 @@ if AVAILABLE:
         ``[G, K, 2]``, foreground and valid counts and the head's lowest bin ``[G]`` (:func:`_group_table`)."""
         for g_ in range(g0, g1):
             grp = np.int64(g_)
-            losses[grp], n_fg[grp], n_valid[grp], cut[grp] = _group_table(acc, grp, head, table[grp])
+            losses[grp], n_fg[grp], n_valid[grp], cut[grp] = _group_table(
+                acc, grp, head, table[grp], 0, acc.shape[2] - 1
+            )
 
 
 if AVAILABLE:
