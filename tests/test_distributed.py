@@ -177,3 +177,39 @@ def test_distributed_data_parallel_gives_the_one_process_gradient(tmp_path):
 def test_process_group_needs_an_initialized_default_group():
     with pytest.raises(ValueError, match="init_process_group"):
         lovasz.lovasz_softmax(torch.randn(1, 2, 3), torch.zeros(1, 3, dtype=torch.long), process_group=object())
+
+
+def _compile_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(4, 5, 12, 12, generator=g) * 2
+        t = torch.randint(0, 5, (4, 12, 12), generator=g)
+        xl, tl = x[2 * rank : 2 * rank + 2], t[2 * rank : 2 * rank + 2]
+        results = []
+        engines = [(None, "auto"), (256, "torch")] + ([(256, "numba")] if backends.numba_installed() else [])
+        for bins, backend in engines:
+
+            def loss(z, target, bins=bins, backend=backend):
+                return lovasz.lovasz_softmax(z, target, bins=bins, backend=backend, process_group=dist.group.WORLD)
+
+            for fn in (loss, torch.compile(loss)):  # eager, then the default (Inductor) backend
+                z = xl.clone().requires_grad_(True)
+                value = fn(z, tl)
+                value.backward()
+                results.append((value.detach(), z.grad))
+        torch.save(results, os.path.join(out_dir, f"compiled{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_process_group_under_torch_compile_matches_eager(tmp_path):
+    # torch.compile (default backend) around a loss with a process group: the value and the gradient of
+    # eager, for each engine (the collectives run eagerly, where the graph breaks).
+    mp.spawn(_compile_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    for r in range(2):
+        results = torch.load(tmp_path / f"compiled{r}.pt")
+        for (want, want_grad), (got, got_grad) in zip(results[0::2], results[1::2], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-8)
