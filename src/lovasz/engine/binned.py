@@ -56,8 +56,7 @@ def _head(errors: Tensor, cells: Tensor, k: int, cut: Tensor) -> tuple[Tensor, T
     values = torch.cat([values, values.new_full((g, HEAD - h), -1.0)], dim=1)
     position = torch.cat([position, position.new_full((g, HEAD - h), -1)], dim=1)
     position = torch.where(values >= 0, position, -1)
-    padded = torch.cat([cells, cells.new_zeros(g, 1)], dim=1)  # a column to read for unused entries
-    cell = padded.gather(1, torch.where(position >= 0, position, p))
+    cell = cells.gather(1, position.clamp_min(0)) if p else position.clamp_min(0)  # unused entries: masked
     return values, (cell % 2 == 1) & (values >= 0), (cell // 2) % k, position
 
 
@@ -83,8 +82,8 @@ class _LovaszBinned(torch.autograd.Function):
         weights = torch.cat([table.flatten(), table.new_zeros(1)])[cells]
         rank = 0 if sync is None else sync.rank
         local_w = head_w[:, rank * HEAD : (rank + 1) * HEAD].to(weights.dtype)
-        weights = torch.cat([weights, weights.new_zeros(weights.shape[0], 1)], dim=1)
-        weights = weights.scatter(1, torch.where(position >= 0, position, weights.shape[1] - 1), local_w)[:, :-1]
+        if weights.shape[1]:  # the table is 0 in the head's bins: adding puts each head weight in place
+            weights.scatter_add_(1, position.clamp_min(0), torch.where(position >= 0, local_w, 0.0))
         ctx.save_for_backward(weights)
         ctx.mark_non_differentiable(n_fg, n_valid)
         return losses.to(errors.dtype), n_fg, n_valid
