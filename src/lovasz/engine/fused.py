@@ -60,6 +60,11 @@ def _saves_errors(kernels, code: int) -> bool:
     return bool(getattr(kernels, "saves_errors", lambda s: False)(surrogates.from_code(code)))
 
 
+def _mark_unused(values: Tensor, counts: Tensor) -> Tensor:
+    """Head entries ``[G, HEAD]`` with -1 past each group's ``counts`` (errors are >= 0)."""
+    return torch.where(torch.arange(values.shape[1], device=values.device) < counts.unsqueeze(1), values, -1.0)
+
+
 def _forward(
     x32: Tensor,
     t: Tensor,
@@ -84,7 +89,7 @@ def _forward(
         top, losses, table, n_fg, n_valid, cut, values, fg, counts = kernels.losses(
             x32, t, surrogate, per_image, ignore_index, binning, HEAD, **extra
         )
-        values = torch.where(torch.arange(HEAD, device=values.device) < counts.unsqueeze(1), values, -1.0)
+        values = _mark_unused(values, counts)
     elif sync is None:
         hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning, **extra)
         losses, table, n_fg, n_valid, cut = histogram_losses(hist, use_numba=backend == "numba")
@@ -92,7 +97,7 @@ def _forward(
         values, fg, _, counts = kernels.head(
             x32, t, surrogate, per_image, ignore_index, binning, top, cut, HEAD, **extra
         )
-        values = torch.where(torch.arange(HEAD, device=values.device) < counts.unsqueeze(1), values, -1.0)
+        values = _mark_unused(values, counts)
     else:  # across processes: the local head's candidates travel with the histogram
         hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning, reduce_top=sync.all_max, **extra)
         local = hist.merged()
@@ -100,7 +105,7 @@ def _forward(
         values, fg, bins, counts = kernels.head(
             x32, t, surrogate, per_image, ignore_index, binning, top, head_cut(local), HEAD, **extra
         )
-        values = torch.where(torch.arange(HEAD, device=values.device) < counts.unsqueeze(1), values, -1.0)
+        values = _mark_unused(values, counts)
         cells, values, fg, bins = sync.sum_histogram(
             local.cells.to(x32.device), (values.to(x32.device), fg.to(x32.device), bins.to(x32.device))
         )

@@ -167,11 +167,12 @@ if AVAILABLE:
 
     @njit(inline="always")
     def _unit_range(unit, per_image, units_len, nchunks, total):
+        """Positions ``start..stop`` of pass-1 unit ``unit``: an image per image, else a fixed chunk."""
         if per_image:
-            return unit * units_len, (unit + 1) * units_len, np.int64(0)
+            return unit * units_len, (unit + 1) * units_len
         step = (total + nchunks - 1) // nchunks
         start = min(unit * step, total)
-        return start, min(start + step, total), unit
+        return start, min(start + step, total)
 
     @njit(inline="always")
     def _labels(t, b, i0, width, ignore, use_ignore, lab):
@@ -193,7 +194,7 @@ if AVAILABLE:
         inv_den = np.empty(BLOCK, np.float32)
         lab = np.empty(BLOCK, np.int32)
         for unit in range(u0, u1):
-            start, stop, _slot = _unit_range(np.int64(unit), per_image, n_, nchunks, b_ * n_)
+            start, stop = _unit_range(np.int64(unit), per_image, n_, nchunks, b_ * n_)
             pos = start
             while pos < stop:
                 b, i0, width = _span(pos, stop, n_)
@@ -459,7 +460,7 @@ if AVAILABLE:
         """Pass 1 of the binary losses (see :func:`softmax_errors`)."""
         b_, c_, n_ = x.shape
         for unit in range(u0, u1):
-            start, stop, _slot = _unit_range(np.int64(unit), per_image, c_ * n_, nchunks, b_ * c_ * n_)
+            start, stop = _unit_range(np.int64(unit), per_image, c_ * n_, nchunks, b_ * c_ * n_)
             pos = start
             while pos < stop:
                 row, i0, width = _span(pos, stop, n_)
@@ -771,11 +772,11 @@ def histogram(
     reduce_top=None,
     errors: torch.Tensor | None = None,
 ) -> Histogram:
-    """Histogram of ``x32`` (``[B, C, N]`` float32 contiguous) with targets ``t`` (int64), partials that add
-    up in a fixed order.  Pass 1 writes every element's signed error bits into ``errors`` (float32, shaped
-    like ``x32``; the float32 error, the sign bit set for a foreground element, a NaN pattern for an
-    ignored one) and finds each group's anchor; ``reduce_top`` (e.g. a max over processes) may replace the
-    anchors; pass 2 bins the errors a row at a time.  :func:`head` and (for the softmax surrogates)
+    """Histogram ``[1, G, K, 2, 2]`` of ``x32`` (``[B, C, N]`` float32 contiguous) with targets ``t``
+    (int64).  Pass 1 writes every element's signed error bits into ``errors`` (float32, shaped like
+    ``x32``; the float32 error, the sign bit set for a foreground element, a NaN pattern for an ignored
+    one) and finds each group's anchor; ``reduce_top`` (e.g. a max over processes) may replace the anchors;
+    pass 2 bins the errors, one unit per group.  :func:`head` and (for the softmax surrogates)
     :func:`backward` read ``errors`` again."""
     bsz, c, _ = x32.shape
     groups = bsz * c if per_image else c
@@ -833,7 +834,7 @@ def head(
     cut: torch.Tensor,
     capacity: int,
     errors: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The elements of each group's exact head (bins from ``cut[g]`` up), read from the ``errors`` that
     :func:`histogram` wrote: ``(values [G, capacity] float32, fg [G, capacity] bool, bins [G, capacity]
     int64, counts [G] int64)``, unused entries 0 / False."""

@@ -140,7 +140,7 @@ if AVAILABLE:
             tl.store(hb_ptr + g * H + slot, k, mask=keep)
 
     @triton.jit
-    def _head_weight(w, e, fg, g, in_head, cut_ptr, hv_ptr, hf_ptr, hw_ptr, H):
+    def _head_weight(w, e, fg, g, in_head, hv_ptr, hf_ptr, hw_ptr, H):
         """``w`` with the exact head's weight for the elements ``in_head``: that of the head entry of the
         group with the same foreground flag and the nearest error (the same error, as forward saw it)."""
         if tl.max(in_head.to(tl.int32)) > 0:
@@ -175,7 +175,7 @@ if AVAILABLE:
         w = tl.load(table_ptr + idx, mask=use, other=0.0)
         cut = tl.load(cut_ptr + g, mask=offs_c < C, other=num_bins)[:, None]
         gg = g[:, None] + tl.zeros(e.shape, tl.int32)
-        w = _head_weight(w, e, fg, gg, use & (k >= cut), cut_ptr, hv_ptr, hf_ptr, hw_ptr, H)
+        w = _head_weight(w, e, fg, gg, use & (k >= cut), hv_ptr, hf_ptr, hw_ptr, H)
         gp = tl.where(fg, -w, w)  # d error / d p
         if CODE == _SOFTMAX:
             grad = p * (gp - tl.sum(p * gp, axis=0)[None, :])
@@ -264,7 +264,7 @@ if AVAILABLE:
         idx = (g * num_bins + k) * 2 + fg.to(tl.int32)
         w = tl.load(table_ptr + idx, mask=use, other=0.0)
         cut = tl.load(cut_ptr + g, mask=use, other=num_bins)
-        w = _head_weight(w, e, fg, g, use & (k >= cut), cut_ptr, hv_ptr, hf_ptr, hw_ptr, H)
+        w = _head_weight(w, e, fg, g, use & (k >= cut), hv_ptr, hf_ptr, hw_ptr, H)
         tl.store(grad_ptr + offs, w * de, mask=inside)
 
 
