@@ -651,7 +651,7 @@ class _OpenMP:
 
     After a parallel PyTorch operator, OpenMP's worker threads spin for a while (libgomp: ~300,000 pause
     iterations, several milliseconds) waiting for more work.  Kernels on threads of their own would share
-    the cores with those spinning threads: measured +5 to +8 ms per call on 2 cores.  ``GOMP_parallel``
+    the cores with those spinning threads (``docs/engine.md`` gives the benchmark).  ``GOMP_parallel``
     (exported by libgomp, and for compatibility by LLVM's and Intel's runtimes) runs a callback on the
     runtime's own team instead.  Found through ``/proc/self/maps`` (Linux) when PyTorch's parallel backend
     is OpenMP; elsewhere :func:`_parallel` uses a thread pool."""
