@@ -1,23 +1,25 @@
 """Backend resolver: which implementation evaluates the binned engine, decided before the call.
 
-The binned engine has three implementations: ``"torch"`` (:mod:`.binned`, any device, traceable by
-``torch.compile``), ``"numba"`` (:mod:`.kernels_cpu`, fused CPU kernels) and ``"triton"``
-(:mod:`.kernels_triton`, fused CUDA kernels).  The exact engine (``bins=None``) is PyTorch everywhere.
+The binned engine has four implementations: ``"torch"`` (:mod:`.binned`, any device, traceable by
+``torch.compile``), ``"native"`` (:mod:`.kernels_native`, fused CPU kernels in C, compiled when the
+package is installed), ``"numba"`` (:mod:`.kernels_cpu`, the same CPU kernels compiled by numba on first
+use, where the C library was not built) and ``"triton"`` (:mod:`.kernels_triton`, fused CUDA kernels).
+The exact engine (``bins=None``) is PyTorch everywhere.
 
 **Order.**  The first of these that applies decides:
 
 1. the ``backend=`` argument of the loss, when it is not ``"auto"``;
 2. the environment variable ``LOVASZ_BACKEND``, when it is set and not ``"auto"``;
-3. the automatic choice: the first of ``AUTO_ORDER`` = triton, numba, torch whose
+3. the automatic choice: the first of ``AUTO_ORDER`` = triton, native, numba, torch whose
    :func:`not_supported_reasons` is empty for this call (and, for Triton, whose probe passed on the
    input's device).  Triton serves CUDA tensors, and CPU tensors too when ``TRITON_INTERPRET=1`` (Triton's
    interpreter, for testing kernels without a GPU).
 
 A backend asked for in 1 or 2 that cannot serve the call raises :class:`BackendNotSupportedError`,
-which lists every reason (numba for a CUDA tensor, Triton without a GPU, float64 input, a package that
-is not installed).  The fused kernels are custom operators (:mod:`.fused`), so they also serve calls
-inside ``torch.compile``.  With ``bins=None`` the argument must be ``"auto"``
-or ``"torch"`` and ``LOVASZ_BACKEND`` is not read.
+which lists every reason (native or numba for a CUDA tensor, a C library that was not built, Triton
+without a GPU, float64 input, a package that is not installed).  The fused kernels are custom operators
+(:mod:`.fused`), so they also serve calls inside ``torch.compile``.  With ``bins=None`` the argument must
+be ``"auto"`` or ``"torch"`` and ``LOVASZ_BACKEND`` is not read.
 
 **Triton probe.**  Whether the Triton kernels compile and launch is decided once per device, before their
 first use, by :data:`triton_probe`: a tiny forward *and* backward of both kernel families (class and
@@ -61,7 +63,7 @@ __all__ = [
 ]
 
 ENV_VAR = "LOVASZ_BACKEND"
-AUTO_ORDER = ("triton", "numba", "torch")
+AUTO_ORDER = ("triton", "native", "numba", "torch")
 
 
 class LovaszFallbackWarning(RuntimeWarning):
@@ -80,7 +82,7 @@ class Resolved:
 
     @property
     def fused(self) -> bool:
-        """Whether the backend runs fused kernels (numba, Triton) rather than the PyTorch engine."""
+        """Whether the backend runs fused kernels (native, numba, Triton) rather than the PyTorch engine."""
         return self.name != "torch"
 
 
@@ -98,9 +100,24 @@ def numba_installed() -> bool:
     return installed("numba")
 
 
+def native_built() -> bool:
+    """Whether the C library of the native kernels was built and loads (looked up once per process)."""
+    if "native" not in _INSTALLED:
+        from . import kernels_native
+
+        _INSTALLED["native"] = kernels_native.AVAILABLE
+    return _INSTALLED["native"]
+
+
 def load_kernels(name: str) -> ModuleType:
-    """The fused kernel module of backend ``name`` (``"numba"`` or ``"triton"``), imported on first use."""
-    if name == "numba":
+    """The fused kernel module of backend ``name`` (``"native"``, ``"numba"`` or ``"triton"``), imported on
+    first use."""
+    if name == "native":
+        from . import kernels_native as module
+
+        if not module.AVAILABLE:
+            raise ImportError("the native CPU kernels were not built (no C compiler when lovasz was installed)")
+    elif name == "numba":
         from . import kernels_cpu as module
     elif name == "triton":
         from . import kernels_triton as module
@@ -127,7 +144,15 @@ def not_supported_reasons(name: str, x: Tensor, bins: int | None) -> list[str]:
         reasons.append(f"the {name} kernels implement the binned engine only (bins=None is the exact engine)")
     if x.dtype == torch.float64:
         reasons.append("the input is float64 and the fused kernels compute in float32 (backend='torch' keeps float64)")
-    if name == "numba":
+    if name == "native":
+        if x.device.type != "cpu":
+            reasons.append(f"the input is on {x.device} and the native kernels run on the CPU")
+        if not native_built():
+            reasons.append(
+                "the native CPU kernels were not built: lovasz was installed without a C compiler "
+                "(install gcc or clang and reinstall lovasz; backend='numba' compiles the same kernels on first use)"
+            )
+    elif name == "numba":
         if x.device.type != "cpu":
             reasons.append(f"the input is on {x.device} and the numba kernels run on the CPU")
         if not numba_installed():

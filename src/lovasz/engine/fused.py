@@ -92,7 +92,7 @@ def _forward(
         values = _mark_unused(values, counts)
     elif sync is None:
         hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning, **extra)
-        losses, table, n_fg, n_valid, cut = histogram_losses(hist, use_numba=backend == "numba")
+        losses, table, n_fg, n_valid, cut = histogram_losses(hist, kernels=kernels)
         top = hist.top
         values, fg, _, counts = kernels.head(
             x32, t, surrogate, per_image, ignore_index, binning, top, cut, HEAD, **extra
@@ -110,7 +110,7 @@ def _forward(
             local.cells.to(x32.device), (values.to(x32.device), fg.to(x32.device), bins.to(x32.device))
         )
         losses, table, n_fg, n_valid, cut = histogram_losses(
-            Histogram(cells, top, binning), use_numba=backend == "numba"
+            Histogram(cells, top, binning), kernels=kernels
         )
         keep = (values >= 0) & (bins >= cut.to(bins.device).unsqueeze(1))  # the global head's bins
         values, fg = torch.where(keep, values, -1.0), fg & keep

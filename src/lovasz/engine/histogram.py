@@ -201,7 +201,7 @@ class Histogram:
 
 
 def histogram_losses(
-    hist: Histogram, table_dtype: torch.dtype = torch.float32, *, use_numba: bool = False, head: int = HEAD
+    hist: Histogram, table_dtype: torch.dtype = torch.float32, *, kernels=None, head: int = HEAD
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Losses and weight table of a histogram: the one place where counts become Lovász weights.
 
@@ -214,15 +214,14 @@ def histogram_losses(
         bin of each group's exact head (:func:`head_cut`).  The head's bins still count as "above" for the
         lower bins; :func:`head_weights` gives their elements' exact weights and loss.
 
-    With ``use_numba`` (the numba backend: a CPU histogram, float32 table) one numba pass computes the same
-    quantities from harmonic numbers (:func:`.kernels_cpu.tables`); otherwise :func:`weight_tables` does,
-    in PyTorch, on the histogram's device.
+    With ``kernels`` that have a ``tables`` function (the CPU kernel modules, :func:`.kernels_cpu.tables`:
+    a CPU histogram, float32 table) one pass of theirs computes the same quantities from harmonic numbers;
+    otherwise :func:`weight_tables` does, in PyTorch, on the histogram's device.
     """
-    if use_numba:
-        from . import kernels_cpu
-
+    cpu_tables = getattr(kernels, "tables", None) is not None and hist.cells.device.type == "cpu"
+    if cpu_tables and table_dtype == torch.float32:
         cells = hist.cells.detach().contiguous()
-        return tuple(torch.from_numpy(a) for a in kernels_cpu.tables(cells.numpy(), head))  # type: ignore[return-value]
+        return tuple(torch.from_numpy(a) for a in kernels.tables(cells.numpy(), head))  # type: ignore[return-value]
     acc = hist.cells.sum(dim=0)
     counts, sums = acc[..., 0].round().to(torch.int64), acc[..., 1]
     w_fg, w_bg = weight_tables(counts[..., 1], counts[..., 0])

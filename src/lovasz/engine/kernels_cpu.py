@@ -29,7 +29,6 @@ per group: (background, foreground) × (count, error sum).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import os
 import sys
@@ -40,6 +39,8 @@ import numpy as np
 import torch
 
 from ..surrogates import HINGE, SIGMOID, SIGMOID_PROBS, SOFTMAX, Surrogate
+from . import cpu_threads
+from .cpu_threads import OpenMP as _OpenMP  # noqa: F401  (kept for tests and benchmarks)
 from .histogram import Binning, Histogram, inverse_top
 
 try:
@@ -646,73 +647,21 @@ def _compiling_message(*kernels):
         timer.cancel()
 
 
-class _OpenMP:
-    """The OpenMP runtime that PyTorch's CPU operators run on, to run the kernels on *its* threads.
-
-    After a parallel PyTorch operator, OpenMP's worker threads spin for a while (libgomp: ~300,000 pause
-    iterations, several milliseconds) waiting for more work.  Kernels on threads of their own would share
-    the cores with those spinning threads (``docs/engine.md`` gives the benchmark).  ``GOMP_parallel``
-    (exported by libgomp, and for compatibility by LLVM's and Intel's runtimes) runs a callback on the
-    runtime's own team instead.  Found through ``/proc/self/maps`` (Linux) when PyTorch's parallel backend
-    is OpenMP; elsewhere :func:`_parallel` uses a thread pool."""
-
-    def __init__(self) -> None:
-        self.lib = None
-        self.callback_type = None
-        try:
-            if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
-                return
-            with open("/proc/self/maps") as maps:
-                paths = [line.split()[-1] for line in maps if "omp" in line.rsplit("/", 1)[-1]]
-            for path in dict.fromkeys(paths):
-                lib = ctypes.CDLL(path)
-                if hasattr(lib, "GOMP_parallel") and hasattr(lib, "omp_get_thread_num"):
-                    self.callback_type = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-                    lib.GOMP_parallel.argtypes = [self.callback_type, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
-                    lib.GOMP_parallel.restype = None
-                    lib.omp_get_thread_num.restype = ctypes.c_int
-                    self.lib = lib
-                    return
-        except (OSError, AttributeError):  # no /proc, or a runtime without these symbols: use the pool
-            self.lib = None
-
-    def run(self, tasks, workers: int) -> None:
-        """Run the callables ``tasks`` on ``workers`` threads of the OpenMP team (thread ``i`` takes tasks
-        ``i, i + workers, ...``); re-raise the first exception."""
-        errors: list[BaseException] = []
-
-        def body(_data) -> None:
-            try:
-                for task in tasks[self.lib.omp_get_thread_num() :: workers]:
-                    task()
-            except BaseException as exc:
-                errors.append(exc)
-
-        self.lib.GOMP_parallel(self.callback_type(body), None, workers, 0)
-        if errors:
-            raise errors[0]
-
-
-_OPENMP: _OpenMP | None = None
-
-
 def _parallel(fn, units: int, *args) -> None:
     """Run ``fn(*args, u0, u1)`` over ``units`` split into contiguous ranges, on ``torch.get_num_threads()``
-    threads (the kernels release the GIL): PyTorch's OpenMP threads where possible (:class:`_OpenMP`),
-    else (or with the environment variable ``LOVASZ_THREADS=pool``) a thread pool.  Each unit writes its
-    own outputs, so the result does not depend on the number of threads."""
-    global _POOL, _OPENMP
-    workers = max(1, min(torch.get_num_threads(), units))
+    threads (the kernels release the GIL): PyTorch's OpenMP threads where possible
+    (:class:`.cpu_threads.OpenMP`), else (or with the environment variable ``LOVASZ_THREADS=pool``) a
+    thread pool.  Each unit writes its own outputs, so the result does not depend on the number of threads."""
+    global _POOL
+    workers = cpu_threads.workers(units)
     if workers == 1:
         fn(*args, 0, units)
         return
     tasks = min(units, 4 * workers)
     bounds = [units * k // tasks for k in range(tasks + 1)]
     ranges = [(bounds[k], bounds[k + 1]) for k in range(tasks) if bounds[k] < bounds[k + 1]]
-    if _OPENMP is None:
-        _OPENMP = _OpenMP()
-    if _OPENMP.lib is not None and os.environ.get("LOVASZ_THREADS") != "pool":
-        _OPENMP.run([functools.partial(fn, *args, u0, u1) for u0, u1 in ranges], workers)
+    if not cpu_threads.use_pool():
+        cpu_threads.openmp().run([functools.partial(fn, *args, u0, u1) for u0, u1 in ranges], workers)
         return
     if _POOL is None or _POOL._max_workers < workers:
         _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lovasz")

@@ -1,0 +1,661 @@
+/* Fused CPU kernels of the binned engine, compiled ahead of time (when the package is installed).
+ *
+ * The same kernels, contract and results as the numba ones (kernels_cpu.py), whose docstrings explain the
+ * algorithm; lovasz/engine/kernels_native.py drives them.  Every kernel has the signature
+ *
+ *     void kernel(const int64_t *args, int64_t u0, int64_t u1)
+ *
+ * and works on its units u0..u1; ``args`` holds its pointers and integers (in the order of the comment
+ * above each kernel).  ``lovasz_run`` runs a kernel over all its units on the calling OpenMP runtime's
+ * team (``GOMP_parallel``, found by the Python side in PyTorch's runtime, so that the kernels share
+ * PyTorch's threads) or on the calling thread; each unit writes its own outputs, so results do not depend
+ * on the number of threads.
+ *
+ * Floating point: no fast-math and no contraction (-ffp-contract=off), so that an error and its bin are
+ * computed alike wherever they are computed (forward, head, backward).  The hot loops vectorize; on x86-64
+ * each kernel is compiled for AVX-512, AVX2 and the baseline, chosen at load time (target_clones).
+ *
+ * Plain C: no Python header, loaded with ctypes. */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BLOCK 256
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
+
+/* Surrogate codes: lovasz/surrogates.py (checked by kernels_native.py at load time). */
+enum { SOFTMAX = 0, PROBS = 1, SIGMOID = 2, SIGMOID_PROBS = 3, HINGE = 4 };
+
+/* Signed error bits: the float32 error, its sign bit set for a foreground element, a NaN pattern for an
+ * ignored one. */
+#define SIGN_BIT ((int32_t)0x80000000u)
+#define ABS_MASK ((int32_t)0x7FFFFFFF)
+#define INF_BITS ((int32_t)0x7F800000)
+#define IGNORED ((int32_t)0x7FC00000)
+
+static inline int32_t bits_of(float v) {
+    int32_t b;
+    memcpy(&b, &v, 4);
+    return b;
+}
+
+static inline float float_of(int32_t b) {
+    float v;
+    memcpy(&v, &b, 4);
+    return v;
+}
+
+static inline float fmax0(float a, float b) { return a > b ? a : b; }
+static inline float fmin0(float a, float b) { return a < b ? a : b; }
+
+/* exp(v) for v <= 0: Cephes expf (Cody-Waite reduction, degree-5 polynomial), as in kernels_cpu._expf. */
+static inline float exp_neg(float v) {
+    v = fmax0(v, -87.0f);
+    float n = floorf(v * 1.4426950408889634f + 0.5f);
+    float r = v - n * 0.693359375f - n * -2.12194440e-4f;
+    float poly = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r +
+                  1.6666665459e-1f) * r + 5.0000001201e-1f;
+    return (poly * r * r + r + 1.0f) * float_of(((int32_t)n + 127) << 23);
+}
+
+/* Log-linear bin of a value in [0, 1/2] given by its bits (Binning._log_bin). */
+static inline int32_t log_bin(int32_t b, int32_t lo_bits, int32_t lo, int32_t per_octave) {
+    int32_t octave = (b >> 23) - 127 - lo;
+    int32_t sub = (int32_t)(((int64_t)(b & 0x7FFFFF) * per_octave) >> 23);
+    int32_t k = 1 + octave * per_octave + sub;
+    return b < lo_bits ? 0 : k;
+}
+
+/* Bin of an error e scaled by inv = 1/U (Binning.index, bit for bit). */
+static inline int32_t bin_of(float e, float inv, int32_t lo, int32_t per_octave, int32_t half) {
+    float x = e * inv;
+    float xl = fmin0(x, 0.5f);
+    float xd = fmin0(fmax0(1.0f - x, 0.0f), 0.5f);
+    int32_t lo_bits = (127 + lo) << 23;
+    int32_t kl = log_bin(bits_of(xl), lo_bits, lo, per_octave);
+    int32_t kd = log_bin(bits_of(xd), lo_bits, lo, per_octave);
+    return x < 0.5f ? kl : 2 * half - 1 - kd;
+}
+
+static inline int32_t encode(float v, int fg, int valid) {
+    return valid ? (bits_of(v) | (fg ? SIGN_BIT : 0)) : IGNORED;
+}
+
+static inline float magnitude(int32_t s) {
+    int32_t a = s & ABS_MASK;
+    return float_of(a > INF_BITS ? 0 : a);
+}
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* ------------------------------------------------------------------------------------------- pass 1 */
+
+/* args: x, t, B, C, N, ignore, use_ignore, code, per_image, nchunks, bits, tops, groups.
+ * Units: an image each per image, else nchunks fixed chunks of the B·N pixels; tops [units, groups]. */
+CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
+    const float *x = (const float *)a[0];
+    const int64_t *t = (const int64_t *)a[1];
+    const int64_t B = a[2], C = a[3], N = a[4], ignore = a[5];
+    const int use_ignore = (int)a[6], from_logits = a[7] == SOFTMAX, per_image = (int)a[8];
+    const int64_t nchunks = a[9];
+    int32_t *bits = (int32_t *)a[10];
+    float *tops = (float *)a[11];
+    const int64_t groups = a[12];
+    float *p = malloc(sizeof(float) * (size_t)(C * BLOCK));
+    float mx[BLOCK], inv_den[BLOCK];
+    int32_t lab[BLOCK];
+    const int64_t total = B * N, step = (total + nchunks - 1) / nchunks;
+    for (int64_t unit = u0; unit < u1; unit++) {
+        int64_t start = per_image ? unit * N : min64(unit * step, total);
+        int64_t stop = per_image ? (unit + 1) * N : min64(start + step, total);
+        for (int64_t pos = start; pos < stop;) {
+            const int64_t b = pos / N, i0 = pos - b * N;
+            const int64_t width = min64(min64(BLOCK, N - i0), stop - pos);
+            if (from_logits) {
+                const float *x0 = x + (b * C) * N + i0;
+                for (int64_t j = 0; j < width; j++) mx[j] = x0[j];
+                for (int64_t c = 1; c < C; c++) {
+                    const float *restrict xc = x + (b * C + c) * N + i0;
+                    for (int64_t j = 0; j < width; j++) mx[j] = fmax0(mx[j], xc[j]);
+                }
+                for (int64_t j = 0; j < width; j++) inv_den[j] = 0.0f;
+                for (int64_t c = 0; c < C; c++) {
+                    const float *restrict xc = x + (b * C + c) * N + i0;
+                    float *restrict pc = p + c * BLOCK;
+                    for (int64_t j = 0; j < width; j++) {
+                        float v = exp_neg(xc[j] - mx[j]);
+                        pc[j] = v;
+                        inv_den[j] += v;
+                    }
+                }
+                for (int64_t j = 0; j < width; j++) inv_den[j] = 1.0f / inv_den[j];
+            }
+            const int64_t *tb = t + b * N + i0;
+            for (int64_t j = 0; j < width; j++) lab[j] = (use_ignore && tb[j] == ignore) ? -1 : (int32_t)tb[j];
+            for (int64_t c = 0; c < C; c++) {
+                const int64_t g = per_image ? b * C + c : c;
+                const float *restrict pc = p + c * BLOCK;
+                const float *restrict xc = x + (b * C + c) * N + i0;
+                int32_t *restrict out = bits + (b * C + c) * N + i0;
+                float m = tops[unit * groups + g];
+                for (int64_t j = 0; j < width; j++) {
+                    float pr = from_logits ? pc[j] * inv_den[j] : xc[j];
+                    int fg = lab[j] == (int32_t)c;
+                    float v = fmax0(fg ? 1.0f - pr : pr, 0.0f);
+                    m = fmax0(m, lab[j] >= 0 ? v : 0.0f);
+                    out[j] = encode(v, fg, lab[j] >= 0);
+                }
+                tops[unit * groups + g] = m;
+            }
+            pos += width;
+        }
+    }
+    free(p);
+}
+
+/* Error of a binary score s and its derivative w.r.t. s. */
+static inline float binary_error(float s, int fg, int code, float *de) {
+    if (code == SIGMOID) {
+        float q = exp_neg(-fabsf(s));
+        float pr = s >= 0 ? 1.0f / (1.0f + q) : q / (1.0f + q);
+        float d = pr * (1.0f - pr);
+        *de = fg ? -d : d;
+        return fmax0(fg ? 1.0f - pr : pr, 0.0f);
+    }
+    if (code == SIGMOID_PROBS) {
+        *de = fg ? -1.0f : 1.0f;
+        return fmax0(fg ? 1.0f - s : s, 0.0f);
+    }
+    float m = 1.0f - (fg ? s : -s); /* hinge: max(1 - s·y, 0) */
+    *de = m > 0 ? (fg ? -1.0f : 1.0f) : 0.0f;
+    return fmax0(m, 0.0f);
+}
+
+/* args: as softmax_errors; units over the B·C·N elements (per image: a row of C·N each). */
+CLONES void binary_errors(const int64_t *a, int64_t u0, int64_t u1) {
+    const float *x = (const float *)a[0];
+    const int64_t *t = (const int64_t *)a[1];
+    const int64_t B = a[2], C = a[3], N = a[4], ignore = a[5];
+    const int use_ignore = (int)a[6], code = (int)a[7], per_image = (int)a[8];
+    const int64_t nchunks = a[9];
+    int32_t *bits = (int32_t *)a[10];
+    float *tops = (float *)a[11];
+    const int64_t groups = a[12];
+    const int64_t units_len = C * N, total = B * C * N, step = (total + nchunks - 1) / nchunks;
+    for (int64_t unit = u0; unit < u1; unit++) {
+        int64_t start = per_image ? unit * units_len : min64(unit * step, total);
+        int64_t stop = per_image ? (unit + 1) * units_len : min64(start + step, total);
+        for (int64_t pos = start; pos < stop;) {
+            const int64_t row = pos / N, i0 = pos - row * N;
+            const int64_t width = min64(min64(BLOCK, N - i0), stop - pos);
+            const int64_t b = row / C, c = row - b * C;
+            const int64_t g = per_image ? b * C + c : c;
+            const float *restrict xc = x + row * N + i0;
+            const int64_t *restrict tc = t + row * N + i0;
+            int32_t *restrict out = bits + row * N + i0;
+            float m = tops[unit * groups + g];
+            for (int64_t j = 0; j < width; j++) {
+                int ok = !(use_ignore && tc[j] == ignore);
+                int fg = tc[j] == 1;
+                float de;
+                float v = binary_error(xc[j], fg, code, &de);
+                m = fmax0(m, ok ? v : 0.0f);
+                out[j] = encode(v, fg, ok);
+            }
+            tops[unit * groups + g] = m;
+            pos += width;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------- pass 2 */
+
+typedef struct {
+    int32_t lo, per_octave, half;
+} binning_t;
+
+/* Adds elements start..stop (positions in the B·N pixels) of class c to the histogram flat[K][2][2];
+ * records each block's highest bin in block_top; returns the touched bin range in *k_lo..*k_hi. */
+static inline void accumulate(const int32_t *bits, int64_t C, int64_t N, int64_t c, int64_t start, int64_t stop,
+                              float inv_g, binning_t bn, double *flat, int32_t *kb, int32_t *block_top,
+                              int32_t *k_lo_out, int32_t *k_hi_out) {
+    int32_t k_lo = 2 * bn.half, k_hi = -1;
+    int64_t m = 0;
+    for (int64_t pos = start; pos < stop;) {
+        const int64_t b = pos / N, i0 = pos - b * N;
+        const int64_t width = min64(min64(BLOCK, N - i0), stop - pos);
+        const int32_t *restrict src = bits + (b * C + c) * N + i0;
+        int32_t top = -1, low = 2 * bn.half;
+        for (int64_t j = 0; j < width; j++) {
+            int32_t k = bin_of(magnitude(src[j]), inv_g, bn.lo, bn.per_octave, bn.half);
+            kb[j] = k;
+            low = k < low ? k : low;
+            top = k > top ? k : top;
+        }
+        block_top[m++] = top;
+        k_lo = low < k_lo ? low : k_lo;
+        k_hi = top > k_hi ? top : k_hi;
+        for (int64_t j = 0; j < width; j++) {
+            int32_t s = src[j];
+            if (s == IGNORED) continue;
+            double *cell = flat + kb[j] * 4 + (s < 0 ? 2 : 0);
+            cell[0] += 1.0;
+            cell[1] += magnitude(s);
+        }
+        pos += width;
+    }
+    *k_lo_out = k_lo;
+    *k_hi_out = k_hi;
+}
+
+/* The valid elements of class c in images b0..b1 whose bin is >= cg (the exact head), in scan order;
+ * blocks whose highest bin (block_top) is below cg are skipped.  Returns how many (at most cap). */
+static int64_t gather_head(const int32_t *bits, int64_t C, int64_t N, int64_t c, int64_t b0, int64_t b1, int64_t cg,
+                           float inv_g, binning_t bn, float *values, uint8_t *fgs, int32_t *bins, int64_t cap,
+                           int32_t *kb, const int32_t *block_top) {
+    int64_t m = 0, block = -1;
+    if (cg >= 2 * bn.half) return 0;
+    for (int64_t b = b0; b < b1; b++) {
+        for (int64_t i0 = 0; i0 < N; i0 += BLOCK) {
+            block++;
+            if (block_top[block] < cg) continue;
+            const int64_t width = min64(BLOCK, N - i0);
+            const int32_t *restrict src = bits + (b * C + c) * N + i0;
+            int32_t top = 0;
+            for (int64_t j = 0; j < width; j++) {
+                int32_t k = bin_of(magnitude(src[j]), inv_g, bn.lo, bn.per_octave, bn.half);
+                kb[j] = k;
+                top = k > top ? k : top;
+            }
+            if (top < cg) continue;
+            for (int64_t j = 0; j < width; j++) {
+                if (kb[j] >= cg && src[j] != IGNORED && m < cap) {
+                    values[m] = magnitude(src[j]);
+                    fgs[m] = src[j] < 0;
+                    bins[m] = kb[j];
+                    m++;
+                }
+            }
+        }
+    }
+    return m;
+}
+
+#define SMALL 64
+static double H_SMALL[SMALL];
+
+__attribute__((constructor)) static void init_harmonic(void) {
+    H_SMALL[0] = 0.0;
+    for (int m = 1; m < SMALL; m++) H_SMALL[m] = H_SMALL[m - 1] + 1.0 / m;
+}
+
+static inline double harmonic(int64_t m) {
+    if (m < SMALL) return H_SMALL[m];
+    double x = (double)m, x2 = 1.0 / (x * x);
+    return log(x) + 0.5772156649015329 + 0.5 / x - x2 * (1.0 / 12.0 - x2 * (1.0 / 120.0 - x2 / 252.0));
+}
+
+/* H_a - H_b for integers a >= b >= 0, accurate also when both are large. */
+static inline double harmonic_diff(int64_t a, int64_t b) {
+    if (b < SMALL) return harmonic(a) - H_SMALL[b];
+    double fa = (double)a, fb = (double)b, ia2 = 1.0 / (fa * fa), ib2 = 1.0 / (fb * fb);
+    return log1p((fa - fb) / fb) + 0.5 * (1.0 / fa - 1.0 / fb) - (ia2 - ib2) / 12.0 +
+           (ia2 * ia2 - ib2 * ib2) / 120.0 - (ia2 * ia2 * ia2 - ib2 * ib2 * ib2) / 252.0;
+}
+
+/* One group's histogram (slots partials at acc + s*stride, each [K][2][2]) → its weight table table_g
+ * [K][2] (0 in the exact head), its loss without the head, counts and cut (kernels_cpu._group_table). */
+static void group_table(const double *acc, int64_t slots, int64_t stride, int64_t head, float *table_g, int32_t k_lo,
+                        int32_t k_hi, double *loss_out, int64_t *n_out, int64_t *total_out, int64_t *cut_out) {
+    int64_t n = 0, total = 0, cut = (int64_t)k_hi + 1;
+    for (int32_t k = k_hi; k >= k_lo; k--) {
+        for (int64_t s = 0; s < slots; s++) {
+            const double *cell = acc + s * stride + (int64_t)k * 4;
+            n += (int64_t)cell[2];
+            total += (int64_t)cell[0] + (int64_t)cell[2];
+        }
+        if (total <= head) cut = k;
+    }
+    if (total <= head) cut = 0;
+    int64_t above_f = 0, above_b = 0;
+    double loss = 0.0;
+    for (int32_t k = k_hi; k >= k_lo; k--) {
+        int64_t f = 0, gb = 0;
+        double sum_f = 0.0, sum_b = 0.0;
+        for (int64_t s = 0; s < slots; s++) {
+            const double *cell = acc + s * stride + (int64_t)k * 4;
+            f += (int64_t)cell[2];
+            gb += (int64_t)cell[0];
+            sum_f += cell[3];
+            sum_b += cell[1];
+        }
+        if (f == 0 && gb == 0) continue;
+        if (k >= cut) {
+            above_f += f;
+            above_b += gb;
+            continue;
+        }
+        int64_t u = n + above_b;
+        double w_fg = 0.0, w_bg = 0.0;
+        if (f > 0) w_fg = harmonic_diff(u + gb, u - 1) / (double)(gb + 1);
+        if (gb > 0) {
+            double j_before, j_after;
+            if (n > 0) {
+                j_before = 1.0 - (double)(n - above_f) / (double)u;
+                j_after = 1.0 - (double)(n - above_f - f) / (double)(u + gb);
+            } else {
+                j_before = above_b > 0 ? 1.0 : 0.0;
+                j_after = 1.0;
+            }
+            w_bg = (j_after - j_before - (double)f * w_fg) / (double)gb;
+            w_bg = w_bg > 0.0 ? w_bg : 0.0;
+        }
+        table_g[k * 2] = (float)w_bg;
+        table_g[k * 2 + 1] = (float)w_fg;
+        loss += w_fg * sum_f + w_bg * sum_b;
+        above_f += f;
+        above_b += gb;
+    }
+    *loss_out = loss;
+    *n_out = n;
+    *total_out = total;
+    *cut_out = cut;
+}
+
+static inline void group_span(int64_t g, int64_t B, int64_t C, int per_image, int64_t *c, int64_t *b0, int64_t *b1) {
+    *c = per_image ? g % C : g;
+    *b0 = per_image ? g / C : 0;
+    *b1 = per_image ? *b0 + 1 : B;
+}
+
+/* args: bits, B, C, N, per_image, lo, per_octave, half, inv, head, losses, table, n_fg, n_valid, cut,
+ * head_values, head_fg, head_counts, capacity.  Units: groups. */
+CLONES void group_tables(const int64_t *a, int64_t u0, int64_t u1) {
+    const int32_t *bits = (const int32_t *)a[0];
+    const int64_t B = a[1], C = a[2], N = a[3];
+    const int per_image = (int)a[4];
+    const binning_t bn = {(int32_t)a[5], (int32_t)a[6], (int32_t)a[7]};
+    const float *inv = (const float *)a[8];
+    const int64_t head = a[9];
+    double *losses = (double *)a[10];
+    float *table = (float *)a[11];
+    int64_t *n_fg = (int64_t *)a[12], *n_valid = (int64_t *)a[13], *cut = (int64_t *)a[14];
+    float *head_values = (float *)a[15];
+    uint8_t *head_fg = (uint8_t *)a[16];
+    int64_t *head_counts = (int64_t *)a[17];
+    const int64_t cap = a[18];
+    const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK;
+    double *local = calloc((size_t)(num_bins * 4), sizeof(double));
+    int32_t *block_top = malloc(sizeof(int32_t) * (size_t)(B * nblocks + 1));
+    int32_t *head_bins = malloc(sizeof(int32_t) * (size_t)(cap + 1));
+    int32_t kb[BLOCK];
+    for (int64_t g = u0; g < u1; g++) {
+        int64_t c, b0, b1;
+        group_span(g, B, C, per_image, &c, &b0, &b1);
+        int32_t k_lo, k_hi;
+        accumulate(bits, C, N, c, b0 * N, b1 * N, inv[g], bn, local, kb, block_top, &k_lo, &k_hi);
+        group_table(local, 1, 0, head, table + g * num_bins * 2, k_lo, k_hi, losses + g, n_fg + g, n_valid + g,
+                    cut + g);
+        if (k_lo <= k_hi) memset(local + (int64_t)k_lo * 4, 0, sizeof(double) * 4 * (size_t)(k_hi - k_lo + 1));
+        head_counts[g] = gather_head(bits, C, N, c, b0, b1, cut[g], inv[g], bn, head_values + g * cap,
+                                     head_fg + g * cap, head_bins, cap, kb, block_top);
+    }
+    free(local);
+    free(block_top);
+    free(head_bins);
+}
+
+/* args: bits, B, C, N, per_image, lo, per_octave, half, inv, acc ([G][K][2][2]).  Units: groups. */
+CLONES void histogram_rows(const int64_t *a, int64_t u0, int64_t u1) {
+    const int32_t *bits = (const int32_t *)a[0];
+    const int64_t B = a[1], C = a[2], N = a[3];
+    const int per_image = (int)a[4];
+    const binning_t bn = {(int32_t)a[5], (int32_t)a[6], (int32_t)a[7]};
+    const float *inv = (const float *)a[8];
+    double *acc = (double *)a[9];
+    const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK;
+    int32_t *block_top = malloc(sizeof(int32_t) * (size_t)(B * nblocks + 1));
+    int32_t kb[BLOCK];
+    for (int64_t g = u0; g < u1; g++) {
+        int64_t c, b0, b1;
+        group_span(g, B, C, per_image, &c, &b0, &b1);
+        int32_t k_lo, k_hi;
+        accumulate(bits, C, N, c, b0 * N, b1 * N, inv[g], bn, acc + g * num_bins * 4, kb, block_top, &k_lo, &k_hi);
+    }
+    free(block_top);
+}
+
+/* args: bits, B, C, N, per_image, cut, inv, lo, per_octave, half, values, fgs, bins (int32), counts,
+ * capacity.  Units: groups. */
+CLONES void head_rows(const int64_t *a, int64_t u0, int64_t u1) {
+    const int32_t *bits = (const int32_t *)a[0];
+    const int64_t B = a[1], C = a[2], N = a[3];
+    const int per_image = (int)a[4];
+    const int64_t *cut = (const int64_t *)a[5];
+    const float *inv = (const float *)a[6];
+    const binning_t bn = {(int32_t)a[7], (int32_t)a[8], (int32_t)a[9]};
+    float *values = (float *)a[10];
+    uint8_t *fgs = (uint8_t *)a[11];
+    int32_t *bins = (int32_t *)a[12];
+    int64_t *counts = (int64_t *)a[13];
+    const int64_t cap = a[14], nblocks = (N + BLOCK - 1) / BLOCK;
+    int32_t *block_top = malloc(sizeof(int32_t) * (size_t)(B * nblocks + 1));
+    for (int64_t i = 0; i < B * nblocks; i++) block_top[i] = 2 * bn.half; /* no block skipped */
+    int32_t kb[BLOCK];
+    for (int64_t g = u0; g < u1; g++) {
+        int64_t c, b0, b1;
+        group_span(g, B, C, per_image, &c, &b0, &b1);
+        counts[g] = gather_head(bits, C, N, c, b0, b1, cut[g], inv[g], bn, values + g * cap, fgs + g * cap,
+                                bins + g * cap, cap, kb, block_top);
+    }
+    free(block_top);
+}
+
+/* args: acc ([S][G][K][2][2]), S, G, K, head, losses, table, n_fg, n_valid, cut.  Units: groups. */
+void tables_range(const int64_t *a, int64_t u0, int64_t u1) {
+    const double *acc = (const double *)a[0];
+    const int64_t S = a[1], G = a[2], K = a[3], head = a[4];
+    double *losses = (double *)a[5];
+    float *table = (float *)a[6];
+    int64_t *n_fg = (int64_t *)a[7], *n_valid = (int64_t *)a[8], *cut = (int64_t *)a[9];
+    for (int64_t g = u0; g < u1; g++)
+        group_table(acc + g * K * 4, S, G * K * 4, head, table + g * K * 2, 0, (int32_t)(K - 1), losses + g, n_fg + g,
+                    n_valid + g, cut + g);
+}
+
+/* --------------------------------------------------------------------------------------------- backward */
+
+/* Weight of a head element of group g: the head entry with the same foreground flag and nearest error. */
+static inline float head_weight(const float *hv, const uint8_t *hf, const float *hw, int64_t cap, float e, int fg) {
+    int64_t best = -1;
+    double gap = INFINITY;
+    for (int64_t i = 0; i < cap; i++) {
+        if ((hf[i] != 0) == (fg != 0)) {
+            double d = fabs((double)hv[i] - (double)e);
+            if (d < gap) {
+                gap = d;
+                best = i;
+            }
+        }
+    }
+    return best >= 0 ? hw[best] : 0.0f;
+}
+
+/* args: bits, B, C, N, code, per_image, lo, per_octave, half, inv, table ([G][K][2]), cut, head_values,
+ * head_fg, head_w, capacity, grad.  Units: (image, block of BLOCK pixels). */
+CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
+    const int32_t *bits = (const int32_t *)a[0];
+    const int64_t C = a[2], N = a[3];
+    const int from_logits = a[4] == SOFTMAX, per_image = (int)a[5];
+    const binning_t bn = {(int32_t)a[6], (int32_t)a[7], (int32_t)a[8]};
+    const float *inv = (const float *)a[9];
+    const float *table = (const float *)a[10];
+    const int64_t *cut = (const int64_t *)a[11];
+    const float *hv = (const float *)a[12];
+    const uint8_t *hf = (const uint8_t *)a[13];
+    const float *hw = (const float *)a[14];
+    const int64_t cap = a[15];
+    float *grad = (float *)a[16];
+    const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK;
+    float *gp = malloc(sizeof(float) * (size_t)(C * BLOCK));
+    float dot[BLOCK], wv[BLOCK];
+    int32_t kb[BLOCK], cell[BLOCK];
+    for (int64_t unit = u0; unit < u1; unit++) {
+        const int64_t b = unit / nblocks, i0 = (unit - b * nblocks) * BLOCK;
+        const int64_t width = min64(N, i0 + BLOCK) - i0;
+        for (int64_t j = 0; j < width; j++) dot[j] = 0.0f;
+        for (int64_t c = 0; c < C; c++) {
+            const int64_t g = per_image ? b * C + c : c;
+            const float *restrict tg = table + g * num_bins * 2;
+            const int32_t *restrict src = bits + (b * C + c) * N + i0;
+            const float inv_g = inv[g];
+            int32_t top = 0;
+            for (int64_t j = 0; j < width; j++) {
+                int32_t k = bin_of(magnitude(src[j]), inv_g, bn.lo, bn.per_octave, bn.half);
+                kb[j] = k;
+                cell[j] = k * 2 + (src[j] < 0 ? 1 : 0);
+                top = k > top ? k : top;
+            }
+            for (int64_t j = 0; j < width; j++) wv[j] = tg[cell[j]];
+            float *restrict gc = gp + c * BLOCK;
+            for (int64_t j = 0; j < width; j++) {
+                int32_t s = src[j];
+                int fg = s < 0;
+                float e = magnitude(s);
+                float w = fg ? -wv[j] : wv[j];
+                w = s == IGNORED ? 0.0f : w;
+                gc[j] = w;
+                dot[j] += (fg ? 1.0f - e : e) * w;
+            }
+            if (top >= cut[g]) {
+                for (int64_t j = 0; j < width; j++) {
+                    int32_t s = src[j];
+                    if (kb[j] >= cut[g] && s != IGNORED) {
+                        int fg = s < 0;
+                        float e = magnitude(s);
+                        float w = head_weight(hv + g * cap, hf + g * cap, hw + g * cap, cap, e, fg);
+                        w = fg ? -w : w;
+                        gc[j] = w;
+                        dot[j] += (fg ? 1.0f - e : e) * w;
+                    }
+                }
+            }
+        }
+        for (int64_t c = 0; c < C; c++) {
+            const float *restrict gc = gp + c * BLOCK;
+            float *restrict out = grad + (b * C + c) * N + i0;
+            if (from_logits) {
+                const int32_t *restrict src = bits + (b * C + c) * N + i0;
+                for (int64_t j = 0; j < width; j++) {
+                    float e = magnitude(src[j]);
+                    out[j] = (src[j] < 0 ? 1.0f - e : e) * (gc[j] - dot[j]);
+                }
+            } else {
+                for (int64_t j = 0; j < width; j++) out[j] = gc[j];
+            }
+        }
+    }
+    free(gp);
+}
+
+/* args: x, t, B, C, N, ignore, use_ignore, code, per_image, lo, per_octave, half, inv, table, cut,
+ * head_values, head_fg, head_w, capacity, grad.  Units: (row, block), recomputing the errors. */
+CLONES void binary_backward(const int64_t *a, int64_t u0, int64_t u1) {
+    const float *x = (const float *)a[0];
+    const int64_t *t = (const int64_t *)a[1];
+    const int64_t C = a[3], N = a[4], ignore = a[5];
+    const int use_ignore = (int)a[6], code = (int)a[7], per_image = (int)a[8];
+    const binning_t bn = {(int32_t)a[9], (int32_t)a[10], (int32_t)a[11]};
+    const float *inv = (const float *)a[12];
+    const float *table = (const float *)a[13];
+    const int64_t *cut = (const int64_t *)a[14];
+    const float *hv = (const float *)a[15];
+    const uint8_t *hf = (const uint8_t *)a[16];
+    const float *hw = (const float *)a[17];
+    const int64_t cap = a[18];
+    float *grad = (float *)a[19];
+    const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK;
+    for (int64_t unit = u0; unit < u1; unit++) {
+        const int64_t row = unit / nblocks, i0 = (unit - row * nblocks) * BLOCK;
+        const int64_t width = min64(N, i0 + BLOCK) - i0;
+        const int64_t b = row / C, c = row - b * C;
+        const int64_t g = per_image ? b * C + c : c;
+        const float *restrict tg = table + g * num_bins * 2;
+        const float inv_g = inv[g];
+        const float *restrict xc = x + row * N + i0;
+        const int64_t *restrict tc = t + row * N + i0;
+        float *restrict out = grad + row * N + i0;
+        const int64_t cg = cut[g];
+        for (int64_t j = 0; j < width; j++) {
+            int fg = tc[j] == 1;
+            float de;
+            float e = binary_error(xc[j], fg, code, &de);
+            int32_t k = bin_of(e, inv_g, bn.lo, bn.per_octave, bn.half);
+            float w = tg[k * 2 + fg];
+            if (k >= cg) w = head_weight(hv + g * cap, hf + g * cap, hw + g * cap, cap, e, fg);
+            out[j] = (use_ignore && tc[j] == ignore) ? 0.0f : w * de;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------ driver */
+
+typedef void (*kernel_fn)(const int64_t *, int64_t, int64_t);
+typedef void (*gomp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
+
+static const kernel_fn KERNELS[] = {softmax_errors, binary_errors,    group_tables,   histogram_rows,
+                                    head_rows,      tables_range,     softmax_backward, binary_backward};
+#define NUM_KERNELS ((int)(sizeof(KERNELS) / sizeof(KERNELS[0])))
+
+typedef struct {
+    kernel_fn fn;
+    const int64_t *args;
+    int64_t units, tasks;
+    int64_t next; /* the next task to claim (atomic) */
+} job_t;
+
+static void job_body(void *p) {
+    job_t *job = p;
+    for (;;) {
+        int64_t k = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
+        if (k >= job->tasks) return;
+        int64_t u0 = job->units * k / job->tasks, u1 = job->units * (k + 1) / job->tasks;
+        if (u0 < u1) job->fn(job->args, u0, u1);
+    }
+}
+
+int lovasz_num_kernels(void) { return NUM_KERNELS; }
+
+/* Runs kernel `kernel` over units u0..u1 on the calling thread. */
+int lovasz_run_range(int kernel, const int64_t *args, int64_t u0, int64_t u1) {
+    if (kernel < 0 || kernel >= NUM_KERNELS) return -1;
+    if (u0 < u1) KERNELS[kernel](args, u0, u1);
+    return 0;
+}
+
+/* Runs kernel `kernel` over its `units` units split into `tasks` contiguous ranges, on `workers` threads
+ * of the OpenMP team of `gomp_parallel` (GOMP_parallel of PyTorch's runtime), or on the calling thread when
+ * it is NULL or workers is 1.  Threads claim ranges in turn; each range writes its own outputs. */
+int lovasz_run(int kernel, const int64_t *args, int64_t units, int64_t tasks, int64_t workers, void *gomp_parallel) {
+    if (kernel < 0 || kernel >= NUM_KERNELS) return -1;
+    if (units <= 0) return 0;
+    if (tasks < 1) tasks = 1;
+    if (tasks > units) tasks = units;
+    job_t job = {KERNELS[kernel], args, units, tasks, 0};
+    if (gomp_parallel == NULL || workers <= 1 || tasks == 1) {
+        KERNELS[kernel](args, 0, units);
+        return 0;
+    }
+    ((gomp_parallel_fn)gomp_parallel)(job_body, &job, (unsigned)workers, 0);
+    return 0;
+}
+
+/* setuptools builds this file as an extension module; it is loaded with ctypes, never imported. */
+void *PyInit__native(void) { return NULL; }

@@ -1,0 +1,256 @@
+"""Fused CPU kernels compiled ahead of time (C, built when the package is installed): the ``"native"``
+backend.
+
+The same algorithm, kernel contract and results as the numba kernels (:mod:`.kernels_cpu`, whose module
+docstring describes the passes), written in C (``_native.c``) and compiled by ``pip install`` with the
+system's C compiler, so that the first call compiles nothing: loading the library takes milliseconds, where
+numba needs seconds to compile on first use.  On x86-64 each kernel is built for AVX-512, AVX2 and the
+baseline, picked when the library loads.  Where no compiler was found at install time the library is
+absent, :data:`AVAILABLE` is false and the automatic choice moves on to numba.
+
+The kernels run on PyTorch's OpenMP team (:mod:`.cpu_threads`): the library calls ``GOMP_parallel``
+itself, so no Python runs on the worker threads; with ``LOVASZ_THREADS=pool`` (or no OpenMP runtime) a
+thread pool calls them instead.  Units and their outputs are those of the numba kernels, so results do
+not depend on the number of threads or the runtime.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import importlib.machinery
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from ..surrogates import HINGE, PROBS, SIGMOID, SIGMOID_PROBS, SOFTMAX, Surrogate
+from . import cpu_threads
+from .histogram import Binning, Histogram, inverse_top
+
+__all__ = ["AVAILABLE", "KEEPS_ERRORS", "NAME", "backward", "head", "histogram", "library_path", "losses", "tables"]
+
+NAME = "native"
+KEEPS_ERRORS = True
+NUM_CHUNKS = 8  # pass-1 chunks over the batch: fixed, as in the numba kernels
+_KERNELS = (
+    "softmax_errors", "binary_errors", "group_tables", "histogram_rows", "head_rows", "tables_range",
+    "softmax_backward", "binary_backward",
+)  # fmt: skip
+_CODES = {SOFTMAX.code: 0, PROBS.code: 1, SIGMOID.code: 2, SIGMOID_PROBS.code: 3, HINGE.code: 4}
+
+
+def library_path() -> str | None:
+    """The compiled library next to this file (``_native`` with an extension-module suffix), if built."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        found = glob.glob(os.path.join(here, "_native" + suffix))
+        if found:
+            return found[0]
+    return None
+
+
+def _load() -> ctypes.CDLL | None:
+    if os.environ.get("LOVASZ_NO_NATIVE") == "1":  # to test the fallback to numba
+        return None
+    path = library_path()
+    if path is None:
+        return None
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError:
+        return None
+    lib.lovasz_num_kernels.restype = ctypes.c_int
+    if lib.lovasz_num_kernels() != len(_KERNELS) or any(k != v for k, v in _CODES.items()):
+        return None  # a library built from another version of the sources
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.lovasz_run.argtypes = [ctypes.c_int, ptr, i64, i64, i64, ptr]
+    lib.lovasz_run.restype = ctypes.c_int
+    lib.lovasz_run_range.argtypes = [ctypes.c_int, ptr, i64, i64]
+    lib.lovasz_run_range.restype = ctypes.c_int
+    return lib
+
+
+_LIB = _load()
+AVAILABLE = _LIB is not None
+_POOL: ThreadPoolExecutor | None = None
+_GOMP: int | None = None
+
+
+def _address(v) -> int:
+    if isinstance(v, torch.Tensor):
+        return v.data_ptr()
+    if isinstance(v, np.ndarray):
+        return v.ctypes.data
+    return int(v)
+
+
+def _run(kernel: str, units: int, *args) -> None:
+    """Run C kernel ``kernel`` over its ``units`` units with arguments ``args`` (tensors and arrays by
+    address, integers by value; every buffer contiguous), on ``torch.get_num_threads()`` threads."""
+    global _POOL, _GOMP
+    if units <= 0:
+        return
+    packed = np.array([_address(v) for v in args], np.int64)
+    k = _KERNELS.index(kernel)
+    workers = cpu_threads.workers(units)
+    tasks = min(units, 4 * workers)
+    if workers > 1 and cpu_threads.use_pool():
+        if _POOL is None or _POOL._max_workers < workers:
+            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lovasz")
+        bounds = [units * i // tasks for i in range(tasks + 1)]
+        futures = [
+            _POOL.submit(_LIB.lovasz_run_range, k, packed.ctypes.data, bounds[i], bounds[i + 1]) for i in range(tasks)
+        ]
+        for f in futures:
+            f.result()
+        return
+    if _GOMP is None:
+        lib = cpu_threads.openmp().lib
+        _GOMP = ctypes.cast(lib.GOMP_parallel, ctypes.c_void_p).value if lib is not None else 0
+    _LIB.lovasz_run(k, packed.ctypes.data, units, tasks, workers, _GOMP or None)
+
+
+def saves_errors(surrogate: Surrogate) -> bool:
+    """Whether backward reads the errors that forward kept (the softmax surrogates; see
+    :func:`.kernels_cpu.saves_errors`)."""
+    return surrogate.per_class
+
+
+def tables(acc: np.ndarray, head: int) -> tuple[np.ndarray, ...]:
+    """Partial accumulators ``[S, G, K, 2, 2]`` → ``(losses, table, n_fg, n_valid, cut)``, as
+    :func:`.kernels_cpu.tables`."""
+    acc = np.ascontiguousarray(acc, np.float64)
+    slots, groups, num_bins = acc.shape[:3]
+    losses_ = np.zeros(groups, np.float64)
+    table = np.zeros((groups, num_bins, 2), np.float32)
+    n_fg, n_valid, cut = (np.zeros(groups, np.int64) for _ in range(3))
+    _run("tables_range", groups, acc, slots, groups, num_bins, head, losses_, table, n_fg, n_valid, cut)
+    return losses_, table, n_fg, n_valid, cut
+
+
+def _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top):
+    bsz, c, n = x32.shape
+    groups = bsz * c if per_image else c
+    units = bsz if per_image else NUM_CHUNKS
+    t = t.contiguous()
+    use_ignore = ignore_index is not None
+    bits = torch.empty_like(x32) if errors is None else errors
+    tops = torch.zeros(units, groups, dtype=torch.float32)
+    kernel = "softmax_errors" if surrogate.per_class else "binary_errors"
+    ignore = int(ignore_index) if use_ignore else 0
+    _run(kernel, units, x32, t, bsz, c, n, ignore, use_ignore, surrogate.code, per_image, NUM_CHUNKS, bits, tops,
+         groups)  # fmt: skip
+    top = tops.amax(dim=0)
+    if reduce_top is not None:
+        top = reduce_top(top)
+    return bits, top, inverse_top(top).to(torch.float32).contiguous()
+
+
+def histogram(
+    x32: torch.Tensor,
+    t: torch.Tensor,
+    surrogate: Surrogate,
+    per_image: bool,
+    ignore_index: int | None,
+    b: Binning,
+    reduce_top=None,
+    errors: torch.Tensor | None = None,
+) -> Histogram:
+    """Histogram ``[1, G, K, 2, 2]``, as :func:`.kernels_cpu.histogram`."""
+    bsz, c, n = x32.shape
+    groups = bsz * c if per_image else c
+    bits, top, inv = _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top)
+    acc = torch.zeros(1, groups, b.num_bins, 2, 2, dtype=torch.float64)
+    _run("histogram_rows", groups, bits, bsz, c, n, per_image, b.lo, b.per_octave, b.half, inv, acc)
+    return Histogram(acc, top, b)
+
+
+def losses(
+    x32: torch.Tensor,
+    t: torch.Tensor,
+    surrogate: Surrogate,
+    per_image: bool,
+    ignore_index: int | None,
+    b: Binning,
+    head_size: int,
+    errors: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """The local loss in one go, as :func:`.kernels_cpu.losses`: ``(top, losses, table, n_fg, n_valid, cut,
+    head_values, head_fg, head_counts)``."""
+    bsz, c, n = x32.shape
+    groups = bsz * c if per_image else c
+    bits, top, inv = _pass1(x32, t, surrogate, per_image, ignore_index, errors, None)
+    loss = torch.zeros(groups, dtype=torch.float64)
+    table = torch.zeros(groups, b.num_bins, 2, dtype=torch.float32)
+    n_fg, n_valid, cut, counts = (torch.zeros(groups, dtype=torch.int64) for _ in range(4))
+    values = torch.zeros(groups, head_size, dtype=torch.float32)
+    fg = torch.zeros(groups, head_size, dtype=torch.bool)
+    _run("group_tables", groups, bits, bsz, c, n, per_image, b.lo, b.per_octave, b.half, inv, head_size, loss, table,
+         n_fg, n_valid, cut, values, fg, counts, head_size)  # fmt: skip
+    return top, loss, table, n_fg, n_valid, cut, values, fg, counts
+
+
+def head(
+    x32: torch.Tensor,
+    t: torch.Tensor,
+    surrogate: Surrogate,
+    per_image: bool,
+    ignore_index: int | None,
+    b: Binning,
+    top: torch.Tensor,
+    cut: torch.Tensor,
+    capacity: int,
+    errors: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The elements of each group's exact head, as :func:`.kernels_cpu.head`."""
+    if errors is None:
+        raise ValueError("the native kernels read the head from the errors that histogram(errors=...) wrote")
+    bsz, c, n = errors.shape
+    groups = cut.shape[0]
+    values = torch.zeros(groups, capacity, dtype=torch.float32)
+    fgs = torch.zeros(groups, capacity, dtype=torch.bool)
+    bins = torch.zeros(groups, capacity, dtype=torch.int32)
+    counts = torch.zeros(groups, dtype=torch.int64)
+    inv = inverse_top(top).to(torch.float32).contiguous()
+    cut = cut.to(torch.int64).contiguous()
+    _run("head_rows", groups, errors, bsz, c, n, per_image, cut, inv, b.lo, b.per_octave, b.half, values, fgs, bins,
+         counts, capacity)  # fmt: skip
+    return values, fgs, bins.long(), counts
+
+
+def backward(
+    x32: torch.Tensor | None,
+    t: torch.Tensor | None,
+    surrogate: Surrogate,
+    per_image: bool,
+    ignore_index: int | None,
+    b: Binning,
+    top: torch.Tensor,
+    table: torch.Tensor,
+    grad: torch.Tensor,
+    head: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    errors: torch.Tensor | None = None,
+) -> None:
+    """Write d loss / d ``x32`` into ``grad``, as :func:`.kernels_cpu.backward`."""
+    bsz, c, n = grad.shape
+    if grad.numel() == 0:
+        return
+    nblocks = (n + 255) // 256
+    inv = inverse_top(top).to(torch.float32).contiguous()
+    cut, values, fg, weights = (h.contiguous() for h in head)
+    cut = cut.to(torch.int64)
+    capacity = values.shape[1]
+    table = table.contiguous()
+    if surrogate.per_class:
+        if errors is None:
+            raise ValueError("the native softmax backward needs the errors kept by histogram(errors=...)")
+        _run("softmax_backward", bsz * nblocks, errors, bsz, c, n, surrogate.code, per_image, b.lo, b.per_octave,
+             b.half, inv, table, cut, values, fg, weights, capacity, grad)  # fmt: skip
+        return
+    use_ignore = ignore_index is not None
+    ignore = int(ignore_index) if use_ignore else 0
+    _run("binary_backward", bsz * c * nblocks, x32.contiguous(), t.contiguous(), bsz, c, n, ignore, use_ignore,
+         surrogate.code, per_image, b.lo, b.per_octave, b.half, inv, table, cut, values, fg, weights, capacity,
+         grad)  # fmt: skip
