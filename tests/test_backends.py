@@ -18,6 +18,7 @@ from lovasz.engine import backends
 from lovasz.engine.backends import BackendNotSupportedError, resolve, triton_probe
 
 numba = pytest.importorskip("numba")
+CPU_FUSED = "native" if backends.native_built() else "numba"  # the automatic choice on the CPU
 X = torch.randn(2, 3, 6, 6)
 T = torch.randint(0, 3, (2, 6, 6))
 
@@ -31,7 +32,7 @@ def fresh_probe():
 
 def test_order_argument_then_environment_then_automatic(monkeypatch):
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
-    assert resolve("auto", X, 256).name == "numba"  # automatic, on the CPU
+    assert resolve("auto", X, 256).name == CPU_FUSED  # automatic, on the CPU
     monkeypatch.setenv(backends.ENV_VAR, "torch")
     assert resolve("auto", X, 256).name == "torch"  # the environment
     assert resolve("numba", X, 256).name == "numba"  # the argument beats the environment
@@ -68,6 +69,8 @@ def test_backend_argument_reaches_the_engine(monkeypatch):
         ("numba", torch.empty(2, 3, 4, device="meta"), 256, "numba kernels run on the CPU"),
         ("triton", X, 256, "need a CUDA device"),
         ("numba", X, None, "binned engine only"),
+        ("native", torch.empty(2, 3, 4, device="meta"), 256, "native kernels run on the CPU"),
+        ("native", X, None, "binned engine only"),
         ("triton", X, None, "binned engine only"),
     ],
 )
@@ -131,11 +134,11 @@ def test_failing_backward_kernel_falls_back_once_with_a_warning(monkeypatch):
     _patch_kernels(monkeypatch, _fake_triton(fail_backward=RuntimeError("no kernel image for this GPU")))
     want = lovasz.lovasz_softmax(X, T, bins=256, backend="numba")
     with pytest.warns(lovasz.LovaszFallbackWarning, match="no kernel image"):
-        got = lovasz.lovasz_softmax(X, T, bins=256)  # the probe fails before first use: numba serves the call
+        got = lovasz.lovasz_softmax(X, T, bins=256)  # the probe fails before first use: the CPU kernels serve it
     assert torch.equal(got, want)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # decided once per device: no second probe, no second warning
-        assert resolve("auto", X, 256).name == "numba"
+        assert resolve("auto", X, 256).name == CPU_FUSED
     with pytest.raises(BackendNotSupportedError, match="failed to compile or launch") as info:
         lovasz.lovasz_softmax(X, T, bins=256, backend="triton")  # asked for explicitly: an error
     assert isinstance(info.value.__cause__, RuntimeError)
@@ -171,3 +174,12 @@ def test_out_of_memory_is_not_a_launch_error():
     assert not backends._is_launch_error(torch.cuda.OutOfMemoryError("CUDA out of memory"))
     assert backends._is_launch_error(RuntimeError("CUDA error: no kernel image is available"))
     assert not backends._is_launch_error(ValueError("bad"))
+
+
+def test_without_the_native_library_numba_serves_the_cpu(monkeypatch):
+    # An install without a C compiler: the automatic choice moves on to numba, a request for it says why.
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    monkeypatch.setitem(backends._INSTALLED, "native", False)
+    assert resolve("auto", X, 256).name == "numba"
+    with pytest.raises(BackendNotSupportedError, match=r"native CPU kernels were not built.*C compiler"):
+        lovasz.lovasz_softmax(X, T, bins=256, backend="native")

@@ -12,11 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lovasz
-from lovasz.engine import Binning, kernels_cpu, lovasz_binned, lovasz_exact
+from lovasz.engine import Binning, backends, cpu_threads, kernels_cpu, lovasz_binned, lovasz_exact
 from lovasz.engine.histogram import HEAD, Histogram, head_cut, histogram_losses, inverse_top, weight_tables
 from reference import lovasz_extension_ref
 
-BACKENDS = ["torch"] + (["numba"] if kernels_cpu.AVAILABLE else [])
+# The fused CPU kernels: ahead-of-time C (built at install) and numba (compiled on first use).
+CPU_FUSED = (["native"] if backends.native_built() else []) + (["numba"] if kernels_cpu.AVAILABLE else [])
+BACKENDS = ["torch", *CPU_FUSED]
 
 
 @pytest.fixture
@@ -216,14 +218,14 @@ def _run(fn, x, t, kwargs, bins):
     return out.detach(), xg.grad
 
 
-@pytest.mark.skipif(not kernels_cpu.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("fused", CPU_FUSED)
 @pytest.mark.parametrize("seed", range(60))
-def test_numba_kernels_match_pytorch_binned_engine(seed, monkeypatch):
+def test_cpu_kernels_match_pytorch_binned_engine(seed, fused, monkeypatch):
     fn, x, t, kwargs = _random_call(seed)
     monkeypatch.setenv("LOVASZ_BACKEND", "torch")
     want, want_grad = _run(fn, x, t, kwargs, 256)
     exact, _ = _run(fn, x, t, kwargs, None)
-    monkeypatch.setenv("LOVASZ_BACKEND", "numba")
+    monkeypatch.setenv("LOVASZ_BACKEND", fused)
     got, got_grad = _run(fn, x, t, kwargs, 256)
     assert_backends_agree(fn, kwargs, got, got_grad, want, want_grad)
     assert (got <= exact + 1e-5).all()
@@ -259,15 +261,15 @@ def test_binned_is_deterministic(backend):
         assert torch.equal(loss, runs[0][0]) and torch.equal(grad, runs[0][1])
 
 
-@pytest.mark.skipif(not kernels_cpu.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("fused", CPU_FUSED)
 @pytest.mark.parametrize("per_image", [False, True])
-def test_numba_results_do_not_depend_on_threads_or_the_thread_runtime(monkeypatch, per_image):
+def test_cpu_kernel_results_do_not_depend_on_threads_or_the_thread_runtime(monkeypatch, per_image, fused):
     # OpenMP's team (the default where PyTorch uses OpenMP) or a thread pool, 1 or 3 threads: bit for bit.
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3, 5, 40, 40, generator=g) * 3
     t = torch.randint(0, 5, (3, 40, 40), generator=g)
     xb, tb = torch.randn(4, 1, 30, 30, generator=g), (torch.rand(4, 1, 30, 30, generator=g) < 0.3).long()
-    kw = dict(backend="numba", per_image=per_image)
+    kw = dict(backend=fused, per_image=per_image)
     threads = torch.get_num_threads()
     runs = []
     try:
@@ -280,7 +282,7 @@ def test_numba_results_do_not_depend_on_threads_or_the_thread_runtime(monkeypatc
     for run in runs[1:]:
         assert all(torch.equal(a, b) for a, b in zip(run, runs[0], strict=True))
     if "parallel backend: OpenMP" in torch.__config__.parallel_info() and os.path.exists("/proc/self/maps"):
-        assert kernels_cpu._OpenMP().lib is not None  # the first runtime above really was OpenMP's team
+        assert cpu_threads.OpenMP().lib is not None  # the first runtime above really was OpenMP's team
 
 
 def test_float64_uses_pytorch_engine_and_passes_gradcheck():
@@ -329,9 +331,10 @@ def test_triton_kernels_under_interpreter():
     assert "triton-interpreter-ok" in out.stdout
 
 
-@pytest.mark.skipif(not kernels_cpu.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("fused", CPU_FUSED)
 @pytest.mark.parametrize("seed", range(6))
-def test_cpu_tables_match_digamma_tables(seed):
+def test_cpu_tables_match_digamma_tables(seed, fused):
+    kernels = backends.load_kernels(fused)
     g = torch.Generator().manual_seed(seed)
     groups, k = 5, Binning(-20, 8).num_bins
     scale = [3, 50, 5000, 10**6, 2, 0][seed]
@@ -344,7 +347,7 @@ def test_cpu_tables_match_digamma_tables(seed):
     acc = torch.stack(
         [torch.stack([half.double(), sums / 2], dim=-1), torch.stack([(counts - half).double(), sums / 2], dim=-1)]
     )  # two partial slots, as the batch-mode kernels produce
-    losses, table, n_fg, n_valid, cut = kernels_cpu.tables(acc.numpy(), 0)  # head 0: no element in the head
+    losses, table, n_fg, n_valid, cut = kernels.tables(acc.numpy(), 0)  # head 0: no element in the head
     hist = Histogram(acc, torch.zeros(groups), Binning(-20, 8))
     assert cut.tolist() == head_cut(hist, 0).tolist()
     w_fg, w_bg = weight_tables(counts[..., 1], counts[..., 0])
@@ -356,7 +359,7 @@ def test_cpu_tables_match_digamma_tables(seed):
     assert n_fg.tolist() == counts[..., 1].sum(1).long().tolist()
     assert n_valid.tolist() == counts.sum((1, 2)).long().tolist()
     # With an exact head, the same cut, losses and table as the PyTorch tables.
-    got = kernels_cpu.tables(acc.numpy(), HEAD)
+    got = kernels.tables(acc.numpy(), HEAD)
     want = histogram_losses(hist, head=HEAD)
     assert got[4].tolist() == want[4].tolist()
     torch.testing.assert_close(torch.from_numpy(got[1]), want[1], rtol=1e-6, atol=1e-12)

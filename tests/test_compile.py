@@ -29,7 +29,8 @@ def _loss(kind: str, bins, backend, per_image: bool):
     return lambda x, t: fn(x, t, per_image=per_image, ignore_index=255, bins=bins, backend=backend)
 
 
-CASES = [(None, "auto"), (256, "torch")] + ([(256, "numba")] if backends.numba_installed() else [])
+CPU_FUSED = (["native"] if backends.native_built() else []) + (["numba"] if backends.numba_installed() else [])
+CASES = [(None, "auto"), (256, "torch")] + [(256, name) for name in CPU_FUSED]
 
 
 @pytest.mark.parametrize("kind", ["softmax", "hinge", "sigmoid"])
@@ -52,7 +53,8 @@ def test_compiled_loss_equals_eager(kind, bins, backend, per_image):
 
 
 def test_compiled_model_keeps_the_fused_kernels(monkeypatch):
-    pytest.importorskip("numba")
+    if not CPU_FUSED:
+        pytest.skip("no fused CPU kernels (neither the native library nor numba)")
     calls = []
     real = backends.load_kernels
 
@@ -73,7 +75,7 @@ def test_compiled_model_keeps_the_fused_kernels(monkeypatch):
     labels = torch.randint(0, C, (B, H, W))
     loss = torch.compile(step)(images, labels)
     loss.backward()
-    assert calls.count("numba") >= 2  # the forward and the backward operator ran the numba kernels
+    assert calls.count(CPU_FUSED[0]) >= 2  # the forward and the backward operator ran the fused kernels
     grad = model.weight.grad.clone()
     model.zero_grad()
     step(images, labels).backward()

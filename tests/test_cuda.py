@@ -6,14 +6,14 @@ Skipped when no CUDA device is available.  Sizes are small: the whole file takes
 on one GPU (most of it compiling Triton and Inductor kernels).
 
 **Running the same checks without a GPU.**  ``LOVASZ_TEST_DEVICE=cpu`` runs every check on the CPU
-instead, with the numba kernels standing in for Triton (the fused backend of that device) and the
+instead, with the native CPU kernels (numba where they were not built) standing in for Triton and the
 CPU-only "exact engine vs the CPU" comparison degenerating to a self-comparison::
 
     LOVASZ_TEST_DEVICE=cpu python -m pytest -q -p no:cacheprovider tests/test_cuda.py
 
 This exercises the file's logic (API use, shapes, tolerances) on machines with no GPU.  Adding
 ``LOVASZ_TEST_FUSED=triton TRITON_INTERPRET=1`` runs the Triton kernels under Triton's CPU interpreter
-instead of numba (slower; the automatic-choice check then expects Triton too).  The
+instead of the CPU kernels (slower; the automatic-choice check then expects Triton too).  The
 ``torch.compile`` checks are skipped there unless ``LOVASZ_TEST_COMPILE=1`` (Inductor on the CPU is slow),
 and the check at a realistic size runs on CUDA only.
 """
@@ -35,9 +35,11 @@ if _REQUESTED not in ("cuda", "cpu"):
     raise ValueError(f"LOVASZ_TEST_DEVICE must be 'cuda' or 'cpu', got {_REQUESTED!r}")
 DEVICE = torch.device(_REQUESTED)
 ON_CUDA = DEVICE.type == "cuda"
-# The fused backend under test: Triton on CUDA, numba on the CPU (or Triton's interpreter on the CPU with
-# LOVASZ_TEST_FUSED=triton TRITON_INTERPRET=1).
-FUSED = os.environ.get("LOVASZ_TEST_FUSED", "triton" if ON_CUDA else "numba")
+# The fused backend under test: Triton on CUDA; on the CPU the native kernels (numba where they were not
+# built), or Triton's interpreter with LOVASZ_TEST_FUSED=triton TRITON_INTERPRET=1.
+FUSED = os.environ.get(
+    "LOVASZ_TEST_FUSED", "triton" if ON_CUDA else ("native" if backends.native_built() else "numba")
+)
 BINS = lovasz.DEFAULT_BINS
 P = Binning.for_bins(BINS).per_octave
 

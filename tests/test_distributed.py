@@ -18,7 +18,8 @@ import lovasz
 from lovasz.engine import backends
 
 SPLITS = {2: [3, 1], 3: [2, 0, 2]}  # images per rank; the global batch has 4
-ENGINES = [(None, "auto"), (256, "torch")] + ([(256, "numba")] if backends.numba_installed() else [])
+CPU_FUSED = (["native"] if backends.native_built() else []) + (["numba"] if backends.numba_installed() else [])
+ENGINES = [(None, "auto"), (256, "torch")] + [(256, name) for name in CPU_FUSED]
 
 
 def _configs() -> list[dict]:
@@ -188,8 +189,7 @@ def _compile_worker(rank: int, world: int, init_file: str, out_dir: str) -> None
         t = torch.randint(0, 5, (4, 12, 12), generator=g)
         xl, tl = x[2 * rank : 2 * rank + 2], t[2 * rank : 2 * rank + 2]
         results = []
-        engines = [(None, "auto"), (256, "torch")] + ([(256, "numba")] if backends.numba_installed() else [])
-        for bins, backend in engines:
+        for bins, backend in ENGINES:
 
             def loss(z, target, bins=bins, backend=backend):
                 return lovasz.lovasz_softmax(z, target, bins=bins, backend=backend, process_group=dist.group.WORLD)

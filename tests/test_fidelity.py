@@ -19,7 +19,8 @@ import lovasz
 from lovasz.engine import Binning, backends
 from lovasz.engine.histogram import HEAD, head_weights
 
-BACKENDS = ["torch"] + (["numba"] if backends.numba_installed() else [])
+CPU_FUSED = (["native"] if backends.native_built() else []) + (["numba"] if backends.numba_installed() else [])
+BACKENDS = ["torch", *CPU_FUSED]
 BINNING = Binning.for_bins(lovasz.DEFAULT_BINS)
 
 
@@ -134,15 +135,15 @@ def test_gradient_fidelity_property(regime, backend, seed, scale):
     _check(regime, backend, seed, scale)
 
 
-@pytest.mark.skipif(not backends.numba_installed(), reason="numba not installed")
-def test_numba_backward_bins_like_its_forward():
+@pytest.mark.parametrize("fused", CPU_FUSED)
+def test_cpu_kernel_backward_bins_like_its_forward(fused):
     # Per image, a batch gives each image the gradient it gets alone (forward and backward bin alike).
     _, x, t, _ = missed_small_object(torch.Generator().manual_seed(2), 1.0)
     xb = x.clone().requires_grad_(True)
-    lovasz.lovasz_softmax(xb, t, per_image=True, bins=lovasz.DEFAULT_BINS, backend="numba", reduction="sum").backward()
+    lovasz.lovasz_softmax(xb, t, per_image=True, bins=lovasz.DEFAULT_BINS, backend=fused, reduction="sum").backward()
     for i in range(x.shape[0]):
         xi = x[i : i + 1].clone().requires_grad_(True)
-        lovasz.lovasz_softmax(xi, t[i : i + 1], per_image=True, bins=lovasz.DEFAULT_BINS, backend="numba").backward()
+        lovasz.lovasz_softmax(xi, t[i : i + 1], per_image=True, bins=lovasz.DEFAULT_BINS, backend=fused).backward()
         assert torch.equal(xi.grad[0], xb.grad[i])
 
 

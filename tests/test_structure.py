@@ -69,6 +69,9 @@ def test_import_lovasz_loads_nothing_heavy():
 
 def test_kernels_load_when_the_cpu_binned_engine_first_runs():
     pytest.importorskip("numba")
+    from lovasz.engine import backends
+
+    auto = "native" if backends.native_built() else "numba"
     code = (
         "import sys, torch, lovasz\n"
         "x = torch.randn(1, 2, 8); t = torch.zeros(1, 8, dtype=torch.long)\n"
@@ -77,9 +80,24 @@ def test_kernels_load_when_the_cpu_binned_engine_first_runs():
         "lovasz.lovasz_softmax(x, t, bins=256, backend='torch')\n"
         "assert 'numba' not in sys.modules, 'the PyTorch binned engine loaded numba'\n"
         "lovasz.lovasz_softmax(x, t, bins=256)\n"
-        "assert 'numba' in sys.modules and 'triton' not in sys.modules\n"
+        "assert 'triton' not in sys.modules\n"
+        f"assert ('numba' in sys.modules) == {auto == 'numba'}, 'the native kernels need no numba'\n"
+        f"assert 'lovasz.engine.kernels_{'native' if auto == 'native' else 'cpu'}' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_native_kernels_are_built_where_a_c_compiler_is():
+    # pip install compiles src/lovasz/engine/_native.c (setup.py, an optional extension); where a compiler
+    # exists a missing library is a packaging bug, not a fallback to accept silently.
+    import shutil
+
+    from lovasz.engine import kernels_native
+
+    if not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")):
+        pytest.skip("no C compiler on this machine: the numba kernels serve the CPU")
+    path = kernels_native.library_path()
+    assert kernels_native.AVAILABLE, f"the native kernels were not built or do not load (library: {path})"
 
 
 def test_numba_cache_goes_to_the_user_cache_not_the_package(tmp_path):
@@ -91,7 +109,7 @@ def test_numba_cache_goes_to_the_user_cache_not_the_package(tmp_path):
     code = (
         "import torch, lovasz\n"
         "x = torch.randn(1, 3, 40, requires_grad=True); t = torch.randint(0, 3, (1, 40))\n"
-        "lovasz.lovasz_softmax(x, t, bins=256).backward()\n"
+        "lovasz.lovasz_softmax(x, t, bins=256, backend='numba').backward()\n"
     )
     env = dict(os.environ, LOVASZ_CACHE=str(tmp_path))
     env.pop("NUMBA_CACHE_DIR", None)

@@ -118,6 +118,7 @@ def saves_errors(surrogate: Surrogate) -> bool:
     return surrogate.per_class
 
 
+@torch.compiler.disable  # ctypes calls: run eagerly (the fused custom operators call these outside any graph)
 def tables(acc: np.ndarray, head: int) -> tuple[np.ndarray, ...]:
     """Partial accumulators ``[S, G, K, 2, 2]`` → ``(losses, table, n_fg, n_valid, cut)``, as
     :func:`.kernels_cpu.tables`."""
@@ -148,6 +149,7 @@ def _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top):
     return bits, top, inverse_top(top).to(torch.float32).contiguous()
 
 
+@torch.compiler.disable
 def histogram(
     x32: torch.Tensor,
     t: torch.Tensor,
@@ -167,6 +169,7 @@ def histogram(
     return Histogram(acc, top, b)
 
 
+@torch.compiler.disable
 def losses(
     x32: torch.Tensor,
     t: torch.Tensor,
@@ -192,6 +195,7 @@ def losses(
     return top, loss, table, n_fg, n_valid, cut, values, fg, counts
 
 
+@torch.compiler.disable
 def head(
     x32: torch.Tensor,
     t: torch.Tensor,
@@ -220,6 +224,7 @@ def head(
     return values, fgs, bins.long(), counts
 
 
+@torch.compiler.disable
 def backward(
     x32: torch.Tensor | None,
     t: torch.Tensor | None,
