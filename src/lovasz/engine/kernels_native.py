@@ -79,11 +79,7 @@ _GOMP: int | None = None
 
 
 def _address(v) -> int:
-    if isinstance(v, torch.Tensor):
-        return v.data_ptr()
-    if isinstance(v, np.ndarray):
-        return v.ctypes.data
-    return int(v)
+    return v.data_ptr() if isinstance(v, torch.Tensor) else int(v)
 
 
 def _run(kernel: str, units: int, *args) -> None:
@@ -118,17 +114,16 @@ def saves_errors(surrogate: Surrogate) -> bool:
     return surrogate.per_class
 
 
-@torch.compiler.disable  # ctypes calls: run eagerly (the fused custom operators call these outside any graph)
 def tables(acc: np.ndarray, head: int) -> tuple[np.ndarray, ...]:
     """Partial accumulators ``[S, G, K, 2, 2]`` → ``(losses, table, n_fg, n_valid, cut)``, as
     :func:`.kernels_cpu.tables`."""
-    acc = np.ascontiguousarray(acc, np.float64)
-    slots, groups, num_bins = acc.shape[:3]
-    losses_ = np.zeros(groups, np.float64)
-    table = np.zeros((groups, num_bins, 2), np.float32)
-    n_fg, n_valid, cut = (np.zeros(groups, np.int64) for _ in range(3))
-    _run("tables_range", groups, acc, slots, groups, num_bins, head, losses_, table, n_fg, n_valid, cut)
-    return losses_, table, n_fg, n_valid, cut
+    cells = torch.as_tensor(acc, dtype=torch.float64).contiguous()
+    slots, groups, num_bins = cells.shape[:3]
+    losses_ = torch.zeros(groups, dtype=torch.float64)
+    table = torch.zeros(groups, num_bins, 2, dtype=torch.float32)
+    n_fg, n_valid, cut = (torch.zeros(groups, dtype=torch.int64) for _ in range(3))
+    _run("tables_range", groups, cells, slots, groups, num_bins, head, losses_, table, n_fg, n_valid, cut)
+    return tuple(a.numpy() for a in (losses_, table, n_fg, n_valid, cut))
 
 
 def _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top):
@@ -149,7 +144,6 @@ def _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top):
     return bits, top, inverse_top(top).to(torch.float32).contiguous()
 
 
-@torch.compiler.disable
 def histogram(
     x32: torch.Tensor,
     t: torch.Tensor,
@@ -169,7 +163,6 @@ def histogram(
     return Histogram(acc, top, b)
 
 
-@torch.compiler.disable
 def losses(
     x32: torch.Tensor,
     t: torch.Tensor,
@@ -195,7 +188,6 @@ def losses(
     return top, loss, table, n_fg, n_valid, cut, values, fg, counts
 
 
-@torch.compiler.disable
 def head(
     x32: torch.Tensor,
     t: torch.Tensor,
@@ -224,7 +216,6 @@ def head(
     return values, fgs, bins.long(), counts
 
 
-@torch.compiler.disable
 def backward(
     x32: torch.Tensor | None,
     t: torch.Tensor | None,
