@@ -109,6 +109,7 @@ CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
     float *tops = (float *)a[11];
     const int64_t groups = a[12];
     float *p = malloc(sizeof(float) * (size_t)(C * BLOCK));
+    int32_t *mtop = calloc((size_t)(C * BLOCK), sizeof(int32_t));
     float mx[BLOCK], inv_den[BLOCK];
     int32_t lab[BLOCK];
     const int64_t total = B * N, step = (total + nchunks - 1) / nchunks;
@@ -144,20 +145,32 @@ CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
                 const float *restrict pc = p + c * BLOCK;
                 const float *restrict xc = x + (b * C + c) * N + i0;
                 int32_t *restrict out = bits + (b * C + c) * N + i0;
-                float m = tops[unit * groups + g];
+                /* The largest errors, lane by lane, as bits (errors are >= 0, so the orders agree): an
+                 * elementwise integer maximum, which vectorizes where a float reduction would not. */
+                int32_t *restrict mc = mtop + c * BLOCK;
                 for (int64_t j = 0; j < width; j++) {
                     float pr = from_logits ? pc[j] * inv_den[j] : xc[j];
                     int fg = lab[j] == (int32_t)c;
                     float v = fmax0(fg ? 1.0f - pr : pr, 0.0f);
-                    m = fmax0(m, lab[j] >= 0 ? v : 0.0f);
+                    int32_t vb = lab[j] >= 0 ? bits_of(v) : 0;
+                    mc[j] = vb > mc[j] ? vb : mc[j];
                     out[j] = encode(v, fg, lab[j] >= 0);
                 }
-                tops[unit * groups + g] = m;
             }
             pos += width;
+            if (pos >= stop) { /* the unit's lanes into its anchors (per image, a unit is one image) */
+                for (int64_t c = 0; c < C; c++) {
+                    const int64_t g = per_image ? b * C + c : c;
+                    int32_t m = bits_of(tops[unit * groups + g]);
+                    for (int64_t j = 0; j < BLOCK; j++) m = mtop[c * BLOCK + j] > m ? mtop[c * BLOCK + j] : m;
+                    tops[unit * groups + g] = float_of(m);
+                }
+                memset(mtop, 0, sizeof(int32_t) * (size_t)(C * BLOCK));
+            }
         }
     }
     free(p);
+    free(mtop);
 }
 
 /* Error of a binary score s and its derivative w.r.t. s. */
@@ -189,6 +202,7 @@ CLONES void binary_errors(const int64_t *a, int64_t u0, int64_t u1) {
     float *tops = (float *)a[11];
     const int64_t groups = a[12];
     const int64_t units_len = C * N, total = B * C * N, step = (total + nchunks - 1) / nchunks;
+    int32_t lanes[BLOCK] = {0};
     for (int64_t unit = u0; unit < u1; unit++) {
         int64_t start = per_image ? unit * units_len : min64(unit * step, total);
         int64_t stop = per_image ? (unit + 1) * units_len : min64(start + step, total);
@@ -200,17 +214,22 @@ CLONES void binary_errors(const int64_t *a, int64_t u0, int64_t u1) {
             const float *restrict xc = x + row * N + i0;
             const int64_t *restrict tc = t + row * N + i0;
             int32_t *restrict out = bits + row * N + i0;
-            float m = tops[unit * groups + g];
-            for (int64_t j = 0; j < width; j++) {
+            for (int64_t j = 0; j < width; j++) { /* lane maxima of bits, as in softmax_errors */
                 int ok = !(use_ignore && tc[j] == ignore);
                 int fg = tc[j] == 1;
                 float de;
                 float v = binary_error(xc[j], fg, code, &de);
-                m = fmax0(m, ok ? v : 0.0f);
+                int32_t vb = ok ? bits_of(v) : 0;
+                lanes[j] = vb > lanes[j] ? vb : lanes[j];
                 out[j] = encode(v, fg, ok);
             }
-            tops[unit * groups + g] = m;
             pos += width;
+            if (pos >= stop || pos % N == 0) { /* end of the unit or of the row: the lanes into the anchor */
+                int32_t m = bits_of(tops[unit * groups + g]);
+                for (int64_t j = 0; j < BLOCK; j++) m = lanes[j] > m ? lanes[j] : m;
+                tops[unit * groups + g] = float_of(m);
+                memset(lanes, 0, sizeof(lanes));
+            }
         }
     }
 }
@@ -221,38 +240,66 @@ typedef struct {
     int32_t lo, per_octave, half;
 } binning_t;
 
-/* Adds elements start..stop (positions in the B·N pixels) of class c to the histogram flat[K][2][2];
- * records each block's highest bin in block_top; returns the touched bin range in *k_lo..*k_hi. */
-static inline void accumulate(const int32_t *bits, int64_t C, int64_t N, int64_t c, int64_t start, int64_t stop,
-                              float inv_g, binning_t bn, double *flat, int32_t *kb, int32_t *block_top,
-                              int32_t *k_lo_out, int32_t *k_hi_out) {
+/* Sub-histograms: element j of a block goes to way j % ways, so that consecutive elements of one bin
+ * update different memory (a chain of read-modify-writes on one address would wait on each store).  Worth
+ * it where a group has many elements per bin; merging costs a pass over the touched bins per way. */
+#define WAYS 4
+
+static inline int64_t ways_for(int64_t elements, int64_t num_bins) { return elements >= 32 * num_bins ? WAYS : 1; }
+
+/* Adds elements start..stop (positions in the B·N pixels) of class c to the histogram ways at flat
+ * (ways × [K][2][2], way w at flat + w * 4K: (background, foreground) × (count, error sum)), which
+ * merge_ways() adds up; records each block's highest bin in block_top; returns the touched bin range in
+ * *k_lo..*k_hi (empty when k_lo > k_hi) and the number of foreground elements. */
+static inline int64_t accumulate(const int32_t *bits, int64_t C, int64_t N, int64_t c, int64_t start, int64_t stop,
+                                 float inv_g, binning_t bn, double *flat, int64_t ways, int32_t *kb,
+                                 int32_t *block_top, int32_t *k_lo_out, int32_t *k_hi_out) {
+    const int64_t way = 8 * (int64_t)bn.half; /* 4 doubles per bin, 2·half bins */
+    const int32_t mask = (int32_t)ways - 1;
     int32_t k_lo = 2 * bn.half, k_hi = -1;
-    int64_t m = 0;
+    int64_t m = 0, n_fg = 0;
     for (int64_t pos = start; pos < stop;) {
         const int64_t b = pos / N, i0 = pos - b * N;
         const int64_t width = min64(min64(BLOCK, N - i0), stop - pos);
         const int32_t *restrict src = bits + (b * C + c) * N + i0;
-        int32_t top = -1, low = 2 * bn.half;
+        int32_t top = -1, low = 2 * bn.half, fgs = 0;
         for (int64_t j = 0; j < width; j++) {
             int32_t k = bin_of(magnitude(src[j]), inv_g, bn.lo, bn.per_octave, bn.half);
-            kb[j] = k;
+            /* the cell's offset, or -1 for an ignored element */
+            kb[j] = src[j] == IGNORED ? -1 : ((int32_t)j & mask) * (int32_t)way + k * 4 + (src[j] < 0 ? 2 : 0);
             low = k < low ? k : low;
             top = k > top ? k : top;
+            fgs += src[j] < 0; /* the sign bit: foreground (an ignored element's bits are positive) */
         }
+        n_fg += fgs;
         block_top[m++] = top;
         k_lo = low < k_lo ? low : k_lo;
         k_hi = top > k_hi ? top : k_hi;
         for (int64_t j = 0; j < width; j++) {
-            int32_t s = src[j];
-            if (s == IGNORED) continue;
-            double *cell = flat + kb[j] * 4 + (s < 0 ? 2 : 0);
+            if (kb[j] < 0) continue;
+            double *cell = flat + kb[j];
             cell[0] += 1.0;
-            cell[1] += magnitude(s);
+            cell[1] += magnitude(src[j]);
         }
         pos += width;
     }
     *k_lo_out = k_lo;
     *k_hi_out = k_hi;
+    return n_fg;
+}
+
+/* Adds ways 1.. of flat into way 0 (into `out` instead, when given) over bins k_lo..k_hi, and clears the
+ * ways that were read (all of them when out is given), so that the buffer is zero for the next group. */
+static inline void merge_ways(double *flat, double *out, int64_t ways, int32_t k_lo, int32_t k_hi, int32_t half) {
+    if (k_lo > k_hi || (ways == 1 && out == NULL)) return;
+    const int64_t way = 8 * (int64_t)half, lo = (int64_t)k_lo * 4, n = ((int64_t)k_hi - k_lo + 1) * 4;
+    double *dst = out != NULL ? out + lo : flat + lo;
+    for (int64_t i = 0; i < n; i++) {
+        double v = out != NULL ? dst[i] + flat[lo + i] : flat[lo + i];
+        for (int64_t w = 1; w < ways; w++) v += flat[w * way + lo + i];
+        dst[i] = v;
+    }
+    for (int64_t w = out != NULL ? 0 : 1; w < ways; w++) memset(flat + w * way + lo, 0, sizeof(double) * (size_t)n);
 }
 
 /* The valid elements of class c in images b0..b1 whose bin is >= cg (the exact head), in scan order;
@@ -311,20 +358,20 @@ static inline double harmonic_diff(int64_t a, int64_t b) {
 }
 
 /* One group's histogram (slots partials at acc + s*stride, each [K][2][2]) → its weight table table_g
- * [K][2] (0 in the exact head), its loss without the head, counts and cut (kernels_cpu._group_table). */
+ * [K][2] (0 in the exact head), its loss without the head, counts and cut (kernels_cpu._group_table), in
+ * one pass from the top bin down: the head is the run of top bins holding at most `head` elements in all,
+ * so a bin is in it exactly when the count so far is still <= head.  n_fg: the group's foreground count,
+ * or -1 to count it here. */
 static void group_table(const double *acc, int64_t slots, int64_t stride, int64_t head, float *table_g, int32_t k_lo,
-                        int32_t k_hi, double *loss_out, int64_t *n_out, int64_t *total_out, int64_t *cut_out) {
-    int64_t n = 0, total = 0, cut = (int64_t)k_hi + 1;
-    for (int32_t k = k_hi; k >= k_lo; k--) {
-        for (int64_t s = 0; s < slots; s++) {
-            const double *cell = acc + s * stride + (int64_t)k * 4;
-            n += (int64_t)cell[2];
-            total += (int64_t)cell[0] + (int64_t)cell[2];
-        }
-        if (total <= head) cut = k;
+                        int32_t k_hi, int64_t n_fg, double *loss_out, int64_t *n_out, int64_t *total_out,
+                        int64_t *cut_out) {
+    int64_t n = n_fg;
+    if (n < 0) {
+        n = 0;
+        for (int32_t k = k_hi; k >= k_lo; k--)
+            for (int64_t s = 0; s < slots; s++) n += (int64_t)acc[s * stride + (int64_t)k * 4 + 2];
     }
-    if (total <= head) cut = 0;
-    int64_t above_f = 0, above_b = 0;
+    int64_t total = 0, cut = (int64_t)k_hi + 1, above_f = 0, above_b = 0;
     double loss = 0.0;
     for (int32_t k = k_hi; k >= k_lo; k--) {
         int64_t f = 0, gb = 0;
@@ -336,12 +383,14 @@ static void group_table(const double *acc, int64_t slots, int64_t stride, int64_
             sum_f += cell[3];
             sum_b += cell[1];
         }
-        if (f == 0 && gb == 0) continue;
-        if (k >= cut) {
+        total += f + gb;
+        if (total <= head) { /* the exact head: counted above the lower bins, weighted elsewhere */
+            cut = k;
             above_f += f;
             above_b += gb;
             continue;
         }
+        if (f == 0 && gb == 0) continue;
         int64_t u = n + above_b;
         double w_fg = 0.0, w_bg = 0.0;
         if (f > 0) w_fg = harmonic_diff(u + gb, u - 1) / (double)(gb + 1);
@@ -363,6 +412,7 @@ static void group_table(const double *acc, int64_t slots, int64_t stride, int64_
         above_f += f;
         above_b += gb;
     }
+    if (total <= head) cut = 0; /* the empty bins below k_lo too */
     *loss_out = loss;
     *n_out = n;
     *total_out = total;
@@ -392,7 +442,8 @@ CLONES void group_tables(const int64_t *a, int64_t u0, int64_t u1) {
     int64_t *head_counts = (int64_t *)a[17];
     const int64_t cap = a[18];
     const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK;
-    double *local = calloc((size_t)(num_bins * 4), sizeof(double));
+    const int64_t ways = ways_for((per_image ? 1 : B) * N, num_bins);
+    double *local = calloc((size_t)(ways * num_bins * 4), sizeof(double));
     int32_t *block_top = malloc(sizeof(int32_t) * (size_t)(B * nblocks + 1));
     int32_t *head_bins = malloc(sizeof(int32_t) * (size_t)(cap + 1));
     int32_t kb[BLOCK];
@@ -400,8 +451,9 @@ CLONES void group_tables(const int64_t *a, int64_t u0, int64_t u1) {
         int64_t c, b0, b1;
         group_span(g, B, C, per_image, &c, &b0, &b1);
         int32_t k_lo, k_hi;
-        accumulate(bits, C, N, c, b0 * N, b1 * N, inv[g], bn, local, kb, block_top, &k_lo, &k_hi);
-        group_table(local, 1, 0, head, table + g * num_bins * 2, k_lo, k_hi, losses + g, n_fg + g, n_valid + g,
+        int64_t nf = accumulate(bits, C, N, c, b0 * N, b1 * N, inv[g], bn, local, ways, kb, block_top, &k_lo, &k_hi);
+        merge_ways(local, NULL, ways, k_lo, k_hi, bn.half);
+        group_table(local, 1, 0, head, table + g * num_bins * 2, k_lo, k_hi, nf, losses + g, n_fg + g, n_valid + g,
                     cut + g);
         if (k_lo <= k_hi) memset(local + (int64_t)k_lo * 4, 0, sizeof(double) * 4 * (size_t)(k_hi - k_lo + 1));
         head_counts[g] = gather_head(bits, C, N, c, b0, b1, cut[g], inv[g], bn, head_values + g * cap,
@@ -421,14 +473,18 @@ CLONES void histogram_rows(const int64_t *a, int64_t u0, int64_t u1) {
     const float *inv = (const float *)a[8];
     double *acc = (double *)a[9];
     const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK;
+    const int64_t ways = ways_for((per_image ? 1 : B) * N, num_bins);
+    double *local = calloc((size_t)(ways * num_bins * 4), sizeof(double));
     int32_t *block_top = malloc(sizeof(int32_t) * (size_t)(B * nblocks + 1));
     int32_t kb[BLOCK];
     for (int64_t g = u0; g < u1; g++) {
         int64_t c, b0, b1;
         group_span(g, B, C, per_image, &c, &b0, &b1);
         int32_t k_lo, k_hi;
-        accumulate(bits, C, N, c, b0 * N, b1 * N, inv[g], bn, acc + g * num_bins * 4, kb, block_top, &k_lo, &k_hi);
+        accumulate(bits, C, N, c, b0 * N, b1 * N, inv[g], bn, local, ways, kb, block_top, &k_lo, &k_hi);
+        merge_ways(local, acc + g * num_bins * 4, ways, k_lo, k_hi, bn.half);
     }
+    free(local);
     free(block_top);
 }
 
@@ -466,7 +522,7 @@ void tables_range(const int64_t *a, int64_t u0, int64_t u1) {
     float *table = (float *)a[6];
     int64_t *n_fg = (int64_t *)a[7], *n_valid = (int64_t *)a[8], *cut = (int64_t *)a[9];
     for (int64_t g = u0; g < u1; g++)
-        group_table(acc + g * K * 4, S, G * K * 4, head, table + g * K * 2, 0, (int32_t)(K - 1), losses + g, n_fg + g,
+        group_table(acc + g * K * 4, S, G * K * 4, head, table + g * K * 2, 0, (int32_t)(K - 1), -1, losses + g, n_fg + g,
                     n_valid + g, cut + g);
 }
 
