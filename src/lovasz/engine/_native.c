@@ -24,7 +24,7 @@
 
 #define BLOCK 256
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && !defined(LOVASZ_NO_CLONES)
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define CLONES
@@ -65,23 +65,25 @@ static inline float exp_neg(float v) {
     return (poly * r * r + r + 1.0f) * float_of(((int32_t)n + 127) << 23);
 }
 
-/* Log-linear bin of a value in [0, 1/2] given by its bits (Binning._log_bin). */
+/* Log-linear bin of a value in [0, 1/2] given by its bits (Binning._log_bin).  The sub-bin product fits
+ * 32 unsigned bits (mantissa < 2^23) while per_octave < 512 (the default is 107), which vectorizes far
+ * better than 64-bit lanes; larger per_octave take the 64-bit product. */
 static inline int32_t log_bin(int32_t b, int32_t lo_bits, int32_t lo, int32_t per_octave) {
     int32_t octave = (b >> 23) - 127 - lo;
-    int32_t sub = (int32_t)(((int64_t)(b & 0x7FFFFF) * per_octave) >> 23);
+    int32_t sub = per_octave < 512 ? (int32_t)(((uint32_t)(b & 0x7FFFFF) * (uint32_t)per_octave) >> 23)
+                                   : (int32_t)(((int64_t)(b & 0x7FFFFF) * per_octave) >> 23);
     int32_t k = 1 + octave * per_octave + sub;
     return b < lo_bits ? 0 : k;
 }
 
-/* Bin of an error e scaled by inv = 1/U (Binning.index, bit for bit). */
+/* Bin of an error e scaled by inv = 1/U (Binning.index, bit for bit): below x = 1/2 the log-linear bin of
+ * x, above it the mirror image of the bin of 1 - x (<= 1/2 there), so one log_bin per element. */
 static inline int32_t bin_of(float e, float inv, int32_t lo, int32_t per_octave, int32_t half) {
     float x = e * inv;
-    float xl = fmin0(x, 0.5f);
-    float xd = fmin0(fmax0(1.0f - x, 0.0f), 0.5f);
-    int32_t lo_bits = (127 + lo) << 23;
-    int32_t kl = log_bin(bits_of(xl), lo_bits, lo, per_octave);
-    int32_t kd = log_bin(bits_of(xd), lo_bits, lo, per_octave);
-    return x < 0.5f ? kl : 2 * half - 1 - kd;
+    int low = x < 0.5f;
+    float v = low ? x : fmax0(1.0f - x, 0.0f);
+    int32_t k = log_bin(bits_of(v), (127 + lo) << 23, lo, per_octave);
+    return low ? k : 2 * half - 1 - k;
 }
 
 static inline int32_t encode(float v, int fg, int valid) {
@@ -94,6 +96,13 @@ static inline float magnitude(int32_t s) {
 }
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* Prefetches `bytes` from p into the caches.  A block reads BLOCK pixels of each of C rows, N floats
+ * apart: 1 KB per page visit, too short for the hardware prefetchers to follow C streams, so each block
+ * fetches its successor's rows while it works. */
+static inline void prefetch(const void *p, int64_t bytes) {
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch((const char *)p + off, 0, 3);
+}
 
 /* ------------------------------------------------------------------------------------------- pass 1 */
 
@@ -119,6 +128,12 @@ CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
         for (int64_t pos = start; pos < stop;) {
             const int64_t b = pos / N, i0 = pos - b * N;
             const int64_t width = min64(min64(BLOCK, N - i0), stop - pos);
+            if (pos + width < stop) { /* the next block's rows (see prefetch) */
+                const int64_t nb = (pos + width) / N, ni0 = pos + width - nb * N;
+                const int64_t nw = min64(min64(BLOCK, N - ni0), stop - pos - width);
+                for (int64_t c = 0; c < C; c++) prefetch(x + (nb * C + c) * N + ni0, nw * 4);
+                prefetch(t + nb * N + ni0, nw * 8);
+            }
             if (from_logits) {
                 const float *x0 = x + (b * C) * N + i0;
                 for (int64_t j = 0; j < width; j++) mx[j] = x0[j];
@@ -245,6 +260,9 @@ typedef struct {
  * it where a group has many elements per bin; merging costs a pass over the touched bins per way. */
 #define WAYS 4
 
+/* Two doubles, a histogram cell's (count, error sum), updated as one vector; cells are 16-byte aligned. */
+typedef double v2d __attribute__((vector_size(16), aligned(16), may_alias));
+
 static inline int64_t ways_for(int64_t elements, int64_t num_bins) { return elements >= 32 * num_bins ? WAYS : 1; }
 
 /* Adds elements start..stop (positions in the B·N pixels) of class c to the histogram ways at flat
@@ -277,9 +295,8 @@ static inline int64_t accumulate(const int32_t *bits, int64_t C, int64_t N, int6
         k_hi = top > k_hi ? top : k_hi;
         for (int64_t j = 0; j < width; j++) {
             if (kb[j] < 0) continue;
-            double *cell = flat + kb[j];
-            cell[0] += 1.0;
-            cell[1] += magnitude(src[j]);
+            v2d *cell = (v2d *)(flat + kb[j]); /* (count, error sum): one 16-byte read-modify-write */
+            *cell += (v2d){1.0, (double)magnitude(src[j])};
         }
         pos += width;
     }
@@ -302,6 +319,29 @@ static inline void merge_ways(double *flat, double *out, int64_t ways, int32_t k
     for (int64_t w = out != NULL ? 0 : 1; w < ways; w++) memset(flat + w * way + lo, 0, sizeof(double) * (size_t)n);
 }
 
+/* A lower bound on the errors in bins >= k: the lower edge of bin k in x = e·inv (Binning), divided by inv,
+ * less a margin far wider than the rounding of e·inv; 0 when every error may be there. */
+static inline float error_floor(int64_t k, float inv, binning_t bn) {
+    if (k <= 0 || !(inv > 0.0f)) return 0.0f;
+    double x;
+    if (k < bn.half) { /* log-linear below 1/2: bin 1 + octave·P + sub */
+        int64_t octave = (k - 1) / bn.per_octave, sub = (k - 1) % bn.per_octave;
+        x = ldexp(1.0 + (double)sub / bn.per_octave, bn.lo + (int)octave);
+    } else { /* the mirror image above: x = 1 - d with d below the upper edge of d's bin */
+        int64_t kd = 2 * (int64_t)bn.half - 1 - k;
+        double d_hi;
+        if (kd <= 0) {
+            d_hi = ldexp(1.0, bn.lo);
+        } else {
+            int64_t octave = (kd - 1) / bn.per_octave, sub = (kd - 1) % bn.per_octave;
+            d_hi = ldexp(1.0 + (double)(sub + 1) / bn.per_octave, bn.lo + (int)octave);
+        }
+        x = 1.0 - d_hi;
+    }
+    double e = x / (double)inv * (1.0 - 1e-5) - 1e-30;
+    return e > 0.0 ? (float)e : 0.0f;
+}
+
 /* The valid elements of class c in images b0..b1 whose bin is >= cg (the exact head), in scan order;
  * blocks whose highest bin (block_top) is below cg are skipped.  Returns how many (at most cap). */
 static int64_t gather_head(const int32_t *bits, int64_t C, int64_t N, int64_t c, int64_t b0, int64_t b1, int64_t cg,
@@ -309,19 +349,29 @@ static int64_t gather_head(const int32_t *bits, int64_t C, int64_t N, int64_t c,
                            int32_t *kb, const int32_t *block_top) {
     int64_t m = 0, block = -1;
     if (cg >= 2 * bn.half) return 0;
+    /* Errors below e_floor are certainly below bin cg (bins grow with the error): most elements are
+     * passed over by one integer comparison, and only the others get their bin computed. */
+    const int32_t floor_bits = bits_of(error_floor(cg, inv_g, bn));
     for (int64_t b = b0; b < b1; b++) {
         for (int64_t i0 = 0; i0 < N; i0 += BLOCK) {
             block++;
             if (block_top[block] < cg) continue;
             const int64_t width = min64(BLOCK, N - i0);
             const int32_t *restrict src = bits + (b * C + c) * N + i0;
-            int32_t top = 0;
+            int32_t above = 0;
             for (int64_t j = 0; j < width; j++) {
-                int32_t k = bin_of(magnitude(src[j]), inv_g, bn.lo, bn.per_octave, bn.half);
-                kb[j] = k;
-                top = k > top ? k : top;
+                int32_t a = src[j] & ABS_MASK;
+                above |= a >= floor_bits && a <= INF_BITS;
             }
-            if (top < cg) continue;
+            if (!above) continue;
+            for (int64_t j = 0; j < width; j++) {
+                int32_t a = src[j] & ABS_MASK;
+                if (a < floor_bits || a > INF_BITS) {
+                    kb[j] = -1;
+                    continue;
+                }
+                kb[j] = bin_of(magnitude(src[j]), inv_g, bn.lo, bn.per_octave, bn.half);
+            }
             for (int64_t j = 0; j < width; j++) {
                 if (kb[j] >= cg && src[j] != IGNORED && m < cap) {
                     values[m] = magnitude(src[j]);
@@ -355,6 +405,15 @@ static inline double harmonic_diff(int64_t a, int64_t b) {
     double fa = (double)a, fb = (double)b, ia2 = 1.0 / (fa * fa), ib2 = 1.0 / (fb * fb);
     return log1p((fa - fb) / fb) + 0.5 * (1.0 / fa - 1.0 / fb) - (ia2 - ib2) / 12.0 +
            (ia2 * ia2 - ib2 * ib2) / 120.0 - (ia2 * ia2 * ia2 - ib2 * ib2 * ib2) / 252.0;
+}
+
+/* H_a - H_b for integers a >= b >= 0: summed directly when a - b is small (most bins of a group hold a
+ * few elements; a division is much cheaper than the logarithms of harmonic_diff), else harmonic_diff. */
+static inline double harmonic_range(int64_t a, int64_t b) {
+    if (a - b > 8) return harmonic_diff(a, b);
+    double sum = 0.0;
+    for (int64_t i = a; i > b; i--) sum += 1.0 / (double)i;
+    return sum;
 }
 
 /* One group's histogram (slots partials at acc + s*stride, each [K][2][2]) → its weight table table_g
@@ -393,7 +452,7 @@ static void group_table(const double *acc, int64_t slots, int64_t stride, int64_
         if (f == 0 && gb == 0) continue;
         int64_t u = n + above_b;
         double w_fg = 0.0, w_bg = 0.0;
-        if (f > 0) w_fg = harmonic_diff(u + gb, u - 1) / (double)(gb + 1);
+        if (f > 0) w_fg = harmonic_range(u + gb, u - 1) / (double)(gb + 1);
         if (gb > 0) {
             double j_before, j_after;
             if (n > 0) {
@@ -567,11 +626,14 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
         const int64_t b = unit / nblocks, i0 = (unit - b * nblocks) * BLOCK;
         const int64_t width = min64(N, i0 + BLOCK) - i0;
         for (int64_t j = 0; j < width; j++) dot[j] = 0.0f;
+        const int64_t nb = (unit + 1) / nblocks, ni0 = (unit + 1 - nb * nblocks) * BLOCK; /* the next unit */
+        const int64_t next_width = unit + 1 < u1 ? min64(N, ni0 + BLOCK) - ni0 : 0;
         for (int64_t c = 0; c < C; c++) {
             const int64_t g = per_image ? b * C + c : c;
             const float *restrict tg = table + g * num_bins * 2;
             const int32_t *restrict src = bits + (b * C + c) * N + i0;
             const float inv_g = inv[g];
+            prefetch(bits + (nb * C + c) * N + ni0, next_width * 4);
             int32_t top = 0;
             for (int64_t j = 0; j < width; j++) {
                 int32_t k = bin_of(magnitude(src[j]), inv_g, bn.lo, bn.per_octave, bn.half);
