@@ -344,7 +344,7 @@ static inline float error_floor(int64_t k, float inv, binning_t bn) {
 
 /* The valid elements of class c in images b0..b1 whose bin is >= cg (the exact head), in scan order;
  * blocks whose highest bin (block_top) is below cg are skipped.  Returns how many (at most cap). */
-static int64_t gather_head(const int32_t *bits, int64_t C, int64_t N, int64_t c, int64_t b0, int64_t b1, int64_t cg,
+static inline __attribute__((always_inline)) int64_t gather_head(const int32_t *bits, int64_t C, int64_t N, int64_t c, int64_t b0, int64_t b1, int64_t cg,
                            float inv_g, binning_t bn, float *values, uint8_t *fgs, int32_t *bins, int64_t cap,
                            int32_t *kb, const int32_t *block_top) {
     int64_t m = 0, block = -1;
@@ -421,7 +421,7 @@ static inline double harmonic_range(int64_t a, int64_t b) {
  * one pass from the top bin down: the head is the run of top bins holding at most `head` elements in all,
  * so a bin is in it exactly when the count so far is still <= head.  n_fg: the group's foreground count,
  * or -1 to count it here. */
-static void group_table(const double *acc, int64_t slots, int64_t stride, int64_t head, float *table_g, int32_t k_lo,
+static inline __attribute__((always_inline)) void group_table(const double *acc, int64_t slots, int64_t stride, int64_t head, float *table_g, int32_t k_lo,
                         int32_t k_hi, int64_t n_fg, double *loss_out, int64_t *n_out, int64_t *total_out,
                         int64_t *cut_out) {
     int64_t n = n_fg;
