@@ -231,6 +231,20 @@ def test_cpu_kernels_match_pytorch_binned_engine(seed, fused, monkeypatch):
     assert (got <= exact + 1e-5).all()
 
 
+@pytest.mark.skipif(not backends.native_built(), reason="the native kernels were not built")
+@pytest.mark.parametrize("seed", range(0, 60, 3))
+def test_native_backward_without_kept_errors_gives_the_same_result(seed, monkeypatch):
+    # LOVASZ_KEEP_ERRORS=0: backward recomputes the probabilities (nothing of the input's size is kept);
+    # the same bins, so the same loss and, up to float rounding of p, the same gradient.
+    fn, x, t, kwargs = _random_call(seed)
+    monkeypatch.setenv("LOVASZ_BACKEND", "native")
+    want, want_grad = _run(fn, x, t, kwargs, 256)
+    monkeypatch.setenv("LOVASZ_KEEP_ERRORS", "0")
+    got, got_grad = _run(fn, x, t, kwargs, 256)
+    assert torch.equal(got, want)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_binned_options_and_edge_cases(backend):
     x = torch.randn(2, 3, 5, 5)

@@ -156,7 +156,6 @@ CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
             const int64_t *tb = t + b * N + i0;
             for (int64_t j = 0; j < width; j++) lab[j] = (use_ignore && tb[j] == ignore) ? -1 : (int32_t)tb[j];
             for (int64_t c = 0; c < C; c++) {
-                const int64_t g = per_image ? b * C + c : c;
                 const float *restrict pc = p + c * BLOCK;
                 const float *restrict xc = x + (b * C + c) * N + i0;
                 int32_t *restrict out = bits + (b * C + c) * N + i0;
@@ -603,9 +602,138 @@ static inline float head_weight(const float *hv, const uint8_t *hf, const float 
     return best >= 0 ? hw[best] : 0.0f;
 }
 
-/* args: bits, B, C, N, code, per_image, lo, per_octave, half, inv, table ([G][K][2]), cut, head_values,
- * head_fg, head_w, capacity, grad.  Units: (image, block of BLOCK pixels). */
+/* The softmax (or the given probabilities) of one block, as pass 1 computes it (so that the errors, and
+ * their bins, are the same bits): p[c][j] · den[j] for the C classes of BLOCK pixels from i0 of image b
+ * (den = 1 for probabilities). */
+static inline void block_probabilities(const float *x, int64_t C, int64_t N, int64_t b, int64_t i0, int64_t width,
+                                       int from_logits, float *p, float *mx, float *den) {
+    if (!from_logits) {
+        for (int64_t c = 0; c < C; c++) {
+            const float *restrict xc = x + (b * C + c) * N + i0;
+            float *restrict pc = p + c * BLOCK;
+            for (int64_t j = 0; j < width; j++) pc[j] = xc[j];
+        }
+        for (int64_t j = 0; j < width; j++) den[j] = 1.0f;
+        return;
+    }
+    const float *x0 = x + (b * C) * N + i0;
+    for (int64_t j = 0; j < width; j++) mx[j] = x0[j];
+    for (int64_t c = 1; c < C; c++) {
+        const float *restrict xc = x + (b * C + c) * N + i0;
+        for (int64_t j = 0; j < width; j++) mx[j] = fmax0(mx[j], xc[j]);
+    }
+    for (int64_t j = 0; j < width; j++) den[j] = 0.0f;
+    for (int64_t c = 0; c < C; c++) {
+        const float *restrict xc = x + (b * C + c) * N + i0;
+        float *restrict pc = p + c * BLOCK;
+        for (int64_t j = 0; j < width; j++) {
+            float v = exp_neg(xc[j] - mx[j]);
+            pc[j] = v;
+            den[j] += v;
+        }
+    }
+    for (int64_t j = 0; j < width; j++) den[j] = 1.0f / den[j];
+}
+
+/* args: x, t, B, C, N, ignore, use_ignore, code, per_image, lo, per_octave, half, inv, table ([G][K][2]),
+ * cut, head_values, head_fg, head_w, capacity, grad.  Units: (image, block of BLOCK pixels).
+ *
+ * Recomputes each block's probabilities and errors from the scores (nothing of the size of the input is
+ * kept between forward and backward), looks the weights up in the table (or the head) and applies the
+ * softmax derivative: d/dx_c = p_c (g_c - Σ_k p_k g_k) with g_c = ∓w_c, in one pass that writes the
+ * gradient once. */
 CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
+    const float *x = (const float *)a[0];
+    const int64_t *t = (const int64_t *)a[1];
+    const int64_t C = a[3], N = a[4], ignore = a[5];
+    const int use_ignore = (int)a[6], from_logits = a[7] == SOFTMAX, per_image = (int)a[8];
+    const binning_t bn = {(int32_t)a[9], (int32_t)a[10], (int32_t)a[11]};
+    const float *inv = (const float *)a[12];
+    const float *table = (const float *)a[13];
+    const int64_t *cut = (const int64_t *)a[14];
+    const float *hv = (const float *)a[15];
+    const uint8_t *hf = (const uint8_t *)a[16];
+    const float *hw = (const float *)a[17];
+    const int64_t cap = a[18];
+    float *grad = (float *)a[19];
+    const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK;
+    float *p = malloc(sizeof(float) * (size_t)(C * BLOCK));
+    float *gp = malloc(sizeof(float) * (size_t)(C * BLOCK));
+    float dot[BLOCK], wv[BLOCK], mx[BLOCK], den[BLOCK];
+    int32_t kb[BLOCK], cell[BLOCK], lab[BLOCK];
+    for (int64_t unit = u0; unit < u1; unit++) {
+        const int64_t b = unit / nblocks, i0 = (unit - b * nblocks) * BLOCK;
+        const int64_t width = min64(N, i0 + BLOCK) - i0;
+        if (unit + 1 < u1) { /* the next unit's rows (see prefetch) */
+            const int64_t nb = (unit + 1) / nblocks, ni0 = (unit + 1 - nb * nblocks) * BLOCK;
+            const int64_t nw = min64(N, ni0 + BLOCK) - ni0;
+            for (int64_t c = 0; c < C; c++) prefetch(x + (nb * C + c) * N + ni0, nw * 4);
+            prefetch(t + nb * N + ni0, nw * 8);
+        }
+        block_probabilities(x, C, N, b, i0, width, from_logits, p, mx, den);
+        const int64_t *tb = t + b * N + i0;
+        for (int64_t j = 0; j < width; j++) lab[j] = (use_ignore && tb[j] == ignore) ? -1 : (int32_t)tb[j];
+        for (int64_t j = 0; j < width; j++) dot[j] = 0.0f;
+        for (int64_t c = 0; c < C; c++) {
+            const int64_t g = per_image ? b * C + c : c;
+            const float *restrict tg = table + g * num_bins * 2;
+            float *restrict pc = p + c * BLOCK;
+            const float inv_g = inv[g];
+            int32_t top = 0;
+            for (int64_t j = 0; j < width; j++) {
+                int fg = lab[j] == (int32_t)c;
+                float pr = pc[j] * den[j];
+                pc[j] = pr;
+                float e = fmax0(fg ? 1.0f - pr : pr, 0.0f); /* as pass 1 */
+                e = lab[j] >= 0 ? e : 0.0f;
+                int32_t k = bin_of(e, inv_g, bn.lo, bn.per_octave, bn.half);
+                kb[j] = lab[j] >= 0 ? k : -1;
+                cell[j] = k * 2 + fg;
+                top = kb[j] > top ? kb[j] : top;
+            }
+            for (int64_t j = 0; j < width; j++) wv[j] = tg[cell[j]];
+            float *restrict gc = gp + c * BLOCK;
+            for (int64_t j = 0; j < width; j++) {
+                int fg = lab[j] == (int32_t)c;
+                float w = fg ? -wv[j] : wv[j]; /* d error / d p = -1 (foreground) or +1 (background) */
+                w = lab[j] >= 0 ? w : 0.0f;
+                gc[j] = w;
+                dot[j] += pc[j] * w;
+            }
+            if (top >= cut[g]) { /* elements of the exact head (their table entries are 0) */
+                for (int64_t j = 0; j < width; j++) {
+                    if (kb[j] >= cut[g]) {
+                        int fg = lab[j] == (int32_t)c;
+                        float e = fmax0(fg ? 1.0f - pc[j] : pc[j], 0.0f);
+                        float w = head_weight(hv + g * cap, hf + g * cap, hw + g * cap, cap, e, fg);
+                        w = fg ? -w : w;
+                        gc[j] = w;
+                        dot[j] += pc[j] * w;
+                    }
+                }
+            }
+        }
+        for (int64_t c = 0; c < C; c++) {
+            const float *restrict gc = gp + c * BLOCK;
+            const float *restrict pc = p + c * BLOCK;
+            float *restrict out = grad + (b * C + c) * N + i0;
+            if (from_logits) {
+                for (int64_t j = 0; j < width; j++) out[j] = pc[j] * (gc[j] - dot[j]);
+            } else {
+                for (int64_t j = 0; j < width; j++) out[j] = gc[j];
+            }
+        }
+    }
+    free(p);
+    free(gp);
+}
+
+/* args: bits, B, C, N, code, per_image, lo, per_octave, half, inv, table ([G][K][2]), cut, head_values,
+ * head_fg, head_w, capacity, grad.  Units: (image, block of BLOCK pixels).
+ *
+ * From the signed errors that forward kept: a probability is e (background) or 1 - e (foreground), so no
+ * exponential is recomputed (the default; softmax_backward recomputes instead and keeps nothing). */
+CLONES void softmax_backward_kept(const int64_t *a, int64_t u0, int64_t u1) {
     const int32_t *bits = (const int32_t *)a[0];
     const int64_t C = a[2], N = a[3];
     const int from_logits = a[4] == SOFTMAX, per_image = (int)a[5];
@@ -728,8 +856,8 @@ CLONES void binary_backward(const int64_t *a, int64_t u0, int64_t u1) {
 typedef void (*kernel_fn)(const int64_t *, int64_t, int64_t);
 typedef void (*gomp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
 
-static const kernel_fn KERNELS[] = {softmax_errors, binary_errors,    group_tables,   histogram_rows,
-                                    head_rows,      tables_range,     softmax_backward, binary_backward};
+static const kernel_fn KERNELS[] = {softmax_errors, binary_errors,    group_tables,     histogram_rows,      head_rows,
+                                    tables_range,   softmax_backward, binary_backward, softmax_backward_kept};
 #define NUM_KERNELS ((int)(sizeof(KERNELS) / sizeof(KERNELS[0])))
 
 typedef struct {

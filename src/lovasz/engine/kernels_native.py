@@ -36,7 +36,7 @@ KEEPS_ERRORS = True
 NUM_CHUNKS = 8  # pass-1 chunks over the batch: fixed, as in the numba kernels
 _KERNELS = (
     "softmax_errors", "binary_errors", "group_tables", "histogram_rows", "head_rows", "tables_range",
-    "softmax_backward", "binary_backward",
+    "softmax_backward", "binary_backward", "softmax_backward_kept",
 )  # fmt: skip
 _CODES = {SOFTMAX.code: 0, PROBS.code: 1, SIGMOID.code: 2, SIGMOID_PROBS.code: 3, HINGE.code: 4}
 
@@ -109,9 +109,15 @@ def _run(kernel: str, units: int, *args) -> None:
 
 
 def saves_errors(surrogate: Surrogate) -> bool:
-    """Whether backward reads the errors that forward kept (the softmax surrogates; see
-    :func:`.kernels_cpu.saves_errors`)."""
-    return surrogate.per_class
+    """Whether backward reads the errors that forward kept (``errors=`` of :func:`histogram`).
+
+    By default the softmax surrogates do, as the numba kernels: backward then computes no exponential, and
+    the kept errors are as large as the log-probabilities that cross-entropy keeps (so the loss holds
+    cross-entropy's memory plus its weight table).  With the environment variable
+    ``LOVASZ_KEEP_ERRORS=0`` backward recomputes each block's probabilities from the scores instead: only
+    the table is held between forward and backward, for about a fifth more time
+    (``benchmarks/bench_binned.py`` measures both).  The binary surrogates always recompute."""
+    return surrogate.per_class and os.environ.get("LOVASZ_KEEP_ERRORS", "1") != "0"
 
 
 def tables(acc: np.ndarray, head: int) -> tuple[np.ndarray, ...]:
@@ -229,7 +235,9 @@ def backward(
     head: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     errors: torch.Tensor | None = None,
 ) -> None:
-    """Write d loss / d ``x32`` into ``grad``, as :func:`.kernels_cpu.backward`."""
+    """Write d loss / d ``x32`` into ``grad``, as :func:`.kernels_cpu.backward`: from the ``errors`` that
+    forward kept when given (softmax surrogates, :func:`saves_errors`), else recomputed from ``x32`` and
+    ``t``."""
     bsz, c, n = grad.shape
     if grad.numel() == 0:
         return
@@ -239,14 +247,12 @@ def backward(
     cut = cut.to(torch.int64)
     capacity = values.shape[1]
     table = table.contiguous()
-    if surrogate.per_class:
-        if errors is None:
-            raise ValueError("the native softmax backward needs the errors kept by histogram(errors=...)")
-        _run("softmax_backward", bsz * nblocks, errors, bsz, c, n, surrogate.code, per_image, b.lo, b.per_octave,
-             b.half, inv, table, cut, values, fg, weights, capacity, grad)  # fmt: skip
+    if surrogate.per_class and errors is not None:  # the errors that forward kept (saves_errors)
+        _run("softmax_backward_kept", bsz * nblocks, errors, bsz, c, n, surrogate.code, per_image, b.lo,
+             b.per_octave, b.half, inv, table, cut, values, fg, weights, capacity, grad)  # fmt: skip
         return
     use_ignore = ignore_index is not None
     ignore = int(ignore_index) if use_ignore else 0
-    _run("binary_backward", bsz * c * nblocks, x32.contiguous(), t.contiguous(), bsz, c, n, ignore, use_ignore,
-         surrogate.code, per_image, b.lo, b.per_octave, b.half, inv, table, cut, values, fg, weights, capacity,
-         grad)  # fmt: skip
+    kernel, units = ("softmax_backward", bsz) if surrogate.per_class else ("binary_backward", bsz * c)
+    _run(kernel, units * nblocks, x32.contiguous(), t.contiguous(), bsz, c, n, ignore, use_ignore, surrogate.code,
+         per_image, b.lo, b.per_octave, b.half, inv, table, cut, values, fg, weights, capacity, grad)  # fmt: skip
