@@ -1,10 +1,13 @@
-"""First binned call in a fresh process: with an empty kernel cache (numba compiles) and with a warm one.
+"""First binned call in a fresh process, for each CPU kernel backend: the native kernels (compiled when
+the package was installed: nothing to compile or cache at run time) and numba (compiles on first use,
+then caches), each with an empty kernel cache (cold) and with a warm one.
 
     python benchmarks/bench_cold_start.py
 
 Each measurement is a new Python process with ``LOVASZ_CACHE`` pointing at a fresh temporary folder (cold),
-then at the same folder again (warm); it prints the import time and the time of the first
-forward+backward of ``lovasz_softmax`` and ``lovasz_hinge`` with ``bins=DEFAULT_BINS`` on the CPU.
+then at the same folder again (warm), and ``LOVASZ_BACKEND`` naming the backend; it prints the import time
+and the time of the first forward+backward of ``lovasz_softmax`` and ``lovasz_hinge`` with
+``bins=DEFAULT_BINS`` on the CPU.
 """
 
 from __future__ import annotations
@@ -30,20 +33,29 @@ print(json.dumps({"import": t1 - t0, "softmax": t2 - t1, "hinge": t3 - t2}))
 """
 
 
-def run(cache: str) -> dict:
-    env = dict(os.environ, LOVASZ_CACHE=cache)
+def run(cache: str, backend: str) -> dict:
+    env = dict(os.environ, LOVASZ_CACHE=cache, LOVASZ_BACKEND=backend)
     env.pop("NUMBA_CACHE_DIR", None)
     out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as cache:
-        rows = {"cold (empty cache)": run(cache), "warm (cached kernels)": run(cache)}
-    print("| process | import lovasz (s) | first softmax call (s) | then first hinge call (s) |")
+    rows = {}
+    for backend in [name for name in ("native", "numba") if _available(name)]:
+        with tempfile.TemporaryDirectory() as cache:
+            rows[f"{backend}, cold (empty cache)"] = run(cache, backend)
+            rows[f"{backend}, warm (cached kernels)"] = run(cache, backend)
+    print("| backend, process | import lovasz (s) | first softmax call (s) | then first hinge call (s) |")
     print("|---|---:|---:|---:|")
     for name, r in rows.items():
         print(f"| {name} | {r['import']:.2f} | {r['softmax']:.2f} | {r['hinge']:.2f} |")
+
+
+def _available(name: str) -> bool:
+    from lovasz.engine import backends
+
+    return backends.native_built() if name == "native" else backends.numba_installed()
 
 
 if __name__ == "__main__":
