@@ -10,8 +10,9 @@ Measures, in one process, medians over rounds, buffers reused (no page faults):
   read-modify-write of a float64 (count, sum) cell per element into a per-group table that fits in cache,
   with the bins of real errors);
 * cross-entropy's forward+backward (``F.cross_entropy``) on the same logits;
-* ``lovasz_softmax(..., bins=DEFAULT_BINS)`` split in stages: pass 1 of the numba kernels (softmax,
-  errors, anchors; reads the logits, writes the kept errors) timed alone, the rest of the forward call
+* ``lovasz_softmax(..., bins=DEFAULT_BINS)`` split in stages: pass 1 of the CPU kernels the automatic
+  choice uses (native where built, else numba; softmax, errors, anchors; reads the logits, writes the
+  kept errors) timed alone, the rest of the forward call
   (input checks, pass 2 with the tables and the exact head: reads the kept errors, one scatter per
   element) and backward (reads the kept errors, writes the gradient);
 
@@ -59,6 +60,7 @@ def main() -> None:
     from numba import njit
 
     import lovasz
+    from lovasz.engine import backends
     from lovasz.engine import kernels_cpu as K
     from lovasz.engine.histogram import Binning
     from lovasz.surrogates import SOFTMAX
@@ -102,7 +104,9 @@ def main() -> None:
     x3 = logits.view(bsz, c, h * w).contiguous()
     t2 = target.view(bsz, h * w).contiguous()
     kept = torch.empty_like(x3)
-    _, _, inv = K._pass1(x3, t2, SOFTMAX, False, None, kept, None)
+    used = backends.load_kernels(backends.resolve("auto", x3, lovasz.DEFAULT_BINS).name)  # what the loss runs
+    _, _, inv = used._pass1(x3, t2, SOFTMAX, False, None, kept, None)
+    inv = torch.as_tensor(inv).numpy()
     e = kept.view(torch.int32).numpy() & 0x7FFFFFFF
     err = e.view(np.float32).transpose(1, 0, 2).reshape(c, -1)  # [C, B*N], per group
     real_bins = binning.index(torch.from_numpy(err.copy()), torch.from_numpy(inv).unsqueeze(1)).to(torch.int32)
@@ -120,7 +124,7 @@ def main() -> None:
         F.cross_entropy(xr, target).backward()
 
     ce_ms = median_ms(ce, args.rounds)
-    pass1_ms = median_ms(lambda: K._pass1(x3, t2, SOFTMAX, False, None, kept, None), args.rounds)
+    pass1_ms = median_ms(lambda: used._pass1(x3, t2, SOFTMAX, False, None, kept, None), args.rounds)
     # The real call (checks, pass 1, pass 2 with the tables and the head, head weights), then backward.
     fwd, bwd = [], []
     for r in range(args.rounds + 1):
@@ -140,7 +144,7 @@ def main() -> None:
         return max(bytes_moved / bandwidth * 1e3, exps * exp_ms / n_el, scatters * scatter_ms / n_el)
 
     print(
-        f"{args.size}, {args.threads} threads, torch {torch.__version__}: streaming "
+        f"{args.size}, {args.threads} threads, torch {torch.__version__}, {used.NAME} kernels: streaming "
         f"{bandwidth / 1e9:.1f} GB/s (read+write), exp {n_el / exp_ms / 1e6:.2f} G/s, "
         f"histogram scatter {n_el / scatter_ms / 1e6:.2f} G elements/s\n"
     )

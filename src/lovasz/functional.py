@@ -87,7 +87,8 @@ def lovasz_softmax(
             ``per_image`` (0 for skipped images), else ``[C]`` weighted per-class losses ``w_c L_c``
             (0 for classes that are not selected).
         backend: implementation of the binned engine: ``"auto"`` (``LOVASZ_BACKEND`` if set, else Triton
-            on CUDA, numba on the CPU, PyTorch otherwise), ``"torch"``, ``"numba"`` or ``"triton"``.  A
+            on CUDA, on the CPU the native kernels (C, compiled at install) or else numba, PyTorch
+            otherwise), ``"torch"``, ``"native"``, ``"numba"`` or ``"triton"``.  A
             backend that cannot serve the call raises :class:`lovasz.BackendNotSupportedError`
             (see :mod:`lovasz.engine.backends`).  With ``bins=None`` only ``"auto"``/``"torch"``.
         process_group: a ``torch.distributed`` process group (``torch.distributed.group.WORLD`` for all
