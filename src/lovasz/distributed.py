@@ -76,13 +76,16 @@ class ProcessSync:
         Returns the global histogram and every rank's candidates side by side, ``[G, world_size·H]``."""
         g, h = head[0].shape
         dtype = torch.float64 if head[0].dtype == torch.float64 else torch.float32  # float64 losses: all float64
-        flat = cells.to(dtype).reshape(-1)
-        block = flat.new_zeros(self.world_size, 3, g, h)
-        block[self.rank] = torch.stack([head[0].to(dtype), head[1].to(dtype), head[2].to(dtype)])
-        out = torch.cat([flat, block.reshape(-1)])
+        n = cells.numel()
+        out = cells.new_empty(n + self.world_size * 3 * g * h, dtype=dtype)  # one buffer, filled in place
+        out[:n].copy_(cells.reshape(-1))
+        block = out[n:].view(self.world_size, 3, g, h)
+        block.zero_()
+        for i, part in enumerate(head):
+            block[self.rank, i].copy_(part)
         dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.group)
-        total = out[: flat.numel()].view(cells.shape).to(torch.float64)
-        values, fg, bins = out[flat.numel() :].view(self.world_size, 3, g, h).permute(1, 2, 0, 3).reshape(3, g, -1)
+        total = out[:n].view(cells.shape).to(torch.float64)
+        values, fg, bins = block.permute(1, 2, 0, 3).reshape(3, g, -1)
         return total, values, fg > 0.5, bins.round().to(torch.int64)
 
     def gather_columns(self, errors: Tensor, fg: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:

@@ -236,7 +236,8 @@ def histogram_losses(
 def head_cut(hist: Histogram, head: int = HEAD) -> Tensor:
     """``[G]`` int64: the lowest bin of each group's exact head, the highest bins holding at most ``head``
     valid elements in total (``K``, an empty head, when the top bin alone holds more)."""
-    counts = hist.cells.sum(dim=0)[..., 0].sum(dim=-1)  # [G, K] elements per bin
+    acc = hist.cells[0] if hist.cells.shape[0] == 1 else hist.cells.sum(dim=0)
+    counts = acc[..., 0, 0] + acc[..., 1, 0]  # [G, K] elements per bin (background + foreground)
     at_or_above = counts.flip(1).cumsum(1).flip(1)
     return hist.binning.num_bins - (at_or_above <= head + 0.5).sum(dim=1)
 
