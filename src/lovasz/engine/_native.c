@@ -698,7 +698,7 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
                 float w = fg ? -wv[j] : wv[j]; /* d error / d p = -1 (foreground) or +1 (background) */
                 w = lab[j] >= 0 ? w : 0.0f;
                 gc[j] = w;
-                dot[j] += pc[j] * w;
+                dot[j] = fmaf(pc[j], w, dot[j]); /* fused, as PyTorch's softmax backward */
             }
             if (top >= cut[g]) { /* elements of the exact head (their table entries are 0) */
                 for (int64_t j = 0; j < width; j++) {
@@ -708,7 +708,7 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
                         float w = head_weight(hv + g * cap, hf + g * cap, hw + g * cap, cap, e, fg);
                         w = fg ? -w : w;
                         gc[j] = w;
-                        dot[j] += pc[j] * w;
+                        dot[j] = fmaf(pc[j], w, dot[j]); /* fused, as PyTorch's softmax backward */
                     }
                 }
             }
@@ -778,7 +778,7 @@ CLONES void softmax_backward_kept(const int64_t *a, int64_t u0, int64_t u1) {
                 float w = fg ? -wv[j] : wv[j];
                 w = s == IGNORED ? 0.0f : w;
                 gc[j] = w;
-                dot[j] += (fg ? 1.0f - e : e) * w;
+                dot[j] = fmaf(fg ? 1.0f - e : e, w, dot[j]); /* fused, as PyTorch's softmax backward */
             }
             if (top >= cut[g]) {
                 for (int64_t j = 0; j < width; j++) {
@@ -789,7 +789,7 @@ CLONES void softmax_backward_kept(const int64_t *a, int64_t u0, int64_t u1) {
                         float w = head_weight(hv + g * cap, hf + g * cap, hw + g * cap, cap, e, fg);
                         w = fg ? -w : w;
                         gc[j] = w;
-                        dot[j] += (fg ? 1.0f - e : e) * w;
+                        dot[j] = fmaf(fg ? 1.0f - e : e, w, dot[j]); /* fused, as PyTorch's softmax backward */
                     }
                 }
             }
