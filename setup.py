@@ -3,9 +3,16 @@
 Optional: where no C compiler is found, the package installs without them and the binned engine on CPU
 uses the numba kernels instead (compiled on first use)."""
 
+import hashlib
+import pathlib
 import sys
 
 from setuptools import Extension, setup
+
+SOURCE = "src/lovasz/engine/_native.c"
+# The library records the hash of the source it was built from; lovasz.engine.kernels_native refuses a
+# library whose source has changed since (a stale build after editing the C file), and says to reinstall.
+DIGEST = hashlib.sha256(pathlib.Path(SOURCE).read_bytes()).hexdigest()[:16]
 
 if sys.platform == "win32":
     flags = ["/O2", "/fp:precise"]
@@ -16,8 +23,9 @@ setup(
     ext_modules=[
         Extension(
             "lovasz.engine._native",
-            sources=["src/lovasz/engine/_native.c"],
+            sources=[SOURCE],
             extra_compile_args=flags,
+            define_macros=[("LOVASZ_SOURCE_DIGEST", f'"{DIGEST}"')],
             libraries=[] if sys.platform == "win32" else ["m"],
             optional=True,
         )

@@ -3,12 +3,13 @@ groups on this machine: per training step, the bytes each rank sends into the co
 loss's forward+backward with and without the process group, and that difference against a whole training
 step of the demo model (``SmallUNet``, 2 canvases of 64×64 per rank, forward + backward + the loss).
 
-    python benchmarks/bench_distributed.py                 # 2 and 4 processes
+    python benchmarks/bench_distributed.py                 # 1, 2 and 4 processes
     python benchmarks/bench_distributed.py --procs 2 --rounds 30
 
 All ranks run on the same CPU (1 thread each), so the time also includes waiting for the slowest rank; on
-separate GPUs the collectives are the same size.  Medians over rounds, after warm-up; the local and the
-global loss are interleaved in every round.
+separate GPUs the collectives are the same size.  The 1-process row (a group of one) splits the cost: what
+the global path computes beyond the local one, without any communication or waiting.  Medians over
+rounds, after warm-up; the local and the global loss are interleaved in every round.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def _worker(rank: int, world: int, init_file: str, rounds: int, queue) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--procs", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--procs", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--rounds", type=int, default=20)
     args = p.parse_args()
     print(

@@ -97,7 +97,24 @@ def test_native_kernels_are_built_where_a_c_compiler_is():
     if not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")):
         pytest.skip("no C compiler on this machine: the numba kernels serve the CPU")
     path = kernels_native.library_path()
-    assert kernels_native.AVAILABLE, f"the native kernels were not built or do not load (library: {path})"
+    why = kernels_native.STALE or "not built"
+    assert kernels_native.AVAILABLE, f"the native kernels are not usable ({why}; library: {path})"
+
+
+def test_a_native_library_built_from_other_sources_is_refused(monkeypatch):
+    # After an edit of _native.c without reinstalling, the old library is not used (its arguments may no
+    # longer match); the automatic choice moves on and a request for it says to reinstall.
+    from lovasz.engine import kernels_native
+
+    if kernels_native.library_path() is None:
+        pytest.skip("the native kernels were not built here")
+    monkeypatch.setattr(kernels_native, "STALE", kernels_native.STALE)  # restored afterwards
+    monkeypatch.setattr(kernels_native, "_source_digest", lambda: "0" * 16)
+    assert kernels_native._load() is None
+    assert "built from another version of _native.c" in kernels_native.STALE
+    assert "pip install -e ." in kernels_native.STALE
+    monkeypatch.setattr(kernels_native, "_source_digest", lambda: None)  # a wheel: no source to compare
+    assert kernels_native._load() is not None
 
 
 def test_numba_cache_goes_to_the_user_cache_not_the_package(tmp_path):

@@ -879,6 +879,13 @@ static void job_body(void *p) {
 
 int lovasz_num_kernels(void) { return NUM_KERNELS; }
 
+#ifndef LOVASZ_SOURCE_DIGEST
+#define LOVASZ_SOURCE_DIGEST "" /* built without setup.py: no record of the source */
+#endif
+
+/* The first 16 hex digits of the SHA-256 of the source this library was built from (setup.py). */
+const char *lovasz_source_digest(void) { return LOVASZ_SOURCE_DIGEST; }
+
 /* Runs kernel `kernel` over units u0..u1 on the calling thread. */
 int lovasz_run_range(int kernel, const int64_t *args, int64_t u0, int64_t u1) {
     if (kernel < 0 || kernel >= NUM_KERNELS) return -1;

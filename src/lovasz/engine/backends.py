@@ -148,8 +148,11 @@ def not_supported_reasons(name: str, x: Tensor, bins: int | None) -> list[str]:
         if x.device.type != "cpu":
             reasons.append(f"the input is on {x.device} and the native kernels run on the CPU")
         if not native_built():
+            from . import kernels_native
+
             reasons.append(
-                "the native CPU kernels were not built: lovasz was installed without a C compiler "
+                kernels_native.STALE
+                or "the native CPU kernels were not built: lovasz was installed without a C compiler "
                 "(install gcc or clang and reinstall lovasz; backend='numba' compiles the same kernels on first use)"
             )
     elif name == "numba":

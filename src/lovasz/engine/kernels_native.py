@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import hashlib
 import importlib.machinery
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -51,7 +52,21 @@ def library_path() -> str | None:
     return None
 
 
+STALE = ""  # why the library that was found is not used (empty when it is, or when there is none)
+
+
+def _source_digest() -> str | None:
+    """The SHA-256 prefix of ``_native.c`` beside this file (an editable install or a source tree), as
+    ``setup.py`` computes it; ``None`` where the source is not shipped (a wheel)."""
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native.c")
+    if not os.path.exists(source):
+        return None
+    with open(source, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
 def _load() -> ctypes.CDLL | None:
+    global STALE
     if os.environ.get("LOVASZ_NO_NATIVE") == "1":  # to test the fallback to numba
         return None
     path = library_path()
@@ -59,11 +74,21 @@ def _load() -> ctypes.CDLL | None:
         return None
     try:
         lib = ctypes.CDLL(path)
-    except OSError:
+    except OSError as exc:
+        STALE = f"the native library {path} does not load ({exc})"
         return None
     lib.lovasz_num_kernels.restype = ctypes.c_int
+    lib.lovasz_source_digest.restype = ctypes.c_char_p
+    built_from, source = lib.lovasz_source_digest().decode(), _source_digest()
+    if source is not None and built_from != source:
+        STALE = (
+            f"the native library {path} was built from another version of _native.c; "
+            "reinstall lovasz (pip install -e .) to rebuild it"
+        )
+        return None
     if lib.lovasz_num_kernels() != len(_KERNELS) or any(k != v for k, v in _CODES.items()):
-        return None  # a library built from another version of the sources
+        STALE = f"the native library {path} does not match this version of lovasz; reinstall it"
+        return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.lovasz_run.argtypes = [ctypes.c_int, ptr, i64, i64, i64, ptr]
     lib.lovasz_run.restype = ctypes.c_int
@@ -91,7 +116,7 @@ def _run(kernel: str, units: int, *args) -> None:
     packed = np.array([_address(v) for v in args], np.int64)
     k = _KERNELS.index(kernel)
     workers = cpu_threads.workers(units)
-    tasks = min(units, 4 * workers)
+    tasks = min(units, max(4 * workers, 64))  # threads claim tasks in turn: fine tasks balance uneven groups
     if workers > 1 and cpu_threads.use_pool():
         if _POOL is None or _POOL._max_workers < workers:
             _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lovasz")

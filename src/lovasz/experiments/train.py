@@ -10,12 +10,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..metrics import intersection_union, iou_scores
 from ..modules import CrossEntropyLovaszLoss, LovaszSoftmaxLoss
 from ..sampling import EquibatchSampler, class_presence
 from . import data as datasets
+from .distributed import DistContext
 from .distributed import setup as setup_distributed
 from .models import build_model
 
@@ -164,29 +166,47 @@ def evaluate(
     workers: int = 0,
     amp: str = "none",
     channels_last: bool = False,
+    ctx: DistContext | None = None,
 ) -> dict:
     """IoU scores (:func:`lovasz.metrics.iou_scores`) of ``model`` on ``split``: a built-in
     :class:`~.data.SegmentationSplit`, or an on-disk :class:`~.data.FileSegmentation` (read in batches of
-    ``batch_size`` with :func:`~.data.pad_collate`; void and padding pixels count nowhere)."""
+    ``batch_size`` with :func:`~.data.pad_collate`; void and padding pixels count nowhere).
+
+    With a :class:`~.distributed.DistContext` of several ranks, every rank predicts a contiguous shard of
+    the images and the per-image intersection and union counts are gathered in order, so every rank gets
+    the scores a single process computes on the whole split, for a ``world``-th of the work."""
+    world, rank = (ctx.world, ctx.rank) if ctx is not None else (1, 0)
+    n = len(split.images) if isinstance(split, datasets.SegmentationSplit) else len(split)
+    lo, hi = n * rank // world, n * (rank + 1) // world  # this rank's shard
+    inter, union = _intersection_union(model, split, num_classes, lo, hi, batch_size, workers, amp, channels_last)
+    if world > 1:
+        parts: list = [None] * world
+        dist.all_gather_object(parts, (inter, union))
+        inter, union = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return iou_scores(inter, union)
+
+
+def _intersection_union(model, split, num_classes, lo, hi, batch_size, workers, amp, channels_last):
+    """Per-image intersection and union counts ``[hi - lo, C]`` of images ``lo..hi`` of ``split``."""
     if isinstance(split, datasets.SegmentationSplit):
-        pred = predict(model, split.images, amp=amp, channels_last=channels_last)
-        inter, union = intersection_union(pred, split.masks, num_classes or datasets.NUM_CLASSES)
-        return iou_scores(inter, union)
+        pred = predict(model, split.images[lo:hi], amp=amp, channels_last=channels_last)
+        return intersection_union(pred, split.masks[lo:hi], num_classes or datasets.NUM_CLASSES)
     num_classes = num_classes or split.num_classes
     model.eval()
     rt = Runtime.of(model, amp, channels_last)
     loader = torch.utils.data.DataLoader(
-        split, batch_size=batch_size, num_workers=workers, collate_fn=datasets.pad_collate,
-        pin_memory=rt.device.type == "cuda",
+        torch.utils.data.Subset(split, range(lo, hi)), batch_size=batch_size, num_workers=workers,
+        collate_fn=datasets.pad_collate, pin_memory=rt.device.type == "cuda",
     )  # fmt: skip
-    inters, unions = [], []
+    inters = [torch.zeros(0, num_classes, dtype=torch.int64)]  # an empty shard still has a shape
+    unions = [torch.zeros(0, num_classes, dtype=torch.int64)]
     for images, masks in loader:
         with rt.autocast():
             pred = model(rt.inputs(images)).argmax(1)
         inter, union = intersection_union(pred, masks.to(pred.device), num_classes, datasets.IGNORE_INDEX)
         inters.append(inter.cpu())
         unions.append(union.cpu())
-    return iou_scores(torch.cat(inters), torch.cat(unions))
+    return torch.cat(inters), torch.cat(unions)
 
 
 def _architecture(cfg: TrainConfig) -> dict:
@@ -241,8 +261,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, splits=None, progress: bool = T
     scores are the validation split's (``results["test_split"] == "val"``).
 
     Under ``torchrun`` (:mod:`.distributed`) every rank trains on its slice of each global batch in
-    ``DistributedDataParallel``; rank 0 evaluates, logs and writes the files; every rank returns the
-    results."""
+    ``DistributedDataParallel``; every rank evaluates a shard of the validation and test images and the
+    per-image counts are gathered (:func:`evaluate`: the scores of one process on the whole split); rank 0
+    logs and writes the files; every rank returns the results."""
     device = resolve_device(cfg.device, cfg.amp)
     ctx, device = setup_distributed(device)
     if not ctx.main:
@@ -333,7 +354,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, splits=None, progress: bool = T
             sched.step()
             losses.append(loss.detach())
         train_loss = ctx.mean(sum(torch.stack(losses).float().tolist()) / len(losses))
-        val = evaluate(_unwrap(model), val_split, arch["num_classes"], **eval_kw) if ctx.main else {}
+        val = evaluate(_unwrap(model), val_split, arch["num_classes"], ctx=ctx, **eval_kw)  # sharded over ranks
         if not ctx.main:
             continue
         row = {
@@ -350,13 +371,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, splits=None, progress: bool = T
         )
     model = _unwrap(model)
     results = None
+    test = val if on_disk else evaluate(model, test_split, ctx=ctx, **eval_kw)  # every rank takes part
     if ctx.main:
         save_checkpoint(out / "model.pt", model, cfg, val)
         if on_disk:
             log(f"  {cfg.data} has no labelled test split: the test scores are those of the val split")
             results = {"config": asdict(cfg), "val": val, "test": val, "test_split": "val"}
         else:
-            results = {"config": asdict(cfg), "val": val, "test": evaluate(model, test_split, **eval_kw)}
+            results = {"config": asdict(cfg), "val": val, "test": test}
         (out / "results.json").write_text(json.dumps(results, indent=2))
     ctx.barrier()
     if ctx.world > 1:
