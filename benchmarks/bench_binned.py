@@ -52,17 +52,21 @@ def methods(binary: bool) -> dict[str, Callable]:
     from lovasz.engine import backends
 
     if backends.resolve("auto", torch.empty(1, 2, 1), bins).name == "native":
-        # The native kernels' other backward: recompute the probabilities, keep only the table.
+        # The native kernels' other backward (kept errors or recomputed probabilities: the same result).
+        from lovasz.engine import kernels_native
+
+        other = "1" if kernels_native.KEEP_ERRORS_DEFAULT == "0" else "0"
         for name in ("lovasz_softmax binned, batch", "lovasz_softmax binned, per image"):
-            rows[name + ", LOVASZ_KEEP_ERRORS=0"] = _without_kept_errors(rows[name])
+            rows[f"{name}, LOVASZ_KEEP_ERRORS={other}"] = _keeping(rows[name], other)
     return rows
 
 
-def _without_kept_errors(fn: Callable) -> Callable:
-    """``fn`` with ``LOVASZ_KEEP_ERRORS=0`` while its forward runs (where the kernels decide what to keep)."""
+def _keeping(fn: Callable, value: str) -> Callable:
+    """``fn`` with ``LOVASZ_KEEP_ERRORS=value`` while its forward runs (where the kernels decide what to
+    keep for backward)."""
 
     def call(x, t, tf):
-        os.environ["LOVASZ_KEEP_ERRORS"] = "0"
+        os.environ["LOVASZ_KEEP_ERRORS"] = value
         try:
             return fn(x, t, tf)
         finally:

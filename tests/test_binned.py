@@ -233,11 +233,12 @@ def test_cpu_kernels_match_pytorch_binned_engine(seed, fused, monkeypatch):
 
 @pytest.mark.skipif(not backends.native_built(), reason="the native kernels were not built")
 @pytest.mark.parametrize("seed", range(0, 60, 3))
-def test_native_backward_without_kept_errors_gives_the_same_result(seed, monkeypatch):
-    # LOVASZ_KEEP_ERRORS=0: backward recomputes the probabilities (nothing of the input's size is kept);
-    # the same bins, so the same loss and, up to float rounding of p, the same gradient.
+def test_native_backward_with_or_without_kept_errors_gives_the_same_bits(seed, monkeypatch):
+    # LOVASZ_KEEP_ERRORS=1: backward reads the kept errors; =0: it recomputes the probabilities from the
+    # scores (nothing of the input's size is kept).  The same bits.
     fn, x, t, kwargs = _random_call(seed)
     monkeypatch.setenv("LOVASZ_BACKEND", "native")
+    monkeypatch.setenv("LOVASZ_KEEP_ERRORS", "1")
     want, want_grad = _run(fn, x, t, kwargs, 256)
     monkeypatch.setenv("LOVASZ_KEEP_ERRORS", "0")
     xg = x.clone().requires_grad_(True)
@@ -246,7 +247,38 @@ def test_native_backward_without_kept_errors_gives_the_same_result(seed, monkeyp
     got.sum().backward()
     got, got_grad = got.detach(), xg.grad
     assert torch.equal(got, want)
-    torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-7)
+    assert torch.equal(got_grad, want_grad)
+
+
+def _held_bytes(fn, x, t) -> int:
+    """What the autograd graph keeps for backward beyond the inputs (each storage once)."""
+    inputs = {x.untyped_storage().data_ptr(), t.untyped_storage().data_ptr()}
+    seen: dict[int, int] = {}
+
+    def pack(tensor):
+        if tensor.untyped_storage().data_ptr() not in inputs:
+            seen[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = fn(x, t)
+    loss.backward()
+    return sum(seen.values())
+
+
+@pytest.mark.skipif(not backends.native_built(), reason="the native kernels were not built")
+def test_native_backward_without_kept_errors_holds_less_than_cross_entropy(monkeypatch):
+    # LOVASZ_KEEP_ERRORS=0 keeps the weight table only; cross-entropy keeps C floats a pixel.
+    x = torch.randn(2, 8, 128, 128, requires_grad=True)
+    t = torch.randint(0, 8, (2, 128, 128))
+    ce = _held_bytes(torch.nn.functional.cross_entropy, x, t)
+    monkeypatch.setenv("LOVASZ_KEEP_ERRORS", "1")
+    kept = _held_bytes(lambda z, y: lovasz.lovasz_softmax(z, y, bins=lovasz.DEFAULT_BINS, backend="native"), x, t)
+    monkeypatch.setenv("LOVASZ_KEEP_ERRORS", "0")
+    lean = _held_bytes(lambda z, y: lovasz.lovasz_softmax(z, y, bins=lovasz.DEFAULT_BINS, backend="native"), x, t)
+    assert ce >= x.numel() * 4  # the log-probabilities
+    assert kept > ce  # the kept errors, as large, and the table
+    assert lean < 0.3 * ce  # the table (8 × 4068 × 8 bytes) and the exact head
 
 
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)

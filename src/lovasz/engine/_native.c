@@ -641,7 +641,9 @@ static inline void block_probabilities(const float *x, int64_t C, int64_t N, int
  * Recomputes each block's probabilities and errors from the scores (nothing of the size of the input is
  * kept between forward and backward), looks the weights up in the table (or the head) and applies the
  * softmax derivative: d/dx_c = p_c (g_c - Σ_k p_k g_k) with g_c = ∓w_c, in one pass that writes the
- * gradient once. */
+ * gradient once.  The same code as pass 1 on the same numbers gives the same errors, and the probability
+ * is then taken as the kept errors give it (1 - e for the foreground), so the gradient is the same bits
+ * as softmax_backward_kept's. */
 CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
     const float *x = (const float *)a[0];
     const int64_t *t = (const int64_t *)a[1];
@@ -659,7 +661,7 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
     const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK;
     float *p = malloc(sizeof(float) * (size_t)(C * BLOCK));
     float *gp = malloc(sizeof(float) * (size_t)(C * BLOCK));
-    float dot[BLOCK], wv[BLOCK], mx[BLOCK], den[BLOCK];
+    float dot[BLOCK], wv[BLOCK], mx[BLOCK], den[BLOCK], ev[BLOCK];
     int32_t kb[BLOCK], cell[BLOCK], lab[BLOCK];
     for (int64_t unit = u0; unit < u1; unit++) {
         const int64_t b = unit / nblocks, i0 = (unit - b * nblocks) * BLOCK;
@@ -683,9 +685,10 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
             for (int64_t j = 0; j < width; j++) {
                 int fg = lab[j] == (int32_t)c;
                 float pr = pc[j] * den[j];
-                pc[j] = pr;
                 float e = fmax0(fg ? 1.0f - pr : pr, 0.0f); /* as pass 1 */
                 e = lab[j] >= 0 ? e : 0.0f;
+                ev[j] = e;
+                pc[j] = fg ? 1.0f - e : e; /* the probability as the kept errors give it: the same gradient bits */
                 int32_t k = bin_of(e, inv_g, bn.lo, bn.per_octave, bn.half);
                 kb[j] = lab[j] >= 0 ? k : -1;
                 cell[j] = k * 2 + fg;
@@ -704,8 +707,7 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
                 for (int64_t j = 0; j < width; j++) {
                     if (kb[j] >= cut[g]) {
                         int fg = lab[j] == (int32_t)c;
-                        float e = fmax0(fg ? 1.0f - pc[j] : pc[j], 0.0f);
-                        float w = head_weight(hv + g * cap, hf + g * cap, hw + g * cap, cap, e, fg);
+                        float w = head_weight(hv + g * cap, hf + g * cap, hw + g * cap, cap, ev[j], fg);
                         w = fg ? -w : w;
                         gc[j] = w;
                         dot[j] = fmaf(pc[j], w, dot[j]); /* fused, as PyTorch's softmax backward */

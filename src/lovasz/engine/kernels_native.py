@@ -133,16 +133,25 @@ def _run(kernel: str, units: int, *args) -> None:
     _LIB.lovasz_run(k, packed.ctypes.data, units, tasks, workers, _GOMP or None)
 
 
-def saves_errors(surrogate: Surrogate) -> bool:
-    """Whether backward reads the errors that forward kept (``errors=`` of :func:`histogram`).
+KEEP_ERRORS_DEFAULT = "1"  # LOVASZ_KEEP_ERRORS when unset: see saves_errors
 
-    By default the softmax surrogates do, as the numba kernels: backward then computes no exponential, and
-    the kept errors are as large as the log-probabilities that cross-entropy keeps (so the loss holds
-    cross-entropy's memory plus its weight table).  With the environment variable
-    ``LOVASZ_KEEP_ERRORS=0`` backward recomputes each block's probabilities from the scores instead: only
-    the table is held between forward and backward, for about a fifth more time
-    (``benchmarks/bench_binned.py`` measures both).  The binary surrogates always recompute."""
-    return surrogate.per_class and os.environ.get("LOVASZ_KEEP_ERRORS", "1") != "0"
+
+def saves_errors(surrogate: Surrogate) -> bool:
+    """Whether backward reads the errors that forward kept (``errors=`` of :func:`histogram`), for the
+    softmax surrogates; the binary ones always recompute from the scores.
+
+    Two backwards with the same result, bit for bit, chosen by the environment variable
+    ``LOVASZ_KEEP_ERRORS`` (read in forward; :data:`KEEP_ERRORS_DEFAULT` when unset):
+
+    * ``1``: forward keeps the errors (as large as the log-probabilities cross-entropy keeps) and backward
+      computes no exponential: the memory held between forward and backward is cross-entropy's plus the
+      weight table;
+    * ``0``: backward recomputes each block's probabilities from the scores (pass 1's code on the same
+      numbers, so the same errors and bins): it holds only the table, far less than cross-entropy, for an
+      exponential per element more.
+
+    ``benchmarks/bench_binned.py`` measures both."""
+    return surrogate.per_class and os.environ.get("LOVASZ_KEEP_ERRORS", KEEP_ERRORS_DEFAULT) != "0"
 
 
 def tables(acc: np.ndarray, head: int) -> tuple[np.ndarray, ...]:
