@@ -511,6 +511,9 @@ CLONES void group_tables(const int64_t *a, int64_t u0, int64_t u1) {
         int32_t k_lo, k_hi;
         int64_t nf = accumulate(bits, C, N, c, b0 * N, b1 * N, inv[g], bn, local, ways, kb, block_top, &k_lo, &k_hi);
         merge_ways(local, NULL, ways, k_lo, k_hi, bn.half);
+        /* The table comes uninitialized: backward reads only bins its elements fall in, k_lo..k_hi, which
+         * are zeroed here before the bins that hold elements get their weights. */
+        if (k_lo <= k_hi) memset(table + g * num_bins * 2 + (int64_t)k_lo * 2, 0, sizeof(float) * 2 * (size_t)(k_hi - k_lo + 1));
         group_table(local, 1, 0, head, table + g * num_bins * 2, k_lo, k_hi, nf, losses + g, n_fg + g, n_valid + g,
                     cut + g);
         if (k_lo <= k_hi) memset(local + (int64_t)k_lo * 4, 0, sizeof(double) * 4 * (size_t)(k_hi - k_lo + 1));
@@ -636,7 +639,9 @@ static inline void block_probabilities(const float *x, int64_t C, int64_t N, int
 }
 
 /* args: x, t, B, C, N, ignore, use_ignore, code, per_image, lo, per_octave, half, inv, table ([G][K][2]),
- * cut, head_values, head_fg, head_w, capacity, grad.  Units: (image, block of BLOCK pixels).
+ * cut, head_values, head_fg, head_w, capacity, grad, scale.  Units: (image, block of BLOCK pixels).
+ * scale: [G] float32, each group's upstream gradient, applied to its table entries here (so that the
+ * caller makes no scaled copy of the table), or 0 for a table that is already scaled.
  *
  * Recomputes each block's probabilities and errors from the scores (nothing of the size of the input is
  * kept between forward and backward), looks the weights up in the table (or the head) and applies the
@@ -658,6 +663,7 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
     const float *hw = (const float *)a[17];
     const int64_t cap = a[18];
     float *grad = (float *)a[19];
+    const float *scale = (const float *)a[20]; /* per group: the upstream gradient of its loss (0: none) */
     const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK;
     float *p = malloc(sizeof(float) * (size_t)(C * BLOCK));
     float *gp = malloc(sizeof(float) * (size_t)(C * BLOCK));
@@ -694,7 +700,8 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
                 cell[j] = k * 2 + fg;
                 top = kb[j] > top ? kb[j] : top;
             }
-            for (int64_t j = 0; j < width; j++) wv[j] = tg[cell[j]];
+            const float sg = scale != NULL ? scale[g] : 1.0f; /* as PyTorch's table * scale: one rounding */
+            for (int64_t j = 0; j < width; j++) wv[j] = tg[cell[j]] * sg;
             float *restrict gc = gp + c * BLOCK;
             for (int64_t j = 0; j < width; j++) {
                 int fg = lab[j] == (int32_t)c;
@@ -731,7 +738,7 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
 }
 
 /* args: bits, B, C, N, code, per_image, lo, per_octave, half, inv, table ([G][K][2]), cut, head_values,
- * head_fg, head_w, capacity, grad.  Units: (image, block of BLOCK pixels).
+ * head_fg, head_w, capacity, grad, scale (as softmax_backward's).  Units: (image, block of BLOCK pixels).
  *
  * From the signed errors that forward kept: a probability is e (background) or 1 - e (foreground), so no
  * exponential is recomputed (the default; softmax_backward recomputes instead and keeps nothing). */
@@ -748,6 +755,7 @@ CLONES void softmax_backward_kept(const int64_t *a, int64_t u0, int64_t u1) {
     const float *hw = (const float *)a[14];
     const int64_t cap = a[15];
     float *grad = (float *)a[16];
+    const float *scale = (const float *)a[17]; /* per group: the upstream gradient of its loss (0: none) */
     const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK;
     float *gp = malloc(sizeof(float) * (size_t)(C * BLOCK));
     float dot[BLOCK], wv[BLOCK];
@@ -771,7 +779,8 @@ CLONES void softmax_backward_kept(const int64_t *a, int64_t u0, int64_t u1) {
                 cell[j] = k * 2 + (src[j] < 0 ? 1 : 0);
                 top = k > top ? k : top;
             }
-            for (int64_t j = 0; j < width; j++) wv[j] = tg[cell[j]];
+            const float sg = scale != NULL ? scale[g] : 1.0f; /* as PyTorch's table * scale: one rounding */
+            for (int64_t j = 0; j < width; j++) wv[j] = tg[cell[j]] * sg;
             float *restrict gc = gp + c * BLOCK;
             for (int64_t j = 0; j < width; j++) {
                 int32_t s = src[j];
@@ -814,7 +823,8 @@ CLONES void softmax_backward_kept(const int64_t *a, int64_t u0, int64_t u1) {
 }
 
 /* args: x, t, B, C, N, ignore, use_ignore, code, per_image, lo, per_octave, half, inv, table, cut,
- * head_values, head_fg, head_w, capacity, grad.  Units: (row, block), recomputing the errors. */
+ * head_values, head_fg, head_w, capacity, grad, scale (as softmax_backward's).  Units: (row, block),
+ * recomputing the errors. */
 CLONES void binary_backward(const int64_t *a, int64_t u0, int64_t u1) {
     const float *x = (const float *)a[0];
     const int64_t *t = (const int64_t *)a[1];
@@ -829,6 +839,7 @@ CLONES void binary_backward(const int64_t *a, int64_t u0, int64_t u1) {
     const float *hw = (const float *)a[17];
     const int64_t cap = a[18];
     float *grad = (float *)a[19];
+    const float *scale = (const float *)a[20]; /* per group: the upstream gradient of its loss (0: none) */
     const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK;
     for (int64_t unit = u0; unit < u1; unit++) {
         const int64_t row = unit / nblocks, i0 = (unit - row * nblocks) * BLOCK;
@@ -836,6 +847,7 @@ CLONES void binary_backward(const int64_t *a, int64_t u0, int64_t u1) {
         const int64_t b = row / C, c = row - b * C;
         const int64_t g = per_image ? b * C + c : c;
         const float *restrict tg = table + g * num_bins * 2;
+        const float sg = scale != NULL ? scale[g] : 1.0f;
         const float inv_g = inv[g];
         const float *restrict xc = x + row * N + i0;
         const int64_t *restrict tc = t + row * N + i0;
@@ -846,7 +858,7 @@ CLONES void binary_backward(const int64_t *a, int64_t u0, int64_t u1) {
             float de;
             float e = binary_error(xc[j], fg, code, &de);
             int32_t k = bin_of(e, inv_g, bn.lo, bn.per_octave, bn.half);
-            float w = tg[k * 2 + fg];
+            float w = tg[k * 2 + fg] * sg;
             if (k >= cg) w = head_weight(hv + g * cap, hf + g * cap, hw + g * cap, cap, e, fg);
             out[j] = (use_ignore && tc[j] == ignore) ? 0.0f : w * de;
         }

@@ -167,6 +167,7 @@ def _backward_impl(
     t: Tensor,
     top: Tensor,
     table: Tensor,
+    scale: Tensor,
     cut: Tensor,
     head_values: Tensor,
     head_fg: Tensor,
@@ -178,18 +179,25 @@ def _backward_impl(
     lo: int,
     per_octave: int,
 ) -> Tensor:
-    """d loss / d scores for a weight table and head weights already scaled by the upstream gradient.
+    """d loss / d scores for the weight table scaled by ``scale`` (each group's upstream gradient: by the
+    kernels as they read it where they can, ``SCALES_TABLE``, else here) and head weights already scaled.
     ``source`` is what forward saved: the errors the kernels kept (then ``t`` is empty and unused), or the
     scores ``x32``."""
     kernels = backends.load_kernels(backend)
     surrogate, binning = _kernel_args(code, lo, per_octave)
     grad = torch.empty_like(source)
     head = (cut, head_values.contiguous(), head_fg.contiguous(), head_weights.contiguous())
+    extra: dict = {}
+    if getattr(kernels, "SCALES_TABLE", False):
+        extra["scale"] = scale
+    else:
+        table = table * scale.view(-1, 1, 1)
     if t.dim() == 1:  # forward kept the errors and saved an empty target in its place (_setup_context)
         kernels.backward(None, None, surrogate, per_image, ignore_index, binning, top, table.contiguous(), grad,
-                         head, errors=source)  # fmt: skip
+                         head, errors=source, **extra)  # fmt: skip
     else:
-        kernels.backward(source, t, surrogate, per_image, ignore_index, binning, top, table.contiguous(), grad, head)
+        kernels.backward(source, t, surrogate, per_image, ignore_index, binning, top, table.contiguous(), grad, head,
+                         **extra)  # fmt: skip
     return grad
 
 
@@ -197,8 +205,8 @@ _binned_backward = torch.library.custom_op("lovasz::binned_backward", _backward_
 
 
 @_binned_backward.register_fake
-def _(source, t, top, table, cut, head_values, head_fg, head_weights, backend, code, per_image, ignore_index, lo,
-      per_octave):  # fmt: skip
+def _(source, t, top, table, scale, cut, head_values, head_fg, head_weights, backend, code, per_image, ignore_index,
+      lo, per_octave):  # fmt: skip
     return torch.empty_like(source)
 
 
@@ -214,11 +222,11 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _scaled(ctx, grad_losses: Tensor) -> tuple[Tensor, ...]:
-    """The saved tensors, with the table and the head weights scaled by the upstream gradient."""
+    """The saved tensors with the upstream gradient of each group's loss: the head weights scaled by it,
+    the table with it beside (scaled in backward, without a copy where the kernels can)."""
     source, t, table, top, cut, head_values, head_fg, head_weights = ctx.saved_tensors
-    scale = grad_losses.to(torch.float32)
-    return (source, t, top, table * scale.view(-1, 1, 1), cut, head_values, head_fg,
-            head_weights * scale.view(-1, 1))  # fmt: skip
+    scale = grad_losses.to(torch.float32).contiguous()
+    return (source, t, top, table, scale, cut, head_values, head_fg, head_weights * scale.view(-1, 1))
 
 
 def _backward(ctx, grad_losses, *_):

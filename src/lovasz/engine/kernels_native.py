@@ -34,6 +34,7 @@ __all__ = ["AVAILABLE", "KEEPS_ERRORS", "NAME", "backward", "head", "histogram",
 
 NAME = "native"
 KEEPS_ERRORS = True
+SCALES_TABLE = True  # backward(scale=...) applies each group's upstream gradient to its table entries
 NUM_CHUNKS = 8  # pass-1 chunks over the batch: fixed, as in the numba kernels
 _KERNELS = (
     "softmax_errors", "binary_errors", "group_tables", "histogram_rows", "head_rows", "tables_range",
@@ -219,7 +220,9 @@ def losses(
     groups = bsz * c if per_image else c
     bits, top, inv = _pass1(x32, t, surrogate, per_image, ignore_index, errors, None)
     loss = torch.zeros(groups, dtype=torch.float64)
-    table = torch.zeros(groups, b.num_bins, 2, dtype=torch.float32)
+    # Uninitialized: the kernel zeroes each group's bins that its elements fall in, the only ones backward
+    # reads (a [G, K, 2] memset is a pass over up to tens of MB per image-and-class groups).
+    table = torch.empty(groups, b.num_bins, 2, dtype=torch.float32)
     n_fg, n_valid, cut, counts = (torch.zeros(groups, dtype=torch.int64) for _ in range(4))
     values = torch.zeros(groups, head_size, dtype=torch.float32)
     fg = torch.zeros(groups, head_size, dtype=torch.bool)
@@ -268,10 +271,12 @@ def backward(
     grad: torch.Tensor,
     head: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     errors: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
 ) -> None:
     """Write d loss / d ``x32`` into ``grad``, as :func:`.kernels_cpu.backward`: from the ``errors`` that
     forward kept when given (softmax surrogates, :func:`saves_errors`), else recomputed from ``x32`` and
-    ``t``."""
+    ``t``.  With ``scale`` (``[G]`` float32, each group's upstream gradient) the ``table`` is the unscaled
+    one and the kernels scale its entries as they read them (the head weights come scaled)."""
     bsz, c, n = grad.shape
     if grad.numel() == 0:
         return
@@ -281,12 +286,14 @@ def backward(
     cut = cut.to(torch.int64)
     capacity = values.shape[1]
     table = table.contiguous()
+    scale_arg = 0 if scale is None else scale.to(torch.float32).contiguous()
     if surrogate.per_class and errors is not None:  # the errors that forward kept (saves_errors)
         _run("softmax_backward_kept", bsz * nblocks, errors, bsz, c, n, surrogate.code, per_image, b.lo,
-             b.per_octave, b.half, inv, table, cut, values, fg, weights, capacity, grad)  # fmt: skip
+             b.per_octave, b.half, inv, table, cut, values, fg, weights, capacity, grad, scale_arg)  # fmt: skip
         return
     use_ignore = ignore_index is not None
     ignore = int(ignore_index) if use_ignore else 0
     kernel, units = ("softmax_backward", bsz) if surrogate.per_class else ("binary_backward", bsz * c)
     _run(kernel, units * nblocks, x32.contiguous(), t.contiguous(), bsz, c, n, ignore, use_ignore, surrogate.code,
-         per_image, b.lo, b.per_octave, b.half, inv, table, cut, values, fg, weights, capacity, grad)  # fmt: skip
+         per_image, b.lo, b.per_octave, b.half, inv, table, cut, values, fg, weights, capacity, grad,
+         scale_arg)  # fmt: skip
