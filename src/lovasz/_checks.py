@@ -251,6 +251,22 @@ def nonfinite_flag(x: Tensor) -> Tensor:
 NONFINITE = "input contains NaN or Inf values"
 
 
+class _NamesValues(str):
+    """A check's message that, when raised eagerly, also names (up to 5 of) the offending values; they are
+    looked up only then, so a passing check costs nothing more.  Under ``torch.compile`` the plain text is
+    used."""
+
+    def __new__(cls, text: str, values: Tensor, bad: Tensor) -> _NamesValues:
+        obj = super().__new__(cls, text)
+        obj._values, obj._bad = values, bad
+        return obj
+
+    def eager(self) -> str:
+        found = torch.unique(self._values[self._bad].detach().cpu())[:5].tolist()
+        shown = ", ".join(str(int(v)) if float(v).is_integer() else str(v) for v in found)
+        return f"{self} (found {shown})"
+
+
 def run_value_checks(x: Tensor, checks: list[tuple[Tensor, str]]) -> None:
     """Check ``x`` for NaN/Inf and evaluate boolean 'is bad' flags, with one host sync in the common
     case; raise the first failing message.
@@ -268,7 +284,7 @@ def run_value_checks(x: Tensor, checks: list[tuple[Tensor, str]]) -> None:
         raise ValueError(NONFINITE)
     for bad, (_, message) in zip(flags[1:], checks, strict=True):
         if bad:
-            raise ValueError(message)
+            raise ValueError(message.eager() if isinstance(message, _NamesValues) else message)
 
 
 # Value predicates: each returns a scalar boolean tensor, True when the input is bad, and its message.
@@ -283,7 +299,8 @@ def labels_out_of_range(target: Tensor, num_classes: int, ignore_index: int | No
     if ignore_index is not None:
         bad = bad & (target != ignore_index)
     hint = "" if ignore_index is None else f" and not ignore_index={ignore_index}"
-    return bad.any(), f"target has labels outside [0, {num_classes}){hint}; set ignore_index for void labels"
+    text = f"target has labels outside [0, {num_classes}){hint}; set ignore_index for void labels"
+    return bad.any(), _NamesValues(text, target, bad)
 
 
 def labels_not_binary(target: Tensor, ignore_index: int | None) -> tuple[Tensor, str]:
@@ -291,7 +308,7 @@ def labels_not_binary(target: Tensor, ignore_index: int | None) -> tuple[Tensor,
     if ignore_index is not None:
         bad = bad & (target != ignore_index)
     hint = "" if ignore_index is None else f" or ignore_index={ignore_index}"
-    return bad.any(), f"target must contain only 0 and 1{hint} for a binary loss"
+    return bad.any(), _NamesValues(f"target must contain only 0 and 1{hint} for a binary loss", target, bad)
 
 
 def bad_weight(w: Tensor) -> tuple[Tensor, str]:
