@@ -253,8 +253,8 @@ NONFINITE = "input contains NaN or Inf values"
 
 class _NamesValues(str):
     """A check's message that, when raised eagerly, also names (up to 5 of) the offending values; they are
-    looked up only then, so a passing check costs nothing more.  Under ``torch.compile`` the plain text is
-    used."""
+    looked up only then, so a passing check costs nothing more.  Under ``torch.compile`` the predicates
+    give the plain text (the graph's assertion carries a fixed message)."""
 
     def __new__(cls, text: str, values: Tensor, bad: Tensor) -> _NamesValues:
         obj = super().__new__(cls, text)
@@ -300,7 +300,7 @@ def labels_out_of_range(target: Tensor, num_classes: int, ignore_index: int | No
         bad = bad & (target != ignore_index)
     hint = "" if ignore_index is None else f" and not ignore_index={ignore_index}"
     text = f"target has labels outside [0, {num_classes}){hint}; set ignore_index for void labels"
-    return bad.any(), _NamesValues(text, target, bad)
+    return bad.any(), text if compiling() else _NamesValues(text, target, bad)
 
 
 def labels_not_binary(target: Tensor, ignore_index: int | None) -> tuple[Tensor, str]:
@@ -308,7 +308,8 @@ def labels_not_binary(target: Tensor, ignore_index: int | None) -> tuple[Tensor,
     if ignore_index is not None:
         bad = bad & (target != ignore_index)
     hint = "" if ignore_index is None else f" or ignore_index={ignore_index}"
-    return bad.any(), _NamesValues(f"target must contain only 0 and 1{hint} for a binary loss", target, bad)
+    text = f"target must contain only 0 and 1{hint} for a binary loss"
+    return bad.any(), text if compiling() else _NamesValues(text, target, bad)
 
 
 def bad_weight(w: Tensor) -> tuple[Tensor, str]:
