@@ -430,7 +430,8 @@ static inline __attribute__((always_inline)) void group_table(const double *acc,
             for (int64_t s = 0; s < slots; s++) n += (int64_t)acc[s * stride + (int64_t)k * 4 + 2];
     }
     int64_t total = 0, cut = (int64_t)k_hi + 1, above_f = 0, above_b = 0;
-    double loss = 0.0;
+    int64_t kept_num = -1, kept_den = -1; /* the last J(after) computed, as its fraction's integers */
+    double kept_j = 0.0, loss = 0.0;
     for (int32_t k = k_hi; k >= k_lo; k--) {
         int64_t f = 0, gb = 0;
         double sum_f = 0.0, sum_b = 0.0;
@@ -454,9 +455,12 @@ static inline __attribute__((always_inline)) void group_table(const double *acc,
         if (f > 0) w_fg = harmonic_range(u + gb, u - 1) / (double)(gb + 1);
         if (gb > 0) {
             double j_before, j_after;
-            if (n > 0) {
-                j_before = 1.0 - (double)(n - above_f) / (double)u;
-                j_after = 1.0 - (double)(n - above_f - f) / (double)(u + gb);
+            if (n > 0) { /* J before this bin is J after the previous one when no head bin came between */
+                const int64_t num = n - above_f;
+                j_before = num == kept_num && u == kept_den ? kept_j : 1.0 - (double)num / (double)u;
+                kept_num = num - f;
+                kept_den = u + gb;
+                j_after = kept_j = 1.0 - (double)kept_num / (double)kept_den;
             } else {
                 j_before = above_b > 0 ? 1.0 : 0.0;
                 j_after = 1.0;
