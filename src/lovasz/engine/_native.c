@@ -106,6 +106,39 @@ static inline void prefetch(const void *p, int64_t bytes) {
 
 /* ------------------------------------------------------------------------------------------- pass 1 */
 
+/* The softmax (or the given probabilities) of one block: p[c][j] · den[j] for the C classes of BLOCK
+ * pixels from i0 of image b (den = 1 for probabilities).  Pass 1 and the backward that recomputes both
+ * call it, so their errors, and bins, are the same bits. */
+static inline void block_probabilities(const float *x, int64_t C, int64_t N, int64_t b, int64_t i0, int64_t width,
+                                       int from_logits, float *p, float *mx, float *den) {
+    if (!from_logits) {
+        for (int64_t c = 0; c < C; c++) {
+            const float *restrict xc = x + (b * C + c) * N + i0;
+            float *restrict pc = p + c * BLOCK;
+            for (int64_t j = 0; j < width; j++) pc[j] = xc[j];
+        }
+        for (int64_t j = 0; j < width; j++) den[j] = 1.0f;
+        return;
+    }
+    const float *x0 = x + (b * C) * N + i0;
+    for (int64_t j = 0; j < width; j++) mx[j] = x0[j];
+    for (int64_t c = 1; c < C; c++) {
+        const float *restrict xc = x + (b * C + c) * N + i0;
+        for (int64_t j = 0; j < width; j++) mx[j] = fmax0(mx[j], xc[j]);
+    }
+    for (int64_t j = 0; j < width; j++) den[j] = 0.0f;
+    for (int64_t c = 0; c < C; c++) {
+        const float *restrict xc = x + (b * C + c) * N + i0;
+        float *restrict pc = p + c * BLOCK;
+        for (int64_t j = 0; j < width; j++) {
+            float v = exp_neg(xc[j] - mx[j]);
+            pc[j] = v;
+            den[j] += v;
+        }
+    }
+    for (int64_t j = 0; j < width; j++) den[j] = 1.0f / den[j];
+}
+
 /* args: x, t, B, C, N, ignore, use_ignore, code, per_image, nchunks, bits, tops, groups.
  * Units: an image each per image, else nchunks fixed chunks of the B·N pixels; tops [units, groups]. */
 CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
@@ -134,36 +167,17 @@ CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
                 for (int64_t c = 0; c < C; c++) prefetch(x + (nb * C + c) * N + ni0, nw * 4);
                 prefetch(t + nb * N + ni0, nw * 8);
             }
-            if (from_logits) {
-                const float *x0 = x + (b * C) * N + i0;
-                for (int64_t j = 0; j < width; j++) mx[j] = x0[j];
-                for (int64_t c = 1; c < C; c++) {
-                    const float *restrict xc = x + (b * C + c) * N + i0;
-                    for (int64_t j = 0; j < width; j++) mx[j] = fmax0(mx[j], xc[j]);
-                }
-                for (int64_t j = 0; j < width; j++) inv_den[j] = 0.0f;
-                for (int64_t c = 0; c < C; c++) {
-                    const float *restrict xc = x + (b * C + c) * N + i0;
-                    float *restrict pc = p + c * BLOCK;
-                    for (int64_t j = 0; j < width; j++) {
-                        float v = exp_neg(xc[j] - mx[j]);
-                        pc[j] = v;
-                        inv_den[j] += v;
-                    }
-                }
-                for (int64_t j = 0; j < width; j++) inv_den[j] = 1.0f / inv_den[j];
-            }
+            block_probabilities(x, C, N, b, i0, width, from_logits, p, mx, inv_den);
             const int64_t *tb = t + b * N + i0;
             for (int64_t j = 0; j < width; j++) lab[j] = (use_ignore && tb[j] == ignore) ? -1 : (int32_t)tb[j];
             for (int64_t c = 0; c < C; c++) {
                 const float *restrict pc = p + c * BLOCK;
-                const float *restrict xc = x + (b * C + c) * N + i0;
                 int32_t *restrict out = bits + (b * C + c) * N + i0;
                 /* The largest errors, lane by lane, as bits (errors are >= 0, so the orders agree): an
                  * elementwise integer maximum, which vectorizes where a float reduction would not. */
                 int32_t *restrict mc = mtop + c * BLOCK;
                 for (int64_t j = 0; j < width; j++) {
-                    float pr = from_logits ? pc[j] * inv_den[j] : xc[j];
+                    float pr = pc[j] * inv_den[j];
                     int fg = lab[j] == (int32_t)c;
                     float v = fmax0(fg ? 1.0f - pr : pr, 0.0f);
                     int32_t vb = lab[j] >= 0 ? bits_of(v) : 0;
@@ -609,38 +623,34 @@ static inline float head_weight(const float *hv, const uint8_t *hf, const float 
     return best >= 0 ? hw[best] : 0.0f;
 }
 
-/* The softmax (or the given probabilities) of one block, as pass 1 computes it (so that the errors, and
- * their bins, are the same bits): p[c][j] · den[j] for the C classes of BLOCK pixels from i0 of image b
- * (den = 1 for probabilities). */
-static inline void block_probabilities(const float *x, int64_t C, int64_t N, int64_t b, int64_t i0, int64_t width,
-                                       int from_logits, float *p, float *mx, float *den) {
-    if (!from_logits) {
-        for (int64_t c = 0; c < C; c++) {
-            const float *restrict xc = x + (b * C + c) * N + i0;
-            float *restrict pc = p + c * BLOCK;
-            for (int64_t j = 0; j < width; j++) pc[j] = xc[j];
-        }
-        for (int64_t j = 0; j < width; j++) den[j] = 1.0f;
-        return;
+/* One class of one softmax backward block, from its decoded elements: the error ev[j], the foreground flag
+ * fgv[j], the bin kb[j] (-1 where ignored), the table cell (2·bin + foreground) and the probability pv[j] as
+ * the kept errors give it.  Writes d loss / d p into gc (the group's table entries scaled by sg, or the
+ * exact head's weight for elements in bins >= cg; 0 where ignored) and adds p · d loss / d p to dot, with
+ * fused multiply-adds, as PyTorch's softmax backward rounds it.  Both softmax backwards call it. */
+static inline void class_gradient(const float *ev, const int32_t *fgv, const int32_t *kb, const int32_t *cell,
+                                  const float *pv, int32_t top, const float *tg, float sg, int64_t cg,
+                                  const float *hv, const uint8_t *hf, const float *hw, int64_t cap, int64_t width,
+                                  float *wv, float *gc, float *dot) {
+    for (int64_t j = 0; j < width; j++) wv[j] = tg[cell[j]] * sg; /* as PyTorch's table * scale: one rounding */
+    for (int64_t j = 0; j < width; j++) {
+        float w = fgv[j] ? -wv[j] : wv[j]; /* d error / d p = -1 (foreground) or +1 (background) */
+        w = kb[j] >= 0 ? w : 0.0f;
+        gc[j] = w;
+        dot[j] = fmaf(pv[j], w, dot[j]);
     }
-    const float *x0 = x + (b * C) * N + i0;
-    for (int64_t j = 0; j < width; j++) mx[j] = x0[j];
-    for (int64_t c = 1; c < C; c++) {
-        const float *restrict xc = x + (b * C + c) * N + i0;
-        for (int64_t j = 0; j < width; j++) mx[j] = fmax0(mx[j], xc[j]);
-    }
-    for (int64_t j = 0; j < width; j++) den[j] = 0.0f;
-    for (int64_t c = 0; c < C; c++) {
-        const float *restrict xc = x + (b * C + c) * N + i0;
-        float *restrict pc = p + c * BLOCK;
+    if (top >= cg) { /* elements of the exact head (their table entries are 0) */
         for (int64_t j = 0; j < width; j++) {
-            float v = exp_neg(xc[j] - mx[j]);
-            pc[j] = v;
-            den[j] += v;
+            if (kb[j] >= cg) {
+                float w = head_weight(hv, hf, hw, cap, ev[j], fgv[j]);
+                w = fgv[j] ? -w : w;
+                gc[j] = w;
+                dot[j] = fmaf(pv[j], w, dot[j]);
+            }
         }
     }
-    for (int64_t j = 0; j < width; j++) den[j] = 1.0f / den[j];
 }
+
 
 /* args: x, t, B, C, N, ignore, use_ignore, code, per_image, lo, per_octave, half, inv, table ([G][K][2]),
  * cut, head_values, head_fg, head_w, capacity, grad, scale.  Units: (image, block of BLOCK pixels).
@@ -672,7 +682,7 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
     float *p = malloc(sizeof(float) * (size_t)(C * BLOCK));
     float *gp = malloc(sizeof(float) * (size_t)(C * BLOCK));
     float dot[BLOCK], wv[BLOCK], mx[BLOCK], den[BLOCK], ev[BLOCK];
-    int32_t kb[BLOCK], cell[BLOCK], lab[BLOCK];
+    int32_t kb[BLOCK], cell[BLOCK], lab[BLOCK], fgv[BLOCK];
     for (int64_t unit = u0; unit < u1; unit++) {
         const int64_t b = unit / nblocks, i0 = (unit - b * nblocks) * BLOCK;
         const int64_t width = min64(N, i0 + BLOCK) - i0;
@@ -698,33 +708,15 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
                 float e = fmax0(fg ? 1.0f - pr : pr, 0.0f); /* as pass 1 */
                 e = lab[j] >= 0 ? e : 0.0f;
                 ev[j] = e;
+                fgv[j] = fg;
                 pc[j] = fg ? 1.0f - e : e; /* the probability as the kept errors give it: the same gradient bits */
                 int32_t k = bin_of(e, inv_g, bn.lo, bn.per_octave, bn.half);
                 kb[j] = lab[j] >= 0 ? k : -1;
                 cell[j] = k * 2 + fg;
                 top = kb[j] > top ? kb[j] : top;
             }
-            const float sg = scale != NULL ? scale[g] : 1.0f; /* as PyTorch's table * scale: one rounding */
-            for (int64_t j = 0; j < width; j++) wv[j] = tg[cell[j]] * sg;
-            float *restrict gc = gp + c * BLOCK;
-            for (int64_t j = 0; j < width; j++) {
-                int fg = lab[j] == (int32_t)c;
-                float w = fg ? -wv[j] : wv[j]; /* d error / d p = -1 (foreground) or +1 (background) */
-                w = lab[j] >= 0 ? w : 0.0f;
-                gc[j] = w;
-                dot[j] = fmaf(pc[j], w, dot[j]); /* fused, as PyTorch's softmax backward */
-            }
-            if (top >= cut[g]) { /* elements of the exact head (their table entries are 0) */
-                for (int64_t j = 0; j < width; j++) {
-                    if (kb[j] >= cut[g]) {
-                        int fg = lab[j] == (int32_t)c;
-                        float w = head_weight(hv + g * cap, hf + g * cap, hw + g * cap, cap, ev[j], fg);
-                        w = fg ? -w : w;
-                        gc[j] = w;
-                        dot[j] = fmaf(pc[j], w, dot[j]); /* fused, as PyTorch's softmax backward */
-                    }
-                }
-            }
+            class_gradient(ev, fgv, kb, cell, pc, top, tg, scale != NULL ? scale[g] : 1.0f, cut[g], hv + g * cap,
+                           hf + g * cap, hw + g * cap, cap, width, wv, gp + c * BLOCK, dot);
         }
         for (int64_t c = 0; c < C; c++) {
             const float *restrict gc = gp + c * BLOCK;
@@ -762,8 +754,8 @@ CLONES void softmax_backward_kept(const int64_t *a, int64_t u0, int64_t u1) {
     const float *scale = (const float *)a[17]; /* per group: the upstream gradient of its loss (0: none) */
     const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK;
     float *gp = malloc(sizeof(float) * (size_t)(C * BLOCK));
-    float dot[BLOCK], wv[BLOCK];
-    int32_t kb[BLOCK], cell[BLOCK];
+    float dot[BLOCK], wv[BLOCK], ev[BLOCK], pv[BLOCK];
+    int32_t kb[BLOCK], cell[BLOCK], fgv[BLOCK];
     for (int64_t unit = u0; unit < u1; unit++) {
         const int64_t b = unit / nblocks, i0 = (unit - b * nblocks) * BLOCK;
         const int64_t width = min64(N, i0 + BLOCK) - i0;
@@ -777,37 +769,20 @@ CLONES void softmax_backward_kept(const int64_t *a, int64_t u0, int64_t u1) {
             const float inv_g = inv[g];
             prefetch(bits + (nb * C + c) * N + ni0, next_width * 4);
             int32_t top = 0;
-            for (int64_t j = 0; j < width; j++) {
-                int32_t k = bin_of(magnitude(src[j]), inv_g, bn.lo, bn.per_octave, bn.half);
-                kb[j] = k;
-                cell[j] = k * 2 + (src[j] < 0 ? 1 : 0);
-                top = k > top ? k : top;
+            for (int64_t j = 0; j < width; j++) { /* decoded: error, flag, bin (-1 where ignored), probability */
+                const int32_t sj = src[j];
+                const float e = magnitude(sj);
+                const int fg = sj < 0, valid = sj != IGNORED;
+                const int32_t k = bin_of(e, inv_g, bn.lo, bn.per_octave, bn.half);
+                ev[j] = e;
+                fgv[j] = fg;
+                pv[j] = fg ? 1.0f - e : e;
+                kb[j] = valid ? k : -1;
+                cell[j] = k * 2 + fg;
+                top = kb[j] > top ? kb[j] : top;
             }
-            const float sg = scale != NULL ? scale[g] : 1.0f; /* as PyTorch's table * scale: one rounding */
-            for (int64_t j = 0; j < width; j++) wv[j] = tg[cell[j]] * sg;
-            float *restrict gc = gp + c * BLOCK;
-            for (int64_t j = 0; j < width; j++) {
-                int32_t s = src[j];
-                int fg = s < 0;
-                float e = magnitude(s);
-                float w = fg ? -wv[j] : wv[j];
-                w = s == IGNORED ? 0.0f : w;
-                gc[j] = w;
-                dot[j] = fmaf(fg ? 1.0f - e : e, w, dot[j]); /* fused, as PyTorch's softmax backward */
-            }
-            if (top >= cut[g]) {
-                for (int64_t j = 0; j < width; j++) {
-                    int32_t s = src[j];
-                    if (kb[j] >= cut[g] && s != IGNORED) {
-                        int fg = s < 0;
-                        float e = magnitude(s);
-                        float w = head_weight(hv + g * cap, hf + g * cap, hw + g * cap, cap, e, fg);
-                        w = fg ? -w : w;
-                        gc[j] = w;
-                        dot[j] = fmaf(fg ? 1.0f - e : e, w, dot[j]); /* fused, as PyTorch's softmax backward */
-                    }
-                }
-            }
+            class_gradient(ev, fgv, kb, cell, pv, top, tg, scale != NULL ? scale[g] : 1.0f, cut[g], hv + g * cap,
+                           hf + g * cap, hw + g * cap, cap, width, wv, gp + c * BLOCK, dot);
         }
         for (int64_t c = 0; c < C; c++) {
             const float *restrict gc = gp + c * BLOCK;
@@ -896,6 +871,9 @@ static void job_body(void *p) {
 }
 
 int lovasz_num_kernels(void) { return NUM_KERNELS; }
+
+/* Pixels per block, the unit of the backward kernels (their unit count is images (or rows) × blocks). */
+int lovasz_block(void) { return BLOCK; }
 
 #ifndef LOVASZ_SOURCE_DIGEST
 #define LOVASZ_SOURCE_DIGEST "" /* built without setup.py: no record of the source */
