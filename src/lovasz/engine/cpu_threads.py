@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import ctypes
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-__all__ = ["OpenMP", "openmp", "use_pool", "workers"]
+__all__ = ["OpenMP", "openmp", "run_on_pool", "use_pool", "workers"]
 
 
 class OpenMP:
@@ -79,3 +80,18 @@ def use_pool() -> bool:
 def workers(units: int) -> int:
     """Threads for ``units`` independent units: ``torch.get_num_threads()``, at most one per unit."""
     return max(1, min(torch.get_num_threads(), units))
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def run_on_pool(call, units: int, tasks: int, workers: int) -> None:
+    """Run ``call(u0, u1)`` over ``units`` split into ``tasks`` contiguous ranges on a thread pool of
+    ``workers`` threads (the kernels release the GIL); re-raise the first exception."""
+    global _POOL
+    if _POOL is None or _POOL._max_workers < workers:
+        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lovasz")
+    bounds = [units * k // tasks for k in range(tasks + 1)]
+    futures = [_POOL.submit(call, bounds[k], bounds[k + 1]) for k in range(tasks) if bounds[k] < bounds[k + 1]]
+    for f in futures:
+        f.result()

@@ -33,7 +33,6 @@ import functools
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -619,7 +618,6 @@ if AVAILABLE:
 if AVAILABLE:
     numba.config.CACHE_DIR = _USER_CACHE_DIR
 
-_POOL: ThreadPoolExecutor | None = None
 _ANNOUNCED = threading.Event()
 
 
@@ -652,22 +650,17 @@ def _parallel(fn, units: int, *args) -> None:
     threads (the kernels release the GIL): PyTorch's OpenMP threads where possible
     (:class:`.cpu_threads.OpenMP`), else (or with the environment variable ``LOVASZ_THREADS=pool``) a
     thread pool.  Each unit writes its own outputs, so the result does not depend on the number of threads."""
-    global _POOL
     workers = cpu_threads.workers(units)
     if workers == 1:
         fn(*args, 0, units)
         return
     tasks = min(units, 4 * workers)
+    if cpu_threads.use_pool():
+        cpu_threads.run_on_pool(functools.partial(fn, *args), units, tasks, workers)
+        return
     bounds = [units * k // tasks for k in range(tasks + 1)]
     ranges = [(bounds[k], bounds[k + 1]) for k in range(tasks) if bounds[k] < bounds[k + 1]]
-    if not cpu_threads.use_pool():
-        cpu_threads.openmp().run([functools.partial(fn, *args, u0, u1) for u0, u1 in ranges], workers)
-        return
-    if _POOL is None or _POOL._max_workers < workers:
-        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lovasz")
-    futures = [_POOL.submit(fn, *args, u0, u1) for u0, u1 in ranges]
-    for f in futures:
-        f.result()
+    cpu_threads.openmp().run([functools.partial(fn, *args, u0, u1) for u0, u1 in ranges], workers)
 
 
 def tables(acc: np.ndarray, head: int) -> tuple[np.ndarray, ...]:

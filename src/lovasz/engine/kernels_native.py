@@ -17,11 +17,11 @@ not depend on the number of threads or the runtime.
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import hashlib
 import importlib.machinery
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -79,6 +79,7 @@ def _load() -> ctypes.CDLL | None:
         STALE = f"the native library {path} does not load ({exc})"
         return None
     lib.lovasz_num_kernels.restype = ctypes.c_int
+    lib.lovasz_block.restype = ctypes.c_int
     lib.lovasz_source_digest.restype = ctypes.c_char_p
     built_from, source = lib.lovasz_source_digest().decode(), _source_digest()
     if source is not None and built_from != source:
@@ -100,8 +101,13 @@ def _load() -> ctypes.CDLL | None:
 
 _LIB = _load()
 AVAILABLE = _LIB is not None
-_POOL: ThreadPoolExecutor | None = None
+_BLOCK = _LIB.lovasz_block() if _LIB is not None else 0  # pixels per backward unit, as the library has it
 _GOMP: int | None = None
+
+
+def _inverse(top: torch.Tensor) -> torch.Tensor:
+    """``1/U`` of the anchors, float32 and contiguous, as the kernels read it."""
+    return inverse_top(top).contiguous()
 
 
 def _address(v) -> int:
@@ -111,7 +117,7 @@ def _address(v) -> int:
 def _run(kernel: str, units: int, *args) -> None:
     """Run C kernel ``kernel`` over its ``units`` units with arguments ``args`` (tensors and arrays by
     address, integers by value; every buffer contiguous), on ``torch.get_num_threads()`` threads."""
-    global _POOL, _GOMP
+    global _GOMP
     if units <= 0:
         return
     packed = np.array([_address(v) for v in args], np.int64)
@@ -119,14 +125,7 @@ def _run(kernel: str, units: int, *args) -> None:
     workers = cpu_threads.workers(units)
     tasks = min(units, max(4 * workers, 64))  # threads claim tasks in turn: fine tasks balance uneven groups
     if workers > 1 and cpu_threads.use_pool():
-        if _POOL is None or _POOL._max_workers < workers:
-            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lovasz")
-        bounds = [units * i // tasks for i in range(tasks + 1)]
-        futures = [
-            _POOL.submit(_LIB.lovasz_run_range, k, packed.ctypes.data, bounds[i], bounds[i + 1]) for i in range(tasks)
-        ]
-        for f in futures:
-            f.result()
+        cpu_threads.run_on_pool(functools.partial(_LIB.lovasz_run_range, k, packed.ctypes.data), units, tasks, workers)
         return
     if _GOMP is None:
         lib = cpu_threads.openmp().lib
@@ -182,7 +181,7 @@ def _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top):
     top = tops.amax(dim=0)
     if reduce_top is not None:
         top = reduce_top(top)
-    return bits, top, inverse_top(top).to(torch.float32).contiguous()
+    return bits, top, _inverse(top)
 
 
 def histogram(
@@ -252,7 +251,7 @@ def head(
     fgs = torch.zeros(groups, capacity, dtype=torch.bool)
     bins = torch.zeros(groups, capacity, dtype=torch.int32)
     counts = torch.zeros(groups, dtype=torch.int64)
-    inv = inverse_top(top).to(torch.float32).contiguous()
+    inv = _inverse(top)
     cut = cut.to(torch.int64).contiguous()
     _run("head_rows", groups, errors, bsz, c, n, per_image, cut, inv, b.lo, b.per_octave, b.half, values, fgs, bins,
          counts, capacity)  # fmt: skip
@@ -280,8 +279,8 @@ def backward(
     bsz, c, n = grad.shape
     if grad.numel() == 0:
         return
-    nblocks = (n + 255) // 256
-    inv = inverse_top(top).to(torch.float32).contiguous()
+    nblocks = -(-n // _BLOCK)
+    inv = _inverse(top)
     cut, values, fg, weights = (h.contiguous() for h in head)
     cut = cut.to(torch.int64)
     capacity = values.shape[1]
