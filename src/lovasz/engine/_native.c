@@ -872,6 +872,16 @@ static void job_body(void *p) {
 
 int lovasz_num_kernels(void) { return NUM_KERNELS; }
 
+/* The surrogate codes this library was written for, in the order softmax, probs, sigmoid, sigmoid_probs,
+ * hinge (kernels_native.py compares them with lovasz/surrogates.py when it loads the library). */
+void lovasz_surrogate_codes(int32_t *out) {
+    out[0] = SOFTMAX;
+    out[1] = PROBS;
+    out[2] = SIGMOID;
+    out[3] = SIGMOID_PROBS;
+    out[4] = HINGE;
+}
+
 /* Pixels per block, the unit of the backward kernels (their unit count is images (or rows) × blocks). */
 int lovasz_block(void) { return BLOCK; }
 

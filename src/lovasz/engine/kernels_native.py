@@ -40,7 +40,7 @@ _KERNELS = (
     "softmax_errors", "binary_errors", "group_tables", "histogram_rows", "head_rows", "tables_range",
     "softmax_backward", "binary_backward", "softmax_backward_kept",
 )  # fmt: skip
-_CODES = {SOFTMAX.code: 0, PROBS.code: 1, SIGMOID.code: 2, SIGMOID_PROBS.code: 3, HINGE.code: 4}
+_CODES = [s.code for s in (SOFTMAX, PROBS, SIGMOID, SIGMOID_PROBS, HINGE)]  # the order of lovasz_surrogate_codes
 
 
 def library_path() -> str | None:
@@ -88,7 +88,9 @@ def _load() -> ctypes.CDLL | None:
             "reinstall lovasz (pip install -e .) to rebuild it"
         )
         return None
-    if lib.lovasz_num_kernels() != len(_KERNELS) or any(k != v for k, v in _CODES.items()):
+    codes = (ctypes.c_int32 * len(_CODES))()
+    lib.lovasz_surrogate_codes(codes)
+    if lib.lovasz_num_kernels() != len(_KERNELS) or list(codes) != _CODES:
         STALE = f"the native library {path} does not match this version of lovasz; reinstall it"
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
