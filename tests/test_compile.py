@@ -80,3 +80,23 @@ def test_compiled_model_keeps_the_fused_kernels(monkeypatch):
     model.zero_grad()
     step(images, labels).backward()
     torch.testing.assert_close(model.weight.grad, grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not backends.native_built(), reason="the native kernels were not built")
+@pytest.mark.parametrize("per_image", [False, True])
+def test_compiled_native_backward_without_kept_errors(per_image, monkeypatch):
+    # LOVASZ_KEEP_ERRORS=0 under the default backend: the compiled graph keeps no errors either, and gives
+    # the eager value and gradient with kept errors, bit for bit.
+    fn = _loss("softmax", 256, "native", per_image)
+    x, t = _inputs("softmax")
+    xe = x.clone().requires_grad_(True)
+    monkeypatch.setenv("LOVASZ_KEEP_ERRORS", "1")
+    le = fn(xe, t)
+    le.backward()
+    monkeypatch.setenv("LOVASZ_KEEP_ERRORS", "0")
+    torch._dynamo.reset()
+    xc = x.clone().requires_grad_(True)
+    lc = torch.compile(fn)(xc, t)
+    lc.backward()
+    assert torch.equal(lc, le)
+    assert torch.equal(xc.grad, xe.grad)
