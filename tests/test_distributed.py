@@ -103,6 +103,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             loss.backward()
             results.append((loss.detach(), xl.grad))
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # as DistContext.close: no rank tears the group down while another still uses it
     finally:
         dist.destroy_process_group()
 
@@ -150,6 +151,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         )  # fmt: skip
         loss.backward()
         torch.save([p.grad for p in model.parameters()], os.path.join(out_dir, f"ddp{rank}.pt"))
+        dist.barrier()  # as DistContext.close: no rank tears the group down while another still uses it
     finally:
         dist.destroy_process_group()
 
@@ -200,6 +202,7 @@ def _compile_worker(rank: int, world: int, init_file: str, out_dir: str) -> None
                 value.backward()
                 results.append((value.detach(), z.grad))
         torch.save(results, os.path.join(out_dir, f"compiled{rank}.pt"))
+        dist.barrier()  # as DistContext.close: no rank tears the group down while another still uses it
     finally:
         dist.destroy_process_group()
 

@@ -34,6 +34,7 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
         local = SegmentationIoU(num_classes=4, ignore_index=255, sync_on_compute=False)
         local.update(logits[shard], target[shard])
         out[f"local{rank}"] = local.compute()
+        dist.barrier()  # as DistContext.close: no rank tears the group down while another still uses it
     finally:
         dist.destroy_process_group()
 

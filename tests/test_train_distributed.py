@@ -63,6 +63,7 @@ def _evaluate_worker(rank: int, world: int, init: str, out: dict) -> None:
         split = data.load("digits", sizes=(8, 7, 5), size=32)["val"]  # 7 images: shards of 3 and 4
         ctx = DistContext(rank=rank, world=world)
         out[rank] = train.evaluate(_Staircase(data.NUM_CLASSES), split, ctx=ctx)
+        dist.barrier()  # as DistContext.close: no rank tears the group down while another still uses it
     finally:
         dist.destroy_process_group()
 
