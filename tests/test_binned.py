@@ -250,6 +250,34 @@ def test_native_backward_with_or_without_kept_errors_gives_the_same_bits(seed, m
     assert torch.equal(got_grad, want_grad)
 
 
+@pytest.mark.skipif(not backends.native_built(), reason="the native kernels were not built")
+@pytest.mark.parametrize("keep", ["0", "1"])
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_native_softmax_backward_does_not_depend_on_its_span(keep, per_image, from_logits, monkeypatch):
+    # The softmax backwards work class by class over spans of kernels_native.SPAN pixels; a span of one
+    # block (256) is the order the kernels had before.  Uneven spans (3000 pixels) and void labels.
+    from lovasz.engine import kernels_native
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 5, 3000, generator=g) * 3
+    x = x if from_logits else x.softmax(1)
+    t = torch.randint(0, 5, (3, 3000), generator=g).masked_fill(torch.rand(3, 3000, generator=g) < 0.2, 255)
+    monkeypatch.setenv("LOVASZ_BACKEND", "native")
+    monkeypatch.setenv("LOVASZ_KEEP_ERRORS", keep)
+    grads = []
+    for span in (256, 1024, kernels_native.SPAN):
+        monkeypatch.setattr(kernels_native, "SPAN", span)
+        xg = x.clone().requires_grad_(True)
+        lovasz.lovasz_softmax(
+            xg, t, bins=lovasz.DEFAULT_BINS, per_image=per_image, ignore_index=255, from_logits=from_logits
+        ).backward()
+        grads.append(xg.grad)
+    assert grads[0].abs().sum() > 0
+    for grad in grads[1:]:
+        assert torch.equal(grad, grads[0])
+
+
 def _held_bytes(fn, x, t) -> int:
     """What the autograd graph keeps for backward beyond the inputs (each storage once)."""
     inputs = {x.untyped_storage().data_ptr(), t.untyped_storage().data_ptr()}
@@ -414,3 +442,32 @@ def test_cpu_tables_match_digamma_tables(seed, fused):
     assert got[4].tolist() == want[4].tolist()
     torch.testing.assert_close(torch.from_numpy(got[1]), want[1], rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(torch.from_numpy(got[0]), want[0], rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.skipif(not backends.native_built(), reason="the native kernels were not built")
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("per_image", [False, True])
+def test_native_head_weights_match_head_weights(seed, per_image):
+    # The native group_tables weights each group's exact head in C; histogram.head_weights (PyTorch,
+    # digamma) is the definition.  Integer logits make ties in the head, and few pixels per group make
+    # heads that hold whole groups, with and without foreground.
+    from lovasz import surrogates
+    from lovasz.engine import kernels_native
+    from lovasz.engine.fused import _mark_unused
+    from lovasz.engine.histogram import head_weights
+
+    g = torch.Generator().manual_seed(seed)
+    b, c, n = 3, 4, [5, 40, 300, 3000][seed % 4]
+    x = torch.randint(-2, 3, (b, c, n), generator=g).float() * [1.0, 0.5][seed % 2]
+    t = torch.randint(0, c - 1, (b, n), generator=g)  # class c-1 absent: groups without foreground
+    errors = torch.empty_like(x)
+    out = kernels_native.losses(
+        x, t, surrogates.SOFTMAX, per_image, None, Binning.for_bins(lovasz.DEFAULT_BINS), HEAD, errors
+    )
+    values, fg, counts, weights = out[6], out[7], out[8], out[9]
+    assert (counts > 0).all()
+    marked = _mark_unused(values, counts)
+    want = head_weights(marked, fg, marked >= 0, out[3])
+    torch.testing.assert_close(weights.double(), want, rtol=1e-6, atol=1e-9)
+    # (That the losses include the head's part is checked against the PyTorch engine's losses by
+    # test_cpu_kernels_match_pytorch_binned_engine.)

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #define BLOCK 256
+#define HEAD_MAX 256 /* the largest exact head group_tables weights (the default is HEAD = 32) */
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && !defined(LOVASZ_NO_CLONES)
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -110,11 +111,11 @@ static inline void prefetch(const void *p, int64_t bytes) {
  * pixels from i0 of image b (den = 1 for probabilities).  Pass 1 and the backward that recomputes both
  * call it, so their errors, and bins, are the same bits. */
 static inline void block_probabilities(const float *x, int64_t C, int64_t N, int64_t b, int64_t i0, int64_t width,
-                                       int from_logits, float *p, float *mx, float *den) {
+                                       int from_logits, float *p, int64_t stride, float *mx, float *den) {
     if (!from_logits) {
         for (int64_t c = 0; c < C; c++) {
             const float *restrict xc = x + (b * C + c) * N + i0;
-            float *restrict pc = p + c * BLOCK;
+            float *restrict pc = p + c * stride;
             for (int64_t j = 0; j < width; j++) pc[j] = xc[j];
         }
         for (int64_t j = 0; j < width; j++) den[j] = 1.0f;
@@ -129,7 +130,7 @@ static inline void block_probabilities(const float *x, int64_t C, int64_t N, int
     for (int64_t j = 0; j < width; j++) den[j] = 0.0f;
     for (int64_t c = 0; c < C; c++) {
         const float *restrict xc = x + (b * C + c) * N + i0;
-        float *restrict pc = p + c * BLOCK;
+        float *restrict pc = p + c * stride;
         for (int64_t j = 0; j < width; j++) {
             float v = exp_neg(xc[j] - mx[j]);
             pc[j] = v;
@@ -137,6 +138,18 @@ static inline void block_probabilities(const float *x, int64_t C, int64_t N, int
         }
     }
     for (int64_t j = 0; j < width; j++) den[j] = 1.0f / den[j];
+}
+
+/* The largest errors of a class, as bits (errors are >= 0, so the orders agree), folded into LANES
+ * running lane maxima m[l] over elements l, l + LANES, ...: an integer maximum of whole vectors, which
+ * vectorizes where a float reduction would not, and keeps C·LANES values where one per pixel of a block
+ * would stream C·BLOCK through the cache. */
+#define LANES 16
+static inline void lane_maxima(const int32_t *vb, int64_t width, int32_t *restrict m) {
+    int64_t j0 = 0;
+    for (; j0 + LANES <= width; j0 += LANES)
+        for (int64_t l = 0; l < LANES; l++) m[l] = vb[j0 + l] > m[l] ? vb[j0 + l] : m[l];
+    for (int64_t j = j0; j < width; j++) m[j - j0] = vb[j] > m[j - j0] ? vb[j] : m[j - j0];
 }
 
 /* args: x, t, B, C, N, ignore, use_ignore, code, per_image, nchunks, bits, tops, groups.
@@ -151,9 +164,9 @@ CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
     float *tops = (float *)a[11];
     const int64_t groups = a[12];
     float *p = malloc(sizeof(float) * (size_t)(C * BLOCK));
-    int32_t *mtop = calloc((size_t)(C * BLOCK), sizeof(int32_t));
+    int32_t *mtop = calloc((size_t)(C * LANES), sizeof(int32_t)); /* [C][LANES] lane maxima */
     float mx[BLOCK], inv_den[BLOCK];
-    int32_t lab[BLOCK];
+    int32_t lab[BLOCK], vbits[BLOCK];
     const int64_t total = B * N, step = (total + nchunks - 1) / nchunks;
     for (int64_t unit = u0; unit < u1; unit++) {
         int64_t start = per_image ? unit * N : min64(unit * step, total);
@@ -167,33 +180,30 @@ CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
                 for (int64_t c = 0; c < C; c++) prefetch(x + (nb * C + c) * N + ni0, nw * 4);
                 prefetch(t + nb * N + ni0, nw * 8);
             }
-            block_probabilities(x, C, N, b, i0, width, from_logits, p, mx, inv_den);
+            block_probabilities(x, C, N, b, i0, width, from_logits, p, BLOCK, mx, inv_den);
             const int64_t *tb = t + b * N + i0;
             for (int64_t j = 0; j < width; j++) lab[j] = (use_ignore && tb[j] == ignore) ? -1 : (int32_t)tb[j];
             for (int64_t c = 0; c < C; c++) {
                 const float *restrict pc = p + c * BLOCK;
                 int32_t *restrict out = bits + (b * C + c) * N + i0;
-                /* The largest errors, lane by lane, as bits (errors are >= 0, so the orders agree): an
-                 * elementwise integer maximum, which vectorizes where a float reduction would not. */
-                int32_t *restrict mc = mtop + c * BLOCK;
                 for (int64_t j = 0; j < width; j++) {
                     float pr = pc[j] * inv_den[j];
                     int fg = lab[j] == (int32_t)c;
                     float v = fmax0(fg ? 1.0f - pr : pr, 0.0f);
-                    int32_t vb = lab[j] >= 0 ? bits_of(v) : 0;
-                    mc[j] = vb > mc[j] ? vb : mc[j];
+                    vbits[j] = lab[j] >= 0 ? bits_of(v) : 0;
                     out[j] = encode(v, fg, lab[j] >= 0);
                 }
+                lane_maxima(vbits, width, mtop + c * LANES);
             }
             pos += width;
             if (pos >= stop) { /* the unit's lanes into its anchors (per image, a unit is one image) */
                 for (int64_t c = 0; c < C; c++) {
                     const int64_t g = per_image ? b * C + c : c;
                     int32_t m = bits_of(tops[unit * groups + g]);
-                    for (int64_t j = 0; j < BLOCK; j++) m = mtop[c * BLOCK + j] > m ? mtop[c * BLOCK + j] : m;
+                    for (int64_t j = 0; j < LANES; j++) m = mtop[c * LANES + j] > m ? mtop[c * LANES + j] : m;
                     tops[unit * groups + g] = float_of(m);
                 }
-                memset(mtop, 0, sizeof(int32_t) * (size_t)(C * BLOCK));
+                memset(mtop, 0, sizeof(int32_t) * (size_t)(C * LANES));
             }
         }
     }
@@ -495,6 +505,56 @@ static inline __attribute__((always_inline)) void group_table(const double *acc,
     *cut_out = cut;
 }
 
+/* The exact weights of one group's head (head_weights in histogram.py): its m elements (values, fgs, in
+ * scan order) are the group's largest errors; ranked by decreasing error, each run of equal errors is a
+ * bin at the top of the group, weighted as group_table weights a bin (n: the group's foreground count).
+ * Writes each element's weight (float32) into w and returns Σ weight · error, in float64. */
+static double head_group_weights(const float *values, const uint8_t *fgs, int64_t m, int64_t n, float *w) {
+    int32_t order[HEAD_MAX];
+    for (int64_t i = 0; i < m; i++) { /* stable insertion sort by decreasing value */
+        int64_t j = i;
+        while (j > 0 && values[order[j - 1]] < values[i]) {
+            order[j] = order[j - 1];
+            j--;
+        }
+        order[j] = (int32_t)i;
+    }
+    int64_t above_f = 0, above_b = 0;
+    double loss = 0.0;
+    for (int64_t r0 = 0; r0 < m;) {
+        int64_t r1 = r0, f = 0, gb = 0;
+        while (r1 < m && values[order[r1]] == values[order[r0]]) {
+            f += fgs[order[r1]] != 0;
+            gb += fgs[order[r1]] == 0;
+            r1++;
+        }
+        const int64_t u = n + above_b;
+        double w_fg = 0.0, w_bg = 0.0;
+        if (f > 0) w_fg = harmonic_range(u + gb, u - 1) / (double)(gb + 1);
+        if (gb > 0) {
+            double j_before, j_after;
+            if (n > 0) {
+                j_before = 1.0 - (double)(n - above_f) / (double)(u > 1 ? u : 1);
+                j_after = 1.0 - (double)(n - above_f - f) / (double)(u + gb);
+            } else {
+                j_before = above_b > 0 ? 1.0 : 0.0;
+                j_after = 1.0;
+            }
+            w_bg = (j_after - j_before - (double)f * w_fg) / (double)gb;
+            w_bg = w_bg > 0.0 ? w_bg : 0.0;
+        }
+        for (int64_t r = r0; r < r1; r++) {
+            const double wr = fgs[order[r]] ? w_fg : w_bg;
+            w[order[r]] = (float)wr;
+            loss += wr * (double)values[order[r]];
+        }
+        above_f += f;
+        above_b += gb;
+        r0 = r1;
+    }
+    return loss;
+}
+
 static inline void group_span(int64_t g, int64_t B, int64_t C, int per_image, int64_t *c, int64_t *b0, int64_t *b1) {
     *c = per_image ? g % C : g;
     *b0 = per_image ? g / C : 0;
@@ -502,7 +562,8 @@ static inline void group_span(int64_t g, int64_t B, int64_t C, int per_image, in
 }
 
 /* args: bits, B, C, N, per_image, lo, per_octave, half, inv, head, losses, table, n_fg, n_valid, cut,
- * head_values, head_fg, head_counts, capacity.  Units: groups. */
+ * head_values, head_fg, head_counts, capacity, head_weights.  Units: groups.  losses include the head's
+ * (its elements' exact weights in head_weights, [G][capacity] float32). */
 CLONES void group_tables(const int64_t *a, int64_t u0, int64_t u1) {
     const int32_t *bits = (const int32_t *)a[0];
     const int64_t B = a[1], C = a[2], N = a[3];
@@ -517,6 +578,8 @@ CLONES void group_tables(const int64_t *a, int64_t u0, int64_t u1) {
     uint8_t *head_fg = (uint8_t *)a[16];
     int64_t *head_counts = (int64_t *)a[17];
     const int64_t cap = a[18];
+    float *head_w = (float *)a[19];
+    if (cap > HEAD_MAX) return; /* refused by the loader (lovasz_head_max) */
     const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK;
     const int64_t ways = ways_for((per_image ? 1 : B) * N, num_bins);
     double *local = calloc((size_t)(ways * num_bins * 4), sizeof(double));
@@ -537,6 +600,8 @@ CLONES void group_tables(const int64_t *a, int64_t u0, int64_t u1) {
         if (k_lo <= k_hi) memset(local + (int64_t)k_lo * 4, 0, sizeof(double) * 4 * (size_t)(k_hi - k_lo + 1));
         head_counts[g] = gather_head(bits, C, N, c, b0, b1, cut[g], inv[g], bn, head_values + g * cap,
                                      head_fg + g * cap, head_bins, cap, kb, block_top);
+        losses[g] += head_group_weights(head_values + g * cap, head_fg + g * cap, head_counts[g], n_fg[g],
+                                        head_w + g * cap);
     }
     free(local);
     free(block_top);
@@ -639,30 +704,44 @@ static inline void class_gradient(const float *ev, const int32_t *fgv, const int
         gc[j] = w;
         dot[j] = fmaf(pv[j], w, dot[j]);
     }
-    if (top >= cg) { /* elements of the exact head (their table entries are 0) */
-        for (int64_t j = 0; j < width; j++) {
-            if (kb[j] >= cg) {
-                float w = head_weight(hv, hf, hw, cap, ev[j], fgv[j]);
-                w = fgv[j] ? -w : w;
-                gc[j] = w;
-                dot[j] = fmaf(pv[j], w, dot[j]);
+    if (top >= cg) { /* elements of the exact head (their table entries are 0): few, so each run of 16
+                      * elements is first tested at once (a vector comparison) and searched only if one is */
+        for (int64_t j0 = 0; j0 < width; j0 += 16) {
+            const int64_t j1 = min64(width, j0 + 16);
+            int any = 0;
+            for (int64_t j = j0; j < j1; j++) any |= kb[j] >= cg;
+            if (!any) continue;
+            for (int64_t j = j0; j < j1; j++) {
+                if (kb[j] >= cg) {
+                    float w = head_weight(hv, hf, hw, cap, ev[j], fgv[j]);
+                    w = fgv[j] ? -w : w;
+                    gc[j] = w;
+                    dot[j] = fmaf(pv[j], w, dot[j]);
+                }
             }
         }
     }
 }
 
 
+/* The softmax backwards work on spans of `span` pixels (a multiple of BLOCK) of one image: class by class
+ * over the whole span (phase 1: each element's weight from its class's table, written into the gradient,
+ * and Σ_k p_k g_k accumulated per pixel in `dot`), then once more over the span (phase 2: the softmax
+ * derivative).  With many classes the tables (32 KB each at the default bins) do not fit the caches
+ * together, and a class's random table reads over a long span reuse its lines where a 256-pixel block
+ * would fetch most of the table again for every block; with few classes span = BLOCK.  The span changes
+ * no result bit: each pixel's dot still adds its classes in order. */
+
 /* args: x, t, B, C, N, ignore, use_ignore, code, per_image, lo, per_octave, half, inv, table ([G][K][2]),
- * cut, head_values, head_fg, head_w, capacity, grad, scale.  Units: (image, block of BLOCK pixels).
+ * cut, head_values, head_fg, head_w, capacity, grad, scale, span.  Units: (image, span of pixels).
  * scale: [G] float32, each group's upstream gradient, applied to its table entries here (so that the
  * caller makes no scaled copy of the table), or 0 for a table that is already scaled.
  *
  * Recomputes each block's probabilities and errors from the scores (nothing of the size of the input is
  * kept between forward and backward), looks the weights up in the table (or the head) and applies the
- * softmax derivative: d/dx_c = p_c (g_c - Σ_k p_k g_k) with g_c = ∓w_c, in one pass that writes the
- * gradient once.  The same code as pass 1 on the same numbers gives the same errors, and the probability
- * is then taken as the kept errors give it (1 - e for the foreground), so the gradient is the same bits
- * as softmax_backward_kept's. */
+ * softmax derivative: d/dx_c = p_c (g_c - Σ_k p_k g_k) with g_c = ∓w_c.  The same code as pass 1 on the
+ * same numbers gives the same errors, and the probability is then taken as the kept errors give it
+ * (1 - e for the foreground), so the gradient is the same bits as softmax_backward_kept's. */
 CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
     const float *x = (const float *)a[0];
     const int64_t *t = (const int64_t *)a[1];
@@ -678,63 +757,66 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
     const int64_t cap = a[18];
     float *grad = (float *)a[19];
     const float *scale = (const float *)a[20]; /* per group: the upstream gradient of its loss (0: none) */
-    const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK;
-    float *p = malloc(sizeof(float) * (size_t)(C * BLOCK));
-    float *gp = malloc(sizeof(float) * (size_t)(C * BLOCK));
-    float dot[BLOCK], wv[BLOCK], mx[BLOCK], den[BLOCK], ev[BLOCK];
-    int32_t kb[BLOCK], cell[BLOCK], lab[BLOCK], fgv[BLOCK];
+    const int64_t span = a[21];
+    const int64_t num_bins = 2 * bn.half, nspans = (N + span - 1) / span;
+    float *p = malloc(sizeof(float) * (size_t)(C * span)); /* [C][span] */
+    float *den = malloc(sizeof(float) * (size_t)span), *dot = malloc(sizeof(float) * (size_t)span);
+    int32_t *lab = malloc(sizeof(int32_t) * (size_t)span);
+    float wv[BLOCK], mx[BLOCK], ev[BLOCK];
+    int32_t kb[BLOCK], cell[BLOCK], fgv[BLOCK];
     for (int64_t unit = u0; unit < u1; unit++) {
-        const int64_t b = unit / nblocks, i0 = (unit - b * nblocks) * BLOCK;
-        const int64_t width = min64(N, i0 + BLOCK) - i0;
-        if (unit + 1 < u1) { /* the next unit's rows (see prefetch) */
-            const int64_t nb = (unit + 1) / nblocks, ni0 = (unit + 1 - nb * nblocks) * BLOCK;
-            const int64_t nw = min64(N, ni0 + BLOCK) - ni0;
-            for (int64_t c = 0; c < C; c++) prefetch(x + (nb * C + c) * N + ni0, nw * 4);
-            prefetch(t + nb * N + ni0, nw * 8);
+        const int64_t b = unit / nspans, s0 = (unit - b * nspans) * span;
+        const int64_t swidth = min64(N, s0 + span) - s0;
+        for (int64_t i0 = 0; i0 < swidth; i0 += BLOCK) {
+            const int64_t width = min64(BLOCK, swidth - i0);
+            block_probabilities(x, C, N, b, s0 + i0, width, from_logits, p + i0, span, mx, den + i0);
         }
-        block_probabilities(x, C, N, b, i0, width, from_logits, p, mx, den);
-        const int64_t *tb = t + b * N + i0;
-        for (int64_t j = 0; j < width; j++) lab[j] = (use_ignore && tb[j] == ignore) ? -1 : (int32_t)tb[j];
-        for (int64_t j = 0; j < width; j++) dot[j] = 0.0f;
+        const int64_t *tb = t + b * N + s0;
+        for (int64_t j = 0; j < swidth; j++) lab[j] = (use_ignore && tb[j] == ignore) ? -1 : (int32_t)tb[j];
+        for (int64_t j = 0; j < swidth; j++) dot[j] = 0.0f;
         for (int64_t c = 0; c < C; c++) {
             const int64_t g = per_image ? b * C + c : c;
             const float *restrict tg = table + g * num_bins * 2;
-            float *restrict pc = p + c * BLOCK;
-            const float inv_g = inv[g];
-            int32_t top = 0;
-            for (int64_t j = 0; j < width; j++) {
-                int fg = lab[j] == (int32_t)c;
-                float pr = pc[j] * den[j];
-                float e = fmax0(fg ? 1.0f - pr : pr, 0.0f); /* as pass 1 */
-                e = lab[j] >= 0 ? e : 0.0f;
-                ev[j] = e;
-                fgv[j] = fg;
-                pc[j] = fg ? 1.0f - e : e; /* the probability as the kept errors give it: the same gradient bits */
-                int32_t k = bin_of(e, inv_g, bn.lo, bn.per_octave, bn.half);
-                kb[j] = lab[j] >= 0 ? k : -1;
-                cell[j] = k * 2 + fg;
-                top = kb[j] > top ? kb[j] : top;
+            const float inv_g = inv[g], sg = scale != NULL ? scale[g] : 1.0f;
+            float *restrict out = grad + (b * C + c) * N + s0;
+            for (int64_t i0 = 0; i0 < swidth; i0 += BLOCK) {
+                const int64_t width = min64(BLOCK, swidth - i0);
+                float *restrict pc = p + c * span + i0;
+                const float *restrict dn = den + i0;
+                const int32_t *restrict lb = lab + i0;
+                int32_t top = 0;
+                for (int64_t j = 0; j < width; j++) {
+                    int fg = lb[j] == (int32_t)c;
+                    float pr = pc[j] * dn[j];
+                    float e = fmax0(fg ? 1.0f - pr : pr, 0.0f); /* as pass 1 */
+                    e = lb[j] >= 0 ? e : 0.0f;
+                    ev[j] = e;
+                    fgv[j] = fg;
+                    pc[j] = fg ? 1.0f - e : e; /* the probability as the kept errors give it: the same bits */
+                    int32_t k = bin_of(e, inv_g, bn.lo, bn.per_octave, bn.half);
+                    kb[j] = lb[j] >= 0 ? k : -1;
+                    cell[j] = k * 2 + fg;
+                    top = kb[j] > top ? kb[j] : top;
+                }
+                class_gradient(ev, fgv, kb, cell, pc, top, tg, sg, cut[g], hv + g * cap, hf + g * cap, hw + g * cap,
+                               cap, width, wv, out + i0, dot + i0);
             }
-            class_gradient(ev, fgv, kb, cell, pc, top, tg, scale != NULL ? scale[g] : 1.0f, cut[g], hv + g * cap,
-                           hf + g * cap, hw + g * cap, cap, width, wv, gp + c * BLOCK, dot);
         }
+        if (!from_logits) continue; /* the gradient with respect to the probabilities: written */
         for (int64_t c = 0; c < C; c++) {
-            const float *restrict gc = gp + c * BLOCK;
-            const float *restrict pc = p + c * BLOCK;
-            float *restrict out = grad + (b * C + c) * N + i0;
-            if (from_logits) {
-                for (int64_t j = 0; j < width; j++) out[j] = pc[j] * (gc[j] - dot[j]);
-            } else {
-                for (int64_t j = 0; j < width; j++) out[j] = gc[j];
-            }
+            const float *restrict pc = p + c * span;
+            float *restrict out = grad + (b * C + c) * N + s0;
+            for (int64_t j = 0; j < swidth; j++) out[j] = pc[j] * (out[j] - dot[j]);
         }
     }
     free(p);
-    free(gp);
+    free(den);
+    free(dot);
+    free(lab);
 }
 
 /* args: bits, B, C, N, code, per_image, lo, per_octave, half, inv, table ([G][K][2]), cut, head_values,
- * head_fg, head_w, capacity, grad, scale (as softmax_backward's).  Units: (image, block of BLOCK pixels).
+ * head_fg, head_w, capacity, grad, scale, span (as softmax_backward's).  Units: (image, span of pixels).
  *
  * From the signed errors that forward kept: a probability is e (background) or 1 - e (foreground), so no
  * exponential is recomputed (the default; softmax_backward recomputes instead and keeps nothing). */
@@ -752,53 +834,54 @@ CLONES void softmax_backward_kept(const int64_t *a, int64_t u0, int64_t u1) {
     const int64_t cap = a[15];
     float *grad = (float *)a[16];
     const float *scale = (const float *)a[17]; /* per group: the upstream gradient of its loss (0: none) */
-    const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK;
-    float *gp = malloc(sizeof(float) * (size_t)(C * BLOCK));
-    float dot[BLOCK], wv[BLOCK], ev[BLOCK], pv[BLOCK];
+    const int64_t span = a[18];
+    const int64_t num_bins = 2 * bn.half, nspans = (N + span - 1) / span;
+    float *dot = malloc(sizeof(float) * (size_t)span);
+    float wv[BLOCK], ev[BLOCK], pv[BLOCK];
     int32_t kb[BLOCK], cell[BLOCK], fgv[BLOCK];
     for (int64_t unit = u0; unit < u1; unit++) {
-        const int64_t b = unit / nblocks, i0 = (unit - b * nblocks) * BLOCK;
-        const int64_t width = min64(N, i0 + BLOCK) - i0;
-        for (int64_t j = 0; j < width; j++) dot[j] = 0.0f;
-        const int64_t nb = (unit + 1) / nblocks, ni0 = (unit + 1 - nb * nblocks) * BLOCK; /* the next unit */
-        const int64_t next_width = unit + 1 < u1 ? min64(N, ni0 + BLOCK) - ni0 : 0;
+        const int64_t b = unit / nspans, s0 = (unit - b * nspans) * span;
+        const int64_t swidth = min64(N, s0 + span) - s0;
+        const int64_t nb = (unit + 1) / nspans, ns0 = (unit + 1 - nb * nspans) * span; /* the next unit */
+        const int64_t next_width = unit + 1 < u1 ? min64(min64(N, ns0 + span) - ns0, BLOCK) : 0;
+        for (int64_t j = 0; j < swidth; j++) dot[j] = 0.0f;
         for (int64_t c = 0; c < C; c++) {
             const int64_t g = per_image ? b * C + c : c;
             const float *restrict tg = table + g * num_bins * 2;
-            const int32_t *restrict src = bits + (b * C + c) * N + i0;
-            const float inv_g = inv[g];
-            prefetch(bits + (nb * C + c) * N + ni0, next_width * 4);
-            int32_t top = 0;
-            for (int64_t j = 0; j < width; j++) { /* decoded: error, flag, bin (-1 where ignored), probability */
-                const int32_t sj = src[j];
-                const float e = magnitude(sj);
-                const int fg = sj < 0, valid = sj != IGNORED;
-                const int32_t k = bin_of(e, inv_g, bn.lo, bn.per_octave, bn.half);
-                ev[j] = e;
-                fgv[j] = fg;
-                pv[j] = fg ? 1.0f - e : e;
-                kb[j] = valid ? k : -1;
-                cell[j] = k * 2 + fg;
-                top = kb[j] > top ? kb[j] : top;
-            }
-            class_gradient(ev, fgv, kb, cell, pv, top, tg, scale != NULL ? scale[g] : 1.0f, cut[g], hv + g * cap,
-                           hf + g * cap, hw + g * cap, cap, width, wv, gp + c * BLOCK, dot);
-        }
-        for (int64_t c = 0; c < C; c++) {
-            const float *restrict gc = gp + c * BLOCK;
-            float *restrict out = grad + (b * C + c) * N + i0;
-            if (from_logits) {
-                const int32_t *restrict src = bits + (b * C + c) * N + i0;
-                for (int64_t j = 0; j < width; j++) {
-                    float e = magnitude(src[j]);
-                    out[j] = (src[j] < 0 ? 1.0f - e : e) * (gc[j] - dot[j]);
+            const float inv_g = inv[g], sg = scale != NULL ? scale[g] : 1.0f;
+            float *restrict out = grad + (b * C + c) * N + s0;
+            prefetch(bits + (nb * C + c) * N + ns0, next_width * 4);
+            for (int64_t i0 = 0; i0 < swidth; i0 += BLOCK) {
+                const int64_t width = min64(BLOCK, swidth - i0);
+                const int32_t *restrict src = bits + (b * C + c) * N + s0 + i0;
+                int32_t top = 0;
+                for (int64_t j = 0; j < width; j++) { /* decoded: error, flag, bin (-1 where ignored), probability */
+                    const int32_t sj = src[j];
+                    const float e = magnitude(sj);
+                    const int fg = sj < 0, valid = sj != IGNORED;
+                    const int32_t k = bin_of(e, inv_g, bn.lo, bn.per_octave, bn.half);
+                    ev[j] = e;
+                    fgv[j] = fg;
+                    pv[j] = fg ? 1.0f - e : e;
+                    kb[j] = valid ? k : -1;
+                    cell[j] = k * 2 + fg;
+                    top = kb[j] > top ? kb[j] : top;
                 }
-            } else {
-                for (int64_t j = 0; j < width; j++) out[j] = gc[j];
+                class_gradient(ev, fgv, kb, cell, pv, top, tg, sg, cut[g], hv + g * cap, hf + g * cap, hw + g * cap,
+                               cap, width, wv, out + i0, dot + i0);
+            }
+        }
+        if (!from_logits) continue; /* the gradient with respect to the probabilities: written */
+        for (int64_t c = 0; c < C; c++) {
+            const int32_t *restrict src = bits + (b * C + c) * N + s0;
+            float *restrict out = grad + (b * C + c) * N + s0;
+            for (int64_t j = 0; j < swidth; j++) {
+                float e = magnitude(src[j]);
+                out[j] = (src[j] < 0 ? 1.0f - e : e) * (out[j] - dot[j]);
             }
         }
     }
-    free(gp);
+    free(dot);
 }
 
 /* args: x, t, B, C, N, ignore, use_ignore, code, per_image, lo, per_octave, half, inv, table, cut,
@@ -884,6 +967,9 @@ void lovasz_surrogate_codes(int32_t *out) {
 
 /* Pixels per block, the unit of the backward kernels (their unit count is images (or rows) × blocks). */
 int lovasz_block(void) { return BLOCK; }
+
+/* The largest head capacity group_tables takes. */
+int lovasz_head_max(void) { return HEAD_MAX; }
 
 #ifndef LOVASZ_SOURCE_DIGEST
 #define LOVASZ_SOURCE_DIGEST "" /* built without setup.py: no record of the source */

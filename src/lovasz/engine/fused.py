@@ -85,8 +85,9 @@ def _forward(
     surrogate, binning = _kernel_args(code, lo, per_octave)
     buffer = torch.empty_like(x32) if getattr(kernels, "KEEPS_ERRORS", False) else None
     extra: dict = {} if buffer is None else {"errors": buffer}
+    weighted: list[Tensor] = []  # the head's weights, where the kernels compute them
     if sync is None and hasattr(kernels, "losses"):  # the kernels' own road for a local loss
-        top, losses, table, n_fg, n_valid, cut, values, fg, counts = kernels.losses(
+        top, losses, table, n_fg, n_valid, cut, values, fg, counts, *weighted = kernels.losses(
             x32, t, surrogate, per_image, ignore_index, binning, HEAD, **extra
         )
         values = _mark_unused(values, counts)
@@ -116,8 +117,11 @@ def _forward(
         values, fg = torch.where(keep, values, -1.0), fg & keep
     device = x32.device
     values, fg, n_fg = values.to(device), fg.to(device), n_fg.to(device)
-    weights = head_weights(values, fg, values >= 0, n_fg)
-    losses = losses.to(device) + (weights * values.clamp_min(0).to(torch.float64)).sum(dim=1)
+    if sync is None and weighted:  # the kernels weighted the head themselves, and its loss is in `losses`
+        weights, losses = weighted[0].to(device), losses.to(device)
+    else:
+        weights = head_weights(values, fg, values >= 0, n_fg)
+        losses = losses.to(device) + (weights * values.clamp_min(0).to(torch.float64)).sum(dim=1)
     kept = buffer if buffer is not None and _saves_errors(kernels, code) else x32.new_empty(0)
     return (
         losses.to(torch.float32),

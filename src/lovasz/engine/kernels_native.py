@@ -103,7 +103,8 @@ def _load() -> ctypes.CDLL | None:
 
 _LIB = _load()
 AVAILABLE = _LIB is not None
-_BLOCK = _LIB.lovasz_block() if _LIB is not None else 0  # pixels per backward unit, as the library has it
+_BLOCK = _LIB.lovasz_block() if _LIB is not None else 0  # pixels per kernel block, as the library has it
+_HEAD_MAX = _LIB.lovasz_head_max() if _LIB is not None else 0  # the largest head group_tables weights
 _GOMP: int | None = None
 
 
@@ -215,8 +216,9 @@ def losses(
     head_size: int,
     errors: torch.Tensor,
 ) -> tuple[torch.Tensor, ...]:
-    """The local loss in one go, as :func:`.kernels_cpu.losses`: ``(top, losses, table, n_fg, n_valid, cut,
-    head_values, head_fg, head_counts)``."""
+    """The local loss in one go, as :func:`.kernels_cpu.losses`, with the head's exact weights computed in
+    the kernel too (:func:`.histogram.head_weights`' ranking and formulas, in C; the losses include the
+    head): ``(top, losses, table, n_fg, n_valid, cut, head_values, head_fg, head_counts, head_weights)``."""
     bsz, c, n = x32.shape
     groups = bsz * c if per_image else c
     bits, top, inv = _pass1(x32, t, surrogate, per_image, ignore_index, errors, None)
@@ -227,9 +229,12 @@ def losses(
     n_fg, n_valid, cut, counts = (torch.zeros(groups, dtype=torch.int64) for _ in range(4))
     values = torch.zeros(groups, head_size, dtype=torch.float32)
     fg = torch.zeros(groups, head_size, dtype=torch.bool)
+    weights = torch.zeros(groups, head_size, dtype=torch.float32)
+    if head_size > _HEAD_MAX:
+        raise ValueError(f"the native kernels weight heads of at most {_HEAD_MAX} elements, got {head_size}")
     _run("group_tables", groups, bits, bsz, c, n, per_image, b.lo, b.per_octave, b.half, inv, head_size, loss, table,
-         n_fg, n_valid, cut, values, fg, counts, head_size)  # fmt: skip
-    return top, loss, table, n_fg, n_valid, cut, values, fg, counts
+         n_fg, n_valid, cut, values, fg, counts, head_size, weights)  # fmt: skip
+    return top, loss, table, n_fg, n_valid, cut, values, fg, counts, weights
 
 
 def head(
@@ -260,6 +265,20 @@ def head(
     return values, fgs, bins.long(), counts
 
 
+# Pixels per unit of the softmax backwards, which go class by class over a unit's span (see _native.c):
+# long contiguous row reads, and each class's table reused across the span.  Measured (backward alone,
+# 2 threads, 8×21×256², 2×19×512×1024, 4×150×128²): 256 → 2048 pixels saved 10–25 %; longer spans
+# gained nothing more.  No result depends on it.
+SPAN = 2048
+
+
+def _span(pixels: int, images: int) -> int:
+    """The span for ``images`` images of ``pixels`` pixels: :data:`SPAN`, shorter where that would leave
+    fewer than four units per thread (a multiple of the library's block in any case)."""
+    per_unit = -(-images * pixels // (4 * max(1, torch.get_num_threads())))
+    return max(_BLOCK, min(SPAN, -(-per_unit // _BLOCK) * _BLOCK))
+
+
 def backward(
     x32: torch.Tensor | None,
     t: torch.Tensor | None,
@@ -281,7 +300,8 @@ def backward(
     bsz, c, n = grad.shape
     if grad.numel() == 0:
         return
-    nblocks = -(-n // _BLOCK)
+    span = _span(n, bsz)
+    nspans = -(-n // span)
     inv = _inverse(top)
     cut, values, fg, weights = (h.contiguous() for h in head)
     cut = cut.to(torch.int64)
@@ -289,12 +309,17 @@ def backward(
     table = table.contiguous()
     scale_arg = 0 if scale is None else scale.to(torch.float32).contiguous()
     if surrogate.per_class and errors is not None:  # the errors that forward kept (saves_errors)
-        _run("softmax_backward_kept", bsz * nblocks, errors, bsz, c, n, surrogate.code, per_image, b.lo,
-             b.per_octave, b.half, inv, table, cut, values, fg, weights, capacity, grad, scale_arg)  # fmt: skip
+        _run("softmax_backward_kept", bsz * nspans, errors, bsz, c, n, surrogate.code, per_image, b.lo,
+             b.per_octave, b.half, inv, table, cut, values, fg, weights, capacity, grad, scale_arg, span)  # fmt: skip
         return
     use_ignore = ignore_index is not None
     ignore = int(ignore_index) if use_ignore else 0
-    kernel, units = ("softmax_backward", bsz) if surrogate.per_class else ("binary_backward", bsz * c)
-    _run(kernel, units * nblocks, x32.contiguous(), t.contiguous(), bsz, c, n, ignore, use_ignore, surrogate.code,
-         per_image, b.lo, b.per_octave, b.half, inv, table, cut, values, fg, weights, capacity, grad,
+    if surrogate.per_class:
+        _run("softmax_backward", bsz * nspans, x32.contiguous(), t.contiguous(), bsz, c, n, ignore, use_ignore,
+             surrogate.code, per_image, b.lo, b.per_octave, b.half, inv, table, cut, values, fg, weights, capacity,
+             grad, scale_arg, span)  # fmt: skip
+        return
+    nblocks = -(-n // _BLOCK)
+    _run("binary_backward", bsz * c * nblocks, x32.contiguous(), t.contiguous(), bsz, c, n, ignore, use_ignore,
+         surrogate.code, per_image, b.lo, b.per_octave, b.half, inv, table, cut, values, fg, weights, capacity, grad,
          scale_arg)  # fmt: skip
