@@ -142,3 +142,37 @@ def test_flags_must_be_bools(make, name, value):
 def test_function_per_image_must_be_a_bool(call):
     with pytest.raises(TypeError, match="per_image must be True or False"):
         call()
+
+
+def _fused_backends() -> list[str]:
+    from lovasz.engine import backends
+
+    native = ["native"] if backends.native_built() else []
+    return ["torch", *native] + (["numba"] if backends.numba_installed() else [])
+
+
+@pytest.mark.parametrize("backend", _fused_backends())
+@pytest.mark.parametrize("loss", ["softmax", "softmax_probs", "hinge", "sigmoid"])
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_binned_engine_refuses_nonfinite_scores_anywhere(backend, loss, per_image, bad):
+    # The native kernels refuse NaN/Inf in pass 1 (the loss's own check then skips its pass over the
+    # input; backends.checks_finite): every backend must refuse one bad score wherever it is, in the
+    # first or last image, block or pass-1 chunk, with the same message.
+    g = torch.Generator().manual_seed(0)
+    shape = (3, 4, 37, 41) if loss.startswith("softmax") else (3, 37, 41)
+    x = torch.randn(shape, generator=g)
+    if loss == "softmax_probs":
+        x = x.softmax(1)
+    t = torch.randint(0, 4 if loss.startswith("softmax") else 2, (3, 37, 41), generator=g)
+    for where in [(0,) * len(shape), tuple(s - 1 for s in shape), (1, *(s // 2 for s in shape[1:]))]:
+        y = x.clone()
+        y[where] = bad
+        kw = dict(bins=lovasz.DEFAULT_BINS, per_image=per_image, backend=backend)
+        # (An infinite probability is also outside [0, 1]; the native path names that first.)
+        match = "NaN or Inf" if loss != "softmax_probs" or bad != bad else r"NaN or Inf|probabilities in \[0, 1\]"
+        with pytest.raises(ValueError, match=match):
+            if loss.startswith("softmax"):
+                lovasz.lovasz_softmax(y, t, from_logits=loss == "softmax", **kw)
+            else:
+                getattr(lovasz, f"lovasz_{loss}")(y, t, **kw)

@@ -267,9 +267,11 @@ class _NamesValues(str):
         return f"{self} (found {shown})"
 
 
-def run_value_checks(x: Tensor, checks: list[tuple[Tensor, str]]) -> None:
+def run_value_checks(x: Tensor, checks: list[tuple[Tensor, str]], finite_checked: bool = False) -> None:
     """Check ``x`` for NaN/Inf and evaluate boolean 'is bad' flags, with one host sync in the common
-    case; raise the first failing message.
+    case; raise the first failing message.  ``finite_checked``: the kernels that will run refuse NaN/Inf
+    in ``x`` themselves, with the same message (:func:`lovasz.engine.backends.checks_finite`), so ``x``
+    is not read here for it.
 
     Under ``torch.compile`` each check becomes a ``torch._assert_async`` node of the graph (see the module
     docstring): no host synchronisation and no data-dependent branch, but the bad input is still refused.
@@ -279,7 +281,10 @@ def run_value_checks(x: Tensor, checks: list[tuple[Tensor, str]]) -> None:
         for bad, message in checks:
             torch._assert_async(~bad, message)
         return
-    flags = torch.stack([nonfinite_flag(x).reshape(())] + [c.reshape(()) for c, _ in checks]).tolist()
+    if finite_checked and not checks:
+        return
+    first = x.new_zeros((), dtype=torch.bool) if finite_checked else nonfinite_flag(x).reshape(())
+    flags = torch.stack([first] + [c.reshape(()) for c, _ in checks]).tolist()
     if flags[0] and not bool(torch.isfinite(x).all()):
         raise ValueError(NONFINITE)
     for bad, (_, message) in zip(flags[1:], checks, strict=True):
@@ -344,6 +349,7 @@ def check_softmax(
     backend: str,
     per_image: bool,
     allow_empty: bool = False,
+    finite_checked: bool = False,
 ) -> tuple[Tensor | None, str | tuple[int, ...], int | None, int | None]:
     """Every check of :func:`lovasz.lovasz_softmax`.  Returns the class weights as a float32 tensor, and
     ``classes``, ``ignore_index`` and ``bins`` as plain Python values (numpy integers accepted)."""
@@ -360,7 +366,7 @@ def check_softmax(
     value_checks.append(labels_out_of_range(target, num_classes, ignore_index))
     if w is not None:
         value_checks.append(bad_weight(w))
-    run_value_checks(input, value_checks)
+    run_value_checks(input, value_checks, finite_checked)
     return w, classes, ignore_index, bins
 
 
@@ -375,6 +381,7 @@ def check_binary(
     backend: str,
     per_image: bool,
     allow_empty: bool = False,
+    finite_checked: bool = False,
 ) -> tuple[Tensor, Tensor, int | None, int | None]:
     """Every check of :func:`lovasz.lovasz_hinge` and :func:`lovasz.lovasz_sigmoid`.  Returns input and
     target as ``[B, C, N]``, and ``ignore_index`` and ``bins`` as plain ints."""
@@ -385,7 +392,7 @@ def check_binary(
     )  # fmt: skip
     value_checks = [] if from_logits else [not_probabilities(x)]
     value_checks.append(labels_not_binary(t, ignore_index))
-    run_value_checks(x, value_checks)
+    run_value_checks(x, value_checks, finite_checked)
     return x, t, ignore_index, bins
 
 

@@ -110,22 +110,38 @@ static inline void prefetch(const void *p, int64_t bytes) {
 /* The softmax (or the given probabilities) of one block: p[c][j] · den[j] for the C classes of BLOCK
  * pixels from i0 of image b (den = 1 for probabilities).  Pass 1 and the backward that recomputes both
  * call it, so their errors, and bins, are the same bits. */
+static inline int32_t nonfinite(float v) { return (bits_of(v) & INF_BITS) == INF_BITS; }
+
 static inline void block_probabilities(const float *x, int64_t C, int64_t N, int64_t b, int64_t i0, int64_t width,
-                                       int from_logits, float *p, int64_t stride, float *mx, float *den) {
+                                       int from_logits, float *p, int64_t stride, float *mx, float *den,
+                                       int32_t *restrict nf) {
+    /* nf (pass 1; NULL in backward): lane flags, set where a score is NaN or infinite, which the loss
+     * refuses (the maximum and exponential below would hide them). */
     if (!from_logits) {
         for (int64_t c = 0; c < C; c++) {
             const float *restrict xc = x + (b * C + c) * N + i0;
             float *restrict pc = p + c * stride;
             for (int64_t j = 0; j < width; j++) pc[j] = xc[j];
+            if (nf != NULL)
+                for (int64_t j = 0; j < width; j++) nf[j] |= nonfinite(xc[j]);
         }
         for (int64_t j = 0; j < width; j++) den[j] = 1.0f;
         return;
     }
     const float *x0 = x + (b * C) * N + i0;
     for (int64_t j = 0; j < width; j++) mx[j] = x0[j];
+    if (nf != NULL)
+        for (int64_t j = 0; j < width; j++) nf[j] |= nonfinite(x0[j]);
     for (int64_t c = 1; c < C; c++) {
         const float *restrict xc = x + (b * C + c) * N + i0;
-        for (int64_t j = 0; j < width; j++) mx[j] = fmax0(mx[j], xc[j]);
+        if (nf != NULL) {
+            for (int64_t j = 0; j < width; j++) {
+                mx[j] = fmax0(mx[j], xc[j]);
+                nf[j] |= nonfinite(xc[j]);
+            }
+        } else {
+            for (int64_t j = 0; j < width; j++) mx[j] = fmax0(mx[j], xc[j]);
+        }
     }
     for (int64_t j = 0; j < width; j++) den[j] = 0.0f;
     for (int64_t c = 0; c < C; c++) {
@@ -152,7 +168,7 @@ static inline void lane_maxima(const int32_t *vb, int64_t width, int32_t *restri
     for (int64_t j = j0; j < width; j++) m[j - j0] = vb[j] > m[j - j0] ? vb[j] : m[j - j0];
 }
 
-/* args: x, t, B, C, N, ignore, use_ignore, code, per_image, nchunks, bits, tops, groups.
+/* args: x, t, B, C, N, ignore, use_ignore, code, per_image, nchunks, bits, tops, groups, flags.
  * Units: an image each per image, else nchunks fixed chunks of the B·N pixels; tops [units, groups]. */
 CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
     const float *x = (const float *)a[0];
@@ -163,10 +179,11 @@ CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
     int32_t *bits = (int32_t *)a[10];
     float *tops = (float *)a[11];
     const int64_t groups = a[12];
+    int32_t *flags = (int32_t *)a[13]; /* [units]: 1 where the unit holds a NaN or infinite score */
     float *p = malloc(sizeof(float) * (size_t)(C * BLOCK));
     int32_t *mtop = calloc((size_t)(C * LANES), sizeof(int32_t)); /* [C][LANES] lane maxima */
     float mx[BLOCK], inv_den[BLOCK];
-    int32_t lab[BLOCK], vbits[BLOCK];
+    int32_t lab[BLOCK], vbits[BLOCK], nf[BLOCK] = {0};
     const int64_t total = B * N, step = (total + nchunks - 1) / nchunks;
     for (int64_t unit = u0; unit < u1; unit++) {
         int64_t start = per_image ? unit * N : min64(unit * step, total);
@@ -180,7 +197,7 @@ CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
                 for (int64_t c = 0; c < C; c++) prefetch(x + (nb * C + c) * N + ni0, nw * 4);
                 prefetch(t + nb * N + ni0, nw * 8);
             }
-            block_probabilities(x, C, N, b, i0, width, from_logits, p, BLOCK, mx, inv_den);
+            block_probabilities(x, C, N, b, i0, width, from_logits, p, BLOCK, mx, inv_den, nf);
             const int64_t *tb = t + b * N + i0;
             for (int64_t j = 0; j < width; j++) lab[j] = (use_ignore && tb[j] == ignore) ? -1 : (int32_t)tb[j];
             for (int64_t c = 0; c < C; c++) {
@@ -204,6 +221,10 @@ CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
                     tops[unit * groups + g] = float_of(m);
                 }
                 memset(mtop, 0, sizeof(int32_t) * (size_t)(C * LANES));
+                int32_t any = 0;
+                for (int64_t j = 0; j < BLOCK; j++) any |= nf[j];
+                flags[unit] = any;
+                memset(nf, 0, sizeof(nf));
             }
         }
     }
@@ -239,8 +260,9 @@ CLONES void binary_errors(const int64_t *a, int64_t u0, int64_t u1) {
     int32_t *bits = (int32_t *)a[10];
     float *tops = (float *)a[11];
     const int64_t groups = a[12];
+    int32_t *flags = (int32_t *)a[13]; /* [units]: 1 where the unit holds a NaN or infinite score */
     const int64_t units_len = C * N, total = B * C * N, step = (total + nchunks - 1) / nchunks;
-    int32_t lanes[BLOCK] = {0};
+    int32_t lanes[BLOCK] = {0}, nf[BLOCK] = {0};
     for (int64_t unit = u0; unit < u1; unit++) {
         int64_t start = per_image ? unit * units_len : min64(unit * step, total);
         int64_t stop = per_image ? (unit + 1) * units_len : min64(start + step, total);
@@ -259,6 +281,7 @@ CLONES void binary_errors(const int64_t *a, int64_t u0, int64_t u1) {
                 float v = binary_error(xc[j], fg, code, &de);
                 int32_t vb = ok ? bits_of(v) : 0;
                 lanes[j] = vb > lanes[j] ? vb : lanes[j];
+                nf[j] |= nonfinite(xc[j]);
                 out[j] = encode(v, fg, ok);
             }
             pos += width;
@@ -267,6 +290,12 @@ CLONES void binary_errors(const int64_t *a, int64_t u0, int64_t u1) {
                 for (int64_t j = 0; j < BLOCK; j++) m = lanes[j] > m ? lanes[j] : m;
                 tops[unit * groups + g] = float_of(m);
                 memset(lanes, 0, sizeof(lanes));
+            }
+            if (pos >= stop) {
+                int32_t any = 0;
+                for (int64_t j = 0; j < BLOCK; j++) any |= nf[j];
+                flags[unit] = any;
+                memset(nf, 0, sizeof(nf));
             }
         }
     }
@@ -769,7 +798,7 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
         const int64_t swidth = min64(N, s0 + span) - s0;
         for (int64_t i0 = 0; i0 < swidth; i0 += BLOCK) {
             const int64_t width = min64(BLOCK, swidth - i0);
-            block_probabilities(x, C, N, b, s0 + i0, width, from_logits, p + i0, span, mx, den + i0);
+            block_probabilities(x, C, N, b, s0 + i0, width, from_logits, p + i0, span, mx, den + i0, NULL);
         }
         const int64_t *tb = t + b * N + s0;
         for (int64_t j = 0; j < swidth; j++) lab[j] = (use_ignore && tb[j] == ignore) ? -1 : (int32_t)tb[j];

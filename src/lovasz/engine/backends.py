@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_backend
+from .._checks import compiling as _compiling
 from ..surrogates import SIGMOID, SOFTMAX
 from ..types import BACKENDS
 
@@ -263,6 +264,19 @@ def _requested(backend: str) -> tuple[str, str]:
     if env not in BACKENDS:
         raise ValueError(f"{ENV_VAR} must be one of {BACKENDS}, got {env!r}")
     return env, f"{ENV_VAR}={env}"
+
+
+def checks_finite(backend: str, x: Tensor, bins: int | None) -> bool:
+    """Whether the kernels that will serve this call refuse NaN/Inf scores themselves (the native kernels'
+    pass 1 flags them as it reads the scores), so that the loss's checks need no pass over ``input`` of
+    their own.  Never under ``torch.compile`` (whose checks are graph assertions), and False whenever
+    the choice cannot be made here (the call then raises the resolver's error after the checks)."""
+    try:
+        if bins is None or x.dtype == torch.float64 or _compiling():
+            return False
+        return resolve(backend, x, bins).name == "native"
+    except Exception:  # bad arguments or backends are reported by the call's own checks
+        return False
 
 
 def resolve(backend: str, x: Tensor, bins: int | None) -> Resolved:

@@ -26,6 +26,7 @@ import os
 import numpy as np
 import torch
 
+from .._checks import NONFINITE
 from ..surrogates import HINGE, PROBS, SIGMOID, SIGMOID_PROBS, SOFTMAX, Surrogate
 from . import cpu_threads
 from .histogram import Binning, Histogram, inverse_top
@@ -177,10 +178,13 @@ def _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top):
     use_ignore = ignore_index is not None
     bits = torch.empty_like(x32) if errors is None else errors
     tops = torch.zeros(units, groups, dtype=torch.float32)
+    flags = torch.zeros(units, dtype=torch.int32)
     kernel = "softmax_errors" if surrogate.per_class else "binary_errors"
     ignore = int(ignore_index) if use_ignore else 0
     _run(kernel, units, x32, t, bsz, c, n, ignore, use_ignore, surrogate.code, per_image, NUM_CHUNKS, bits, tops,
-         groups)  # fmt: skip
+         groups, flags)  # fmt: skip
+    if bool(flags.any()):  # the scores' NaN/Inf check, done here (checks_finite) instead of by a pass of its own
+        raise ValueError(NONFINITE)
     top = tops.amax(dim=0)
     if reduce_top is not None:
         top = reduce_top(top)
