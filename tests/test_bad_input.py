@@ -157,7 +157,7 @@ def _fused_backends() -> list[str]:
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_binned_engine_refuses_nonfinite_scores_anywhere(backend, loss, per_image, bad):
     # The native kernels refuse NaN/Inf in pass 1 (the loss's own check then skips its pass over the
-    # input; backends.checks_finite): every backend must refuse one bad score wherever it is, in the
+    # input; backends.checks_inputs): every backend must refuse one bad score wherever it is, in the
     # first or last image, block or pass-1 chunk, with the same message.
     g = torch.Generator().manual_seed(0)
     shape = (3, 4, 37, 41) if loss.startswith("softmax") else (3, 37, 41)
@@ -176,3 +176,35 @@ def test_binned_engine_refuses_nonfinite_scores_anywhere(backend, loss, per_imag
                 lovasz.lovasz_softmax(y, t, from_logits=loss == "softmax", **kw)
             else:
                 getattr(lovasz, f"lovasz_{loss}")(y, t, **kw)
+
+
+@pytest.mark.parametrize("backend", _fused_backends())
+@pytest.mark.parametrize("loss", ["softmax", "softmax_probs", "hinge", "sigmoid"])
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("ignore_index", [None, 255])
+def test_binned_engine_refuses_bad_labels_anywhere(backend, loss, per_image, ignore_index):
+    # As above for labels (the native kernels check them in pass 1 too): one bad label, wherever it is,
+    # is refused with the message that names it; ignore_index is not a bad label.
+    g = torch.Generator().manual_seed(1)
+    softmax = loss.startswith("softmax")
+    shape = (3, 4, 37, 41) if softmax else (3, 37, 41)
+    x = torch.randn(shape, generator=g)
+    if loss == "softmax_probs":
+        x = x.softmax(1)
+    t = torch.randint(0, 4 if softmax else 2, (3, 37, 41), generator=g)
+    if ignore_index is not None:
+        t[0, 3, 3] = t[2, 36, 40] = ignore_index
+    kw = dict(bins=lovasz.DEFAULT_BINS, per_image=per_image, backend=backend, ignore_index=ignore_index)
+
+    def call(target):
+        if softmax:
+            return lovasz.lovasz_softmax(x, target, from_logits=loss == "softmax", **kw)
+        return getattr(lovasz, f"lovasz_{loss}")(x, target, **kw)
+
+    assert torch.isfinite(call(t))
+    for where in [(0, 0, 0), (2, 36, 40), (1, 18, 20)]:
+        for value in [-1, 4 if softmax else 2, 254]:
+            u = t.clone()
+            u[where] = value
+            with pytest.raises(ValueError, match=rf"\(found {value}\)"):
+                call(u)

@@ -270,7 +270,7 @@ class _NamesValues(str):
 def run_value_checks(x: Tensor, checks: list[tuple[Tensor, str]], finite_checked: bool = False) -> None:
     """Check ``x`` for NaN/Inf and evaluate boolean 'is bad' flags, with one host sync in the common
     case; raise the first failing message.  ``finite_checked``: the kernels that will run refuse NaN/Inf
-    in ``x`` themselves, with the same message (:func:`lovasz.engine.backends.checks_finite`), so ``x``
+    in ``x`` themselves, with the same message (:func:`lovasz.engine.backends.checks_inputs`), so ``x``
     is not read here for it.
 
     Under ``torch.compile`` each check becomes a ``torch._assert_async`` node of the graph (see the module
@@ -317,6 +317,16 @@ def labels_not_binary(target: Tensor, ignore_index: int | None) -> tuple[Tensor,
     return bad.any(), text if compiling() else _NamesValues(text, target, bad)
 
 
+def bad_labels_message(target: Tensor, num_classes: int | None, ignore_index: int | None) -> str:
+    """The message of :func:`labels_out_of_range` (``num_classes``) or :func:`labels_not_binary` (None),
+    with the offending values, for kernels that found bad labels themselves."""
+    if num_classes is None:
+        _, message = labels_not_binary(target, ignore_index)
+    else:
+        _, message = labels_out_of_range(target, num_classes, ignore_index)
+    return message.eager() if isinstance(message, _NamesValues) else message
+
+
 def bad_weight(w: Tensor) -> tuple[Tensor, str]:
     return (w < 0).any() | ~torch.isfinite(w).all(), "weight must be finite and non-negative"
 
@@ -349,7 +359,7 @@ def check_softmax(
     backend: str,
     per_image: bool,
     allow_empty: bool = False,
-    finite_checked: bool = False,
+    kernels_check: bool = False,
 ) -> tuple[Tensor | None, str | tuple[int, ...], int | None, int | None]:
     """Every check of :func:`lovasz.lovasz_softmax`.  Returns the class weights as a float32 tensor, and
     ``classes``, ``ignore_index`` and ``bins`` as plain Python values (numpy integers accepted)."""
@@ -363,10 +373,11 @@ def check_softmax(
     classes = check_class_list(classes)
     w = class_weight(weight, num_classes, input.device)
     value_checks = [] if from_logits else [not_probabilities(input)]
-    value_checks.append(labels_out_of_range(target, num_classes, ignore_index))
+    if not kernels_check:  # else the kernels check the labels and scores as they read them
+        value_checks.append(labels_out_of_range(target, num_classes, ignore_index))
     if w is not None:
         value_checks.append(bad_weight(w))
-    run_value_checks(input, value_checks, finite_checked)
+    run_value_checks(input, value_checks, kernels_check)
     return w, classes, ignore_index, bins
 
 
@@ -381,7 +392,7 @@ def check_binary(
     backend: str,
     per_image: bool,
     allow_empty: bool = False,
-    finite_checked: bool = False,
+    kernels_check: bool = False,
 ) -> tuple[Tensor, Tensor, int | None, int | None]:
     """Every check of :func:`lovasz.lovasz_hinge` and :func:`lovasz.lovasz_sigmoid`.  Returns input and
     target as ``[B, C, N]``, and ``ignore_index`` and ``bins`` as plain ints."""
@@ -391,8 +402,9 @@ def check_binary(
         per_image=per_image,
     )  # fmt: skip
     value_checks = [] if from_logits else [not_probabilities(x)]
-    value_checks.append(labels_not_binary(t, ignore_index))
-    run_value_checks(x, value_checks, finite_checked)
+    if not kernels_check:  # else the kernels check the labels and scores as they read them
+        value_checks.append(labels_not_binary(t, ignore_index))
+    run_value_checks(x, value_checks, kernels_check)
     return x, t, ignore_index, bins
 
 

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from . import _checks
 from .engine import group_losses
-from .engine.backends import checks_finite
+from .engine.backends import checks_inputs
 from .reduce import reduce_groups, select_classes
 from .surrogates import HINGE, PROBS, SIGMOID, SIGMOID_PROBS, SOFTMAX
 from .types import BackendName, ClassSelection, Reduction
@@ -117,7 +117,7 @@ def lovasz_softmax(
     w, classes, ignore_index, bins = _checks.check_softmax(
         input, target, classes=classes, ignore_index=ignore_index, weight=weight, from_logits=from_logits,
         bins=bins, reduction=reduction, backend=backend, per_image=per_image,
-        allow_empty=process_group is not None, finite_checked=checks_finite(backend, input, bins),
+        allow_empty=process_group is not None, kernels_check=checks_inputs(backend, input, bins),
     )  # fmt: skip
     b, c = input.shape[:2]
     n = math.prod(input.shape[2:])
@@ -146,7 +146,7 @@ def _binary_loss(
     x, t, ignore_index, bins = _checks.check_binary(
         input, target, ignore_index=ignore_index, from_logits=from_logits, bins=bins, reduction=reduction,
         backend=backend, per_image=per_image, allow_empty=process_group is not None,
-        finite_checked=checks_finite(backend, input, bins),
+        kernels_check=checks_inputs(backend, input, bins),
     )  # fmt: skip
     surrogate = HINGE if hinge else SIGMOID if from_logits else SIGMOID_PROBS
     sync = _sync(process_group)

@@ -168,6 +168,19 @@ static inline void lane_maxima(const int32_t *vb, int64_t width, int32_t *restri
     for (int64_t j = j0; j < width; j++) m[j - j0] = vb[j] > m[j - j0] ? vb[j] : m[j - j0];
 }
 
+/* Pass 1's verdict on a unit's input from its lane flags (which it clears): bit 0, a NaN or infinite
+ * score; bit 1, a label out of range (neither a class nor ignore_index). */
+static inline int32_t unit_flags(int32_t *nf, int32_t *bl) {
+    int32_t any_nf = 0, any_bl = 0;
+    for (int64_t j = 0; j < BLOCK; j++) {
+        any_nf |= nf[j];
+        any_bl |= bl[j];
+    }
+    memset(nf, 0, sizeof(int32_t) * BLOCK);
+    memset(bl, 0, sizeof(int32_t) * BLOCK);
+    return (any_nf ? 1 : 0) | (any_bl ? 2 : 0);
+}
+
 /* args: x, t, B, C, N, ignore, use_ignore, code, per_image, nchunks, bits, tops, groups, flags.
  * Units: an image each per image, else nchunks fixed chunks of the B·N pixels; tops [units, groups]. */
 CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
@@ -179,11 +192,11 @@ CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
     int32_t *bits = (int32_t *)a[10];
     float *tops = (float *)a[11];
     const int64_t groups = a[12];
-    int32_t *flags = (int32_t *)a[13]; /* [units]: 1 where the unit holds a NaN or infinite score */
+    int32_t *flags = (int32_t *)a[13]; /* [units]: what pass 1 found wrong in the unit (unit_flags) */
     float *p = malloc(sizeof(float) * (size_t)(C * BLOCK));
     int32_t *mtop = calloc((size_t)(C * LANES), sizeof(int32_t)); /* [C][LANES] lane maxima */
     float mx[BLOCK], inv_den[BLOCK];
-    int32_t lab[BLOCK], vbits[BLOCK], nf[BLOCK] = {0};
+    int32_t lab[BLOCK], vbits[BLOCK], nf[BLOCK] = {0}, bl[BLOCK] = {0};
     const int64_t total = B * N, step = (total + nchunks - 1) / nchunks;
     for (int64_t unit = u0; unit < u1; unit++) {
         int64_t start = per_image ? unit * N : min64(unit * step, total);
@@ -200,6 +213,8 @@ CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
             block_probabilities(x, C, N, b, i0, width, from_logits, p, BLOCK, mx, inv_den, nf);
             const int64_t *tb = t + b * N + i0;
             for (int64_t j = 0; j < width; j++) lab[j] = (use_ignore && tb[j] == ignore) ? -1 : (int32_t)tb[j];
+            for (int64_t j = 0; j < width; j++) /* a label outside [0, C) (unsigned: negatives too), unignored */
+                bl[j] |= (int32_t)(((uint64_t)tb[j] >= (uint64_t)C) & !(use_ignore & (tb[j] == ignore)));
             for (int64_t c = 0; c < C; c++) {
                 const float *restrict pc = p + c * BLOCK;
                 int32_t *restrict out = bits + (b * C + c) * N + i0;
@@ -221,10 +236,7 @@ CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
                     tops[unit * groups + g] = float_of(m);
                 }
                 memset(mtop, 0, sizeof(int32_t) * (size_t)(C * LANES));
-                int32_t any = 0;
-                for (int64_t j = 0; j < BLOCK; j++) any |= nf[j];
-                flags[unit] = any;
-                memset(nf, 0, sizeof(nf));
+                flags[unit] = unit_flags(nf, bl);
             }
         }
     }
@@ -250,6 +262,13 @@ static inline float binary_error(float s, int fg, int code, float *de) {
     return fmax0(m, 0.0f);
 }
 
+/* binary_error, written to e and de: inlined into a loop whose code is a constant, it vectorizes. */
+static inline __attribute__((always_inline)) void binary_error_into(float s, int fg, int code, float *e, float *de) {
+    float d;
+    *e = binary_error(s, fg, code, &d);
+    *de = d;
+}
+
 /* args: as softmax_errors; units over the B·C·N elements (per image: a row of C·N each). */
 CLONES void binary_errors(const int64_t *a, int64_t u0, int64_t u1) {
     const float *x = (const float *)a[0];
@@ -260,9 +279,9 @@ CLONES void binary_errors(const int64_t *a, int64_t u0, int64_t u1) {
     int32_t *bits = (int32_t *)a[10];
     float *tops = (float *)a[11];
     const int64_t groups = a[12];
-    int32_t *flags = (int32_t *)a[13]; /* [units]: 1 where the unit holds a NaN or infinite score */
+    int32_t *flags = (int32_t *)a[13]; /* [units]: what pass 1 found wrong in the unit (unit_flags) */
     const int64_t units_len = C * N, total = B * C * N, step = (total + nchunks - 1) / nchunks;
-    int32_t lanes[BLOCK] = {0}, nf[BLOCK] = {0};
+    int32_t lanes[BLOCK] = {0}, nf[BLOCK] = {0}, bl[BLOCK] = {0};
     for (int64_t unit = u0; unit < u1; unit++) {
         int64_t start = per_image ? unit * units_len : min64(unit * step, total);
         int64_t stop = per_image ? (unit + 1) * units_len : min64(start + step, total);
@@ -282,6 +301,7 @@ CLONES void binary_errors(const int64_t *a, int64_t u0, int64_t u1) {
                 int32_t vb = ok ? bits_of(v) : 0;
                 lanes[j] = vb > lanes[j] ? vb : lanes[j];
                 nf[j] |= nonfinite(xc[j]);
+                bl[j] |= (int32_t)(ok & ((uint64_t)tc[j] > 1)); /* a label other than 0, 1 (or ignore_index) */
                 out[j] = encode(v, fg, ok);
             }
             pos += width;
@@ -291,12 +311,7 @@ CLONES void binary_errors(const int64_t *a, int64_t u0, int64_t u1) {
                 tops[unit * groups + g] = float_of(m);
                 memset(lanes, 0, sizeof(lanes));
             }
-            if (pos >= stop) {
-                int32_t any = 0;
-                for (int64_t j = 0; j < BLOCK; j++) any |= nf[j];
-                flags[unit] = any;
-                memset(nf, 0, sizeof(nf));
-            }
+            if (pos >= stop) flags[unit] = unit_flags(nf, bl);
         }
     }
 }
@@ -424,12 +439,18 @@ static inline __attribute__((always_inline)) int64_t gather_head(const int32_t *
                 }
                 kb[j] = bin_of(magnitude(src[j]), inv_g, bn.lo, bn.per_octave, bn.half);
             }
-            for (int64_t j = 0; j < width; j++) {
-                if (kb[j] >= cg && src[j] != IGNORED && m < cap) {
-                    values[m] = magnitude(src[j]);
-                    fgs[m] = src[j] < 0;
-                    bins[m] = kb[j];
-                    m++;
+            for (int64_t j0 = 0; j0 < width; j0 += 16) { /* runs of 16 tested at once, as in class_gradient */
+                const int64_t j1 = min64(width, j0 + 16);
+                int any = 0;
+                for (int64_t j = j0; j < j1; j++) any |= kb[j] >= cg;
+                if (!any) continue;
+                for (int64_t j = j0; j < j1; j++) {
+                    if (kb[j] >= cg && src[j] != IGNORED && m < cap) {
+                        values[m] = magnitude(src[j]);
+                        fgs[m] = src[j] < 0;
+                        bins[m] = kb[j];
+                        m++;
+                    }
                 }
             }
         }
@@ -486,6 +507,10 @@ static inline __attribute__((always_inline)) void group_table(const double *acc,
     int64_t kept_num = -1, kept_den = -1; /* the last J(after) computed, as its fraction's integers */
     double kept_j = 0.0, loss = 0.0;
     for (int32_t k = k_hi; k >= k_lo; k--) {
+        if (slots == 1 && acc[(int64_t)k * 4] == 0.0 && acc[(int64_t)k * 4 + 2] == 0.0) { /* an empty bin */
+            if (total <= head) cut = k;
+            continue;
+        }
         int64_t f = 0, gb = 0;
         double sum_f = 0.0, sum_b = 0.0;
         for (int64_t s = 0; s < slots; s++) {
@@ -932,6 +957,8 @@ CLONES void binary_backward(const int64_t *a, int64_t u0, int64_t u1) {
     float *grad = (float *)a[19];
     const float *scale = (const float *)a[20]; /* per group: the upstream gradient of its loss (0: none) */
     const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK;
+    float ev[BLOCK], dev[BLOCK], wv[BLOCK];
+    int32_t kb[BLOCK], cell[BLOCK], fgv[BLOCK];
     for (int64_t unit = u0; unit < u1; unit++) {
         const int64_t row = unit / nblocks, i0 = (unit - row * nblocks) * BLOCK;
         const int64_t width = min64(N, i0 + BLOCK) - i0;
@@ -944,15 +971,36 @@ CLONES void binary_backward(const int64_t *a, int64_t u0, int64_t u1) {
         const int64_t *restrict tc = t + row * N + i0;
         float *restrict out = grad + row * N + i0;
         const int64_t cg = cut[g];
+        int32_t top = 0;
+        /* Errors and their derivatives, one loop per surrogate (the code is fixed for a call: a loop with
+         * no branch on it vectorizes, where binary_error's branches kept it scalar), then the bins. */
+        if (code == HINGE) {
+            for (int64_t j = 0; j < width; j++) binary_error_into(xc[j], tc[j] == 1, HINGE, ev + j, dev + j);
+        } else if (code == SIGMOID) {
+            for (int64_t j = 0; j < width; j++) binary_error_into(xc[j], tc[j] == 1, SIGMOID, ev + j, dev + j);
+        } else {
+            for (int64_t j = 0; j < width; j++) binary_error_into(xc[j], tc[j] == 1, SIGMOID_PROBS, ev + j, dev + j);
+        }
         for (int64_t j = 0; j < width; j++) {
             int fg = tc[j] == 1;
-            float de;
-            float e = binary_error(xc[j], fg, code, &de);
-            int32_t k = bin_of(e, inv_g, bn.lo, bn.per_octave, bn.half);
-            float w = tg[k * 2 + fg] * sg;
-            if (k >= cg) w = head_weight(hv + g * cap, hf + g * cap, hw + g * cap, cap, e, fg);
-            out[j] = (use_ignore && tc[j] == ignore) ? 0.0f : w * de;
+            int32_t k = bin_of(ev[j], inv_g, bn.lo, bn.per_octave, bn.half);
+            fgv[j] = fg;
+            kb[j] = (use_ignore && tc[j] == ignore) ? -1 : k;
+            cell[j] = k * 2 + fg;
+            top = kb[j] > top ? kb[j] : top;
         }
+        for (int64_t j = 0; j < width; j++) wv[j] = tg[cell[j]] * sg;
+        if (top >= cg) { /* the exact head's elements, a run of 16 tested at once */
+            for (int64_t j0 = 0; j0 < width; j0 += 16) {
+                const int64_t j1 = min64(width, j0 + 16);
+                int any = 0;
+                for (int64_t j = j0; j < j1; j++) any |= kb[j] >= cg;
+                if (!any) continue;
+                for (int64_t j = j0; j < j1; j++)
+                    if (kb[j] >= cg) wv[j] = head_weight(hv + g * cap, hf + g * cap, hw + g * cap, cap, ev[j], fgv[j]);
+            }
+        }
+        for (int64_t j = 0; j < width; j++) out[j] = kb[j] >= 0 ? wv[j] * dev[j] : 0.0f;
     }
 }
 

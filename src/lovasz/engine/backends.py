@@ -266,11 +266,12 @@ def _requested(backend: str) -> tuple[str, str]:
     return env, f"{ENV_VAR}={env}"
 
 
-def checks_finite(backend: str, x: Tensor, bins: int | None) -> bool:
-    """Whether the kernels that will serve this call refuse NaN/Inf scores themselves (the native kernels'
-    pass 1 flags them as it reads the scores), so that the loss's checks need no pass over ``input`` of
-    their own.  Never under ``torch.compile`` (whose checks are graph assertions), and False whenever
-    the choice cannot be made here (the call then raises the resolver's error after the checks)."""
+def checks_inputs(backend: str, x: Tensor, bins: int | None) -> bool:
+    """Whether the kernels that will serve this call check the scores (NaN/Inf) and the labels (range,
+    ``ignore_index``) themselves, with the loss's messages: the native kernels' pass 1 flags them as it
+    reads them, so the loss's own checks need no passes over ``input`` and ``target``.  Never under
+    ``torch.compile`` (whose checks are graph assertions), and False whenever the choice cannot be made
+    here (the call then raises the resolver's error after the checks)."""
     try:
         if bins is None or x.dtype == torch.float64 or _compiling():
             return False

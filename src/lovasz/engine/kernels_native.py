@@ -26,7 +26,7 @@ import os
 import numpy as np
 import torch
 
-from .._checks import NONFINITE
+from .._checks import NONFINITE, bad_labels_message
 from ..surrogates import HINGE, PROBS, SIGMOID, SIGMOID_PROBS, SOFTMAX, Surrogate
 from . import cpu_threads
 from .histogram import Binning, Histogram, inverse_top
@@ -183,8 +183,11 @@ def _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top):
     ignore = int(ignore_index) if use_ignore else 0
     _run(kernel, units, x32, t, bsz, c, n, ignore, use_ignore, surrogate.code, per_image, NUM_CHUNKS, bits, tops,
          groups, flags)  # fmt: skip
-    if bool(flags.any()):  # the scores' NaN/Inf check, done here (checks_finite) instead of by a pass of its own
+    found = int(flags.max()) if units > 0 else 0  # pass 1 checked the inputs as it read them (checks_inputs)
+    if found & 1:
         raise ValueError(NONFINITE)
+    if found & 2:
+        raise ValueError(bad_labels_message(t, c if surrogate.per_class else None, ignore_index))
     top = tops.amax(dim=0)
     if reduce_top is not None:
         top = reduce_top(top)
