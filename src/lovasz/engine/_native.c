@@ -23,6 +23,10 @@
 #include <string.h>
 
 #define BLOCK 256
+/* A group's weight table is [2][K]: the background weights of its K bins, then the foreground ones (the
+ * Python side sees it as a [G, K, 2] view).  Backward's lookups are mostly background elements, which
+ * then touch half the cache lines that an interleaved [K][2] table spreads them over. */
+#define CELL(k, fg, K) ((fg) * (K) + (k))
 #define HEAD_MAX 256 /* the largest exact head group_tables weights (the default is HEAD = 32) */
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && !defined(LOVASZ_NO_CLONES)
@@ -490,11 +494,11 @@ static inline double harmonic_range(int64_t a, int64_t b) {
 }
 
 /* One group's histogram (slots partials at acc + s*stride, each [K][2][2]) → its weight table table_g
- * [K][2] (0 in the exact head), its loss without the head, counts and cut (kernels_cpu._group_table), in
+ * [2][K] (CELL; 0 in the exact head), its loss without the head, counts and cut (kernels_cpu._group_table), in
  * one pass from the top bin down: the head is the run of top bins holding at most `head` elements in all,
  * so a bin is in it exactly when the count so far is still <= head.  n_fg: the group's foreground count,
  * or -1 to count it here. */
-static inline __attribute__((always_inline)) void group_table(const double *acc, int64_t slots, int64_t stride, int64_t head, float *table_g, int32_t k_lo,
+static inline __attribute__((always_inline)) void group_table(const double *acc, int64_t slots, int64_t stride, int64_t head, float *table_g, int64_t num_bins, int32_t k_lo,
                         int32_t k_hi, int64_t n_fg, double *loss_out, int64_t *n_out, int64_t *total_out,
                         int64_t *cut_out) {
     int64_t n = n_fg;
@@ -546,8 +550,8 @@ static inline __attribute__((always_inline)) void group_table(const double *acc,
             w_bg = (j_after - j_before - (double)f * w_fg) / (double)gb;
             w_bg = w_bg > 0.0 ? w_bg : 0.0;
         }
-        table_g[k * 2] = (float)w_bg;
-        table_g[k * 2 + 1] = (float)w_fg;
+        table_g[CELL(k, 0, num_bins)] = (float)w_bg;
+        table_g[CELL(k, 1, num_bins)] = (float)w_fg;
         loss += w_fg * sum_f + w_bg * sum_b;
         above_f += f;
         above_b += gb;
@@ -609,6 +613,12 @@ static double head_group_weights(const float *values, const uint8_t *fgs, int64_
     return loss;
 }
 
+/* Zeroes the table entries of bins k_lo..k_hi of one group (both flags). */
+static inline void zero_table_range(float *table_g, int64_t num_bins, int32_t k_lo, int32_t k_hi) {
+    memset(table_g + k_lo, 0, sizeof(float) * (size_t)(k_hi - k_lo + 1));
+    memset(table_g + num_bins + k_lo, 0, sizeof(float) * (size_t)(k_hi - k_lo + 1));
+}
+
 static inline void group_span(int64_t g, int64_t B, int64_t C, int per_image, int64_t *c, int64_t *b0, int64_t *b1) {
     *c = per_image ? g % C : g;
     *b0 = per_image ? g / C : 0;
@@ -648,8 +658,8 @@ CLONES void group_tables(const int64_t *a, int64_t u0, int64_t u1) {
         merge_ways(local, NULL, ways, k_lo, k_hi, bn.half);
         /* The table comes uninitialized: backward reads only bins its elements fall in, k_lo..k_hi, which
          * are zeroed here before the bins that hold elements get their weights. */
-        if (k_lo <= k_hi) memset(table + g * num_bins * 2 + (int64_t)k_lo * 2, 0, sizeof(float) * 2 * (size_t)(k_hi - k_lo + 1));
-        group_table(local, 1, 0, head, table + g * num_bins * 2, k_lo, k_hi, nf, losses + g, n_fg + g, n_valid + g,
+        if (k_lo <= k_hi) zero_table_range(table + g * num_bins * 2, num_bins, k_lo, k_hi);
+        group_table(local, 1, 0, head, table + g * num_bins * 2, num_bins, k_lo, k_hi, nf, losses + g, n_fg + g, n_valid + g,
                     cut + g);
         if (k_lo <= k_hi) memset(local + (int64_t)k_lo * 4, 0, sizeof(double) * 4 * (size_t)(k_hi - k_lo + 1));
         head_counts[g] = gather_head(bits, C, N, c, b0, b1, cut[g], inv[g], bn, head_values + g * cap,
@@ -720,7 +730,7 @@ void tables_range(const int64_t *a, int64_t u0, int64_t u1) {
     float *table = (float *)a[6];
     int64_t *n_fg = (int64_t *)a[7], *n_valid = (int64_t *)a[8], *cut = (int64_t *)a[9];
     for (int64_t g = u0; g < u1; g++)
-        group_table(acc + g * K * 4, S, G * K * 4, head, table + g * K * 2, 0, (int32_t)(K - 1), -1, losses + g, n_fg + g,
+        group_table(acc + g * K * 4, S, G * K * 4, head, table + g * K * 2, K, 0, (int32_t)(K - 1), -1, losses + g, n_fg + g,
                     n_valid + g, cut + g);
 }
 
@@ -786,7 +796,7 @@ static inline void class_gradient(const float *ev, const int32_t *fgv, const int
  * would fetch most of the table again for every block; with few classes span = BLOCK.  The span changes
  * no result bit: each pixel's dot still adds its classes in order. */
 
-/* args: x, t, B, C, N, ignore, use_ignore, code, per_image, lo, per_octave, half, inv, table ([G][K][2]),
+/* args: x, t, B, C, N, ignore, use_ignore, code, per_image, lo, per_octave, half, inv, table ([G][2][K]),
  * cut, head_values, head_fg, head_w, capacity, grad, scale, span.  Units: (image, span of pixels).
  * scale: [G] float32, each group's upstream gradient, applied to its table entries here (so that the
  * caller makes no scaled copy of the table), or 0 for a table that is already scaled.
@@ -849,7 +859,7 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
                     pc[j] = fg ? 1.0f - e : e; /* the probability as the kept errors give it: the same bits */
                     int32_t k = bin_of(e, inv_g, bn.lo, bn.per_octave, bn.half);
                     kb[j] = lb[j] >= 0 ? k : -1;
-                    cell[j] = k * 2 + fg;
+                    cell[j] = CELL(k, fg, num_bins);
                     top = kb[j] > top ? kb[j] : top;
                 }
                 class_gradient(ev, fgv, kb, cell, pc, top, tg, sg, cut[g], hv + g * cap, hf + g * cap, hw + g * cap,
@@ -869,7 +879,7 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
     free(lab);
 }
 
-/* args: bits, B, C, N, code, per_image, lo, per_octave, half, inv, table ([G][K][2]), cut, head_values,
+/* args: bits, B, C, N, code, per_image, lo, per_octave, half, inv, table ([G][2][K]), cut, head_values,
  * head_fg, head_w, capacity, grad, scale, span (as softmax_backward's).  Units: (image, span of pixels).
  *
  * From the signed errors that forward kept: a probability is e (background) or 1 - e (foreground), so no
@@ -918,7 +928,7 @@ CLONES void softmax_backward_kept(const int64_t *a, int64_t u0, int64_t u1) {
                     fgv[j] = fg;
                     pv[j] = fg ? 1.0f - e : e;
                     kb[j] = valid ? k : -1;
-                    cell[j] = k * 2 + fg;
+                    cell[j] = CELL(k, fg, num_bins);
                     top = kb[j] > top ? kb[j] : top;
                 }
                 class_gradient(ev, fgv, kb, cell, pv, top, tg, sg, cut[g], hv + g * cap, hf + g * cap, hw + g * cap,
@@ -986,7 +996,7 @@ CLONES void binary_backward(const int64_t *a, int64_t u0, int64_t u1) {
             int32_t k = bin_of(ev[j], inv_g, bn.lo, bn.per_octave, bn.half);
             fgv[j] = fg;
             kb[j] = (use_ignore && tc[j] == ignore) ? -1 : k;
-            cell[j] = k * 2 + fg;
+            cell[j] = CELL(k, fg, num_bins);
             top = kb[j] > top ? kb[j] : top;
         }
         for (int64_t j = 0; j < width; j++) wv[j] = tg[cell[j]] * sg;

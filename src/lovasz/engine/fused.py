@@ -76,7 +76,8 @@ def _forward(
     per_octave: int,
     sync=None,
 ) -> tuple[Tensor, ...]:
-    """Losses ``[G]`` float32, weight table ``[G, K, 2]`` float32, anchors ``[G]`` float32, foreground and
+    """Losses ``[G]`` float32, weight table ``[G, K, 2]`` float32 (in the kernels' own layout where they have
+    one: ``kernels.table_arg``), anchors ``[G]`` float32, foreground and
     valid counts ``[G]``, the errors kept for backward (empty unless the kernels keep them), and the exact
     head: ``cut`` ``[G]`` int64, ``values`` ``[G, H]`` float32 (-1 where unused), ``fg`` ``[G, H]`` bool,
     ``weights`` ``[G, H]`` float32.  With ``sync``, of all ranks' inputs together (the head of every rank,
@@ -123,6 +124,8 @@ def _forward(
         weights = head_weights(values, fg, values >= 0, n_fg)
         losses = losses.to(device) + (weights * values.clamp_min(0).to(torch.float64)).sum(dim=1)
     kept = buffer if buffer is not None and _saves_errors(kernels, code) else x32.new_empty(0)
+    if hasattr(kernels, "table_arg"):  # the table in the kernels' own layout, which only they read
+        table = kernels.table_arg(table)
     return (
         losses.to(torch.float32),
         table.to(device),
@@ -162,7 +165,8 @@ def _(x32, t, backend, code, per_image, ignore_index, lo, per_octave):
     keeps = getattr(kernels, "KEEPS_ERRORS", False) and _saves_errors(kernels, code)
     kept = torch.empty_like(x32) if keeps else x32.new_empty(0)
     head = (x32.new_empty(g, HEAD), x32.new_empty(g, HEAD, dtype=torch.bool), x32.new_empty(g, HEAD))
-    return (x32.new_empty(g), x32.new_empty(g, k, 2), x32.new_empty(g), counts, torch.empty_like(counts), kept,
+    table = kernels.empty_table(g, k, x32) if hasattr(kernels, "empty_table") else x32.new_empty(g, k, 2)
+    return (x32.new_empty(g), table, x32.new_empty(g), counts, torch.empty_like(counts), kept,
             torch.empty_like(counts), *head)  # fmt: skip
 
 
@@ -196,11 +200,13 @@ def _backward_impl(
         extra["scale"] = scale
     else:
         table = table * scale.view(-1, 1, 1)
+    # The table as forward left it: [G, K, 2], or the kernels' own layout where they have one (table_arg).
+    table = table.contiguous()
     if t.dim() == 1:  # forward kept the errors and saved an empty target in its place (_setup_context)
-        kernels.backward(None, None, surrogate, per_image, ignore_index, binning, top, table.contiguous(), grad,
-                         head, errors=source, **extra)  # fmt: skip
+        kernels.backward(None, None, surrogate, per_image, ignore_index, binning, top, table, grad, head,
+                         errors=source, **extra)  # fmt: skip
     else:
-        kernels.backward(source, t, surrogate, per_image, ignore_index, binning, top, table.contiguous(), grad, head,
+        kernels.backward(source, t, surrogate, per_image, ignore_index, binning, top, table, grad, head,
                          **extra)  # fmt: skip
     return grad
 

@@ -164,10 +164,30 @@ def tables(acc: np.ndarray, head: int) -> tuple[np.ndarray, ...]:
     cells = torch.as_tensor(acc, dtype=torch.float64).contiguous()
     slots, groups, num_bins = cells.shape[:3]
     losses_ = torch.zeros(groups, dtype=torch.float64)
-    table = torch.zeros(groups, num_bins, 2, dtype=torch.float32)
+    table = torch.zeros(groups, 2, num_bins, dtype=torch.float32)  # the kernels' layout (_table_view)
     n_fg, n_valid, cut = (torch.zeros(groups, dtype=torch.int64) for _ in range(3))
     _run("tables_range", groups, cells, slots, groups, num_bins, head, losses_, table, n_fg, n_valid, cut)
-    return tuple(a.numpy() for a in (losses_, table, n_fg, n_valid, cut))
+    return tuple(a.numpy() for a in (losses_, _table_view(table), n_fg, n_valid, cut))
+
+
+def _table_view(table: torch.Tensor) -> torch.Tensor:
+    """The kernels' weight table, ``[G, 2, K]`` (each group's background weights, then its foreground
+    ones: backward's lookups are mostly background elements, which then share cache lines), as the
+    ``[G, K, 2]`` table of the engine's contract: a view, no copy."""
+    return table.transpose(1, 2)
+
+
+def table_arg(table: torch.Tensor) -> torch.Tensor:
+    """A ``[G, K, 2]`` table as the kernels read it, ``[G, 2, K]`` contiguous: no copy for a table that
+    the kernels made (a :func:`_table_view`); any other is rearranged.  The fused forward hands its table
+    on in this layout (``K > 2``, so :func:`backward` tells the two apart by the last dimension)."""
+    return table.transpose(1, 2).contiguous()
+
+
+def empty_table(groups: int, num_bins: int, like: torch.Tensor) -> torch.Tensor:
+    """An uninitialized table in the kernels' layout, ``[G, 2, K]`` (what the fused forward returns for
+    them, and its fake under compile)."""
+    return like.new_empty(groups, 2, num_bins, dtype=torch.float32)
 
 
 def _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top):
@@ -232,7 +252,7 @@ def losses(
     loss = torch.zeros(groups, dtype=torch.float64)
     # Uninitialized: the kernel zeroes each group's bins that its elements fall in, the only ones backward
     # reads (a [G, K, 2] memset is a pass over up to tens of MB per image-and-class groups).
-    table = torch.empty(groups, b.num_bins, 2, dtype=torch.float32)
+    table = torch.empty(groups, 2, b.num_bins, dtype=torch.float32)  # the kernels' layout (_table_view)
     n_fg, n_valid, cut, counts = (torch.zeros(groups, dtype=torch.int64) for _ in range(4))
     values = torch.zeros(groups, head_size, dtype=torch.float32)
     fg = torch.zeros(groups, head_size, dtype=torch.bool)
@@ -241,7 +261,7 @@ def losses(
         raise ValueError(f"the native kernels weight heads of at most {_HEAD_MAX} elements, got {head_size}")
     _run("group_tables", groups, bits, bsz, c, n, per_image, b.lo, b.per_octave, b.half, inv, head_size, loss, table,
          n_fg, n_valid, cut, values, fg, counts, head_size, weights)  # fmt: skip
-    return top, loss, table, n_fg, n_valid, cut, values, fg, counts, weights
+    return top, loss, _table_view(table), n_fg, n_valid, cut, values, fg, counts, weights
 
 
 def head(
@@ -313,7 +333,7 @@ def backward(
     cut, values, fg, weights = (h.contiguous() for h in head)
     cut = cut.to(torch.int64)
     capacity = values.shape[1]
-    table = table.contiguous()
+    table = table.contiguous() if table.shape[-1] == b.num_bins else table_arg(table)  # see table_arg
     scale_arg = 0 if scale is None else scale.to(torch.float32).contiguous()
     if surrogate.per_class and errors is not None:  # the errors that forward kept (saves_errors)
         _run("softmax_backward_kept", bsz * nspans, errors, bsz, c, n, surrogate.code, per_image, b.lo,
