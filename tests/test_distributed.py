@@ -216,3 +216,54 @@ def test_process_group_under_torch_compile_matches_eager(tmp_path):
         for (want, want_grad), (got, got_grad) in zip(results[0::2], results[1::2], strict=True):
             torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
             torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-8)
+
+
+def _native_path_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    # Counts the calls of the native kernels' own global path, and compares with the generic path (the
+    # PyTorch steps around the same kernels, which the native module then does not offer).
+    from lovasz.engine import kernels_native
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(4, 6, 20, 20, generator=g) * 2
+        t = torch.randint(0, 5, (4, 20, 20), generator=g).masked_fill(torch.rand(4, 20, 20, generator=g) < 0.1, 255)
+        xl, tl = x[2 * rank : 2 * rank + 2], t[2 * rank : 2 * rank + 2]
+        calls = []
+        own = kernels_native.global_losses
+
+        def counted(*args, **kwargs):
+            calls.append(1)
+            return own(*args, **kwargs)
+
+        results = []
+        for variant in ("native path", "generic path"):
+            if variant == "native path":
+                kernels_native.global_losses = counted
+            else:
+                del kernels_native.global_losses
+            z = xl.clone().requires_grad_(True)
+            loss = lovasz.lovasz_softmax(
+                z, tl, bins=lovasz.DEFAULT_BINS, backend="native", ignore_index=255, process_group=dist.group.WORLD
+            )
+            loss.backward()
+            results.append((loss.detach(), z.grad, len(calls)))
+        kernels_native.global_losses = own
+        torch.save(results, os.path.join(out_dir, f"native{rank}.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not backends.native_built(), reason="the native kernels were not built")
+def test_native_global_path_equals_the_generic_one(tmp_path):
+    # The native kernels' global path (send_rows, one all-reduce, global_tables: losses, table and the
+    # exact head's weights in C) against the generic one (PyTorch around histogram_rows, head_rows and
+    # tables_range): the same value and gradient on every rank, and the native path was taken.
+    mp.spawn(_native_path_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    for r in range(2):
+        (native, native_grad, calls), (generic, generic_grad, _) = torch.load(tmp_path / f"native{r}.pt")
+        assert calls == 1
+        torch.testing.assert_close(native, generic, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(native_grad, generic_grad, rtol=1e-5, atol=1e-8)

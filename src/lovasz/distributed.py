@@ -65,6 +65,10 @@ class ProcessSync:
         dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.group)
         return out
 
+    def sum_in_place(self, t: Tensor) -> None:
+        """All-reduce (sum) of ``t`` into ``t`` itself (a buffer the caller made for it)."""
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
+
     def sum_histogram(
         self, cells: Tensor, head: tuple[Tensor, Tensor, Tensor]
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -27,7 +27,6 @@
  * Python side sees it as a [G, K, 2] view).  Backward's lookups are mostly background elements, which
  * then touch half the cache lines that an interleaved [K][2] table spreads them over. */
 #define CELL(k, fg, K) ((fg) * (K) + (k))
-#define HEAD_MAX 256 /* the largest exact head group_tables weights (the default is HEAD = 32) */
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && !defined(LOVASZ_NO_CLONES)
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -566,9 +565,10 @@ static inline __attribute__((always_inline)) void group_table(const double *acc,
 /* The exact weights of one group's head (head_weights in histogram.py): its m elements (values, fgs, in
  * scan order) are the group's largest errors; ranked by decreasing error, each run of equal errors is a
  * bin at the top of the group, weighted as group_table weights a bin (n: the group's foreground count).
- * Writes each element's weight (float32) into w and returns Σ weight · error, in float64. */
-static double head_group_weights(const float *values, const uint8_t *fgs, int64_t m, int64_t n, float *w) {
-    int32_t order[HEAD_MAX];
+ * Writes each element's weight (float32) into w and returns Σ weight · error, in float64.  order: scratch
+ * for m indices. */
+static double head_group_weights(const float *values, const uint8_t *fgs, int64_t m, int64_t n, float *w,
+                                 int32_t *order) {
     for (int64_t i = 0; i < m; i++) { /* stable insertion sort by decreasing value */
         int64_t j = i;
         while (j > 0 && values[order[j - 1]] < values[i]) {
@@ -643,7 +643,6 @@ CLONES void group_tables(const int64_t *a, int64_t u0, int64_t u1) {
     int64_t *head_counts = (int64_t *)a[17];
     const int64_t cap = a[18];
     float *head_w = (float *)a[19];
-    if (cap > HEAD_MAX) return; /* refused by the loader (lovasz_head_max) */
     const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK;
     const int64_t ways = ways_for((per_image ? 1 : B) * N, num_bins);
     double *local = calloc((size_t)(ways * num_bins * 4), sizeof(double));
@@ -665,7 +664,7 @@ CLONES void group_tables(const int64_t *a, int64_t u0, int64_t u1) {
         head_counts[g] = gather_head(bits, C, N, c, b0, b1, cut[g], inv[g], bn, head_values + g * cap,
                                      head_fg + g * cap, head_bins, cap, kb, block_top);
         losses[g] += head_group_weights(head_values + g * cap, head_fg + g * cap, head_counts[g], n_fg[g],
-                                        head_w + g * cap);
+                                        head_w + g * cap, head_bins);
     }
     free(local);
     free(block_top);
@@ -732,6 +731,116 @@ void tables_range(const int64_t *a, int64_t u0, int64_t u1) {
     for (int64_t g = u0; g < u1; g++)
         group_table(acc + g * K * 4, S, G * K * 4, head, table + g * K * 2, K, 0, (int32_t)(K - 1), -1, losses + g, n_fg + g,
                     n_valid + g, cut + g);
+}
+
+/* The global-batch loss (process_group) in two kernels around one all-reduce: send_rows fills this rank's
+ * send buffer, the caller sums the buffers of all ranks in place, and global_tables turns the sum into
+ * every rank's (identical) losses, table and exact head.  Buffer: the histogram [G][K][2][2] (background,
+ * foreground) × (count, error sum) in float32 (counts exact below 2^24 per cell), then one head block
+ * [3][G][capacity] per rank: candidate values (-1 where unused), foreground flags and bins, as floats. */
+
+/* args: bits, B, C, N, per_image, lo, per_octave, half, inv, head, send (histogram part), head_block (this
+ * rank's, [3][G][capacity]), capacity.  Units: groups.  A group's candidates are its local elements in
+ * the bins of its local exact head: they hold every element of the global head that this rank has. */
+CLONES void send_rows(const int64_t *a, int64_t u0, int64_t u1) {
+    const int32_t *bits = (const int32_t *)a[0];
+    const int64_t B = a[1], C = a[2], N = a[3];
+    const int per_image = (int)a[4];
+    const binning_t bn = {(int32_t)a[5], (int32_t)a[6], (int32_t)a[7]};
+    const float *inv = (const float *)a[8];
+    const int64_t head = a[9];
+    float *send = (float *)a[10];
+    float *block = (float *)a[11];
+    const int64_t cap = a[12];
+    const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK, G = per_image ? B * C : C;
+    const int64_t ways = ways_for((per_image ? 1 : B) * N, num_bins);
+    double *local = calloc((size_t)(ways * num_bins * 4), sizeof(double));
+    int32_t *block_top = malloc(sizeof(int32_t) * (size_t)(B * nblocks + 1));
+    float *values = malloc(sizeof(float) * (size_t)(cap + 1));
+    uint8_t *fgs = malloc((size_t)(cap + 1));
+    int32_t *bins = malloc(sizeof(int32_t) * (size_t)(cap + 1));
+    int32_t kb[BLOCK];
+    for (int64_t g = u0; g < u1; g++) {
+        int64_t c, b0, b1;
+        group_span(g, B, C, per_image, &c, &b0, &b1);
+        int32_t k_lo, k_hi;
+        accumulate(bits, C, N, c, b0 * N, b1 * N, inv[g], bn, local, ways, kb, block_top, &k_lo, &k_hi);
+        merge_ways(local, NULL, ways, k_lo, k_hi, bn.half);
+        float *out = send + g * num_bins * 4;
+        memset(out, 0, sizeof(float) * 4 * (size_t)num_bins);
+        int64_t total = 0, cut = k_hi + 1;
+        for (int32_t k = k_hi; k >= k_lo; k--) { /* the local exact head's cut, as head_cut */
+            const double *cell = local + (int64_t)k * 4;
+            for (int i = 0; i < 4; i++) out[(int64_t)k * 4 + i] = (float)cell[i];
+            total += (int64_t)cell[0] + (int64_t)cell[2];
+            if (total <= head) cut = k;
+        }
+        if (total <= head) cut = 0;
+        if (k_lo <= k_hi) memset(local + (int64_t)k_lo * 4, 0, sizeof(double) * 4 * (size_t)(k_hi - k_lo + 1));
+        const int64_t m = gather_head(bits, C, N, c, b0, b1, cut, inv[g], bn, values, fgs, bins, cap, kb, block_top);
+        for (int64_t i = 0; i < cap; i++) {
+            block[g * cap + i] = i < m ? values[i] : -1.0f;
+            block[(G + g) * cap + i] = i < m ? (float)fgs[i] : 0.0f;
+            block[(2 * G + g) * cap + i] = i < m ? (float)bins[i] : 0.0f;
+        }
+    }
+    free(local);
+    free(block_top);
+    free(values);
+    free(fgs);
+    free(bins);
+}
+
+/* args: recv (the summed buffer), G, K, head, world, capacity, losses, table ([G][2][K]), n_fg, n_valid, cut,
+ * values, fgs (uint8), weights (each [G][world·capacity]: every rank's candidates side by side, -1 / 0 / 0
+ * where unused or below the global cut).  Units: groups. */
+CLONES void global_tables(const int64_t *a, int64_t u0, int64_t u1) {
+    const float *recv = (const float *)a[0];
+    const int64_t G = a[1], K = a[2], head = a[3], world = a[4], cap = a[5];
+    double *losses = (double *)a[6];
+    float *table = (float *)a[7];
+    int64_t *n_fg = (int64_t *)a[8], *n_valid = (int64_t *)a[9], *cut = (int64_t *)a[10];
+    float *values = (float *)a[11];
+    uint8_t *fgs = (uint8_t *)a[12];
+    float *weights = (float *)a[13];
+    const int64_t width = world * cap;
+    const float *blocks = recv + G * K * 4;
+    double *acc = malloc(sizeof(double) * (size_t)(K * 4));
+    float *hv = malloc(sizeof(float) * (size_t)(width + 1));
+    uint8_t *hf = malloc((size_t)(width + 1));
+    float *hw = malloc(sizeof(float) * (size_t)(width + 1));
+    int32_t *order = malloc(sizeof(int32_t) * (size_t)(width + 1));
+    int64_t *slot = malloc(sizeof(int64_t) * (size_t)(width + 1));
+    for (int64_t g = u0; g < u1; g++) {
+        for (int64_t i = 0; i < K * 4; i++) acc[i] = (double)recv[g * K * 4 + i];
+        float *table_g = table + g * K * 2;
+        memset(table_g, 0, sizeof(float) * 2 * (size_t)K);
+        group_table(acc, 1, 0, head, table_g, K, 0, (int32_t)(K - 1), -1, losses + g, n_fg + g, n_valid + g, cut + g);
+        /* The global head: every rank's candidates in the bins >= the global cut. */
+        int64_t m = 0;
+        for (int64_t i = 0; i < width; i++) {
+            const int64_t r = i / cap, j = i - r * cap;
+            const float *blk = blocks + r * 3 * G * cap;
+            const float v = blk[g * cap + j], bin = blk[(G + g) * cap + j + G * cap];
+            const int keep = v >= 0.0f && (int64_t)lrintf(bin) >= cut[g];
+            values[g * width + i] = keep ? v : -1.0f;
+            fgs[g * width + i] = keep && blk[(G + g) * cap + j] > 0.5f;
+            weights[g * width + i] = 0.0f;
+            if (keep) {
+                hv[m] = v;
+                hf[m] = fgs[g * width + i];
+                slot[m++] = i;
+            }
+        }
+        losses[g] += head_group_weights(hv, hf, m, n_fg[g], hw, order);
+        for (int64_t i = 0; i < m; i++) weights[g * width + slot[i]] = hw[i];
+    }
+    free(acc);
+    free(hv);
+    free(hf);
+    free(hw);
+    free(order);
+    free(slot);
 }
 
 /* --------------------------------------------------------------------------------------------- backward */
@@ -1019,8 +1128,9 @@ CLONES void binary_backward(const int64_t *a, int64_t u0, int64_t u1) {
 typedef void (*kernel_fn)(const int64_t *, int64_t, int64_t);
 typedef void (*gomp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
 
-static const kernel_fn KERNELS[] = {softmax_errors, binary_errors,    group_tables,     histogram_rows,      head_rows,
-                                    tables_range,   softmax_backward, binary_backward, softmax_backward_kept};
+static const kernel_fn KERNELS[] = {softmax_errors,   binary_errors,   group_tables,          histogram_rows,
+                                    head_rows,        tables_range,    softmax_backward,      binary_backward,
+                                    softmax_backward_kept, send_rows, global_tables};
 #define NUM_KERNELS ((int)(sizeof(KERNELS) / sizeof(KERNELS[0])))
 
 typedef struct {
@@ -1054,9 +1164,6 @@ void lovasz_surrogate_codes(int32_t *out) {
 
 /* Pixels per block, the unit of the backward kernels (their unit count is images (or rows) × blocks). */
 int lovasz_block(void) { return BLOCK; }
-
-/* The largest head capacity group_tables takes. */
-int lovasz_head_max(void) { return HEAD_MAX; }
 
 #ifndef LOVASZ_SOURCE_DIGEST
 #define LOVASZ_SOURCE_DIGEST "" /* built without setup.py: no record of the source */

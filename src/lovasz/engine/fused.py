@@ -100,6 +100,11 @@ def _forward(
             x32, t, surrogate, per_image, ignore_index, binning, top, cut, HEAD, **extra
         )
         values = _mark_unused(values, counts)
+    elif hasattr(kernels, "global_losses"):  # across processes, in the kernels' own two steps
+        top, losses, table, n_fg, n_valid, cut, values, fg, weights_ = kernels.global_losses(
+            x32, t, surrogate, per_image, ignore_index, binning, HEAD, sync=sync, **extra
+        )
+        weighted = [weights_]
     else:  # across processes: the local head's candidates travel with the histogram
         hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning, reduce_top=sync.all_max, **extra)
         local = hist.merged()
@@ -118,7 +123,7 @@ def _forward(
         values, fg = torch.where(keep, values, -1.0), fg & keep
     device = x32.device
     values, fg, n_fg = values.to(device), fg.to(device), n_fg.to(device)
-    if sync is None and weighted:  # the kernels weighted the head themselves, and its loss is in `losses`
+    if weighted:  # the kernels weighted the head themselves, and its loss is in `losses`
         weights, losses = weighted[0].to(device), losses.to(device)
     else:
         weights = head_weights(values, fg, values >= 0, n_fg)

@@ -31,7 +31,10 @@ from ..surrogates import HINGE, PROBS, SIGMOID, SIGMOID_PROBS, SOFTMAX, Surrogat
 from . import cpu_threads
 from .histogram import Binning, Histogram, inverse_top
 
-__all__ = ["AVAILABLE", "KEEPS_ERRORS", "NAME", "backward", "head", "histogram", "library_path", "losses", "tables"]
+__all__ = [
+    "AVAILABLE", "KEEPS_ERRORS", "NAME", "backward", "global_losses", "head", "histogram", "library_path", "losses",
+    "tables",
+]  # fmt: skip
 
 NAME = "native"
 KEEPS_ERRORS = True
@@ -39,7 +42,7 @@ SCALES_TABLE = True  # backward(scale=...) applies each group's upstream gradien
 NUM_CHUNKS = 8  # pass-1 chunks over the batch: fixed, as in the numba kernels
 _KERNELS = (
     "softmax_errors", "binary_errors", "group_tables", "histogram_rows", "head_rows", "tables_range",
-    "softmax_backward", "binary_backward", "softmax_backward_kept",
+    "softmax_backward", "binary_backward", "softmax_backward_kept", "send_rows", "global_tables",
 )  # fmt: skip
 _CODES = [s.code for s in (SOFTMAX, PROBS, SIGMOID, SIGMOID_PROBS, HINGE)]  # the order of lovasz_surrogate_codes
 
@@ -105,7 +108,6 @@ def _load() -> ctypes.CDLL | None:
 _LIB = _load()
 AVAILABLE = _LIB is not None
 _BLOCK = _LIB.lovasz_block() if _LIB is not None else 0  # pixels per kernel block, as the library has it
-_HEAD_MAX = _LIB.lovasz_head_max() if _LIB is not None else 0  # the largest head group_tables weights
 _GOMP: int | None = None
 
 
@@ -257,11 +259,49 @@ def losses(
     values = torch.zeros(groups, head_size, dtype=torch.float32)
     fg = torch.zeros(groups, head_size, dtype=torch.bool)
     weights = torch.zeros(groups, head_size, dtype=torch.float32)
-    if head_size > _HEAD_MAX:
-        raise ValueError(f"the native kernels weight heads of at most {_HEAD_MAX} elements, got {head_size}")
     _run("group_tables", groups, bits, bsz, c, n, per_image, b.lo, b.per_octave, b.half, inv, head_size, loss, table,
          n_fg, n_valid, cut, values, fg, counts, head_size, weights)  # fmt: skip
     return top, loss, _table_view(table), n_fg, n_valid, cut, values, fg, counts, weights
+
+
+def global_losses(
+    x32: torch.Tensor,
+    t: torch.Tensor,
+    surrogate: Surrogate,
+    per_image: bool,
+    ignore_index: int | None,
+    b: Binning,
+    head_size: int,
+    errors: torch.Tensor,
+    sync,
+) -> tuple[torch.Tensor, ...]:
+    """The loss of all ranks' inputs together (``sync``: a :class:`lovasz.distributed.ProcessSync`): pass 1
+    with the anchors' all-reduce (max), then one all-reduce (sum) of a float32 buffer that holds this rank's
+    histogram and its candidates for the exact head, filled by one kernel (``send_rows``) and read by
+    another (``global_tables``), as :func:`.fused._forward`'s generic path does in PyTorch.  Returns
+    ``(top, losses, table, n_fg, n_valid, cut, head_values, head_fg, head_weights)``, the head
+    ``[G, world_size · head_size]`` (every rank's candidates side by side, -1 where unused)."""
+    bsz, c, n = x32.shape
+    groups = bsz * c if per_image else c
+    bits, top, inv = _pass1(x32, t, surrogate, per_image, ignore_index, errors, sync.all_max)
+    k, world = b.num_bins, sync.world_size
+    hist = groups * k * 4
+    buffer = torch.empty(hist + world * 3 * groups * head_size, dtype=torch.float32)
+    blocks = buffer[hist:].view(world, 3, groups, head_size)
+    blocks.zero_()  # the other ranks' blocks: they add theirs
+    _run("send_rows", groups, bits, bsz, c, n, per_image, b.lo, b.per_octave, b.half, inv, head_size, buffer,
+         blocks[sync.rank], head_size)  # fmt: skip
+    sync.sum_in_place(buffer)
+    losses_ = torch.zeros(groups, dtype=torch.float64)
+    table = torch.empty(groups, 2, k, dtype=torch.float32)
+    n_fg, n_valid, cut = (torch.zeros(groups, dtype=torch.int64) for _ in range(3))
+    width = world * head_size
+    values = torch.empty(groups, width, dtype=torch.float32)
+    fg = torch.empty(groups, width, dtype=torch.bool)
+    weights = torch.empty(groups, width, dtype=torch.float32)
+    _run("global_tables", groups, buffer, groups, k, head_size, world, head_size, losses_, table, n_fg, n_valid, cut,
+         values, fg, weights)  # fmt: skip
+    return top, losses_, _table_view(table), n_fg, n_valid, cut, values, fg, weights
 
 
 def head(
