@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import lovasz
+from lovasz.engine import backends
 
 X = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
 T = torch.randint(0, 3, (2, 4, 4), generator=torch.Generator().manual_seed(1))
@@ -184,3 +185,33 @@ def test_hinge_mean_of_huge_losses_does_not_overflow(bins):
     t = torch.tensor([[0, 1]] * 2)
     loss = lovasz.lovasz_hinge(x, t, bins=bins)
     assert torch.isfinite(loss) and loss.item() == pytest.approx(3e38, rel=1e-6)
+
+
+@pytest.mark.skipif(not backends.native_built(), reason="the native kernels were not built")
+@pytest.mark.parametrize("loss", ["softmax", "hinge"])
+def test_native_kernels_check_inputs_under_torch_compile(loss):
+    # With the native kernels the loss leaves the NaN/Inf and label checks to their pass 1, compiled or
+    # not (backends.checks_inputs): under torch.compile the custom operator raises the eager ValueError.
+    torch._dynamo.reset()
+    if loss == "softmax":
+
+        def fn(x, t):
+            return lovasz.lovasz_softmax(x, t, bins=lovasz.DEFAULT_BINS, backend="native")
+
+        x, t, bad_value = X, T, 3
+    else:
+
+        def fn(x, t):
+            return lovasz.lovasz_hinge(x, t, bins=lovasz.DEFAULT_BINS, backend="native")
+
+        x, t, bad_value = X[:, 0], M, 2
+    compiled = torch.compile(fn)
+    torch.testing.assert_close(compiled(x, t), fn(x, t))
+    bad = t.clone()
+    bad[0, 0, 0] = bad_value
+    with pytest.raises(ValueError, match=rf"\(found {bad_value}\)"):
+        compiled(x, bad)
+    nan_input = x.clone()
+    nan_input[(1,) * x.dim()] = float("nan")
+    with pytest.raises(ValueError, match="input contains NaN or Inf values"):
+        compiled(nan_input, t)

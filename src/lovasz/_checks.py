@@ -277,7 +277,8 @@ def run_value_checks(x: Tensor, checks: list[tuple[Tensor, str]], finite_checked
     docstring): no host synchronisation and no data-dependent branch, but the bad input is still refused.
     """
     if compiling():
-        torch._assert_async(torch.isfinite(x).all(), NONFINITE)
+        if not finite_checked:
+            torch._assert_async(torch.isfinite(x).all(), NONFINITE)
         for bad, message in checks:
             torch._assert_async(~bad, message)
         return

@@ -46,7 +46,6 @@ import torch
 from torch import Tensor
 
 from .._checks import check_backend
-from .._checks import compiling as _compiling
 from ..surrogates import SIGMOID, SOFTMAX
 from ..types import BACKENDS
 
@@ -269,11 +268,12 @@ def _requested(backend: str) -> tuple[str, str]:
 def checks_inputs(backend: str, x: Tensor, bins: int | None) -> bool:
     """Whether the kernels that will serve this call check the scores (NaN/Inf) and the labels (range,
     ``ignore_index``) themselves, with the loss's messages: the native kernels' pass 1 flags them as it
-    reads them, so the loss's own checks need no passes over ``input`` and ``target``.  Never under
-    ``torch.compile`` (whose checks are graph assertions), and False whenever the choice cannot be made
-    here (the call then raises the resolver's error after the checks)."""
+    reads them, so the loss's own checks need no passes over ``input`` and ``target`` (eager, and under
+    ``torch.compile``, where the kernels are a custom operator that raises the same ``ValueError``).
+    False whenever the choice cannot be made here (the call then raises the resolver's error after the
+    checks)."""
     try:
-        if bins is None or x.dtype == torch.float64 or _compiling():
+        if bins is None or x.dtype == torch.float64:
             return False
         return resolve(backend, x, bins).name == "native"
     except Exception:  # bad arguments or backends are reported by the call's own checks
