@@ -304,9 +304,12 @@ def test_native_backward_without_kept_errors_holds_less_than_cross_entropy(monke
     kept = _held_bytes(lambda z, y: lovasz.lovasz_softmax(z, y, bins=lovasz.DEFAULT_BINS, backend="native"), x, t)
     monkeypatch.setenv("LOVASZ_KEEP_ERRORS", "0")
     lean = _held_bytes(lambda z, y: lovasz.lovasz_softmax(z, y, bins=lovasz.DEFAULT_BINS, backend="native"), x, t)
+    monkeypatch.delenv("LOVASZ_KEEP_ERRORS")
+    default = _held_bytes(lambda z, y: lovasz.lovasz_softmax(z, y, bins=lovasz.DEFAULT_BINS), x, t)
     assert ce >= x.numel() * 4  # the log-probabilities
     assert kept > ce  # the kept errors, as large, and the table
     assert lean < 0.3 * ce  # the table (8 × 4068 × 8 bytes) and the exact head
+    assert default == lean  # the default keeps no errors either
 
 
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
