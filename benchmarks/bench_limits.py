@@ -14,7 +14,8 @@ Measures, in one process, medians over rounds, buffers reused (no page faults):
   choice uses (native where built, else numba; softmax, errors, anchors; reads the logits, writes the
   kept errors) timed alone, the rest of the forward call
   (input checks, pass 2 with the tables and the exact head: reads the kept errors, one scatter per
-  element) and backward (reads the kept errors, writes the gradient);
+  element) and backward (reads the kept errors, writes the gradient), all with ``LOVASZ_KEEP_ERRORS=1``;
+  and, on its own row, the default backward, which recomputes the probabilities from the logits;
 
 and prints a floor for each stage from those limits (bytes / bandwidth, elements / exp or scatter
 throughput, whichever is larger, divided over the threads) next to what it takes.
@@ -125,20 +126,28 @@ def main() -> None:
 
     ce_ms = median_ms(ce, args.rounds)
     pass1_ms = median_ms(lambda: used._pass1(x3, t2, SOFTMAX, False, None, kept, None), args.rounds)
-    # The real call (checks, pass 1, pass 2 with the tables and the head, head weights), then backward.
-    fwd, bwd = [], []
+    # The real call (checks, pass 1, pass 2 with the tables and the head, head weights), then backward:
+    # with the kept errors (LOVASZ_KEEP_ERRORS=1, the stages below), and with the default backward, which
+    # recomputes the probabilities from the logits (its own row), interleaved.
+    fwd, bwd, bwd_default = [], [], []
     for r in range(args.rounds + 1):
-        xr.grad = None
-        t0 = time.perf_counter()
-        loss = lovasz.lovasz_softmax(xr, target, bins=lovasz.DEFAULT_BINS)
-        t1 = time.perf_counter()
-        loss.backward()
-        t2 = time.perf_counter()
-        if r:
-            fwd.append(t1 - t0)
-            bwd.append(t2 - t1)
+        for keep in ("1", "0"):
+            os.environ["LOVASZ_KEEP_ERRORS"] = keep
+            xr.grad = None
+            t0 = time.perf_counter()
+            loss = lovasz.lovasz_softmax(xr, target, bins=lovasz.DEFAULT_BINS)
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            if r and keep == "1":
+                fwd.append(t1 - t0)
+                bwd.append(t2 - t1)
+            elif r:
+                bwd_default.append(t2 - t1)
+    os.environ.pop("LOVASZ_KEEP_ERRORS", None)
     pass2_ms = statistics.median(fwd) * 1e3 - pass1_ms
     bwd_ms = statistics.median(bwd) * 1e3
+    bwd_default_ms = statistics.median(bwd_default) * 1e3
 
     def floor(bytes_moved: float, exps: int = 0, scatters: int = 0) -> float:
         return max(bytes_moved / bandwidth * 1e3, exps * exp_ms / n_el, scatters * scatter_ms / n_el)
@@ -174,6 +183,10 @@ def main() -> None:
     print(
         f"| cross-entropy fwd+bwd (F.cross_entropy) | read/write {4 * mb:.0f} MB, {n_el / 1e6:.1f} M exp | "
         f"{floor(16 * n_el, n_el):.1f} | {ce_ms:.1f} |"
+    )
+    print(
+        f"| backward without kept errors (the default): recomputes the probabilities | read logits + write "
+        f"gradient ({2 * mb:.0f} MB), {n_el / 1e6:.1f} M exp | {floor(8 * n_el, n_el):.1f} | {bwd_default_ms:.1f} |"
     )
     print(
         f"\nfloor of the Lovász kernels / measured cross-entropy: {total_floor / ce_ms:.2f}×; "
