@@ -534,7 +534,12 @@ static inline __attribute__((always_inline)) void group_table(const double *acc,
         int64_t u = n + above_b;
         double w_fg = 0.0, w_bg = 0.0;
         if (f > 0) w_fg = harmonic_range(u + gb, u - 1) / (double)(gb + 1);
-        if (gb > 0) {
+        if (gb > 0 && f == 0 && n > 0) {
+            /* A background-only bin: J rises by (n - A)·g / (u·(u + g)), so each of its elements weighs
+             * (n - A) / (u·(u + g)): one division, where the difference of the two J values takes two
+             * (the walk is bound by the divider) and cancels. */
+            w_bg = (double)(n - above_f) / ((double)u * (double)(u + gb));
+        } else if (gb > 0) {
             double j_before, j_after;
             if (n > 0) { /* J before this bin is J after the previous one when no head bin came between */
                 const int64_t num = n - above_f;
