@@ -144,6 +144,12 @@ def test_function_per_image_must_be_a_bool(call):
         call()
 
 
+def _native_built() -> bool:
+    from lovasz.engine import backends
+
+    return backends.native_built()
+
+
 def _fused_backends() -> list[str]:
     from lovasz.engine import backends
 
@@ -208,3 +214,35 @@ def test_binned_engine_refuses_bad_labels_anywhere(backend, loss, per_image, ign
             u[where] = value
             with pytest.raises(ValueError, match=rf"\(found {value}\)"):
                 call(u)
+
+
+@pytest.mark.skipif(not _native_built(), reason="the native kernels were not built")
+def test_native_kernels_report_a_nan_before_bad_labels_of_another_image():
+    # Pass 1 flags each unit (an image, per image); a NaN in one image and a bad label in another must
+    # give the NaN message, as the loss's own checks would (NaN first).
+    x = torch.randn(2, 3, 8, 8)
+    t = torch.randint(0, 3, (2, 8, 8))
+    x[1, 0, 4, 4] = float("nan")
+    t[0, 2, 2] = 5
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        lovasz.lovasz_softmax(x, t, bins=lovasz.DEFAULT_BINS, per_image=True, backend="native")
+
+
+@pytest.mark.skipif(not _native_built(), reason="the native kernels were not built")
+@pytest.mark.parametrize("loss", ["softmax", "hinge"])
+def test_with_native_kernels_the_loss_makes_no_passes_of_its_own_for_nan_and_labels(loss, monkeypatch):
+    # The README's promise: where the native kernels run, the NaN/Inf and label checks are theirs, and the
+    # loss's own predicates (a pass over input, a pass over target) are not evaluated; elsewhere they are.
+    from lovasz import _checks
+
+    calls = []
+    for name in ("nonfinite_flag", "labels_out_of_range", "labels_not_binary"):
+        real = getattr(_checks, name)
+        monkeypatch.setattr(_checks, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    x = torch.randn(2, 3, 8, 8) if loss == "softmax" else torch.randn(2, 8, 8)
+    t = torch.randint(0, 3 if loss == "softmax" else 2, (2, 8, 8))
+    fn = lovasz.lovasz_softmax if loss == "softmax" else lovasz.lovasz_hinge
+    fn(x, t, bins=lovasz.DEFAULT_BINS, backend="native")
+    assert calls == []
+    fn(x, t, bins=lovasz.DEFAULT_BINS, backend="torch")
+    assert "nonfinite_flag" in calls and len(calls) == 2

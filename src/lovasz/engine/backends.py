@@ -273,8 +273,6 @@ def checks_inputs(backend: str, x: Tensor, bins: int | None) -> bool:
     False whenever the choice cannot be made here (the call then raises the resolver's error after the
     checks)."""
     try:
-        if bins is None or x.dtype == torch.float64:
-            return False
         return resolve(backend, x, bins).name == "native"
     except Exception:  # bad arguments or backends are reported by the call's own checks
         return False

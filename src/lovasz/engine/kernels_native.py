@@ -204,10 +204,11 @@ def _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top):
     ignore = int(ignore_index) if use_ignore else 0
     _run(kernel, units, x32, t, bsz, c, n, ignore, use_ignore, surrogate.code, per_image, NUM_CHUNKS, bits, tops,
          groups, flags)  # fmt: skip
-    found = int(flags.max()) if units > 0 else 0  # pass 1 checked the inputs as it read them (checks_inputs)
-    if found & 1:
+    # Pass 1 checked the inputs as it read them (checks_inputs); each unit's flags are bits, so test each
+    # bit over all units (a maximum would hide a NaN in one unit behind a bad label in another).
+    if bool((flags & 1).any()):
         raise ValueError(NONFINITE)
-    if found & 2:
+    if bool((flags & 2).any()):
         raise ValueError(bad_labels_message(t, c if surrogate.per_class else None, ignore_index))
     top = tops.amax(dim=0)
     if reduce_top is not None:
