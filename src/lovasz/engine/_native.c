@@ -492,6 +492,35 @@ static inline double harmonic_range(int64_t a, int64_t b) {
     return sum;
 }
 
+/* The weights of the elements of one bin of a group: n is the group's foreground count, u = n + the
+ * background elements ranked above the bin, af the foreground elements above it, f and gb the bin's own
+ * foreground and background counts.  A foreground element weighs (H(u + gb) - H(u - 1)) / (gb + 1), the
+ * mean of J's increments over its possible ranks among the bin's background elements; the background
+ * elements share J's rise over the bin less the foreground's part.  In a background-only bin (n > 0), J
+ * rises by (n - af)·gb / (u·(u + gb)), so each of its elements weighs (n - af) / (u·(u + gb)): one
+ * division, where the difference of the two J values takes two (the table walk is bound by the divider)
+ * and cancels.  Shared by the table walk (group_table) and the exact head (head_group_weights). */
+static inline __attribute__((always_inline)) void bin_weights(int64_t n, int64_t u, int64_t af, int64_t f, int64_t gb,
+                                                              double *w_fg_out, double *w_bg_out) {
+    double w_fg = 0.0, w_bg = 0.0;
+    if (f > 0) w_fg = harmonic_range(u + gb, u - 1) / (double)(gb + 1);
+    if (gb > 0 && f == 0 && n > 0) {
+        w_bg = (double)(n - af) / ((double)u * (double)(u + gb));
+    } else if (gb > 0) {
+        double j_before = 0.0, j_after = 1.0;
+        if (n > 0) {
+            j_before = 1.0 - (double)(n - af) / (double)u;
+            j_after = 1.0 - (double)(n - af - f) / (double)(u + gb);
+        } else {
+            j_before = u > 0 ? 1.0 : 0.0; /* u is the background above when n = 0 */
+        }
+        w_bg = (j_after - j_before - (double)f * w_fg) / (double)gb;
+        w_bg = w_bg > 0.0 ? w_bg : 0.0;
+    }
+    *w_fg_out = w_fg;
+    *w_bg_out = w_bg;
+}
+
 /* One group's histogram (slots partials at acc + s*stride, each [K][2][2]) → its weight table table_g
  * [2][K] (CELL; 0 in the exact head), its loss without the head, counts and cut (kernels_cpu._group_table), in
  * one pass from the top bin down: the head is the run of top bins holding at most `head` elements in all,
@@ -507,8 +536,7 @@ static inline __attribute__((always_inline)) void group_table(const double *acc,
             for (int64_t s = 0; s < slots; s++) n += (int64_t)acc[s * stride + (int64_t)k * 4 + 2];
     }
     int64_t total = 0, cut = (int64_t)k_hi + 1, above_f = 0, above_b = 0;
-    int64_t kept_num = -1, kept_den = -1; /* the last J(after) computed, as its fraction's integers */
-    double kept_j = 0.0, loss = 0.0;
+    double loss = 0.0;
     for (int32_t k = k_hi; k >= k_lo; k--) {
         if (slots == 1 && acc[(int64_t)k * 4] == 0.0 && acc[(int64_t)k * 4 + 2] == 0.0) { /* an empty bin */
             if (total <= head) cut = k;
@@ -531,29 +559,8 @@ static inline __attribute__((always_inline)) void group_table(const double *acc,
             continue;
         }
         if (f == 0 && gb == 0) continue;
-        int64_t u = n + above_b;
-        double w_fg = 0.0, w_bg = 0.0;
-        if (f > 0) w_fg = harmonic_range(u + gb, u - 1) / (double)(gb + 1);
-        if (gb > 0 && f == 0 && n > 0) {
-            /* A background-only bin: J rises by (n - A)·g / (u·(u + g)), so each of its elements weighs
-             * (n - A) / (u·(u + g)): one division, where the difference of the two J values takes two
-             * (the walk is bound by the divider) and cancels. */
-            w_bg = (double)(n - above_f) / ((double)u * (double)(u + gb));
-        } else if (gb > 0) {
-            double j_before, j_after;
-            if (n > 0) { /* J before this bin is J after the previous one when no head bin came between */
-                const int64_t num = n - above_f;
-                j_before = num == kept_num && u == kept_den ? kept_j : 1.0 - (double)num / (double)u;
-                kept_num = num - f;
-                kept_den = u + gb;
-                j_after = kept_j = 1.0 - (double)kept_num / (double)kept_den;
-            } else {
-                j_before = above_b > 0 ? 1.0 : 0.0;
-                j_after = 1.0;
-            }
-            w_bg = (j_after - j_before - (double)f * w_fg) / (double)gb;
-            w_bg = w_bg > 0.0 ? w_bg : 0.0;
-        }
+        double w_fg, w_bg;
+        bin_weights(n, n + above_b, above_f, f, gb, &w_fg, &w_bg);
         table_g[CELL(k, 0, num_bins)] = (float)w_bg;
         table_g[CELL(k, 1, num_bins)] = (float)w_fg;
         loss += w_fg * sum_f + w_bg * sum_b;
@@ -569,7 +576,8 @@ static inline __attribute__((always_inline)) void group_table(const double *acc,
 
 /* The exact weights of one group's head (head_weights in histogram.py): its m elements (values, fgs, in
  * scan order) are the group's largest errors; ranked by decreasing error, each run of equal errors is a
- * bin at the top of the group, weighted as group_table weights a bin (n: the group's foreground count).
+ * bin at the top of the group, weighted as the table walk weights a bin (bin_weights; n: the group's
+ * foreground count).
  * Writes each element's weight (float32) into w and returns Σ weight · error, in float64.  order: scratch
  * for m indices. */
 static double head_group_weights(const float *values, const uint8_t *fgs, int64_t m, int64_t n, float *w,
@@ -591,21 +599,8 @@ static double head_group_weights(const float *values, const uint8_t *fgs, int64_
             gb += fgs[order[r1]] == 0;
             r1++;
         }
-        const int64_t u = n + above_b;
-        double w_fg = 0.0, w_bg = 0.0;
-        if (f > 0) w_fg = harmonic_range(u + gb, u - 1) / (double)(gb + 1);
-        if (gb > 0) {
-            double j_before, j_after;
-            if (n > 0) {
-                j_before = 1.0 - (double)(n - above_f) / (double)(u > 1 ? u : 1);
-                j_after = 1.0 - (double)(n - above_f - f) / (double)(u + gb);
-            } else {
-                j_before = above_b > 0 ? 1.0 : 0.0;
-                j_after = 1.0;
-            }
-            w_bg = (j_after - j_before - (double)f * w_fg) / (double)gb;
-            w_bg = w_bg > 0.0 ? w_bg : 0.0;
-        }
+        double w_fg, w_bg;
+        bin_weights(n, n + above_b, above_f, f, gb, &w_fg, &w_bg);
         for (int64_t r = r0; r < r1; r++) {
             const double wr = fgs[order[r]] ? w_fg : w_bg;
             w[order[r]] = (float)wr;
