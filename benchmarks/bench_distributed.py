@@ -1,15 +1,26 @@
 """What the global-batch Lovász loss (``process_group=``) costs over the local one, in real gloo process
-groups on this machine: per training step, the bytes each rank sends into the collectives, the time of the
-loss's forward+backward with and without the process group, and that difference against a whole training
-step of the demo model (``SmallUNet``, 2 canvases of 64×64 per rank, forward + backward + the loss).
+groups on this machine, per training step of the demo model (``SmallUNet``, 2 canvases of 64×64 per
+rank), in two ways:
+
+* **the loss alone**: the loss's forward+backward on fixed logits, with and without the process group,
+  each timed from a barrier to a barrier.  The difference holds the global path's own work, its two
+  collectives, and the time a rank waits in them for the slower rank;
+* **a whole training step** under ``DistributedDataParallel`` (forward, the loss, backward with DDP's
+  gradient all-reduce, the AdamW step), once with the local and once with the global loss.  DDP's
+  all-reduce waits for the slowest rank anyway, so waiting that the loss's collectives take over from it
+  is not an extra cost; the difference of the two steps is what the global loss adds to training.  It is
+  the figure the goal (sync ≤ 5 % of a step) is about.
 
     python benchmarks/bench_distributed.py                 # 1, 2 and 4 processes
-    python benchmarks/bench_distributed.py --procs 2 --rounds 30
+    python benchmarks/bench_distributed.py --procs 2 --rounds 60
 
-All ranks run on the same CPU (1 thread each), so the time also includes waiting for the slowest rank; on
-separate GPUs the collectives are the same size.  The 1-process row (a group of one) splits the cost: what
-the global path computes beyond the local one, without any communication or waiting.  Medians over
-rounds, after warm-up; the local and the global loss are interleaved in every round.
+A second table times the collectives alone (ranks aligned by a barrier before each): a gloo all-reduce of
+one float, and of the loss's buffer (the histogram and the head candidates), medians and quartiles.
+
+All ranks run on the same CPU (1 thread each); on separate GPUs the collectives are the same size.  The
+1-process row (a group of one) shows what the global path computes beyond the local one, without any
+communication or waiting.  Medians over rounds, after warm-up; local and global are interleaved in every
+round, and which goes first alternates.  Buffers are reused (the steady state of training).
 """
 
 from __future__ import annotations
@@ -46,50 +57,85 @@ def _worker(rank: int, world: int, init_file: str, rounds: int, queue) -> None:
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    torch.manual_seed(rank)
-    model = SmallUNet(1, 11, 16)
+    torch.manual_seed(0)  # the same initial model on every rank, as DDP requires
+    model = torch.nn.parallel.DistributedDataParallel(SmallUNet(1, 11, 16))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    torch.manual_seed(1 + rank)
     images = torch.randn(2, 1, 64, 64)
     labels = torch.randint(0, 11, (2, 64, 64))
     group = dist.group.WORLD
-    variants = {
-        "local loss (per rank)": lambda z: lovasz.lovasz_softmax(z, labels, bins=lovasz.DEFAULT_BINS),
-        "global loss (process_group)": lambda z: lovasz.lovasz_softmax(
-            z, labels, bins=lovasz.DEFAULT_BINS, process_group=group
-        ),
+    losses = {
+        "local": lambda z: lovasz.lovasz_softmax(z, labels, bins=lovasz.DEFAULT_BINS),
+        "global": lambda z: lovasz.lovasz_softmax(z, labels, bins=lovasz.DEFAULT_BINS, process_group=group),
     }
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    steps: list[float] = []
-    for r in range(rounds + 3):
-        for name, fn in variants.items():
-            z = model(images).detach().requires_grad_(True)
+    one = torch.zeros(1)
+
+    def sync_point(z: torch.Tensor) -> torch.Tensor:
+        """The local loss after an all-reduce of one float: a synchronisation point and nothing else."""
+        dist.all_reduce(one, group=group)
+        return losses["local"](z)
+
+    steps = {"local": losses["local"], "sync point": sync_point, "global": losses["global"]}
+    with torch.no_grad():
+        fixed = model(images)
+    loss_times: dict[str, list[float]] = {k: [] for k in losses}
+    step_times: dict[str, list[float]] = {k: [] for k in steps}
+    warmup = 5
+    for r in range(rounds + warmup):
+        order = list(losses) if r % 2 == 0 else list(reversed(losses))
+        for name in order:  # the loss alone, on fixed logits
+            z = fixed.detach().requires_grad_(True)
             dist.barrier()
             t0 = time.perf_counter()
-            fn(z).backward()
+            losses[name](z).backward()
             dist.barrier()
-            if r >= 3:
-                times[name].append(time.perf_counter() - t0)
-        dist.barrier()
-        t0 = time.perf_counter()
-        loss = variants["global loss (process_group)"](model(images))
-        loss.backward()
-        dist.barrier()
-        if r >= 3:
-            steps.append(time.perf_counter() - t0)
+            if r >= warmup:
+                loss_times[name].append(time.perf_counter() - t0)
+        for name in list(steps) if r % 2 == 0 else list(reversed(steps)):  # a whole DDP training step
+            dist.barrier()
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            steps[name](model(images)).backward()
+            opt.step()
+            dist.barrier()
+            if r >= warmup:
+                step_times[name].append(time.perf_counter() - t0)
     if rank == 0:
-        queue.put({k: statistics.median(v) for k, v in times.items()} | {"step": statistics.median(steps)})
+        med = statistics.median
+        queue.put(
+            {f"loss {k}": med(v) for k, v in loss_times.items()} | {f"step {k}": med(v) for k, v in step_times.items()}
+        )
+    dist.destroy_process_group()
+
+
+def _collectives_worker(rank: int, world: int, init_file: str, rounds: int, floats: int, queue) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    buffers = {"1 float": torch.zeros(1), f"the loss's buffer ({floats * 4 / 1024:.0f} KiB)": torch.zeros(floats)}
+    times: dict[str, list[float]] = {k: [] for k in buffers}
+    for r in range(rounds + 5):
+        for name, buf in buffers.items():
+            dist.barrier()
+            t0 = time.perf_counter()
+            dist.all_reduce(buf)
+            if r >= 5:
+                times[name].append(time.perf_counter() - t0)
+    if rank == 0:
+        queue.put({k: statistics.quantiles(v, n=4) for k, v in times.items()})
     dist.destroy_process_group()
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--procs", type=int, nargs="+", default=[1, 2, 4])
-    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=40)
     args = p.parse_args()
     print(
-        "| processes | per rank | loss fwd+bwd, local (ms) | global (ms) | sync cost (ms) | training step (ms) "
-        "| sync / step | bytes sent per rank per step |"
+        "| processes | per rank | loss alone, local (ms) | global (ms) | difference (ms) | DDP step, local loss (ms) "
+        "| local loss + a sync point (ms) | global loss (ms) | global − local (ms) | sync / step "
+        "| global − sync point (ms) | bytes sent per rank per step |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     ctx = mp.get_context("spawn")
     for world in args.procs:
         queue = ctx.SimpleQueue()
@@ -97,14 +143,28 @@ def main() -> None:
             mp.spawn(
                 _worker, args=(world, os.path.join(tmp, "init"), args.rounds, queue), nprocs=world, join=True
             )  # fmt: skip
-        r = queue.get()
-        local, glob, step = (1000 * r[k] for k in ("local loss (per rank)", "global loss (process_group)", "step"))
+        r = {k: 1000 * v for k, v in queue.get().items()}
         sent = _bytes_per_call(False, 4096, 11, 2 * 64 * 64, world)
+        loss_d, step_d = r["loss global"] - r["loss local"], r["step global"] - r["step local"]
+        beyond = r["step global"] - r["step sync point"]
         print(
-            f"| {world} | 2 × 1×64×64, 11 classes | {local:.2f} | {glob:.2f} | {glob - local:.2f} | {step:.1f} "
-            f"| {(glob - local) / step:.1%} | {sent / 1024:.0f} KiB |",
+            f"| {world} | 2 × 1×64×64, 11 classes | {r['loss local']:.2f} | {r['loss global']:.2f} | {loss_d:.2f} "
+            f"| {r['step local']:.1f} | {r['step sync point']:.1f} | {r['step global']:.1f} | {step_d:.2f} "
+            f"| {step_d / r['step local']:.1%} | {beyond:.2f} | {sent / 1024:.0f} KiB |",
             flush=True,
         )
+    print("\n| processes | gloo all-reduce of | median (ms) | quartiles (ms) |")
+    print("|---:|---|---:|---|")
+    floats = _bytes_per_call(False, 4096, 11, 2 * 64 * 64, 1) // 4
+    for world in [w for w in args.procs if w > 1]:
+        queue = ctx.SimpleQueue()
+        with tempfile.TemporaryDirectory() as tmp:
+            mp.spawn(
+                _collectives_worker, args=(world, os.path.join(tmp, "init"), 4 * args.rounds, floats, queue),
+                nprocs=world, join=True,
+            )  # fmt: skip
+        for name, (q1, q2, q3) in queue.get().items():
+            print(f"| {world} | {name} | {1000 * q2:.2f} | {1000 * q1:.2f}–{1000 * q3:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -498,8 +498,8 @@ static inline double harmonic_range(int64_t a, int64_t b) {
  * mean of J's increments over its possible ranks among the bin's background elements; the background
  * elements share J's rise over the bin less the foreground's part.  In a background-only bin (n > 0), J
  * rises by (n - af)·gb / (u·(u + gb)), so each of its elements weighs (n - af) / (u·(u + gb)): one
- * division, where the difference of the two J values takes two (the table walk is bound by the divider)
- * and cancels.  Shared by the table walk (group_table) and the exact head (head_group_weights). */
+ * division, where the difference of the two J values takes two and cancels.  Shared by the table walk
+ * (group_table) and the exact head (head_group_weights). */
 static inline __attribute__((always_inline)) void bin_weights(int64_t n, int64_t u, int64_t af, int64_t f, int64_t gb,
                                                               double *w_fg_out, double *w_bg_out) {
     double w_fg = 0.0, w_bg = 0.0;
