@@ -474,3 +474,69 @@ def test_native_head_weights_match_head_weights(seed, per_image):
     torch.testing.assert_close(weights.double(), want, rtol=1e-6, atol=1e-9)
     # (That the losses include the head's part is checked against the PyTorch engine's losses by
     # test_cpu_kernels_match_pytorch_binned_engine.)
+
+
+@pytest.mark.skipif(not backends.native_built(), reason="the native kernels were not built")
+@pytest.mark.parametrize("keep", ["0", "1"])
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_native_leaves_out_absent_classes_without_changing_the_result(keep, per_image, from_logits, monkeypatch):
+    # With classes="present" the native kernels leave the groups without a foreground label out of pass 2
+    # and backward.  Value and gradient must be those of computing every group (SKIPS_ABSENT off), for
+    # every class selection and reduction that can reach the kernels with the flag.
+    from lovasz.engine import kernels_native
+
+    monkeypatch.setenv("LOVASZ_KEEP_ERRORS", keep)
+    g = torch.Generator().manual_seed(3)
+    b, c, h, w = 3, 9, 24, 40
+    x = torch.randn(b, c, h, w, generator=g) * 3
+    if not from_logits:
+        x = x.softmax(1)
+    t = torch.randint(0, 4, (b, h, w), generator=g)  # classes 4..8 absent everywhere
+    t[1] = torch.randint(2, 7, (h, w), generator=g)  # per image, a different set is present
+    t[2, :5] = 255
+    weight = torch.rand(c, generator=g) + 0.5
+    results = {}
+    for skips in (True, False):
+        monkeypatch.setattr(kernels_native, "SKIPS_ABSENT", skips)
+        for reduction in ("mean", "sum", "none"):
+            for wt in (None, weight):
+                xx = x.clone().requires_grad_(True)
+                loss = lovasz.lovasz_softmax(xx, t, bins=lovasz.DEFAULT_BINS, per_image=per_image,
+                                             ignore_index=255, weight=wt, from_logits=from_logits,
+                                             reduction=reduction, backend="native")  # fmt: skip
+                loss.sum().backward()
+                results[skips, reduction, wt is None] = (loss.detach(), xx.grad)
+    for key in [k for k in results if k[0]]:
+        got, want = results[key], results[(False, *key[1:])]
+        assert torch.equal(got[0], want[0]), key
+        assert torch.equal(got[1], want[1]), key
+
+
+@pytest.mark.skipif(not backends.native_built(), reason="the native kernels were not built")
+@pytest.mark.parametrize("per_image", [False, True])
+def test_native_present_only_marks_exactly_the_absent_groups(per_image):
+    from lovasz import surrogates
+    from lovasz.engine import kernels_native
+
+    g = torch.Generator().manual_seed(5)
+    b, c, n = 4, 6, 700
+    x = torch.randn(b, c, n, generator=g)
+    t = torch.randint(0, 3, (b, n), generator=g)
+    t[0] = 4
+    t[3, :100] = -100
+    binning = Binning.for_bins(lovasz.DEFAULT_BINS)
+    full, skipped = (
+        kernels_native.losses(
+            x, t, surrogates.SOFTMAX, per_image, -100, binning, HEAD, torch.empty_like(x), present_only=p
+        )
+        for p in (False, True)
+    )
+    n_fg, n_valid, cut = full[3], full[4], full[5]
+    absent = n_fg == 0
+    assert absent.any() and not absent.all()
+    assert torch.equal(skipped[3], n_fg) and torch.equal(skipped[4], n_valid)
+    assert torch.equal(skipped[5] == -1, absent)
+    assert torch.equal(skipped[5][~absent], cut[~absent])
+    assert torch.equal(skipped[1][~absent], full[1][~absent]) and (skipped[1][absent] == 0).all()
+    assert torch.equal(skipped[9][~absent], full[9][~absent])

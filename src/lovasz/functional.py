@@ -126,6 +126,7 @@ def lovasz_softmax(
         result = group_losses(
             SOFTMAX if from_logits else PROBS, input.reshape(b, c, n), target.reshape(b, n),
             per_image=per_image, ignore_index=ignore_index, bins=bins, backend=backend, sync=sync,
+            present_only=isinstance(classes, str) and classes == "present",
         )  # fmt: skip
         return reduce_groups(result.losses, select_classes(result, classes), w, reduction, sync)
 

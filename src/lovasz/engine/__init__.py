@@ -56,6 +56,7 @@ def group_losses(
     bins: int | None,
     backend: str = "auto",
     sync=None,
+    present_only: bool = False,
 ) -> GroupLosses:
     """Lovász losses of every group of ``x`` ``[B, C, N]``, folded to ``[B, C]`` (per image) or ``[C]``.
 
@@ -63,6 +64,11 @@ def group_losses(
     labels for ``"channels"``.  Inputs are assumed checked (:mod:`lovasz._checks`).  With ``sync``
     (:class:`lovasz.distributed.ProcessSync`) and ``per_image=False``, the groups are those of all ranks'
     inputs together (per image, groups are local and need no synchronisation).
+
+    ``present_only``: the caller uses only the groups whose class is present (a foreground label among
+    their valid ones, ``classes="present"``); the native CPU kernels then leave the others out (their
+    losses 0 and their gradient 0; the counts are exact), which per image skips most groups.  Other paths
+    compute every group.  Ignored with ``sync`` over the batch, where presence is global.
     """
     s = surrogates.get(surrogate)
     b, c = x.shape[:2]
@@ -86,6 +92,7 @@ def group_losses(
             ignore_index=ignore_index,
             binning=binning,
             backend=impl.name,
+            present_only=present_only,
             sync=sync,
         )
         return GroupLosses(losses, n_fg, n_valid).view(*shape)

@@ -184,8 +184,10 @@ static inline int32_t unit_flags(int32_t *nf, int32_t *bl) {
     return (any_nf ? 1 : 0) | (any_bl ? 2 : 0);
 }
 
-/* args: x, t, B, C, N, ignore, use_ignore, code, per_image, nchunks, bits, tops, groups, flags.
- * Units: an image each per image, else nchunks fixed chunks of the B·N pixels; tops [units, groups]. */
+/* args: x, t, B, C, N, ignore, use_ignore, code, per_image, nchunks, bits, tops, groups, flags, fg_counts,
+ * valid_counts.  Units: an image each per image, else nchunks fixed chunks of the B·N pixels; tops,
+ * fg_counts and valid_counts [units, groups] (the counts int64: each group's foreground and valid labels
+ * in the unit, so that the caller knows which classes are present before pass 2). */
 CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
     const float *x = (const float *)a[0];
     const int64_t *t = (const int64_t *)a[1];
@@ -196,6 +198,7 @@ CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
     float *tops = (float *)a[11];
     const int64_t groups = a[12];
     int32_t *flags = (int32_t *)a[13]; /* [units]: what pass 1 found wrong in the unit (unit_flags) */
+    int64_t *fg_counts = (int64_t *)a[14], *valid_counts = (int64_t *)a[15];
     float *p = malloc(sizeof(float) * (size_t)(C * BLOCK));
     int32_t *mtop = calloc((size_t)(C * LANES), sizeof(int32_t)); /* [C][LANES] lane maxima */
     float mx[BLOCK], inv_den[BLOCK];
@@ -218,17 +221,24 @@ CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
             for (int64_t j = 0; j < width; j++) lab[j] = (use_ignore && tb[j] == ignore) ? -1 : (int32_t)tb[j];
             for (int64_t j = 0; j < width; j++) /* a label outside [0, C) (unsigned: negatives too), unignored */
                 bl[j] |= (int32_t)(((uint64_t)tb[j] >= (uint64_t)C) & !(use_ignore & (tb[j] == ignore)));
+            int32_t valid = 0;
+            for (int64_t j = 0; j < width; j++) valid += lab[j] >= 0;
             for (int64_t c = 0; c < C; c++) {
                 const float *restrict pc = p + c * BLOCK;
                 int32_t *restrict out = bits + (b * C + c) * N + i0;
+                int32_t fgs = 0;
                 for (int64_t j = 0; j < width; j++) {
                     float pr = pc[j] * inv_den[j];
                     int fg = lab[j] == (int32_t)c;
                     float v = fmax0(fg ? 1.0f - pr : pr, 0.0f);
                     vbits[j] = lab[j] >= 0 ? bits_of(v) : 0;
                     out[j] = encode(v, fg, lab[j] >= 0);
+                    fgs += fg;
                 }
                 lane_maxima(vbits, width, mtop + c * LANES);
+                const int64_t g = per_image ? b * C + c : c;
+                fg_counts[unit * groups + g] += fgs;
+                valid_counts[unit * groups + g] += valid;
             }
             pos += width;
             if (pos >= stop) { /* the unit's lanes into its anchors (per image, a unit is one image) */
@@ -626,8 +636,11 @@ static inline void group_span(int64_t g, int64_t B, int64_t C, int per_image, in
 }
 
 /* args: bits, B, C, N, per_image, lo, per_octave, half, inv, head, losses, table, n_fg, n_valid, cut,
- * head_values, head_fg, head_counts, capacity, head_weights.  Units: groups.  losses include the head's
- * (its elements' exact weights in head_weights, [G][capacity] float32). */
+ * head_values, head_fg, head_counts, capacity, head_weights, skip, valid_counts.  Units: groups.  losses
+ * include the head's (its elements' exact weights in head_weights, [G][capacity] float32).  skip (uint8
+ * [G], or 0 for none): groups whose loss is not needed (e.g. classes absent under classes="present"),
+ * left out: loss 0, no foreground, valid_counts[g] valid elements ([G] int64, from pass 1), cut -1 (which
+ * tells backward to give their elements no gradient) and no table entries. */
 CLONES void group_tables(const int64_t *a, int64_t u0, int64_t u1) {
     const int32_t *bits = (const int32_t *)a[0];
     const int64_t B = a[1], C = a[2], N = a[3];
@@ -643,6 +656,8 @@ CLONES void group_tables(const int64_t *a, int64_t u0, int64_t u1) {
     int64_t *head_counts = (int64_t *)a[17];
     const int64_t cap = a[18];
     float *head_w = (float *)a[19];
+    const uint8_t *skip = (const uint8_t *)a[20];
+    const int64_t *valid_counts = (const int64_t *)a[21];
     const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK;
     const int64_t ways = ways_for((per_image ? 1 : B) * N, num_bins);
     double *local = calloc((size_t)(ways * num_bins * 4), sizeof(double));
@@ -650,6 +665,14 @@ CLONES void group_tables(const int64_t *a, int64_t u0, int64_t u1) {
     int32_t *head_bins = malloc(sizeof(int32_t) * (size_t)(cap + 1));
     int32_t kb[BLOCK];
     for (int64_t g = u0; g < u1; g++) {
+        if (skip != NULL && skip[g]) {
+            losses[g] = 0.0;
+            n_fg[g] = 0;
+            n_valid[g] = valid_counts[g];
+            cut[g] = -1;
+            head_counts[g] = 0;
+            continue;
+        }
         int64_t c, b0, b1;
         group_span(g, B, C, per_image, &c, &b0, &b1);
         int32_t k_lo, k_hi;
@@ -952,6 +975,16 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
             const float *restrict tg = table + g * num_bins * 2;
             const float inv_g = inv[g], sg = scale != NULL ? scale[g] : 1.0f;
             float *restrict out = grad + (b * C + c) * N + s0;
+            if (cut[g] < 0) { /* a group forward left out (group_tables' skip): no gradient from it */
+                for (int64_t j = 0; j < swidth; j++) {
+                    const int fg = lab[j] == (int32_t)c;
+                    const float pr = p[c * span + j] * den[j];
+                    const float e = lab[j] >= 0 ? fmax0(fg ? 1.0f - pr : pr, 0.0f) : 0.0f;
+                    p[c * span + j] = fg ? 1.0f - e : e; /* as below, for the softmax derivative */
+                    out[j] = 0.0f;
+                }
+                continue;
+            }
             for (int64_t i0 = 0; i0 < swidth; i0 += BLOCK) {
                 const int64_t width = min64(BLOCK, swidth - i0);
                 float *restrict pc = p + c * span + i0;
@@ -1024,6 +1057,10 @@ CLONES void softmax_backward_kept(const int64_t *a, int64_t u0, int64_t u1) {
             const float inv_g = inv[g], sg = scale != NULL ? scale[g] : 1.0f;
             float *restrict out = grad + (b * C + c) * N + s0;
             prefetch(bits + (nb * C + c) * N + ns0, next_width * 4);
+            if (cut[g] < 0) { /* a group forward left out (group_tables' skip): no gradient from it */
+                for (int64_t j = 0; j < swidth; j++) out[j] = 0.0f;
+                continue;
+            }
             for (int64_t i0 = 0; i0 < swidth; i0 += BLOCK) {
                 const int64_t width = min64(BLOCK, swidth - i0);
                 const int32_t *restrict src = bits + (b * C + c) * N + s0 + i0;

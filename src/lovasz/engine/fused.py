@@ -74,6 +74,7 @@ def _forward(
     ignore_index: int | None,
     lo: int,
     per_octave: int,
+    present_only: bool = False,
     sync=None,
 ) -> tuple[Tensor, ...]:
     """Losses ``[G]`` float32, weight table ``[G, K, 2]`` float32 (in the kernels' own layout where they have
@@ -81,13 +82,17 @@ def _forward(
     valid counts ``[G]``, the errors kept for backward (empty unless the kernels keep them), and the exact
     head: ``cut`` ``[G]`` int64, ``values`` ``[G, H]`` float32 (-1 where unused), ``fg`` ``[G, H]`` bool,
     ``weights`` ``[G, H]`` float32.  With ``sync``, of all ranks' inputs together (the head of every rank,
-    ``H = world_size · HEAD``)."""
+    ``H = world_size · HEAD``).  ``present_only``: only the losses of groups with a foreground label are
+    needed (``classes="present"``); kernels with ``SKIPS_ABSENT`` then leave the others out (loss 0, no
+    gradient), the rest compute them anyway."""
     kernels = backends.load_kernels(backend)
     surrogate, binning = _kernel_args(code, lo, per_octave)
     buffer = torch.empty_like(x32) if getattr(kernels, "KEEPS_ERRORS", False) else None
     extra: dict = {} if buffer is None else {"errors": buffer}
     weighted: list[Tensor] = []  # the head's weights, where the kernels compute them
     if sync is None and hasattr(kernels, "losses"):  # the kernels' own road for a local loss
+        if present_only and getattr(kernels, "SKIPS_ABSENT", False):
+            extra["present_only"] = True
         top, losses, table, n_fg, n_valid, cut, values, fg, counts, *weighted = kernels.losses(
             x32, t, surrogate, per_image, ignore_index, binning, HEAD, **extra
         )
@@ -154,15 +159,16 @@ def _forward_impl(
     ignore_index: int | None,
     lo: int,
     per_octave: int,
+    present_only: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _forward(x32, t, backend, code, per_image, ignore_index, lo, per_octave)
+    return _forward(x32, t, backend, code, per_image, ignore_index, lo, per_octave, present_only)
 
 
 _binned_forward = torch.library.custom_op("lovasz::binned_forward", _forward_impl, mutates_args=())
 
 
 @_binned_forward.register_fake
-def _(x32, t, backend, code, per_image, ignore_index, lo, per_octave):
+def _(x32, t, backend, code, per_image, ignore_index, lo, per_octave, present_only):
     g = _groups(x32, per_image)
     k = Binning(lo, per_octave).num_bins
     counts = x32.new_empty(g, dtype=torch.int64)
@@ -191,6 +197,7 @@ def _backward_impl(
     ignore_index: int | None,
     lo: int,
     per_octave: int,
+    present_only: bool,
 ) -> Tensor:
     """d loss / d scores for the weight table scaled by ``scale`` (each group's upstream gradient: by the
     kernels as they read it where they can, ``SCALES_TABLE``, else here) and head weights already scaled.
@@ -221,7 +228,7 @@ _binned_backward = torch.library.custom_op("lovasz::binned_backward", _backward_
 
 @_binned_backward.register_fake
 def _(source, t, top, table, scale, cut, head_values, head_fg, head_weights, backend, code, per_image, ignore_index,
-      lo, per_octave):  # fmt: skip
+      lo, per_octave, present_only):  # fmt: skip
     return torch.empty_like(source)
 
 
@@ -280,6 +287,7 @@ def fused_binned(
     ignore_index: int | None,
     binning: Binning,
     backend: str,
+    present_only: bool = False,
     sync=None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-group binned Lovász losses straight from scores.
@@ -290,14 +298,18 @@ def fused_binned(
         target: ``[B, N]`` class ids (``"classes"`` layout) or ``[B, C, N]`` 0/1 labels (``"channels"``).
         surrogate: from :mod:`lovasz.surrogates`.
         backend: ``"numba"`` or ``"triton"``, as chosen by :func:`.backends.resolve`.
-        sync: a :class:`lovasz.distributed.ProcessSync` for the loss of all ranks' inputs together.
+        present_only: only the losses of groups with a foreground label are needed (``classes="present"``):
+            kernels that can leave the others out do (their losses 0, their gradient 0).
+        sync: a :class:`lovasz.distributed.ProcessSync` for the loss of all ranks' inputs together (then
+            ``present_only`` is ignored: a class is present where any rank has it).
 
     Returns:
         ``(losses, fg_count, valid_count)``, each ``[G]`` with ``G = B·C`` per image or ``C``.
     """
     x32 = x.to(torch.float32).contiguous()
     t = target.to(torch.int64).contiguous()
-    config = (backend, surrogate.code, per_image, ignore_index, binning.lo, binning.per_octave)
+    present_only = present_only and sync is None
+    config = (backend, surrogate.code, per_image, ignore_index, binning.lo, binning.per_octave, present_only)
     if compiling() and sync is None:
         losses, _, _, n_fg, n_valid, *_ = torch.ops.lovasz.binned_forward(x32, t, *config)
     else:

@@ -39,6 +39,7 @@ __all__ = [
 NAME = "native"
 KEEPS_ERRORS = True
 SCALES_TABLE = True  # backward(scale=...) applies each group's upstream gradient to its table entries
+SKIPS_ABSENT = True  # losses(present_only=True) leaves out the groups without a foreground label
 NUM_CHUNKS = 8  # pass-1 chunks over the batch: fixed, as in the numba kernels
 _KERNELS = (
     "softmax_errors", "binary_errors", "group_tables", "histogram_rows", "head_rows", "tables_range",
@@ -191,7 +192,9 @@ def empty_table(groups: int, num_bins: int, like: torch.Tensor) -> torch.Tensor:
     return like.new_empty(groups, 2, num_bins, dtype=torch.float32)
 
 
-def _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top):
+def _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top, counts=False):
+    """Pass 1: the signed error bits (into ``errors`` when given), the anchors and their inverses; with
+    ``counts`` (softmax surrogates), also each group's foreground and valid labels ``[G]`` int64."""
     bsz, c, n = x32.shape
     groups = bsz * c if per_image else c
     units = bsz if per_image else NUM_CHUNKS
@@ -202,8 +205,12 @@ def _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top):
     flags = torch.zeros(units, dtype=torch.int32)
     kernel = "softmax_errors" if surrogate.per_class else "binary_errors"
     ignore = int(ignore_index) if use_ignore else 0
+    extra = ()
+    if surrogate.per_class:  # the softmax kernel counts each group's labels too
+        fg_counts, valid_counts = (torch.zeros(units, groups, dtype=torch.int64) for _ in range(2))
+        extra = (fg_counts, valid_counts)
     _run(kernel, units, x32, t, bsz, c, n, ignore, use_ignore, surrogate.code, per_image, NUM_CHUNKS, bits, tops,
-         groups, flags)  # fmt: skip
+         groups, flags, *extra)  # fmt: skip
     # Pass 1 checked the inputs as it read them (checks_inputs); each unit's flags are bits, so test each
     # bit over all units (a maximum would hide a NaN in one unit behind a bad label in another).
     if bool((flags & 1).any()):
@@ -213,6 +220,8 @@ def _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top):
     top = tops.amax(dim=0)
     if reduce_top is not None:
         top = reduce_top(top)
+    if counts:
+        return bits, top, _inverse(top), extra[0].sum(dim=0), extra[1].sum(dim=0)
     return bits, top, _inverse(top)
 
 
@@ -244,13 +253,27 @@ def losses(
     b: Binning,
     head_size: int,
     errors: torch.Tensor,
+    present_only: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """The local loss in one go, as :func:`.kernels_cpu.losses`, with the head's exact weights computed in
     the kernel too (:func:`.histogram.head_weights`' ranking and formulas, in C; the losses include the
-    head): ``(top, losses, table, n_fg, n_valid, cut, head_values, head_fg, head_counts, head_weights)``."""
+    head): ``(top, losses, table, n_fg, n_valid, cut, head_values, head_fg, head_counts, head_weights)``.
+
+    ``present_only`` (softmax surrogates): the caller needs the losses of groups with a foreground label
+    only (``classes="present"``), so the groups without one, which pass 1 counted, are left out of pass 2:
+    loss 0, ``cut`` -1 (backward gives them no gradient), no table entries.  At 21 or 150 classes an image
+    holds a few of them, so per image most groups are left out."""
     bsz, c, n = x32.shape
     groups = bsz * c if per_image else c
-    bits, top, inv = _pass1(x32, t, surrogate, per_image, ignore_index, errors, None)
+    skip: int | torch.Tensor = 0  # no group left out
+    valid_counts: int | torch.Tensor = 0
+    if present_only and surrogate.per_class:
+        bits, top, inv, fg_counts, valid_counts = _pass1(
+            x32, t, surrogate, per_image, ignore_index, errors, None, counts=True
+        )
+        skip = (fg_counts == 0).to(torch.uint8)
+    else:
+        bits, top, inv = _pass1(x32, t, surrogate, per_image, ignore_index, errors, None)
     loss = torch.zeros(groups, dtype=torch.float64)
     # Uninitialized: the kernel zeroes each group's bins that its elements fall in, the only ones backward
     # reads (a [G, K, 2] memset is a pass over up to tens of MB per image-and-class groups).
@@ -260,7 +283,7 @@ def losses(
     fg = torch.zeros(groups, head_size, dtype=torch.bool)
     weights = torch.zeros(groups, head_size, dtype=torch.float32)
     _run("group_tables", groups, bits, bsz, c, n, per_image, b.lo, b.per_octave, b.half, inv, head_size, loss, table,
-         n_fg, n_valid, cut, values, fg, counts, head_size, weights)  # fmt: skip
+         n_fg, n_valid, cut, values, fg, counts, head_size, weights, skip, valid_counts)  # fmt: skip
     return top, loss, _table_view(table), n_fg, n_valid, cut, values, fg, counts, weights
 
 
