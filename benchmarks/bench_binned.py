@@ -6,6 +6,14 @@ allocators do).  Each allocator setting runs in its own child process, because g
 
     python benchmarks/bench_binned.py                      # both allocators, all sizes, CPU
     python benchmarks/bench_binned.py --allocator warm --sizes 8x21x256x256 --rounds 5
+    python benchmarks/bench_binned.py --labels regions     # labels with a few classes per image
+
+Labels: ``uniform`` (the default) draws every pixel's class uniformly, so every class occurs in every
+image: the worst case, where every (image, class) group must be computed; the per-image rows use
+``classes="all"``.  ``regions`` gives each image a few classes, as real datasets do (3 of 21 as in Pascal
+VOC, 12 of 19 as in Cityscapes, 10 of 150 as in ADE20K), in blocks of an 8×8 grid; the rows use the
+default ``classes="present"``, so the classes absent from an image (per image) or from the batch are left
+out where the kernels can (the native ones).
 
 "held fwd→bwd" is what the autograd graph saves for backward beyond the inputs themselves (counted
 through ``torch.autograd.graph.saved_tensors_hooks``, each storage once): what a loss adds to the
@@ -29,9 +37,22 @@ import torch.nn.functional as F
 
 WARM_ENV = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
 SIZES = ["8x21x256x256", "2x19x512x1024", "4x150x128x128", "16x1x256x256"]
+CLASSES_PER_IMAGE = {21: 3, 19: 12, 150: 10}  # with --labels regions (Pascal VOC, Cityscapes, ADE20K)
 
 
-def methods(binary: bool) -> dict[str, Callable]:
+def region_labels(b: int, c: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:
+    """``[b, h, w]`` labels: each image has ``CLASSES_PER_IMAGE[c]`` classes (a random choice; 3 where the
+    table has no entry), spread over the blocks of an 8×8 grid."""
+    k = min(c, CLASSES_PER_IMAGE.get(c, 3))
+    out = torch.empty(b, h, w, dtype=torch.int64)
+    for i in range(b):
+        chosen = torch.randperm(c, generator=g)[:k]
+        blocks = chosen[torch.randint(0, k, (1, 1, 8, 8), generator=g)].float()
+        out[i] = F.interpolate(blocks, size=(h, w), mode="nearest")[0, 0].long()
+    return out
+
+
+def methods(binary: bool, per_image_classes: str = "all") -> dict[str, Callable]:
     import lovasz
 
     bins = lovasz.DEFAULT_BINS
@@ -46,7 +67,7 @@ def methods(binary: bool) -> dict[str, Callable]:
         "CE (F.cross_entropy)": lambda x, t, tf: F.cross_entropy(x, t),
         "lovasz_softmax binned, batch": lambda x, t, tf: lovasz.lovasz_softmax(x, t, bins=bins),
         "lovasz_softmax binned, per image": lambda x, t, tf: lovasz.lovasz_softmax(
-            x, t, bins=bins, per_image=True, classes="all"
+            x, t, bins=bins, per_image=True, classes=per_image_classes
         ),
     }
     from lovasz.engine import backends
@@ -91,17 +112,22 @@ def held_bytes(fn: Callable, x: torch.Tensor, t: torch.Tensor, tf: torch.Tensor)
     return sum(seen.values())
 
 
-def run(sizes: list[str], rounds: int, compile_too: bool) -> list[dict]:
+def run(sizes: list[str], rounds: int, compile_too: bool, labels: str = "uniform") -> list[dict]:
     rows = []
     for size in sizes:
         b, c, h, w = (int(v) for v in size.split("x"))
         binary = c == 1
+        if binary and labels == "regions":
+            continue  # the binary losses have one class: nothing to leave out
         g = torch.Generator().manual_seed(0)
         shape = (b, h, w) if binary else (b, c, h, w)
         logits = torch.randn(shape, generator=g) * 3
-        target = torch.randint(0, 2 if binary else c, (b, h, w), generator=g)
+        if labels == "regions":
+            target = region_labels(b, c, h, w, g)
+        else:
+            target = torch.randint(0, 2 if binary else c, (b, h, w), generator=g)
         target_f = target.float()
-        fns = methods(binary)
+        fns = methods(binary, "present" if labels == "regions" else "all")
         if compile_too:
             for name in [n for n in fns if "lovasz" in n and "KEEP_ERRORS" not in n]:
                 fns[name + ", torch.compile"] = torch.compile(fns[name])
@@ -129,10 +155,15 @@ def run(sizes: list[str], rounds: int, compile_too: bool) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict], allocator: str) -> str:
+def table(rows: list[dict], allocator: str, labels: str = "uniform") -> str:
+    what = (
+        "uniform (every class in every image; per image with classes='all')"
+        if labels == "uniform"
+        else "regions (3 of 21, 12 of 19, 10 of 150 classes per image; classes='present')"
+    )
     lines = [
-        f"allocator: {allocator}; {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}",
+        f"labels: {what}; allocator: {allocator}; {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}",
         "",
         "| size | method | fwd+bwd ms (median) | × CE/BCE | held fwd→bwd MiB |",
         "|---|---|---:|---:|---:|",
@@ -148,11 +179,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=9, help="timed rounds (each method once per round)")
     p.add_argument("--allocator", choices=["both", "warm", "fresh"], default="both")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    p.add_argument("--labels", choices=["uniform", "regions"], default="uniform", help="see the module docstring")
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--child", choices=["warm", "fresh"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        rows = run(args.sizes, args.rounds, not args.no_compile)
+        rows = run(args.sizes, args.rounds, not args.no_compile, args.labels)
         print(json.dumps(rows))
         return
     results = {}
@@ -161,7 +193,8 @@ def main() -> None:
         if allocator == "fresh":
             for key in WARM_ENV:
                 env.pop(key, None)
-        cmd = [sys.executable, __file__, "--child", allocator, "--rounds", str(args.rounds), "--sizes", *args.sizes]
+        cmd = [sys.executable, __file__, "--child", allocator, "--rounds", str(args.rounds), "--labels", args.labels]
+        cmd += ["--sizes", *args.sizes]
         if args.no_compile:
             cmd.append("--no-compile")
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -171,7 +204,7 @@ def main() -> None:
         rows = json.loads(out.stdout.strip().splitlines()[-1])
         results[allocator] = rows
         label = "warm (buffers reused, no page faults)" if allocator == "warm" else "fresh (glibc default)"
-        print(table(rows, label) + "\n", flush=True)
+        print(table(rows, label, args.labels) + "\n", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
