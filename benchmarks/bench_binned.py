@@ -176,7 +176,7 @@ def table(rows: list[dict], allocator: str, labels: str = "uniform") -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=SIZES, help="BxCxHxW; C=1 means a binary loss")
-    p.add_argument("--rounds", type=int, default=9, help="timed rounds (each method once per round)")
+    p.add_argument("--rounds", type=int, default=15, help="timed rounds (each method once per round)")
     p.add_argument("--allocator", choices=["both", "warm", "fresh"], default="both")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     p.add_argument("--labels", choices=["uniform", "regions"], default="uniform", help="see the module docstring")
