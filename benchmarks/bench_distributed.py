@@ -132,8 +132,8 @@ def main() -> None:
     args = p.parse_args()
     print(
         "| processes | per rank | loss alone, local (ms) | global (ms) | difference (ms) | DDP step, local loss (ms) "
-        "| local loss + a sync point (ms) | global loss (ms) | global − local (ms) | sync / step "
-        "| global − sync point (ms) | bytes sent per rank per step |"
+        "| local loss + a sync point (ms) | global loss (ms) | global − local (ms) | (global − local) / step "
+        "| global − sync point (ms) | all-reduce buffer per rank per step |"
     )
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     ctx = mp.get_context("spawn")
