@@ -37,9 +37,7 @@ DEVICE = torch.device(_REQUESTED)
 ON_CUDA = DEVICE.type == "cuda"
 # The fused backend under test: Triton on CUDA; on the CPU the native kernels (numba where they were not
 # built), or Triton's interpreter with LOVASZ_TEST_FUSED=triton TRITON_INTERPRET=1.
-FUSED = os.environ.get(
-    "LOVASZ_TEST_FUSED", "triton" if ON_CUDA else ("native" if backends.native_built() else "numba")
-)
+FUSED = os.environ.get("LOVASZ_TEST_FUSED", "triton" if ON_CUDA else ("native" if backends.native_built() else "numba"))
 BINS = lovasz.DEFAULT_BINS
 P = Binning.for_bins(BINS).per_octave
 

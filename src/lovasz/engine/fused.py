@@ -121,9 +121,7 @@ def _forward(
         cells, values, fg, bins = sync.sum_histogram(
             local.cells.to(x32.device), (values.to(x32.device), fg.to(x32.device), bins.to(x32.device))
         )
-        losses, table, n_fg, n_valid, cut = histogram_losses(
-            Histogram(cells, top, binning), kernels=kernels
-        )
+        losses, table, n_fg, n_valid, cut = histogram_losses(Histogram(cells, top, binning), kernels=kernels)
         keep = (values >= 0) & (bins >= cut.to(bins.device).unsqueeze(1))  # the global head's bins
         values, fg = torch.where(keep, values, -1.0), fg & keep
     device = x32.device
