@@ -540,3 +540,34 @@ def test_native_present_only_marks_exactly_the_absent_groups(per_image):
     assert torch.equal(skipped[5][~absent], cut[~absent])
     assert torch.equal(skipped[1][~absent], full[1][~absent]) and (skipped[1][absent] == 0).all()
     assert torch.equal(skipped[9][~absent], full[9][~absent])
+
+
+@pytest.mark.skipif(not backends.native_built(), reason="the native kernels were not built")
+@pytest.mark.parametrize("n", [4 * 700, 4 * 700 + 3])  # rows 16-byte aligned, or not (the scalar tail)
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_native_pass1_streaming_stores_write_the_same_bits(n, per_image, from_logits, monkeypatch):
+    # Large buffers get pass 1's errors through non-temporal stores (STREAM_MIN_BYTES); forcing them on a
+    # small input must give the same errors, anchors and counts, and the same loss and gradient.
+    from lovasz import surrogates
+    from lovasz.engine import kernels_native
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(3, 5, n, generator=g) * 3
+    if not from_logits:
+        x = x.softmax(1)
+    t = torch.randint(0, 5, (3, n), generator=g)
+    t[1, :50] = 255
+    s = surrogates.SOFTMAX if from_logits else surrogates.PROBS
+    out = {}
+    for streaming in (False, True):
+        monkeypatch.setattr(kernels_native, "STREAM_MIN_BYTES", 0 if streaming else 1 << 62)
+        errors = torch.full_like(x, float("nan"))
+        bits, top, _, fg, valid = kernels_native._pass1(x, t, s, per_image, 255, errors, None, counts=True)
+        xx = x.clone().requires_grad_(True)
+        loss = lovasz.lovasz_softmax(xx, t, bins=lovasz.DEFAULT_BINS, per_image=per_image,
+                                     ignore_index=255, from_logits=from_logits, backend="native")  # fmt: skip
+        loss.backward()
+        out[streaming] = (bits.view(torch.int32), top, fg, valid, loss.detach(), xx.grad)
+    for a, b in zip(out[False], out[True], strict=True):
+        assert torch.equal(a, b)

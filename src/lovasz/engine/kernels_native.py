@@ -141,6 +141,10 @@ def _run(kernel: str, units: int, *args) -> None:
 
 
 KEEP_ERRORS_DEFAULT = "0"  # LOVASZ_KEEP_ERRORS when unset: see saves_errors
+# Pass 1 writes the kept errors with streaming (non-temporal) stores from this size on, about a last-level
+# cache: a buffer that large has left the caches before pass 2 reads it, so the stores skip reading each
+# line first.  Same bits either way.
+STREAM_MIN_BYTES = 32 << 20
 
 
 def saves_errors(surrogate: Surrogate) -> bool:
@@ -206,9 +210,9 @@ def _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top, count
     kernel = "softmax_errors" if surrogate.per_class else "binary_errors"
     ignore = int(ignore_index) if use_ignore else 0
     extra = ()
-    if surrogate.per_class:  # the softmax kernel counts each group's labels too
+    if surrogate.per_class:  # the softmax kernel counts each group's labels too, and may stream its stores
         fg_counts, valid_counts = (torch.zeros(units, groups, dtype=torch.int64) for _ in range(2))
-        extra = (fg_counts, valid_counts)
+        extra = (fg_counts, valid_counts, int(bits.numel() * 4 >= STREAM_MIN_BYTES))
     _run(kernel, units, x32, t, bsz, c, n, ignore, use_ignore, surrogate.code, per_image, NUM_CHUNKS, bits, tops,
          groups, flags, *extra)  # fmt: skip
     # Pass 1 checked the inputs as it read them (checks_inputs); each unit's flags are bits, so test each
