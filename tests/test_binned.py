@@ -546,14 +546,17 @@ def test_native_present_only_marks_exactly_the_absent_groups(per_image):
 @pytest.mark.parametrize("n", [4 * 700, 4 * 700 + 3])  # rows 16-byte aligned, or not (the scalar tail)
 @pytest.mark.parametrize("per_image", [False, True])
 @pytest.mark.parametrize("from_logits", [True, False])
-def test_native_pass1_streaming_stores_write_the_same_bits(n, per_image, from_logits, monkeypatch):
-    # Large buffers get pass 1's errors through non-temporal stores (STREAM_MIN_BYTES); forcing them on a
-    # small input must give the same errors, anchors and counts, and the same loss and gradient.
+@pytest.mark.parametrize("keep", ["0", "1"])
+def test_native_streaming_stores_write_the_same_bits(n, per_image, from_logits, keep, monkeypatch):
+    # Large buffers get pass 1's errors and the softmax backwards' gradient through non-temporal stores
+    # (STREAM_MIN_BYTES); forcing them on a small input must give the same errors, anchors and counts, and
+    # the same loss and gradient, with either backward and with a class left out (class 5 is absent).
     from lovasz import surrogates
     from lovasz.engine import kernels_native
 
+    monkeypatch.setenv("LOVASZ_KEEP_ERRORS", keep)
     g = torch.Generator().manual_seed(11)
-    x = torch.randn(3, 5, n, generator=g) * 3
+    x = torch.randn(3, 6, n, generator=g) * 3
     if not from_logits:
         x = x.softmax(1)
     t = torch.randint(0, 5, (3, n), generator=g)

@@ -988,8 +988,10 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
     float *grad = (float *)a[19];
     const float *scale = (const float *)a[20]; /* per group: the upstream gradient of its loss (0: none) */
     const int64_t span = a[21];
+    const int stream = (int)a[22] && from_logits; /* gradient rows through a span buffer, streamed out */
     const int64_t num_bins = 2 * bn.half, nspans = (N + span - 1) / span;
     float *p = malloc(sizeof(float) * (size_t)(C * span)); /* [C][span] */
+    float *gbuf = stream ? aligned_alloc(64, sizeof(float) * (size_t)(((C * span + 15) / 16) * 16)) : NULL;
     float *den = malloc(sizeof(float) * (size_t)span), *dot = malloc(sizeof(float) * (size_t)span);
     int32_t *lab = malloc(sizeof(int32_t) * (size_t)span);
     float wv[BLOCK], mx[BLOCK], ev[BLOCK];
@@ -1008,7 +1010,7 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
             const int64_t g = per_image ? b * C + c : c;
             const float *restrict tg = table + g * num_bins * 2;
             const float inv_g = inv[g], sg = scale != NULL ? scale[g] : 1.0f;
-            float *restrict out = grad + (b * C + c) * N + s0;
+            float *restrict out = stream ? gbuf + c * span : grad + (b * C + c) * N + s0;
             if (cut[g] < 0) { /* a group forward left out (group_tables' skip): no gradient from it */
                 for (int64_t j = 0; j < swidth; j++) {
                     const int fg = lab[j] == (int32_t)c;
@@ -1046,9 +1048,17 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
         for (int64_t c = 0; c < C; c++) {
             const float *restrict pc = p + c * span;
             float *restrict out = grad + (b * C + c) * N + s0;
-            for (int64_t j = 0; j < swidth; j++) out[j] = pc[j] * (out[j] - dot[j]);
+            if (stream) { /* from the span buffer, through the caches' side door (stream_copy) */
+                float *restrict gc = gbuf + c * span;
+                for (int64_t j = 0; j < swidth; j++) gc[j] = pc[j] * (gc[j] - dot[j]);
+                stream_copy((int32_t *)out, (const int32_t *)gc, swidth);
+            } else {
+                for (int64_t j = 0; j < swidth; j++) out[j] = pc[j] * (out[j] - dot[j]);
+            }
         }
     }
+    stream_fence();
+    free(gbuf);
     free(p);
     free(den);
     free(dot);
@@ -1075,8 +1085,10 @@ CLONES void softmax_backward_kept(const int64_t *a, int64_t u0, int64_t u1) {
     float *grad = (float *)a[16];
     const float *scale = (const float *)a[17]; /* per group: the upstream gradient of its loss (0: none) */
     const int64_t span = a[18];
+    const int stream = (int)a[19] && from_logits; /* gradient rows through a span buffer, streamed out */
     const int64_t num_bins = 2 * bn.half, nspans = (N + span - 1) / span;
     float *dot = malloc(sizeof(float) * (size_t)span);
+    float *gbuf = stream ? aligned_alloc(64, sizeof(float) * (size_t)(((C * span + 15) / 16) * 16)) : NULL;
     float wv[BLOCK], ev[BLOCK], pv[BLOCK];
     int32_t kb[BLOCK], cell[BLOCK], fgv[BLOCK];
     for (int64_t unit = u0; unit < u1; unit++) {
@@ -1089,7 +1101,7 @@ CLONES void softmax_backward_kept(const int64_t *a, int64_t u0, int64_t u1) {
             const int64_t g = per_image ? b * C + c : c;
             const float *restrict tg = table + g * num_bins * 2;
             const float inv_g = inv[g], sg = scale != NULL ? scale[g] : 1.0f;
-            float *restrict out = grad + (b * C + c) * N + s0;
+            float *restrict out = stream ? gbuf + c * span : grad + (b * C + c) * N + s0;
             prefetch(bits + (nb * C + c) * N + ns0, next_width * 4);
             if (cut[g] < 0) { /* a group forward left out (group_tables' skip): no gradient from it */
                 for (int64_t j = 0; j < swidth; j++) out[j] = 0.0f;
@@ -1119,12 +1131,16 @@ CLONES void softmax_backward_kept(const int64_t *a, int64_t u0, int64_t u1) {
         for (int64_t c = 0; c < C; c++) {
             const int32_t *restrict src = bits + (b * C + c) * N + s0;
             float *restrict out = grad + (b * C + c) * N + s0;
+            float *restrict gc = stream ? gbuf + c * span : out;
             for (int64_t j = 0; j < swidth; j++) {
                 float e = magnitude(src[j]);
-                out[j] = (src[j] < 0 ? 1.0f - e : e) * (out[j] - dot[j]);
+                gc[j] = (src[j] < 0 ? 1.0f - e : e) * (gc[j] - dot[j]);
             }
+            if (stream) stream_copy((int32_t *)out, (const int32_t *)gc, swidth);
         }
     }
+    stream_fence();
+    free(gbuf);
     free(dot);
 }
 

@@ -141,9 +141,9 @@ def _run(kernel: str, units: int, *args) -> None:
 
 
 KEEP_ERRORS_DEFAULT = "0"  # LOVASZ_KEEP_ERRORS when unset: see saves_errors
-# Pass 1 writes the kept errors with streaming (non-temporal) stores from this size on, about a last-level
-# cache: a buffer that large has left the caches before pass 2 reads it, so the stores skip reading each
-# line first.  Same bits either way.
+# Pass 1 writes the kept errors, and the softmax backwards the gradient, with streaming (non-temporal) stores
+# from this size on, about a last-level cache: a buffer that large has left the caches before it is read
+# again, so the stores skip reading each line first.  Same bits either way.
 STREAM_MIN_BYTES = 32 << 20
 
 
@@ -402,16 +402,19 @@ def backward(
     capacity = values.shape[1]
     table = table.contiguous() if table.shape[-1] == b.num_bins else table_arg(table)  # see table_arg
     scale_arg = 0 if scale is None else scale.to(torch.float32).contiguous()
+    # A gradient larger than a last-level cache is written with streaming stores (STREAM_MIN_BYTES).
+    stream = int(grad.numel() * 4 >= STREAM_MIN_BYTES)
     if surrogate.per_class and errors is not None:  # the errors that forward kept (saves_errors)
         _run("softmax_backward_kept", bsz * nspans, errors, bsz, c, n, surrogate.code, per_image, b.lo,
-             b.per_octave, b.half, inv, table, cut, values, fg, weights, capacity, grad, scale_arg, span)  # fmt: skip
+             b.per_octave, b.half, inv, table, cut, values, fg, weights, capacity, grad, scale_arg, span,
+             stream)  # fmt: skip
         return
     use_ignore = ignore_index is not None
     ignore = int(ignore_index) if use_ignore else 0
     if surrogate.per_class:
         _run("softmax_backward", bsz * nspans, x32.contiguous(), t.contiguous(), bsz, c, n, ignore, use_ignore,
              surrogate.code, per_image, b.lo, b.per_octave, b.half, inv, table, cut, values, fg, weights, capacity,
-             grad, scale_arg, span)  # fmt: skip
+             grad, scale_arg, span, stream)  # fmt: skip
         return
     nblocks = -(-n // _BLOCK)
     _run("binary_backward", bsz * c * nblocks, x32.contiguous(), t.contiguous(), bsz, c, n, ignore, use_ignore,
