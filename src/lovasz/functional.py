@@ -76,7 +76,8 @@ def lovasz_softmax(
         target: ``[B, *spatial]`` integer class ids in ``[0, C)`` (or ``ignore_index``).
         classes: ``"present"`` (classes that occur in the valid labels of each group), ``"all"``, or a
             sequence of class ids.  With ``"present"`` the binned engine's native CPU kernels skip the
-            other classes' work entirely (the same result), so per image it is also the fastest choice.
+            absent classes' work entirely (the same value and gradient, bit for bit), which saves most of
+            the per-image work where an image holds a few of the classes.
         per_image: ``True``: the loss of each image separately, averaged over images (images with no
             valid pixel or no selected class are skipped).  ``False``: all pixels of the batch form one
             set per class (a proxy for the dataset IoU).

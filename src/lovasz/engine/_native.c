@@ -137,6 +137,16 @@ static inline void stream_fence(void) {
 #endif
 }
 
+/* The error |1[fg] - pr| of a probability pr, clamped at 0 (rounding of a softmax can give pr > 1): pass 1,
+ * both softmax backwards and the binary errors compute it here, so their errors, and bins, are the same
+ * bits. */
+static inline float class_error(float pr, int fg) { return fmax0(fg ? 1.0f - pr : pr, 0.0f); }
+
+/* A span's buffer of C rows of span floats, 64-byte aligned (aligned_alloc needs a multiple of 64). */
+static inline float *span_buffer(int64_t C, int64_t span) {
+    return aligned_alloc(64, sizeof(float) * (size_t)(((C * span + 15) / 16) * 16));
+}
+
 /* ------------------------------------------------------------------------------------------- pass 1 */
 
 /* The softmax (or the given probabilities) of one block: p[c][j] · den[j] for the C classes of BLOCK
@@ -262,7 +272,7 @@ CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
                 for (int64_t j = 0; j < width; j++) {
                     float pr = pc[j] * inv_den[j];
                     int fg = lab[j] == (int32_t)c;
-                    float v = fmax0(fg ? 1.0f - pr : pr, 0.0f);
+                    float v = class_error(pr, fg);
                     vbits[j] = lab[j] >= 0 ? bits_of(v) : 0;
                     dst[j] = encode(v, fg, lab[j] >= 0);
                     fgs += fg;
@@ -298,11 +308,11 @@ static inline float binary_error(float s, int fg, int code, float *de) {
         float pr = s >= 0 ? 1.0f / (1.0f + q) : q / (1.0f + q);
         float d = pr * (1.0f - pr);
         *de = fg ? -d : d;
-        return fmax0(fg ? 1.0f - pr : pr, 0.0f);
+        return class_error(pr, fg);
     }
     if (code == SIGMOID_PROBS) {
         *de = fg ? -1.0f : 1.0f;
-        return fmax0(fg ? 1.0f - s : s, 0.0f);
+        return class_error(s, fg);
     }
     float m = 1.0f - (fg ? s : -s); /* hinge: max(1 - s·y, 0) */
     *de = m > 0 ? (fg ? -1.0f : 1.0f) : 0.0f;
@@ -991,7 +1001,7 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
     const int stream = (int)a[22] && from_logits; /* gradient rows through a span buffer, streamed out */
     const int64_t num_bins = 2 * bn.half, nspans = (N + span - 1) / span;
     float *p = malloc(sizeof(float) * (size_t)(C * span)); /* [C][span] */
-    float *gbuf = stream ? aligned_alloc(64, sizeof(float) * (size_t)(((C * span + 15) / 16) * 16)) : NULL;
+    float *gbuf = stream ? span_buffer(C, span) : NULL;
     float *den = malloc(sizeof(float) * (size_t)span), *dot = malloc(sizeof(float) * (size_t)span);
     int32_t *lab = malloc(sizeof(int32_t) * (size_t)span);
     float wv[BLOCK], mx[BLOCK], ev[BLOCK];
@@ -1015,7 +1025,7 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
                 for (int64_t j = 0; j < swidth; j++) {
                     const int fg = lab[j] == (int32_t)c;
                     const float pr = p[c * span + j] * den[j];
-                    const float e = lab[j] >= 0 ? fmax0(fg ? 1.0f - pr : pr, 0.0f) : 0.0f;
+                    const float e = lab[j] >= 0 ? class_error(pr, fg) : 0.0f;
                     p[c * span + j] = fg ? 1.0f - e : e; /* as below, for the softmax derivative */
                     out[j] = 0.0f;
                 }
@@ -1030,7 +1040,7 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
                 for (int64_t j = 0; j < width; j++) {
                     int fg = lb[j] == (int32_t)c;
                     float pr = pc[j] * dn[j];
-                    float e = fmax0(fg ? 1.0f - pr : pr, 0.0f); /* as pass 1 */
+                    float e = class_error(pr, fg); /* as pass 1 */
                     e = lb[j] >= 0 ? e : 0.0f;
                     ev[j] = e;
                     fgv[j] = fg;
@@ -1088,7 +1098,7 @@ CLONES void softmax_backward_kept(const int64_t *a, int64_t u0, int64_t u1) {
     const int stream = (int)a[19] && from_logits; /* gradient rows through a span buffer, streamed out */
     const int64_t num_bins = 2 * bn.half, nspans = (N + span - 1) / span;
     float *dot = malloc(sizeof(float) * (size_t)span);
-    float *gbuf = stream ? aligned_alloc(64, sizeof(float) * (size_t)(((C * span + 15) / 16) * 16)) : NULL;
+    float *gbuf = stream ? span_buffer(C, span) : NULL;
     float wv[BLOCK], ev[BLOCK], pv[BLOCK];
     int32_t kb[BLOCK], cell[BLOCK], fgv[BLOCK];
     for (int64_t unit = u0; unit < u1; unit++) {

@@ -147,6 +147,11 @@ KEEP_ERRORS_DEFAULT = "0"  # LOVASZ_KEEP_ERRORS when unset: see saves_errors
 STREAM_MIN_BYTES = 32 << 20
 
 
+def _streams(buffer: torch.Tensor) -> int:
+    """1 where the kernels write ``buffer`` (float32 or int32) with streaming stores (STREAM_MIN_BYTES)."""
+    return int(buffer.numel() * 4 >= STREAM_MIN_BYTES)
+
+
 def saves_errors(surrogate: Surrogate) -> bool:
     """Whether backward reads the errors that forward kept (``errors=`` of :func:`histogram`), for the
     softmax surrogates; the binary ones always recompute from the scores.
@@ -158,7 +163,7 @@ def saves_errors(surrogate: Surrogate) -> bool:
       on the same numbers, so the same errors and bins): the graph holds only the weight table, far less
       than the log-probabilities cross-entropy keeps;
     * ``1``: forward keeps the errors (as large as cross-entropy's log-probabilities) and backward computes
-      no exponential: 2-22 % faster in the benchmarks so far, holding cross-entropy's memory plus the table.
+      no exponential: 1-22 % faster in the benchmarks so far, holding cross-entropy's memory plus the table.
 
     ``benchmarks/bench_binned.py`` measures both."""
     return surrogate.per_class and os.environ.get("LOVASZ_KEEP_ERRORS", KEEP_ERRORS_DEFAULT) != "0"
@@ -212,7 +217,7 @@ def _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top, count
     extra = ()
     if surrogate.per_class:  # the softmax kernel counts each group's labels too, and may stream its stores
         fg_counts, valid_counts = (torch.zeros(units, groups, dtype=torch.int64) for _ in range(2))
-        extra = (fg_counts, valid_counts, int(bits.numel() * 4 >= STREAM_MIN_BYTES))
+        extra = (fg_counts, valid_counts, _streams(bits))
     _run(kernel, units, x32, t, bsz, c, n, ignore, use_ignore, surrogate.code, per_image, NUM_CHUNKS, bits, tops,
          groups, flags, *extra)  # fmt: skip
     # Pass 1 checked the inputs as it read them (checks_inputs); each unit's flags are bits, so test each
@@ -361,9 +366,9 @@ def head(
 
 # Pixels per unit of the softmax backwards, which go class by class over a unit's span (see _native.c):
 # long contiguous row reads, and each class's table reused across the span.  Measured (backward alone,
-# 2 threads, 8×21×256², 2×19×512×1024, 4×150×128²): 256 → 2048 pixels saved 10–25 %; since the gradient
-# goes through a span buffer (streaming stores), 1024 is 2–5 % faster than 2048 and 512 no faster than
-# 1024.  No result depends on it.
+# 2 threads, 8×21×256², 2×19×512×1024, 4×150×128², by hand): 256 → 2048 pixels saved 10–25 %; since the
+# gradient goes through a span buffer (streaming stores), 1024 is 2–5 % faster than 2048 and 512 no faster
+# than 1024.  No result depends on it (tests/test_binned.py).
 SPAN = 1024
 
 
@@ -403,8 +408,7 @@ def backward(
     capacity = values.shape[1]
     table = table.contiguous() if table.shape[-1] == b.num_bins else table_arg(table)  # see table_arg
     scale_arg = 0 if scale is None else scale.to(torch.float32).contiguous()
-    # A gradient larger than a last-level cache is written with streaming stores (STREAM_MIN_BYTES).
-    stream = int(grad.numel() * 4 >= STREAM_MIN_BYTES)
+    stream = _streams(grad)  # a gradient larger than a last-level cache: streaming stores
     if surrogate.per_class and errors is not None:  # the errors that forward kept (saves_errors)
         _run("softmax_backward_kept", bsz * nspans, errors, bsz, c, n, surrogate.code, per_image, b.lo,
              b.per_octave, b.half, inv, table, cut, values, fg, weights, capacity, grad, scale_arg, span,
