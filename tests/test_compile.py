@@ -104,3 +104,49 @@ def test_compiled_native_backward_without_kept_errors(per_image, monkeypatch):
     lc.backward()
     assert torch.equal(lc, le)
     assert torch.equal(xc.grad, xe.grad)
+
+
+@pytest.mark.parametrize("backend", CPU_FUSED)
+@pytest.mark.parametrize("per_image", [False, True])
+def test_fused_operators_pass_opcheck(backend, per_image):
+    # torch.library.opcheck: the schema, the autograd registration, the fake (meta) implementations and,
+    # for the backward operator, AOT dispatch (traced outputs equal to eager ones). The forward operator's
+    # table leaves bins it never reads uninitialised, so its outputs are only compared through backward's.
+    from lovasz import surrogates
+    from lovasz.engine import fused
+    from lovasz.engine.histogram import Binning
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(B, C, 64, generator=g) * 2
+    t = torch.randint(0, C, (B, 64), generator=g)
+    binning = Binning.for_bins(lovasz.DEFAULT_BINS)
+    config = (backend, surrogates.SOFTMAX.code, per_image, None, binning.lo, binning.per_octave, False)
+    forward, backward = torch.ops.lovasz.binned_forward.default, torch.ops.lovasz.binned_backward.default
+    for inputs in [(x, t), (x.clone().requires_grad_(True), t)]:
+        torch.library.opcheck(
+            forward, (*inputs, *config), test_utils=("test_schema", "test_autograd_registration", "test_faketensor")
+        )
+    out = forward(x, t, *config)
+    source, labels = (out[5], t.new_empty(0)) if out[5].dim() > 1 else (x, t)
+    scale = torch.rand(out[0].shape, generator=g)
+    weights = out[9] * scale.view(-1, 1)
+    torch.library.opcheck(backward, (source, labels, out[2], out[1], scale, *out[6:9], weights, *config))
+    assert fused._LIB is not None  # the registrations live as long as the module
+
+
+@pytest.mark.parametrize("backend", CPU_FUSED)
+@pytest.mark.parametrize("kind", ["softmax", "hinge"])
+def test_double_backward_through_the_fused_kernels_is_refused_clearly(backend, kind):
+    # The fused kernels have one derivative: a backward that records a graph (create_graph=True) raises
+    # an error that names the fix, rather than leaving the loss's part out of a second derivative.
+    x, t = _inputs(kind)
+    x.requires_grad_(True)
+    loss = getattr(lovasz, f"lovasz_{kind}")(x, t, ignore_index=255, bins=lovasz.DEFAULT_BINS, backend=backend)
+    with pytest.raises(RuntimeError, match='no second derivative.*backend="torch"'):
+        torch.autograd.grad(loss, x, create_graph=True)
+    (grad,) = torch.autograd.grad(loss * 1.0, x)  # a first derivative is fine
+    assert grad.abs().sum() > 0
+    # The PyTorch binned engine differentiates twice.
+    loss = getattr(lovasz, f"lovasz_{kind}")(x, t, ignore_index=255, bins=lovasz.DEFAULT_BINS, backend="torch")
+    (grad,) = torch.autograd.grad(loss, x, create_graph=True)
+    grad.sum().backward()
