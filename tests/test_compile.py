@@ -142,7 +142,7 @@ def test_double_backward_through_the_fused_kernels_is_refused_clearly(backend, k
     x, t = _inputs(kind)
     x.requires_grad_(True)
     loss = getattr(lovasz, f"lovasz_{kind}")(x, t, ignore_index=255, bins=lovasz.DEFAULT_BINS, backend=backend)
-    with pytest.raises(RuntimeError, match='no second derivative.*backend="torch"'):
+    with pytest.raises(RuntimeError, match=r'no second derivative.*backend="torch"'):
         torch.autograd.grad(loss, x, create_graph=True)
     (grad,) = torch.autograd.grad(loss * 1.0, x)  # a first derivative is fine
     assert grad.abs().sum() > 0

@@ -152,7 +152,7 @@ def _forward(
     )
 
 
-_LIB = torch.library.Library("lovasz", "DEF")  # noqa: TOR901 - held for the module's lifetime
+_LIB = torch.library.Library("lovasz", "DEF")  # held for the module's lifetime: the registrations live with it
 _CONFIG = "str backend, int code, bool per_image, int? ignore_index, int lo, int per_octave, bool present_only"
 _LIB.define(f"binned_forward(Tensor x32, Tensor t, {_CONFIG}) -> ({', '.join(['Tensor'] * 10)})",
             tags=(torch.Tag.pt2_compliant_tag,))  # fmt: skip
@@ -266,7 +266,7 @@ def _scaled(ctx, grad_losses: Tensor) -> tuple[Tensor, ...]:
 _SECOND_DERIVATIVE = (
     "lovasz: the fused binned kernels have no second derivative, so their backward cannot run with "
     "create_graph=True (double backward, gradient penalties, Hessian-vector products). Use "
-    "backend=\"torch\" (the PyTorch binned engine) or bins=None (the exact engine) for higher-order gradients."
+    'backend="torch" (the PyTorch binned engine) or bins=None (the exact engine) for higher-order gradients.'
 )
 
 
