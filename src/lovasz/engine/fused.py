@@ -100,7 +100,8 @@ def _forward(
         top, losses, table, n_fg, n_valid, cut, values, fg, counts, *weighted = kernels.losses(
             x32, t, surrogate, per_image, ignore_index, binning, HEAD, **extra
         )
-        values = _mark_unused(values, counts)
+        if not getattr(kernels, "MARKS_UNUSED", False):
+            values = _mark_unused(values, counts)
     elif sync is None:
         hist = kernels.histogram(x32, t, surrogate, per_image, ignore_index, binning, **extra)
         losses, table, n_fg, n_valid, cut = histogram_losses(hist, kernels=kernels)

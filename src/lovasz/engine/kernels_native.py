@@ -40,6 +40,7 @@ NAME = "native"
 KEEPS_ERRORS = True
 SCALES_TABLE = True  # backward(scale=...) applies each group's upstream gradient to its table entries
 SKIPS_ABSENT = True  # losses(present_only=True) leaves out the groups without a foreground label
+MARKS_UNUSED = True  # losses() returns head values already -1 past each group's head
 NUM_CHUNKS = 8  # pass-1 chunks over the batch: fixed, as in the numba kernels
 _KERNELS = (
     "softmax_errors", "binary_errors", "group_tables", "histogram_rows", "head_rows", "tables_range",
@@ -221,16 +222,19 @@ def _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top, count
     _run(kernel, units, x32, t, bsz, c, n, ignore, use_ignore, surrogate.code, per_image, NUM_CHUNKS, bits, tops,
          groups, flags, *extra)  # fmt: skip
     # Pass 1 checked the inputs as it read them (checks_inputs); each unit's flags are bits, so test each
-    # bit over all units (a maximum would hide a NaN in one unit behind a bad label in another).
-    if bool((flags & 1).any()):
+    # bit over all units (a maximum would hide a NaN in one unit behind a bad label in another).  These
+    # few-element reductions run in NumPy: a PyTorch operator costs tens of microseconds here, where the
+    # kernel has just streamed the inputs through the caches.
+    found = int(np.bitwise_or.reduce(flags.numpy()))
+    if found & 1:
         raise ValueError(NONFINITE)
-    if bool((flags & 2).any()):
+    if found & 2:
         raise ValueError(bad_labels_message(t, c if surrogate.per_class else None, ignore_index))
-    top = tops.amax(dim=0)
+    top = torch.from_numpy(tops.numpy().max(axis=0))
     if reduce_top is not None:
         top = reduce_top(top)
     if counts:
-        return bits, top, _inverse(top), extra[0].sum(dim=0), extra[1].sum(dim=0)
+        return bits, top, _inverse(top), *(torch.from_numpy(v.numpy().sum(axis=0)) for v in extra[:2])
     return bits, top, _inverse(top)
 
 
@@ -288,7 +292,7 @@ def losses(
     # reads (a [G, K, 2] memset is a pass over up to tens of MB per image-and-class groups).
     table = torch.empty(groups, 2, b.num_bins, dtype=torch.float32)  # the kernels' layout (_table_view)
     n_fg, n_valid, cut, counts = (torch.zeros(groups, dtype=torch.int64) for _ in range(4))
-    values = torch.zeros(groups, head_size, dtype=torch.float32)
+    values = torch.full((groups, head_size), -1.0)  # -1 past each group's head (errors are >= 0): MARKS_UNUSED
     fg = torch.zeros(groups, head_size, dtype=torch.bool)
     weights = torch.zeros(groups, head_size, dtype=torch.float32)
     _run("group_tables", groups, bits, bsz, c, n, per_image, b.lo, b.per_octave, b.half, inv, head_size, loss, table,
