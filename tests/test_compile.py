@@ -150,3 +150,26 @@ def test_double_backward_through_the_fused_kernels_is_refused_clearly(backend, k
     loss = getattr(lovasz, f"lovasz_{kind}")(x, t, ignore_index=255, bins=lovasz.DEFAULT_BINS, backend="torch")
     (grad,) = torch.autograd.grad(loss, x, create_graph=True)
     grad.sum().backward()
+
+
+@pytest.mark.parametrize("kind", ["softmax", "hinge"])
+@pytest.mark.parametrize("dynamic", [None, True])
+def test_compiled_loss_follows_changing_shapes(kind, dynamic):
+    # A training loop's last batch is smaller, and images may change size: with automatic dynamic shapes
+    # (the default, which recompiles with symbolic sizes at the second shape) and with dynamic=True, the
+    # fused operators' fake implementations take symbolic sizes, and each call equals eager.
+    torch._dynamo.reset()
+    fn = _loss(kind, lovasz.DEFAULT_BINS, "auto", per_image=True)
+    compiled = torch.compile(fn, dynamic=dynamic)
+    g = torch.Generator().manual_seed(2)
+    for b, h, w in [(2, 8, 8), (3, 8, 8), (5, 12, 10), (1, 8, 8)]:
+        if kind == "softmax":
+            x, t = torch.randn(b, C, h, w, generator=g), torch.randint(0, C, (b, h, w), generator=g)
+        else:
+            x, t = torch.randn(b, h, w, generator=g), torch.randint(0, 2, (b, h, w), generator=g)
+        xc, xe = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        lc, le = compiled(xc, t), fn(xe, t)
+        torch.testing.assert_close(lc, le, rtol=1e-6, atol=1e-6)
+        lc.backward()
+        le.backward()
+        torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-5, atol=1e-7)
