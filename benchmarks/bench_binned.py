@@ -17,7 +17,8 @@ out where the kernels can (the native ones).
 
 "held fwd→bwd" is what the autograd graph saves for backward beyond the inputs themselves (counted
 through ``torch.autograd.graph.saved_tensors_hooks``, each storage once): what a loss adds to the
-activations a network keeps.  Times are forward+backward, in milliseconds.
+activations a network keeps.  Times are forward+backward, in milliseconds.  "compiled vs eager" is a
+``torch.compile`` row's median against the same method's eager median in the same run.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 WARM_ENV = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
 SIZES = ["8x21x256x256", "2x19x512x1024", "4x150x128x128", "16x1x256x256"]
 CLASSES_PER_IMAGE = {21: 3, 19: 12, 150: 10}  # with --labels regions (Pascal VOC, Cityscapes, ADE20K)
+COMPILED = ", torch.compile"  # the suffix of a compiled method's name
 
 
 def region_labels(b: int, c: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:
@@ -130,7 +132,7 @@ def run(sizes: list[str], rounds: int, compile_too: bool, labels: str = "uniform
         fns = methods(binary, "present" if labels == "regions" else "all")
         if compile_too:
             for name in [n for n in fns if "lovasz" in n and "KEEP_ERRORS" not in n]:
-                fns[name + ", torch.compile"] = torch.compile(fns[name])
+                fns[name + COMPILED] = torch.compile(fns[name])
         times: dict[str, list[float]] = {name: [] for name in fns}
 
         def step(fn: Callable, logits=logits, target=target, target_f=target_f) -> float:
@@ -151,7 +153,11 @@ def run(sizes: list[str], rounds: int, compile_too: bool, labels: str = "uniform
         for name in names:
             med = statistics.median(times[name])
             held = held_bytes(fns[name], logits.detach().requires_grad_(True), target, target_f)
-            rows.append(dict(size=size, method=name, ms=1000 * med, ratio=med / base, held_mib=held / 2**20))
+            row = dict(size=size, method=name, ms=1000 * med, ratio=med / base, held_mib=held / 2**20)
+            eager = name.removesuffix(COMPILED)
+            if eager != name:  # the compiled call against the same call eager, from the unrounded medians
+                row["vs_eager"] = med / statistics.median(times[eager]) - 1
+            rows.append(row)
     return rows
 
 
@@ -165,11 +171,12 @@ def table(rows: list[dict], allocator: str, labels: str = "uniform") -> str:
         f"labels: {what}; allocator: {allocator}; {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}",
         "",
-        "| size | method | fwd+bwd ms (median) | × CE/BCE | held fwd→bwd MiB |",
-        "|---|---|---:|---:|---:|",
+        "| size | method | fwd+bwd ms (median) | × CE/BCE | compiled vs eager | held fwd→bwd MiB |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['size']} | {r['method']} | {r['ms']:.1f} | {r['ratio']:.2f} | {r['held_mib']:.1f} |")
+        vs = f"{100 * r['vs_eager']:+.1f} %" if "vs_eager" in r else ""
+        lines.append(f"| {r['size']} | {r['method']} | {r['ms']:.1f} | {r['ratio']:.2f} | {vs} | {r['held_mib']:.1f} |")
     return "\n".join(lines)
 
 
