@@ -112,6 +112,19 @@ static inline void prefetch(const void *p, int64_t bytes) {
     for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch((const char *)p + off, 0, 3);
 }
 
+/* Per image, the softmax backwards look weights up in image b's C tables ([C][2][K] float32 each, 32 KB at
+ * the default bins), at random bins.  A thread meets an image's tables afresh when it starts on one of the
+ * image's spans: one sweep of prefetches (the groups forward did not leave out) brings them in at streaming
+ * speed instead of one miss per look-up (backward 0.2-1.0 ms faster at 2x19, 8x21 and 150 classes per
+ * image, by hand, interleaved in one process).  *warm: the image last fetched by this thread. */
+static inline void warm_tables(const float *table, const int64_t *cut, int64_t b, int64_t C, int64_t num_bins,
+                               int64_t *warm) {
+    if (b == *warm) return;
+    for (int64_t c = 0; c < C; c++)
+        if (cut[b * C + c] >= 0) prefetch(table + (b * C + c) * num_bins * 2, num_bins * 2 * (int64_t)sizeof(float));
+    *warm = b;
+}
+
 
 /* Copies width int32 from src to dst with non-temporal (streaming) stores where dst is 16-byte aligned.
  * Pass 1 writes the kept errors this way when the caller asks (kernels_native.STREAM_MIN_BYTES: buffers
@@ -1006,9 +1019,11 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
     int32_t *lab = malloc(sizeof(int32_t) * (size_t)span);
     float wv[BLOCK], mx[BLOCK], ev[BLOCK];
     int32_t kb[BLOCK], cell[BLOCK], fgv[BLOCK];
+    int64_t warm = -1; /* the image whose tables this thread has fetched (warm_tables) */
     for (int64_t unit = u0; unit < u1; unit++) {
         const int64_t b = unit / nspans, s0 = (unit - b * nspans) * span;
         const int64_t swidth = min64(N, s0 + span) - s0;
+        if (per_image) warm_tables(table, cut, b, C, num_bins, &warm);
         for (int64_t i0 = 0; i0 < swidth; i0 += BLOCK) {
             const int64_t width = min64(BLOCK, swidth - i0);
             block_probabilities(x, C, N, b, s0 + i0, width, from_logits, p + i0, span, mx, den + i0, NULL);
@@ -1101,9 +1116,11 @@ CLONES void softmax_backward_kept(const int64_t *a, int64_t u0, int64_t u1) {
     float *gbuf = stream ? span_buffer(C, span) : NULL;
     float wv[BLOCK], ev[BLOCK], pv[BLOCK];
     int32_t kb[BLOCK], cell[BLOCK], fgv[BLOCK];
+    int64_t warm = -1; /* the image whose tables this thread has fetched (warm_tables) */
     for (int64_t unit = u0; unit < u1; unit++) {
         const int64_t b = unit / nspans, s0 = (unit - b * nspans) * span;
         const int64_t swidth = min64(N, s0 + span) - s0;
+        if (per_image) warm_tables(table, cut, b, C, num_bins, &warm);
         const int64_t nb = (unit + 1) / nspans, ns0 = (unit + 1 - nb * nspans) * span; /* the next unit */
         const int64_t next_width = unit + 1 < u1 ? min64(min64(N, ns0 + span) - ns0, BLOCK) : 0;
         for (int64_t j = 0; j < swidth; j++) dot[j] = 0.0f;
