@@ -740,14 +740,14 @@ def losses(
     (:func:`lovasz.engine.histogram.histogram_losses`) and :func:`head`, one unit per group, whose
     histogram stays in cache and is never materialized (:func:`group_tables`); three kernels in all with
     pass 1 and backward, which is what a first call compiles.  Returns ``(top, losses, table, n_fg,
-    n_valid, cut, head_values, head_fg, head_counts)``."""
+    n_valid, cut, head_values, head_fg, head_counts)``; ``head_values`` is -1 past each group's head."""
     bsz, c, _ = x32.shape
     groups = bsz * c if per_image else c
     bits, top, inv = _pass1(x32, t, surrogate, per_image, ignore_index, errors, None)
     loss = np.zeros(groups, np.float64)
     table = np.zeros((groups, b.num_bins, 2), np.float32)
     n_fg, n_valid, cut, counts = (np.zeros(groups, np.int64) for _ in range(4))
-    values = np.zeros((groups, head_size), np.float32)
+    values = np.full((groups, head_size), -1.0, np.float32)  # -1 past each group's head (errors are >= 0)
     fg = np.zeros((groups, head_size), np.bool_)
     with _compiling_message(group_tables):
         _parallel(

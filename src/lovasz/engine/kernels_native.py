@@ -40,7 +40,6 @@ NAME = "native"
 KEEPS_ERRORS = True
 SCALES_TABLE = True  # backward(scale=...) applies each group's upstream gradient to its table entries
 SKIPS_ABSENT = True  # losses(present_only=True) leaves out the groups without a foreground label
-MARKS_UNUSED = True  # losses() returns head values already -1 past each group's head
 NUM_CHUNKS = 8  # pass-1 chunks over the batch: fixed, as in the numba kernels
 _KERNELS = (
     "softmax_errors", "binary_errors", "group_tables", "histogram_rows", "head_rows", "tables_range",
@@ -270,7 +269,8 @@ def losses(
 ) -> tuple[torch.Tensor, ...]:
     """The local loss in one go, as :func:`.kernels_cpu.losses`, with the head's exact weights computed in
     the kernel too (:func:`.histogram.head_weights`' ranking and formulas, in C; the losses include the
-    head): ``(top, losses, table, n_fg, n_valid, cut, head_values, head_fg, head_counts, head_weights)``.
+    head): ``(top, losses, table, n_fg, n_valid, cut, head_values, head_fg, head_counts, head_weights)``,
+    ``head_values`` -1 past each group's head.
 
     ``present_only`` (softmax surrogates): the caller needs the losses of groups with a foreground label
     only (``classes="present"``), so the groups without one, which pass 1 counted, are left out of pass 2:
@@ -292,7 +292,7 @@ def losses(
     # reads (a [G, K, 2] memset is a pass over up to tens of MB per image-and-class groups).
     table = torch.empty(groups, 2, b.num_bins, dtype=torch.float32)  # the kernels' layout (_table_view)
     n_fg, n_valid, cut, counts = (torch.zeros(groups, dtype=torch.int64) for _ in range(4))
-    values = torch.full((groups, head_size), -1.0)  # -1 past each group's head (errors are >= 0): MARKS_UNUSED
+    values = torch.full((groups, head_size), -1.0)  # -1 past each group's head (errors are >= 0)
     fg = torch.zeros(groups, head_size, dtype=torch.bool)
     weights = torch.zeros(groups, head_size, dtype=torch.float32)
     _run("group_tables", groups, bits, bsz, c, n, per_image, b.lo, b.per_octave, b.half, inv, head_size, loss, table,
