@@ -149,10 +149,17 @@ def test_double_backward_through_the_fused_kernels_is_refused_clearly(backend, k
         torch.autograd.grad(loss, x, create_graph=True)
     (grad,) = torch.autograd.grad(loss * 1.0, x)  # a first derivative is fine
     assert grad.abs().sum() > 0
-    # The PyTorch binned engine differentiates twice.
-    loss = getattr(lovasz, f"lovasz_{kind}")(x, t, ignore_index=255, bins=lovasz.DEFAULT_BINS, backend="torch")
-    (grad,) = torch.autograd.grad(loss, x, create_graph=True)
-    grad.sum().backward()
+    # The PyTorch binned engine and the exact engine, the fixes the message names, differentiate twice.
+    for bins, other in [(lovasz.DEFAULT_BINS, "torch"), (None, "auto")]:
+        loss = getattr(lovasz, f"lovasz_{kind}")(x, t, ignore_index=255, bins=bins, backend=other)
+        (grad,) = torch.autograd.grad(loss, x, create_graph=True)
+        grad.sum().backward()
+    # Compiled, PyTorch itself refuses double backward (the README says so), when it comes to it.
+    torch._dynamo.reset()
+    compiled = torch.compile(_loss(kind, lovasz.DEFAULT_BINS, backend, per_image=True))
+    with pytest.raises(RuntimeError, match="double backward"):
+        (grad,) = torch.autograd.grad(compiled(x, t), x, create_graph=True)
+        grad.sum().backward()
 
 
 @pytest.mark.parametrize("kind", ["softmax", "hinge"])
