@@ -178,3 +178,20 @@ def test_compiled_loss_follows_changing_shapes(kind, dynamic):
         else:
             x, t = torch.randn(b, h, w, generator=g), torch.randint(0, 2, (b, h, w), generator=g)
         _assert_compiled_equals_eager(compiled, fn, x, t)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "hinge"])
+def test_first_compiled_calls_compile_once(kind, monkeypatch):
+    """A process whose first loss call is compiled (nothing looked up yet) compiles once: the second call
+    reuses the graph.  The backend look-ups fill a cache on first use; traced, their guards would fail on
+    the next call and compile the whole loss again."""
+    monkeypatch.setattr(backends, "_INSTALLED", {})  # as in a fresh process
+    torch._dynamo.reset()
+    fn = _loss(kind, 256, "auto", per_image=False)
+    compiled = torch.compile(fn)
+    x, t = _inputs(kind)
+    compiled(x.clone().requires_grad_(True), t).backward()
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for _ in range(2):
+            compiled(x.clone().requires_grad_(True), t).backward()
+    torch._dynamo.reset()

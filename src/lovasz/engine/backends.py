@@ -88,7 +88,13 @@ class Resolved:
 
 _INSTALLED: dict[str, bool] = {}
 
+# What is installed or built does not change within a process, so torch.compile takes these two
+# look-ups' results as constants: it runs them once while tracing and neither traces into them nor guards
+# on the cache they fill.  (Traced, the first compiled call guarded on the cache *before* filling it,
+# and so compiled the whole loss a second time on the second call.)
 
+
+@torch.compiler.assume_constant_result
 def installed(package: str) -> bool:
     """Whether ``package`` can be imported, without importing it (looked up once per process)."""
     if package not in _INSTALLED:
@@ -100,6 +106,7 @@ def numba_installed() -> bool:
     return installed("numba")
 
 
+@torch.compiler.assume_constant_result
 def native_built() -> bool:
     """Whether the C library of the native kernels was built and loads (looked up once per process)."""
     if "native" not in _INSTALLED:
