@@ -18,13 +18,17 @@ out where the kernels can (the native ones).
 "held fwd→bwd" is what the autograd graph saves for backward beyond the inputs themselves (counted
 through ``torch.autograd.graph.saved_tensors_hooks``, each storage once): what a loss adds to the
 activations a network keeps.  Times are forward+backward, in milliseconds.  "compiled vs eager" is a
-``torch.compile`` row's median against the same method's eager median in the same run.
+``torch.compile`` row against the same method eager: the two run next to each other in every round (in
+alternating order), and the column gives the median of the per-round ratios with a distribution-free 95 %
+interval for that median.  Every size runs ``--rounds`` rounds, or more where those would take less than
+``--min-seconds`` (the binary size: its calls take a few milliseconds, so its medians need more rounds).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -114,7 +118,25 @@ def held_bytes(fn: Callable, x: torch.Tensor, t: torch.Tensor, tf: torch.Tensor)
     return sum(seen.values())
 
 
-def run(sizes: list[str], rounds: int, compile_too: bool, labels: str = "uniform") -> list[dict]:
+def names_of(groups: list[list[str]]) -> list[str]:
+    return [name for group in groups for name in group]
+
+
+def median_interval(n: int) -> tuple[int, int]:
+    """Indices, in ``n`` sorted values, of a distribution-free interval for their median with at least 95 %
+    coverage: the order statistics of ranks ``k`` and ``n + 1 - k``, with the largest ``k`` whose binomial
+    tail ``P(Binomial(n, 1/2) < k)`` is at most 2.5 % (the whole range when even ``k = 1`` is not)."""
+    tail, k = 0.0, 0
+    while k < n and tail + math.comb(n, k) / 2**n <= 0.025:
+        tail += math.comb(n, k) / 2**n
+        k += 1
+    k = max(k, 1)
+    return k - 1, n - k
+
+
+def run(
+    sizes: list[str], rounds: int, compile_too: bool, labels: str = "uniform", min_seconds: float = 0.0
+) -> list[dict]:
     rows = []
     for size in sizes:
         b, c, h, w = (int(v) for v in size.split("x"))
@@ -144,19 +166,28 @@ def run(sizes: list[str], rounds: int, compile_too: bool, labels: str = "uniform
         for fn in fns.values():  # warm-up (compilation, caches)
             step(fn)
             step(fn)
-        names = list(fns)
-        for r in range(rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]  # rotate the order every round
-            for name in order:
-                times[name].append(step(fns[name]))
-        base = statistics.median(times[names[0]])
-        for name in names:
+        # Each compiled method runs next to its eager twin (in alternating order), so the compiled-vs-eager
+        # ratio is taken within a round, where the machine's phase is the same for both.
+        groups = [
+            [name] + ([name + COMPILED] if name + COMPILED in fns else []) for name in fns if COMPILED not in name
+        ]
+        round_s = sum(step(fns[name]) for group in groups for name in group)
+        n_rounds = max(rounds, math.ceil(min_seconds / round_s))  # cheap sizes get more rounds
+        for r in range(n_rounds):
+            order = groups[r % len(groups) :] + groups[: r % len(groups)]  # rotate the order every round
+            for group in order:
+                for name in group if r % 2 == 0 else group[::-1]:
+                    times[name].append(step(fns[name]))
+        base = statistics.median(times[names_of(groups)[0]])
+        for name in names_of(groups):
             med = statistics.median(times[name])
             held = held_bytes(fns[name], logits.detach().requires_grad_(True), target, target_f)
-            row = dict(size=size, method=name, ms=1000 * med, ratio=med / base, held_mib=held / 2**20)
+            row = dict(size=size, method=name, ms=1000 * med, ratio=med / base, held_mib=held / 2**20, rounds=n_rounds)
             eager = name.removesuffix(COMPILED)
-            if eager != name:  # the compiled call against the same call eager, from the unrounded medians
-                row["vs_eager"] = med / statistics.median(times[eager]) - 1
+            if eager != name:  # the compiled call against the same call eager, paired within each round
+                paired = sorted(c / e - 1 for c, e in zip(times[name], times[eager], strict=True))
+                lo, hi = median_interval(len(paired))
+                row.update(vs_eager=statistics.median(paired), vs_eager_lo=paired[lo], vs_eager_hi=paired[hi])
             rows.append(row)
     return rows
 
@@ -171,19 +202,28 @@ def table(rows: list[dict], allocator: str, labels: str = "uniform") -> str:
         f"labels: {what}; allocator: {allocator}; {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}",
         "",
-        "| size | method | fwd+bwd ms (median) | × CE/BCE | compiled vs eager | held fwd→bwd MiB |",
-        "|---|---|---:|---:|---:|---:|",
+        "| size | method | fwd+bwd ms (median) | × CE/BCE | compiled vs eager [95 %] | held fwd→bwd MiB | rounds |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        vs = f"{100 * r['vs_eager']:+.1f} %" if "vs_eager" in r else ""
-        lines.append(f"| {r['size']} | {r['method']} | {r['ms']:.1f} | {r['ratio']:.2f} | {vs} | {r['held_mib']:.1f} |")
+        vs = ""
+        if "vs_eager" in r:
+            vs = f"{100 * r['vs_eager']:+.1f} % [{100 * r['vs_eager_lo']:+.1f}, {100 * r['vs_eager_hi']:+.1f}]"
+        cells = [r["size"], r["method"], f"{r['ms']:.1f}", f"{r['ratio']:.2f}", vs, f"{r['held_mib']:.1f}", r["rounds"]]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=SIZES, help="BxCxHxW; C=1 means a binary loss")
-    p.add_argument("--rounds", type=int, default=15, help="timed rounds (each method once per round)")
+    p.add_argument("--rounds", type=int, default=15, help="timed rounds (each method once per round), at least")
+    p.add_argument(
+        "--min-seconds",
+        type=float,
+        default=4.0,
+        help="more rounds where fewer would take less than this many seconds per size (the cheap sizes)",
+    )
     p.add_argument("--allocator", choices=["both", "warm", "fresh"], default="both")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     p.add_argument("--labels", choices=["uniform", "regions"], default="uniform", help="see the module docstring")
@@ -191,7 +231,7 @@ def main() -> None:
     p.add_argument("--child", choices=["warm", "fresh"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        rows = run(args.sizes, args.rounds, not args.no_compile, args.labels)
+        rows = run(args.sizes, args.rounds, not args.no_compile, args.labels, args.min_seconds)
         print(json.dumps(rows))
         return
     results = {}
@@ -201,6 +241,7 @@ def main() -> None:
             for key in WARM_ENV:
                 env.pop(key, None)
         cmd = [sys.executable, __file__, "--child", allocator, "--rounds", str(args.rounds), "--labels", args.labels]
+        cmd += ["--min-seconds", str(args.min_seconds)]
         cmd += ["--sizes", *args.sizes]
         if args.no_compile:
             cmd.append("--no-compile")

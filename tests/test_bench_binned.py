@@ -1,0 +1,41 @@
+"""The speed benchmark's own arithmetic: rounds, pairing and the median's interval (not its timings)."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import pytest
+import torch
+
+PATH = pathlib.Path(__file__).parents[1] / "benchmarks" / "bench_binned.py"
+spec = importlib.util.spec_from_file_location("bench_binned", PATH)
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+@pytest.mark.parametrize(("n", "ranks"), [(15, (4, 12)), (30, (10, 21)), (100, (40, 61))])
+def test_median_interval_matches_the_binomial_table(n, ranks):
+    # 1-based ranks of the distribution-free 95 % interval for a median (the binomial(n, 1/2) tables).
+    lo, hi = bench.median_interval(n)
+    assert (lo + 1, hi + 1) == ranks
+
+
+def test_small_samples_give_the_whole_range():
+    assert bench.median_interval(3) == (0, 2)
+
+
+def test_compiled_rows_are_paired_with_their_eager_twin():
+    torch._dynamo.reset()
+    rows = bench.run(["2x1x8x8"], rounds=3, compile_too=True, min_seconds=0.05)
+    torch._dynamo.reset()
+    names = [r["method"] for r in rows]
+    compiled = [r for r in rows if r["method"].endswith(bench.COMPILED)]
+    assert len(compiled) == 3 and names[0].startswith("BCE")
+    for r in rows:
+        assert r["rounds"] >= 3 and r["ms"] > 0  # min_seconds may add rounds, never remove them
+    for r in compiled:
+        assert names.index(r["method"]) == names.index(r["method"].removesuffix(bench.COMPILED)) + 1
+        assert r["vs_eager_lo"] <= r["vs_eager"] <= r["vs_eager_hi"]
+    text = bench.table(rows, "warm")
+    assert text.count("\n| 2x1x8x8 |") == len(rows) and "[95 %]" in text
