@@ -195,3 +195,23 @@ def test_first_compiled_calls_compile_once(kind, monkeypatch):
         for _ in range(2):
             compiled(x.clone().requires_grad_(True), t).backward()
     torch._dynamo.reset()
+
+
+def test_combined_loss_warmup_compiles_without_graph_breaks():
+    """CrossEntropyLovaszLoss's warm-up weight stays in the graph (no graph break on the step counter), and
+    the compiled steps give the eager values, steps and gradients."""
+    x, _ = _inputs("softmax")
+    t = torch.randint(0, C + 1, (B, H, W), generator=torch.Generator().manual_seed(1))
+    eager = lovasz.CrossEntropyLovaszLoss(lovasz_weight=0.5, warmup_steps=3, bins=256)
+    compiled_crit = lovasz.CrossEntropyLovaszLoss(lovasz_weight=0.5, warmup_steps=3, bins=256)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(lovasz.CrossEntropyLovaszLoss(warmup_steps=3, bins=256))(x, t)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch._dynamo.reset()
+    compiled = torch.compile(compiled_crit)
+    for _ in range(5):  # through the warm-up and past it
+        _assert_compiled_equals_eager(compiled, eager, x, t)
+    assert int(compiled_crit.steps) == int(eager.steps) == 5
+    torch._dynamo.reset()
+    # The weight is an operator (see lovasz.modules._warmup_weight): PyTorch's own checks of operators.
+    torch.library.opcheck(torch.ops.lovasz.warmup_weight.default, (torch.tensor(2), 0.5, 4))

@@ -122,10 +122,11 @@ def test_combined_loss_numpy_options_and_sum_reduction():
     torch.testing.assert_close(crit(X, T), want)
 
 
-@pytest.mark.parametrize("warmup_steps", [0, 5])
-def test_combined_loss_bad_labels_get_the_lovasz_message(warmup_steps):
-    # With warm-up the first call has lambda = 0 and skips the Lovász term; the labels are still checked.
-    crit = lovasz.CrossEntropyLovaszLoss(warmup_steps=warmup_steps)
+@pytest.mark.parametrize(("warmup_steps", "lovasz_weight"), [(0, 1.0), (5, 1.0), (0, 0.0)])
+def test_combined_loss_bad_labels_get_the_lovasz_message(warmup_steps, lovasz_weight):
+    # With warm-up the first call has lambda = 0; with lovasz_weight=0 the Lovász term is skipped. Either
+    # way the labels get the Lovász message.
+    crit = lovasz.CrossEntropyLovaszLoss(warmup_steps=warmup_steps, lovasz_weight=lovasz_weight)
     with pytest.raises(ValueError, match=r"target has labels outside \[0, 3\)"):
         crit(X, T.masked_fill(T == 0, 255))
 

@@ -179,6 +179,24 @@ class LovaszSigmoidLoss(nn.Module):
         )
 
 
+@torch.library.custom_op("lovasz::warmup_weight", mutates_args=())
+def _warmup_weight(steps: Tensor, weight: float, warmup_steps: int) -> Tensor:
+    """``weight · min(1, steps / warmup_steps)`` as a float32 0-dim tensor.
+
+    An operator rather than inline arithmetic because of how ``torch.compile`` differentiates: its
+    partitioner may recompute cheap arithmetic in the backward instead of saving it, and recomputed
+    from the step buffer, which the forward has meanwhile advanced, the weight would be the next
+    step's, so the gradient would silently disagree with the loss (PyTorch pull request #197039).  The
+    partitioner saves the outputs of custom operators.
+    """
+    return torch.clamp(steps.to(torch.float32) / warmup_steps, max=1.0) * weight
+
+
+@_warmup_weight.register_fake
+def _(steps: Tensor, weight: float, warmup_steps: int) -> Tensor:
+    return steps.new_empty((), dtype=torch.float32)
+
+
 class CrossEntropyLovaszLoss(nn.Module):
     r"""The usual recipe: cross-entropy plus a weighted Lovász-Softmax term,
 
@@ -238,14 +256,22 @@ class CrossEntropyLovaszLoss(nn.Module):
             return self.lovasz_weight
         return self.lovasz_weight * min(1.0, int(self.steps) / self.warmup_steps)
 
+    def _weight_now(self) -> float | Tensor:
+        """``current_lovasz_weight()`` as ``forward`` uses it: during warm-up a 0-dim tensor computed from
+        the step buffer by :func:`_warmup_weight`, so that ``torch.compile`` keeps it in the graph
+        (``int(self.steps)`` would break the graph at every call)."""
+        if self.warmup_steps == 0:
+            return self.lovasz_weight
+        return _warmup_weight(self.steps, self.lovasz_weight, self.warmup_steps)
+
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        lam = self.current_lovasz_weight()
+        lam = self._weight_now()
         if self.training:
             self.steps += 1
         lv = self.lovasz
-        if lam == 0:
+        if self.lovasz_weight == 0:
             # The Lovász term (whose call checks the inputs) is skipped: check them here, so that bad labels
-            # get the same message as with lam > 0 rather than an error from inside cross_entropy.
+            # get the same message as with a Lovász term rather than an error from inside cross_entropy.
             _checks.check_softmax(
                 input, target, classes=lv.classes, ignore_index=lv.ignore_index, weight=lv.weight,
                 from_logits=lv.from_logits, bins=lv.bins, reduction=lv.reduction, backend=lv.backend,
@@ -253,6 +279,7 @@ class CrossEntropyLovaszLoss(nn.Module):
             )  # fmt: skip
             lovasz_term = None
         else:
+            # During warm-up the term is computed even at weight 0 (the first step): its weight is a tensor.
             lovasz_term = lv(input, target)
         ce = nn.functional.cross_entropy(
             input.float() if input.dtype in (torch.float16, torch.bfloat16) else input,
@@ -262,4 +289,6 @@ class CrossEntropyLovaszLoss(nn.Module):
         )
         if lovasz_term is None:
             return ce
+        if isinstance(lam, Tensor):
+            lam = lam.to(lovasz_term.dtype)
         return ce + lam * lovasz_term
