@@ -39,8 +39,10 @@ import importlib.util
 import os
 import subprocess
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -88,13 +90,23 @@ class Resolved:
 
 _INSTALLED: dict[str, bool] = {}
 
-# What is installed or built does not change within a process, so torch.compile takes these two
-# look-ups' results as constants: it runs them once while tracing and neither traces into them nor guards
-# on the cache they fill.  (Traced, the first compiled call guarded on the cache *before* filling it,
-# and so compiled the whole loss a second time on the second call.)
+_Fn = TypeVar("_Fn", bound=Callable[..., bool])
 
 
-@torch.compiler.assume_constant_result
+def _constant_under_compile(fn: _Fn) -> _Fn:
+    """Marks ``fn`` as ``torch.compiler.assume_constant_result`` does (the attribute it sets), without
+    importing Dynamo when lovasz is imported.
+
+    What is installed or built does not change within a process, so ``torch.compile`` may take these
+    look-ups' results as constants: it runs them once while tracing and neither traces into them nor guards
+    on the cache they fill.  Traced, the first compiled call guarded on the cache *before* filling it, and
+    so compiled the whole loss a second time on the second call
+    (``tests/test_compile.py::test_first_compiled_calls_compile_once``)."""
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn
+
+
+@_constant_under_compile
 def installed(package: str) -> bool:
     """Whether ``package`` can be imported, without importing it (looked up once per process)."""
     if package not in _INSTALLED:
@@ -106,7 +118,7 @@ def numba_installed() -> bool:
     return installed("numba")
 
 
-@torch.compiler.assume_constant_result
+@_constant_under_compile
 def native_built() -> bool:
     """Whether the C library of the native kernels was built and loads (looked up once per process)."""
     if "native" not in _INSTALLED:
