@@ -21,7 +21,7 @@ activations a network keeps.  Times are forward+backward, in milliseconds.  "com
 ``torch.compile`` row against the same method eager: the two run next to each other in every round (in
 alternating order), and the column gives the median of the per-round ratios with a distribution-free 95 %
 interval for that median.  Every size runs ``--rounds`` rounds, or more where those would take less than
-``--min-seconds`` (the binary size: its calls take a few milliseconds, so its medians need more rounds).
+``--min-seconds`` (10 s by default: the binary size, whose calls take a few milliseconds, gets over a hundred rounds).
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ def main() -> None:
     p.add_argument(
         "--min-seconds",
         type=float,
-        default=4.0,
+        default=10.0,
         help="more rounds where fewer would take less than this many seconds per size (the cheap sizes)",
     )
     p.add_argument("--allocator", choices=["both", "warm", "fresh"], default="both")
