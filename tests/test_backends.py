@@ -183,3 +183,38 @@ def test_without_the_native_library_numba_serves_the_cpu(monkeypatch):
     assert resolve("auto", X, 256).name == "numba"
     with pytest.raises(BackendNotSupportedError, match=r"native CPU kernels were not built.*C compiler"):
         lovasz.lovasz_softmax(X, T, bins=256, backend="native")
+
+
+@pytest.mark.parametrize("probe_fails", [False, True])
+def test_compiled_first_call_probes_once_without_a_graph_break(monkeypatch, probe_fails):
+    # The probe's verdict is a constant to torch.compile: the first compiled call runs the probe while
+    # tracing, without a graph break, and the second call reuses the graph (it recompiled when the probe's
+    # cache was traced).
+    fail = RuntimeError("no kernel image for this GPU") if probe_fails else None
+    _patch_kernels(monkeypatch, _fake_triton(fail_backward=fail))
+
+    def fn(x, t):
+        return lovasz.lovasz_softmax(x, t, bins=256)
+
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(fn)
+    xc, xe = X.clone().requires_grad_(True), X.clone().requires_grad_(True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = compiled(xc, T)
+    fallback = [w for w in caught if issubclass(w.category, lovasz.LovaszFallbackWarning)]
+    assert len(fallback) == (1 if probe_fails else 0)
+    want = fn(xe, T)  # eager, after the probe: the same backend
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    got.backward()
+    want.backward()
+    torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-5, atol=1e-7)
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for _ in range(2):
+            compiled(X.clone().requires_grad_(True), T).backward()
+    assert counters["stats"]["unique_graphs"] == 1  # one graph for the loss, compiled once
+    torch._dynamo.reset()

@@ -97,11 +97,13 @@ def _constant_under_compile(fn: _Fn) -> _Fn:
     """Marks ``fn`` as ``torch.compiler.assume_constant_result`` does (the attribute it sets), without
     importing Dynamo when lovasz is imported.
 
-    What is installed or built does not change within a process, so ``torch.compile`` may take these
-    look-ups' results as constants: it runs them once while tracing and neither traces into them nor guards
-    on the cache they fill.  Traced, the first compiled call guarded on the cache *before* filling it, and
-    so compiled the whole loss a second time on the second call
-    (``tests/test_compile.py::test_first_compiled_calls_compile_once``)."""
+    For the per-process look-ups (what is installed or built, the Triton probe's verdict per device), whose
+    results do not change once known: ``torch.compile`` runs them while tracing and neither traces into
+    them nor guards on the caches they fill.  Traced, the first compiled call guarded on a cache *before*
+    filling it, and so compiled the whole graph (a user's whole training step) a second time on the second
+    call (``tests/test_compile.py::test_first_compiled_calls_compile_once``).  After
+    ``triton_probe.reset()``, graphs compiled earlier keep the verdict they were traced with
+    (``torch._dynamo.reset()`` forgets them)."""
     fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
     return fn
 
@@ -233,7 +235,7 @@ class TritonProbe:
             f"({self._results.get(key)!r}); the binned engine uses the PyTorch implementation on this device. "
             "Pass backend='triton' to make this an error, or backend='torch' to silence it.",
             LovaszFallbackWarning,
-            stacklevel=4,
+            stacklevel=6,  # above warn_once, _triton_works_or_warn, resolve, checks_inputs, the loss: its caller
         )
 
     @staticmethod
@@ -271,6 +273,25 @@ def _probe_kernels(device: torch.device) -> None:
 
 
 triton_probe = TritonProbe()
+
+
+@_constant_under_compile
+def triton_works(device: str) -> bool:
+    """Whether the Triton kernels compile and launch on ``device`` (``str(tensor.device)``): the probe's
+    verdict, probing on first use.  A constant to ``torch.compile``, which runs it while tracing, so that the
+    first compiled call neither breaks the graph at the probe nor compiles again on the second call (as
+    it did when the probe's cache was traced)."""
+    return triton_probe.failure(torch.device(device)) is None
+
+
+@_constant_under_compile
+def _triton_works_or_warn(device: str) -> bool:
+    """:func:`triton_works` for the automatic choice, which skips Triton after a failed probe and says so
+    once per device (while tracing, under ``torch.compile``: formatting the warning breaks a graph)."""
+    works = triton_works(device)
+    if not works:
+        triton_probe.warn_once(torch.device(device))
+    return works
 
 
 def _requested(backend: str) -> tuple[str, str]:
@@ -314,21 +335,18 @@ def resolve(backend: str, x: Tensor, bins: int | None) -> Resolved:
             raise BackendNotSupportedError(f"{source} cannot run this call: " + "; ".join(reasons))
         if name == "torch":
             return Resolved("torch")
-        if name == "triton":
+        if name == "triton" and not triton_works(str(x.device)):
             exc = triton_probe.failure(x.device)
-            if exc is not None:
-                raise BackendNotSupportedError(
-                    f"{source} cannot run this call: the Triton kernels failed to compile or launch on "
-                    f"{x.device} ({exc!r})"
-                ) from exc
+            raise BackendNotSupportedError(
+                f"{source} cannot run this call: the Triton kernels failed to compile or launch on {x.device} ({exc!r})"
+            ) from exc
         return Resolved(name)
     for candidate in AUTO_ORDER:
         if candidate == "torch":
             break
         if not_supported_reasons(candidate, x, bins):
             continue
-        if candidate == "triton" and triton_probe.failure(x.device) is not None:
-            triton_probe.warn_once(x.device)
+        if candidate == "triton" and not _triton_works_or_warn(str(x.device)):
             continue
         return Resolved(candidate)
     return Resolved("torch")
