@@ -215,3 +215,24 @@ def test_combined_loss_warmup_compiles_without_graph_breaks():
     torch._dynamo.reset()
     # The weight is an operator (see lovasz.modules._warmup_weight): PyTorch's own checks of operators.
     torch.library.opcheck(torch.ops.lovasz.warmup_weight.default, (torch.tensor(2), 0.5, 4))
+
+
+def test_compiled_triton_kernels_under_the_interpreter():
+    """The CUDA file's compile check, run on the CPU with the Triton kernels under Triton's interpreter:
+    a fresh probe inside a ``fullgraph=True`` trace, eager-equal results, no recompile on the second call
+    (a subprocess, because ``TRITON_INTERPRET`` must be set before Triton starts)."""
+    pytest.importorskip("triton")
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).parents[1]
+    env = dict(os.environ, LOVASZ_TEST_DEVICE="cpu", LOVASZ_TEST_FUSED="triton", TRITON_INTERPRET="1")
+    env["LOVASZ_TEST_COMPILE"] = "1"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py"]
+    out = subprocess.run(
+        [*cmd, "-k", "torch_compile_default_backend"], cwd=root, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "2 passed" in out.stdout, out.stdout[-2000:]
