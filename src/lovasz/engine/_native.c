@@ -1073,13 +1073,9 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
         for (int64_t c = 0; c < C; c++) {
             const float *restrict pc = p + c * span;
             float *restrict out = grad + (b * C + c) * N + s0;
-            if (stream) { /* from the span buffer, through the caches' side door (stream_copy) */
-                float *restrict gc = gbuf + c * span;
-                for (int64_t j = 0; j < swidth; j++) gc[j] = pc[j] * (gc[j] - dot[j]);
-                stream_copy((int32_t *)out, (const int32_t *)gc, swidth);
-            } else {
-                for (int64_t j = 0; j < swidth; j++) out[j] = pc[j] * (out[j] - dot[j]);
-            }
+            float *restrict gc = stream ? gbuf + c * span : out; /* the span buffer, then streamed out */
+            for (int64_t j = 0; j < swidth; j++) gc[j] = pc[j] * (gc[j] - dot[j]);
+            if (stream) stream_copy((int32_t *)out, (const int32_t *)gc, swidth);
         }
     }
     stream_fence();

@@ -163,7 +163,7 @@ def saves_errors(surrogate: Surrogate) -> bool:
       on the same numbers, so the same errors and bins): the graph holds only the weight table, far less
       than the log-probabilities cross-entropy keeps;
     * ``1``: forward keeps the errors (as large as cross-entropy's log-probabilities) and backward computes
-      no exponential: 1-22 % faster in the benchmarks so far, holding cross-entropy's memory plus the table.
+      no exponential: 2-19 % faster in the README's benchmark runs, holding cross-entropy's memory plus the table.
 
     ``benchmarks/bench_binned.py`` measures both."""
     return surrogate.per_class and os.environ.get("LOVASZ_KEEP_ERRORS", KEEP_ERRORS_DEFAULT) != "0"
