@@ -246,3 +246,170 @@ def test_with_native_kernels_the_loss_makes_no_passes_of_its_own_for_nan_and_lab
     assert calls == []
     fn(x, t, bins=lovasz.DEFAULT_BINS, backend="torch")
     assert "nonfinite_flag" in calls and len(calls) == 2
+
+
+# Labels compared without wrapping, float binary labels never rounded, on every engine, eager and compiled.
+
+ENGINES = [
+    pytest.param(None, "auto", id="exact"),
+    pytest.param(lovasz.DEFAULT_BINS, "torch", id="binned-torch"),
+    pytest.param(lovasz.DEFAULT_BINS, "auto", id="binned-auto"),
+]
+
+
+def _binary(loss: str):
+    return getattr(lovasz, f"lovasz_{loss}")
+
+
+@pytest.mark.parametrize(("bins", "backend"), ENGINES)
+@pytest.mark.parametrize("loss", ["hinge", "sigmoid"])
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("value", [0.999, 0.5, -0.5, 1.7, float("nan")])
+def test_float_binary_targets_other_than_0_1_are_refused(bins, backend, loss, per_image, value):
+    x = torch.randn(3, 1, 9, 9)
+    t = (torch.rand(3, 1, 9, 9) > 0.5).float()
+    t[2, 0, 8, 8] = value
+    with pytest.raises(ValueError, match="target must contain only 0 and 1"):
+        _binary(loss)(x, t, bins=bins, backend=backend, per_image=per_image)
+    # Float 0/1 labels are fine and give the integer labels' loss.
+    t[2, 0, 8, 8] = 1.0
+    torch.testing.assert_close(
+        _binary(loss)(x, t, bins=bins, backend=backend, per_image=per_image),
+        _binary(loss)(x, t.long(), bins=bins, backend=backend, per_image=per_image),
+    )
+
+
+@pytest.mark.parametrize(("bins", "backend"), ENGINES)
+@pytest.mark.parametrize(
+    ("dtype", "label", "ignore_index"), [(torch.int8, -1, 255), (torch.uint8, 255, -1), (torch.int16, -1, 65535)]
+)
+def test_narrow_integer_targets_do_not_wrap_onto_ignore_index(bins, backend, dtype, label, ignore_index):
+    x = torch.randn(2, 3, 6, 6)
+    t = torch.randint(0, 3, (2, 6, 6)).to(dtype)
+    t[1, 5, 5] = label
+    match = rf"labels outside \[0, 3\) and not ignore_index={ignore_index}.*found {label}"
+    with pytest.raises(ValueError, match=match):
+        lovasz.lovasz_softmax(x, t, ignore_index=ignore_index, bins=bins, backend=backend)
+    tb = (t == 1).to(dtype)
+    tb[1, 5, 5] = label
+    with pytest.raises(ValueError, match=rf"only 0 and 1 or ignore_index={ignore_index}"):
+        lovasz.lovasz_hinge(x[:, :1], tb.unsqueeze(1), ignore_index=ignore_index, bins=bins, backend=backend)
+    # The same label as ignore_index of the target's own value is ignored, as with int64 targets.
+    torch.testing.assert_close(
+        lovasz.lovasz_softmax(x, t, ignore_index=label, bins=bins, backend=backend),
+        lovasz.lovasz_softmax(x, t.long(), ignore_index=label, bins=bins, backend=backend),
+    )
+
+
+@pytest.mark.parametrize("lovasz_weight", [1.0, 0.0])
+def test_combined_loss_refuses_wrapping_labels_with_the_lovasz_message(lovasz_weight):
+    t = torch.randint(0, 3, (2, 4, 4)).to(torch.int8)
+    t[0, 0, 0] = -1
+    crit = lovasz.CrossEntropyLovaszLoss(lovasz_weight=lovasz_weight, ignore_index=255)
+    with pytest.raises(ValueError, match=r"labels outside \[0, 3\) and not ignore_index=255"):
+        crit(X, t)
+
+
+@pytest.mark.parametrize("loss", ["softmax", "hinge"])
+def test_wrapping_and_rounded_labels_are_refused_under_torch_compile(loss):
+    torch._dynamo.reset()
+    if loss == "softmax":
+        t = torch.randint(0, 3, (2, 4, 4)).to(torch.int8)
+        t[0, 0, 0] = -1
+
+        def fn(x, t):
+            return lovasz.lovasz_softmax(x, t, ignore_index=255, bins=lovasz.DEFAULT_BINS)
+
+        x, match = X, r"labels outside \[0, 3\)"
+    else:
+        t = (torch.rand(2, 4, 4) > 0.5).float()
+        t[0, 0, 0] = 0.5
+
+        def fn(x, t):
+            return lovasz.lovasz_hinge(x, t, bins=lovasz.DEFAULT_BINS)
+
+        x, match = X[:, 0], "only 0 and 1"
+    # A compiled value check raises RuntimeError with the eager message; the native kernels' operator
+    # raises the eager ValueError itself.
+    with pytest.raises((RuntimeError, ValueError), match=match):
+        torch.compile(fn)(x, t)
+
+
+def test_class_weights_follow_the_input_dtype():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 5, 5, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 3, (2, 5, 5), generator=g)
+    w = torch.tensor([1 / 3, 0.1, 2 / 7], dtype=torch.float64)
+    plain = lovasz.lovasz_softmax(x, t, classes="all", reduction="none")
+    weighted = lovasz.lovasz_softmax(x, t, classes="all", reduction="none", weight=w)
+    assert weighted.dtype == torch.float64
+    torch.testing.assert_close(weighted, plain * w, rtol=1e-15, atol=0)
+    module = lovasz.LovaszSoftmaxLoss(classes="all", reduction="none", weight=w)
+    torch.testing.assert_close(module(x, t), plain * w, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_combined_loss_with_class_weights_runs_in_every_float_dtype(dtype):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 5, 5, generator=g).to(dtype)
+    t = torch.randint(0, 3, (2, 5, 5), generator=g)
+    crit = lovasz.CrossEntropyLovaszLoss(weight=[1.0, 2.0, 0.5])
+    if dtype != torch.float64:
+        crit = crit.to(dtype)  # the weight buffer is cast with the module
+    loss = crit(x, t)
+    x32 = x.float() if dtype != torch.float64 else x
+    w = crit.lovasz.weight.to(x32.dtype)
+    expected = torch.nn.functional.cross_entropy(x32, t, weight=w) + lovasz.lovasz_softmax(x, t, weight=w)
+    torch.testing.assert_close(loss, expected.to(loss.dtype))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"weight": [0.0, 0.0, 0.0]}, ValueError, "at least one positive entry"),
+        ({"weight": "balanced"}, TypeError, "weight must be a 1-D tensor or sequence of per-class numbers"),
+        ({"weight": [object(), 1.0, 1.0]}, TypeError, "weight must be a 1-D tensor or sequence"),
+        ({"ignore_index": 2**70}, ValueError, "ignore_index must fit in a 64-bit integer"),
+        ({"ignore_index": -(2**63) - 1}, ValueError, "ignore_index must fit in a 64-bit integer"),
+        ({"bins": 10**9}, ValueError, "bins must be at most 65536"),
+    ],
+)
+def test_unclear_options_get_errors_naming_the_argument(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        lovasz.lovasz_softmax(X, T, **kwargs)
+    with pytest.raises(error, match=match):
+        lovasz.LovaszSoftmaxLoss(**kwargs)
+    if "weight" not in kwargs:
+        with pytest.raises(error, match=match):
+            lovasz.lovasz_hinge(X[:, 0], (T == 1).long(), **kwargs)
+
+
+def test_largest_bins_is_accepted():
+    from lovasz._checks import MAX_BINS
+
+    torch.testing.assert_close(
+        lovasz.lovasz_softmax(X, T, bins=MAX_BINS), lovasz.lovasz_softmax(X, T), rtol=2e-3, atol=1e-6
+    )
+
+
+def test_iou_metric_refuses_nan_scores_and_numpy_and_skips_empty_batches():
+    pytest.importorskip("torchmetrics")
+    from lovasz.metrics import SegmentationIoU
+
+    metric = SegmentationIoU(num_classes=3)
+    with pytest.raises(ValueError, match="pred scores contain NaN"):
+        metric.update(torch.full((2, 3, 4, 4), float("nan")), T)
+    with pytest.raises(TypeError, match=r"pred must be a torch.Tensor.*torch.as_tensor"):
+        metric.update(T.numpy(), T)
+    with pytest.raises(TypeError, match=r"target must be a torch\.Tensor"):
+        metric.update(T, T.numpy())
+    metric.update(torch.zeros(0, 3, 4, 4), torch.zeros(0, 4, 4, dtype=torch.long))
+    metric.update(torch.zeros(0, 4, 4, dtype=torch.long), torch.zeros(0, 4, 4, dtype=torch.long))
+    assert int(metric.confmat.sum()) == 0
+    metric.update(T, T)
+    assert float(metric.compute()["miou_dataset"]) == 1.0
+    wrapped = SegmentationIoU(num_classes=3, ignore_index=255)
+    t8 = T.to(torch.int8)
+    t8[0, 0, 0] = -1
+    with pytest.raises(ValueError, match="labels outside"):
+        wrapped.update(T, t8)

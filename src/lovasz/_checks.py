@@ -66,6 +66,14 @@ def check_backend(backend: str) -> None:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
+MAX_BINS = 1 << 16
+"""The most bins a call may ask for.  The relative error bound is ``1/P`` with ``P = (bins - 2) // 38``
+sub-bins per octave (:mod:`lovasz.engine.histogram`): 0.06 % at ``MAX_BINS``, while the weight table grows
+as ``groups × bins`` float64 (``bins=10**9`` would ask for gigabytes per group)."""
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
 def check_bins(bins: int | None) -> int | None:
     """Check ``bins``; return it as a plain ``int`` (numpy integers are accepted)."""
     if bins is None:
@@ -75,6 +83,11 @@ def check_bins(bins: int | None) -> int | None:
     bins = int(bins)
     if bins < 64:
         raise ValueError(f"bins must be at least 64, got {bins}; use bins=None for the exact engine")
+    if bins > MAX_BINS:
+        raise ValueError(
+            f"bins must be at most {MAX_BINS}, got {bins}: the weight table grows with bins while the value "
+            f"bound gains little (0.06 % at {MAX_BINS}); use bins=None for the exact engine"
+        )
     return bins
 
 
@@ -98,7 +111,21 @@ def check_ignore_index(ignore_index: int | None) -> int | None:
         return None
     if not _is_integer(ignore_index):
         raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
+    if not INT64_MIN <= int(ignore_index) <= INT64_MAX:
+        raise ValueError(
+            f"ignore_index must fit in a 64-bit integer (labels are compared as int64), got {int(ignore_index)}"
+        )
     return int(ignore_index)
+
+
+def wide_labels(target: Tensor) -> Tensor:
+    """Integer labels as ``int64`` (a copy only for narrower dtypes; ``int64``, ``bool`` and float targets
+    are returned as they are).  Labels are compared with ``ignore_index`` and the class count as int64:
+    in a narrow dtype PyTorch wraps the Python integer (``int8`` −1 would equal ``ignore_index=255``, and
+    ``uint8`` 255 would pass ``>= 300``), so a wrong label would be silently ignored."""
+    if target.dtype in (torch.int64, torch.bool) or target.is_floating_point() or target.is_complex():
+        return target
+    return target.to(torch.int64)
 
 
 def check_softmax_shapes(input: Tensor, target: Tensor, allow_empty: bool = False) -> None:
@@ -207,21 +234,40 @@ def check_classes(classes: str | Sequence[int], num_classes: int) -> None:
             raise ValueError(f"class id {c} in classes is outside [0, {num_classes}) for input with C={num_classes}")
 
 
-def weight_tensor(weight: Tensor | Sequence[float], device: torch.device | None = None) -> Tensor:
-    """``weight`` as a float32 tensor, refusing non-real dtypes."""
-    w = torch.as_tensor(weight, device=device)
+def weight_tensor(
+    weight: Tensor | Sequence[float], device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """``weight`` as a ``dtype`` tensor, refusing strings, non-numbers and non-real dtypes."""
+    if isinstance(weight, str | bytes):
+        raise TypeError(
+            f"weight must be a 1-D tensor or sequence of per-class numbers, got the string {weight!r}; "
+            "compute class weights yourself (e.g. inverse class frequencies) and pass them"
+        )
+    try:
+        w = torch.as_tensor(weight, device=device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(
+            f"weight must be a 1-D tensor or sequence of per-class numbers, got {type(weight).__name__} ({exc})"
+        ) from None
     if not (w.is_floating_point() or w.dtype in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)):
         raise TypeError(f"weight must be real-valued, got {w.dtype}")
-    return w.to(torch.float32)
+    return w.to(dtype)
+
+
+def loss_dtype(input: Tensor) -> torch.dtype:
+    """The dtype the losses are computed in: float64 for float64 input, float32 otherwise."""
+    return torch.float64 if input.dtype == torch.float64 else torch.float32
 
 
 def check_module_weight(weight: Tensor | Sequence[float] | None) -> Tensor | None:
     """The checks of ``weight`` that do not need the number of classes (the modules run them at
-    construction, values included): a non-empty 1-D real tensor of finite non-negative numbers.  Returns
-    it as a float32 tensor (a copy: the module's buffer does not alias the caller's tensor)."""
+    construction, values included): a non-empty 1-D real tensor of finite non-negative numbers, not all
+    zero.  Returns it as a float32 tensor, float64 if it was given as one (a copy: the module's buffer does
+    not alias the caller's tensor); each call converts it to the input's loss dtype."""
     if weight is None:
         return None
-    w = weight_tensor(weight).detach().clone()
+    keep64 = isinstance(weight, Tensor) and weight.dtype == torch.float64
+    w = weight_tensor(weight, dtype=torch.float64 if keep64 else torch.float32).detach().clone()
     if w.dim() != 1 or w.shape[0] == 0:
         raise ValueError(f"weight must be a 1-D tensor with one entry per class, got shape {tuple(w.shape)}")
     bad, message = bad_weight(w)
@@ -230,10 +276,13 @@ def check_module_weight(weight: Tensor | Sequence[float] | None) -> Tensor | Non
     return w
 
 
-def class_weight(weight: Tensor | Sequence[float] | None, num_classes: int, device: torch.device) -> Tensor | None:
+def class_weight(
+    weight: Tensor | Sequence[float] | None, num_classes: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Tensor | None:
+    """``weight`` for an input with ``num_classes`` classes, as a ``dtype`` tensor on ``device``."""
     if weight is None:
         return None
-    w = weight_tensor(weight, device)
+    w = weight_tensor(weight, device, dtype)
     if w.dim() != 1 or w.shape[0] != num_classes:
         raise ValueError(
             f"weight must be a 1-D tensor with one entry per class (length C={num_classes}), got shape {tuple(w.shape)}"
@@ -301,6 +350,7 @@ def not_probabilities(x: Tensor) -> tuple[Tensor, str]:
 
 
 def labels_out_of_range(target: Tensor, num_classes: int, ignore_index: int | None) -> tuple[Tensor, str]:
+    target = wide_labels(target)
     bad = (target < 0) | (target >= num_classes)
     if ignore_index is not None:
         bad = bad & (target != ignore_index)
@@ -310,6 +360,7 @@ def labels_out_of_range(target: Tensor, num_classes: int, ignore_index: int | No
 
 
 def labels_not_binary(target: Tensor, ignore_index: int | None) -> tuple[Tensor, str]:
+    target = wide_labels(target)
     bad = (target != 0) & (target != 1)
     if ignore_index is not None:
         bad = bad & (target != ignore_index)
@@ -329,7 +380,10 @@ def bad_labels_message(target: Tensor, num_classes: int | None, ignore_index: in
 
 
 def bad_weight(w: Tensor) -> tuple[Tensor, str]:
-    return (w < 0).any() | ~torch.isfinite(w).all(), "weight must be finite and non-negative"
+    """Refuses negative, non-finite and all-zero class weights (all zero would give a loss of 0 and no
+    gradient, silently)."""
+    bad = (w < 0).any() | ~torch.isfinite(w).all() | ~(w > 0).any()
+    return bad, "weight must be finite and non-negative, with at least one positive entry"
 
 
 def check_options(
@@ -372,7 +426,7 @@ def check_softmax(
     num_classes = input.shape[1]
     check_classes(classes, num_classes)
     classes = check_class_list(classes)
-    w = class_weight(weight, num_classes, input.device)
+    w = class_weight(weight, num_classes, input.device, loss_dtype(input))
     value_checks = [] if from_logits else [not_probabilities(input)]
     if not kernels_check:  # else the kernels check the labels and scores as they read them
         value_checks.append(labels_out_of_range(target, num_classes, ignore_index))
@@ -403,7 +457,9 @@ def check_binary(
         per_image=per_image,
     )  # fmt: skip
     value_checks = [] if from_logits else [not_probabilities(x)]
-    if not kernels_check:  # else the kernels check the labels and scores as they read them
+    # The kernels check integer labels as they read them; float labels are checked here whatever runs,
+    # because the kernels read labels as int64 and a conversion would round 0.5 or 0.999 to a valid label.
+    if not kernels_check or t.is_floating_point():
         value_checks.append(labels_not_binary(t, ignore_index))
     run_value_checks(x, value_checks, kernels_check)
     return x, t, ignore_index, bins

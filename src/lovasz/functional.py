@@ -116,6 +116,7 @@ def lovasz_softmax(
         >>> float(lovasz.lovasz_softmax(onehot, labels, from_logits=False))  # perfect prediction
         0.0
     """
+    target = _checks.wide_labels(target) if isinstance(target, Tensor) else target
     w, classes, ignore_index, bins = _checks.check_softmax(
         input, target, classes=classes, ignore_index=ignore_index, weight=weight, from_logits=from_logits,
         bins=bins, reduction=reduction, backend=backend, per_image=per_image,
@@ -146,6 +147,7 @@ def _binary_loss(
     backend: str,
     process_group: ProcessGroup | None,
 ) -> Tensor:
+    target = _checks.wide_labels(target) if isinstance(target, Tensor) else target
     x, t, ignore_index, bins = _checks.check_binary(
         input, target, ignore_index=ignore_index, from_logits=from_logits, bins=bins, reduction=reduction,
         backend=backend, per_image=per_image, allow_empty=process_group is not None,

@@ -37,6 +37,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from . import _checks
 from ._checks import _is_integer
 
 __all__ = ["SUMMARIES", "SegmentationIoU", "confusion_matrix", "intersection_union", "iou_scores"]
@@ -239,11 +240,22 @@ class SegmentationIoU(_Metric):  # type: ignore[misc,valid-type]
         self.add_state("union", default=[], dist_reduce_fx="cat")
 
     def update(self, pred: Tensor, target: Tensor) -> None:
-        """Add a batch: ``pred`` class ids ``[B, *spatial]`` or scores ``[B, C, *spatial]``; ``target`` ids."""
+        """Add a batch: ``pred`` class ids ``[B, *spatial]`` or scores ``[B, C, *spatial]``; ``target`` ids.
+        An empty batch (``B = 0``) adds nothing; scores holding NaN are refused (their argmax is arbitrary)."""
+        for name, value in (("pred", pred), ("target", target)):
+            if not isinstance(value, Tensor):
+                raise TypeError(
+                    f"{name} must be a torch.Tensor, got {type(value).__name__}; convert with torch.as_tensor({name})"
+                )
         if pred.dim() == target.dim() + 1:
             if pred.shape[1] != self.num_classes:
                 raise ValueError(f"pred has {pred.shape[1]} score channels for num_classes={self.num_classes}")
-            pred = pred.argmax(1)
+            if pred.is_floating_point() and bool(torch.isnan(pred).any()):
+                raise ValueError("pred scores contain NaN; the predicted classes would be arbitrary")
+            pred = pred.argmax(1) if pred.numel() else pred.new_empty(target.shape, dtype=torch.int64)
+        if target.numel() == 0 and pred.shape == target.shape:
+            return
+        pred, target = _checks.wide_labels(pred), _checks.wide_labels(target)
         valid = _valid_flat(pred, target, self.num_classes, self.ignore_index)
         self.confmat += _confusion(pred, target, valid, self.num_classes)
         inter, union = _inter_union(pred, target, valid, self.num_classes)

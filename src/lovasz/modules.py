@@ -281,10 +281,12 @@ class CrossEntropyLovaszLoss(nn.Module):
         else:
             # During warm-up the term is computed even at weight 0 (the first step): its weight is a tensor.
             lovasz_term = lv(input, target)
+        ce_input = input.float() if input.dtype in (torch.float16, torch.bfloat16) else input
         ce = nn.functional.cross_entropy(
-            input.float() if input.dtype in (torch.float16, torch.bfloat16) else input,
+            ce_input,
             target.long(),  # F.cross_entropy takes int64 class ids only; .long() copies other dtypes
-            weight=None if lv.weight is None else lv.weight.to(input.device),
+            # The weight buffer follows the module's dtype (.to(torch.bfloat16)); cross_entropy wants the input's.
+            weight=None if lv.weight is None else lv.weight.to(input.device, ce_input.dtype),
             ignore_index=-100 if self.ignore_index is None else self.ignore_index,
         )
         if lovasz_term is None:
