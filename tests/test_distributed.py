@@ -267,3 +267,102 @@ def test_native_global_path_equals_the_generic_one(tmp_path):
         assert calls == 1
         torch.testing.assert_close(native, generic, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(native_grad, generic_grad, rtol=1e-5, atol=1e-8)
+
+
+# Ranks that disagree: every rank raises the same clear error, none aborts, and the next call works.
+
+
+def _mismatch_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import copy
+    import pickle
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        g = torch.Generator().manual_seed(rank)
+        x = torch.randn(2, 4, 5, 5, generator=g, requires_grad=True)
+        t = torch.randint(0, 4, (2, 5, 5), generator=g)
+        group = dist.group.WORLD
+        other = rank == world - 1  # the rank that differs
+        cases = {
+            "bins": dict(bins=256 if other else 4096),
+            "number of classes": dict(input=x[:, :3] if other else x, target=t.clamp(max=2)),
+            "per_image": dict(per_image=other),
+            "classes": dict(classes=[0, 1] if other else "all"),
+            "ignore_index": dict(ignore_index=255 if other else None),
+            "reduction": dict(reduction="sum" if other else "mean"),
+            "backend": dict(bins=256, backend="torch" if other else "auto"),
+        }
+        messages = {}
+        for name, kw in cases.items():
+            args = dict(input=x, target=t, process_group=group)
+            args.update(kw)
+            try:
+                lovasz.lovasz_softmax(args.pop("input"), args.pop("target"), **args)
+                messages[name] = None
+            except ValueError as exc:
+                messages[name] = str(exc)
+        try:  # a different loss on one rank
+            if other:
+                lovasz.lovasz_sigmoid(x, (t.unsqueeze(1) == 1).expand_as(x).long(), process_group=group)
+            else:
+                lovasz.lovasz_softmax(x, t, process_group=group)
+            messages["loss"] = None
+        except ValueError as exc:
+            messages["loss"] = str(exc)
+        # A rank whose inputs fail their checks: it raises its own error, the peers are told and raise too
+        # (no rank waits in a collective), and the ranks stay paired.
+        try:
+            lovasz.lovasz_softmax(x, t + 9 if other else t, process_group=group, bins=256)
+            refused_input = None
+        except ValueError as exc:
+            refused_input = str(exc)
+        # A rank whose call died after counting itself and before agreeing (an error of its own): the
+        # next calls are told they are at different calls, and the ranks are paired again after that.
+        if other:
+            from lovasz.distributed import ProcessSync
+
+            ProcessSync(group)
+        try:
+            lovasz.lovasz_softmax(x, t, process_group=group, bins=256)
+            skipped = None
+        except ValueError as exc:
+            skipped = str(exc)
+        after = lovasz.lovasz_softmax(x, t, process_group=group, bins=256)  # aligned again
+        after.backward()
+        # Copies of a module that holds the group.
+        loss = lovasz.LovaszSoftmaxLoss(process_group=group, bins=256)
+        twin = copy.deepcopy(torch.nn.Sequential(loss))[0]
+        shared = twin.process_group is group
+        same = torch.equal(twin(x.detach(), t), loss(x.detach(), t))
+        back = pickle.loads(pickle.dumps(loss))
+        try:
+            back(x.detach(), t)
+            refused = None
+        except RuntimeError as exc:
+            refused = str(exc)
+        back.process_group = group
+        restored = torch.equal(back(x.detach(), t), loss(x.detach(), t))
+        torch.save(
+            dict(messages=messages, refused_input=refused_input, skipped=skipped, after=after.detach(), shared=shared,
+                 same=same,
+                 refused=refused, restored=restored),
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )  # fmt: skip
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_with_different_options_all_raise_naming_the_option(world, tmp_path):
+    mp.spawn(_mismatch_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    for r, res in enumerate(results):
+        for name, message in res["messages"].items():
+            assert message is not None, (r, name)
+            assert "passed different options" in message and f"{name} (here" in message, (r, name, message)
+        assert "different calls of the loss" in res["skipped"], (r, res["skipped"])
+        expected = "labels outside" if r == world - 1 else "another rank of the process group refused its inputs"
+        assert expected in res["refused_input"], (r, res["refused_input"])
+        torch.testing.assert_close(res["after"], results[0]["after"])
+        assert res["shared"] and res["same"] and res["restored"]
+        assert "unpickled without the process group" in res["refused"]

@@ -30,9 +30,31 @@ images' losses, which are not synchronised and not scaled.)
 
 Every rank must call the loss, with the same options, also when its local batch is empty or fully
 ignored (an input with ``B = 0`` is accepted with a process group); otherwise the collectives wait.
+
+**Agreement.**  Before its first collective, every call checks that all ranks agree
+(:meth:`ProcessSync.agree`): one all-reduce of a few integers (the call's number on this group, whether
+the rank's inputs passed their checks, the number of classes, ``bins``, ``classes``, ``ignore_index``,
+``per_image``, the surrogate, the reduction and the backend asked for), whose maximum and minimum every
+rank reads.  Where they differ, every rank raises a ``ValueError`` naming the options that differ,
+instead of the collectives pairing buffers of different sizes (gloo aborts the process) or computing
+different losses silently.  A rank whose inputs fail their checks (bad labels, NaN scores, a wrong
+shape) raises its own error after telling the others, which raise too, so that no rank is left waiting
+in a collective; with a process group every value check runs before the first collective.  The call's number
+catches a rank that skipped a call (an exception caught around the loss): its next call would otherwise
+be paired with the peers' current one; after the error the numbers are aligned again, so the next call
+of every rank goes through.
+
+**Copies.**  ``copy.deepcopy`` of a loss module (an EMA model, say) shares its process group with the
+original: a group is a handle on the processes, not state to duplicate.  A pickled module is saved
+without it (a group cannot be pickled); the unpickled module refuses to run until ``process_group`` is
+set again (:class:`lovasz.LovaszSoftmaxLoss` and the other modules), rather than computing a local loss
+silently.
 """
 
 from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
 
 import torch
 import torch.distributed as dist
@@ -41,9 +63,27 @@ from torch import Tensor
 
 __all__ = ["ProcessSync"]
 
+_OPTION_SLOTS = 8  # the options a call agrees on (a fixed size, so that every rank's buffer matches)
+_CALLS: dict[object, int] = {}  # calls of the loss made on each process group, by this process
+
+
+def _code(value: object) -> int:
+    """A small integer standing for an option's value, equal on every rank for equal values (``hash``
+    of a string differs between processes; a CRC does not)."""
+    if value is None:
+        return -(1 << 50)  # outside the range of the plain integers below
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int) and -(1 << 40) < value < (1 << 40):
+        return value
+    return zlib.crc32(repr(value).encode())
+
 
 class ProcessSync:
-    """The collectives that the engine and the reduction need, for one process group."""
+    """The collectives that the engine and the reduction need, for one process group.
+
+    Constructing it counts a call of the loss on the group (before the inputs are checked, so that a
+    call that fails on one rank still counts there)."""
 
     def __init__(self, group: dist.ProcessGroup | None) -> None:
         if not (dist.is_available() and dist.is_initialized()):
@@ -54,6 +94,53 @@ class ProcessSync:
         self.group = group
         self.world_size = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
+        key = group if group is not None else dist.group.WORLD
+        self._key = key
+        self.call = _CALLS.get(key, 0) + 1
+        _CALLS[key] = self.call
+
+    @torch.compiler.disable
+    def agree(self, options: Mapping[str, object], refused: BaseException | None = None) -> None:
+        """Check that every rank is at the same call with the same ``options`` (name → value) and accepted
+        its inputs, with one all-reduce of ``2·(2 + 8)`` int64; raise on every rank if not.
+
+        ``refused``: this rank's inputs failed their checks with this exception.  The other ranks are told
+        through the same all-reduce (so none waits in a collective for this rank), and every rank raises:
+        this one its own error, the others a ``ValueError`` that points to it."""
+        if len(options) > _OPTION_SLOTS:
+            raise ValueError(f"at most {_OPTION_SLOTS} options can be agreed on, got {len(options)}")
+        names = ["call", "refused", *options]
+        codes = [] if refused is not None else [_code(v) for v in options.values()]
+        codes += [0] * (_OPTION_SLOTS - len(codes))  # one size on every rank, whatever it sends
+        local = torch.tensor([self.call, int(refused is not None), *codes], dtype=torch.int64)
+        both = torch.cat([local, -local])
+        if dist.get_backend(self.group) == "nccl":
+            both = both.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(both, op=dist.ReduceOp.MAX, group=self.group)
+        high, low = both.cpu().view(2, -1).tolist()
+        low = [-v for v in low]
+        if high[0] != low[0]:
+            _CALLS[self._key] = high[0]  # the next call of every rank is paired again
+            raise ValueError(
+                f"lovasz: the ranks of the process group are at different calls of the loss (call {low[0]} to "
+                f"{high[0]} on this group): a rank skipped a call, e.g. caught an exception and went on. Every "
+                "rank must call the loss once per step; the ranks are aligned again for the next call"
+            )
+        if refused is not None:
+            raise refused
+        if high[1]:
+            raise ValueError(
+                "lovasz: another rank of the process group refused its inputs (its own error says why); the "
+                "loss of this call is computed on no rank"
+            )
+        differ = [i for i in range(2, len(names)) if high[i] != low[i]]  # the padding always agrees
+        if differ:
+            shown = [f"{names[i]} (here, on rank {self.rank}: {options[names[i]]!r})" for i in differ]
+            raise ValueError(
+                "lovasz: the ranks of the process group passed different options to the loss: "
+                + "; ".join(shown)
+                + ". Every rank must call the loss with the same options and the same number of classes"
+            )
 
     def all_max(self, t: Tensor) -> Tensor:
         out = t.detach().clone()

@@ -36,6 +36,14 @@ def _sync(process_group):
     return ProcessSync(process_group)
 
 
+def _agreed(surrogate, num_classes, bins, classes, ignore_index, per_image, reduction, backend) -> dict[str, object]:
+    """The options every rank of a process group must pass alike (:meth:`ProcessSync.agree`)."""
+    return {
+        "loss": surrogate.name, "number of classes": num_classes, "bins": bins, "classes": classes,
+        "ignore_index": ignore_index, "per_image": per_image, "reduction": reduction, "backend": backend,
+    }  # fmt: skip
+
+
 def _no_autocast(x: Tensor):
     """Losses run in float32 (or float64) whatever autocast is active: sums over millions of pixels and
     Jaccard increments of order 1/p are not safe in float16/bfloat16.  Inputs are upcast explicitly."""
@@ -116,18 +124,27 @@ def lovasz_softmax(
         >>> float(lovasz.lovasz_softmax(onehot, labels, from_logits=False))  # perfect prediction
         0.0
     """
-    target = _checks.wide_labels(target) if isinstance(target, Tensor) else target
-    w, classes, ignore_index, bins = _checks.check_softmax(
-        input, target, classes=classes, ignore_index=ignore_index, weight=weight, from_logits=from_logits,
-        bins=bins, reduction=reduction, backend=backend, per_image=per_image,
-        allow_empty=process_group is not None, kernels_check=checks_inputs(backend, input, bins),
-    )  # fmt: skip
+    sync = _sync(process_group)
+    try:
+        target = _checks.wide_labels(target) if isinstance(target, Tensor) else target
+        w, classes, ignore_index, bins = _checks.check_softmax(
+            input, target, classes=classes, ignore_index=ignore_index, weight=weight, from_logits=from_logits,
+            bins=bins, reduction=reduction, backend=backend, per_image=per_image,
+            allow_empty=sync is not None, kernels_check=sync is None and checks_inputs(backend, input, bins),
+        )  # fmt: skip
+    except (TypeError, ValueError) as exc:
+        if sync is None:
+            raise
+        sync.agree({}, refused=exc)
+        raise
     b, c = input.shape[:2]
     n = math.prod(input.shape[2:])
-    sync = _sync(process_group)
+    surrogate = SOFTMAX if from_logits else PROBS
+    if sync is not None:
+        sync.agree(_agreed(surrogate, c, bins, classes, ignore_index, per_image, reduction, backend))
     with _no_autocast(input):
         result = group_losses(
-            SOFTMAX if from_logits else PROBS, input.reshape(b, c, n), target.reshape(b, n),
+            surrogate, input.reshape(b, c, n), target.reshape(b, n),
             per_image=per_image, ignore_index=ignore_index, bins=bins, backend=backend, sync=sync,
             present_only=isinstance(classes, str) and classes == "present",
         )  # fmt: skip
@@ -147,14 +164,22 @@ def _binary_loss(
     backend: str,
     process_group: ProcessGroup | None,
 ) -> Tensor:
-    target = _checks.wide_labels(target) if isinstance(target, Tensor) else target
-    x, t, ignore_index, bins = _checks.check_binary(
-        input, target, ignore_index=ignore_index, from_logits=from_logits, bins=bins, reduction=reduction,
-        backend=backend, per_image=per_image, allow_empty=process_group is not None,
-        kernels_check=checks_inputs(backend, input, bins),
-    )  # fmt: skip
-    surrogate = HINGE if hinge else SIGMOID if from_logits else SIGMOID_PROBS
     sync = _sync(process_group)
+    try:
+        target = _checks.wide_labels(target) if isinstance(target, Tensor) else target
+        x, t, ignore_index, bins = _checks.check_binary(
+            input, target, ignore_index=ignore_index, from_logits=from_logits, bins=bins, reduction=reduction,
+            backend=backend, per_image=per_image, allow_empty=sync is not None,
+            kernels_check=sync is None and checks_inputs(backend, input, bins),
+        )  # fmt: skip
+    except (TypeError, ValueError) as exc:
+        if sync is None:
+            raise
+        sync.agree({}, refused=exc)
+        raise
+    surrogate = HINGE if hinge else SIGMOID if from_logits else SIGMOID_PROBS
+    if sync is not None:
+        sync.agree(_agreed(surrogate, x.shape[1], bins, "all", ignore_index, per_image, reduction, backend))
     with _no_autocast(x):
         result = group_losses(
             surrogate, x, t, per_image=per_image, ignore_index=ignore_index, bins=bins, backend=backend, sync=sync

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,47 @@ if TYPE_CHECKING:
 __all__ = ["CrossEntropyLovaszLoss", "LovaszHingeLoss", "LovaszSigmoidLoss", "LovaszSoftmaxLoss"]
 
 
-class LovaszSoftmaxLoss(nn.Module):
+class _SharesProcessGroup:
+    """Copies of a loss that holds a process group: ``copy.deepcopy`` shares the group (a handle on the
+    processes, which cannot be duplicated); pickling leaves it out, and the unpickled loss refuses to run
+    until ``process_group`` is set again (:mod:`lovasz.distributed`, "Copies")."""
+
+    process_group: ProcessGroup | None
+
+    def __deepcopy__(self, memo: dict):
+        group = self.__dict__.get("process_group")
+        if group is not None:
+            memo[id(group)] = group
+        cls = type(self)
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = copy.deepcopy(value, memo)
+        return new
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        if state.get("process_group") is not None:
+            state["process_group"] = None
+            state["_process_group_dropped"] = True
+        return state
+
+    def _group(self) -> ProcessGroup | None:
+        if self.process_group is None and self.__dict__.get("_process_group_dropped", False):
+            raise RuntimeError(
+                f"this {type(self).__name__} was unpickled without the process group it was built with (a "
+                "process group cannot be pickled); set loss.process_group = <group> before calling it, or "
+                "None for a loss of the local batch"
+            )
+        return self.process_group
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "process_group":
+            self.__dict__.pop("_process_group_dropped", None)
+        super().__setattr__(name, value)
+
+
+class LovaszSoftmaxLoss(_SharesProcessGroup, nn.Module):
     """Module form of :func:`lovasz.lovasz_softmax`; the arguments are the same keyword arguments.
 
     ``weight`` is registered as a buffer, so it follows ``.to(device)`` and is saved in ``state_dict``.
@@ -72,7 +113,7 @@ class LovaszSoftmaxLoss(nn.Module):
             bins=self.bins,
             reduction=self.reduction,
             backend=self.backend,
-            process_group=self.process_group,
+            process_group=self._group(),
         )
 
     def extra_repr(self) -> str:
@@ -83,7 +124,7 @@ class LovaszSoftmaxLoss(nn.Module):
         )
 
 
-class LovaszHingeLoss(nn.Module):
+class LovaszHingeLoss(_SharesProcessGroup, nn.Module):
     """Module form of :func:`lovasz.lovasz_hinge`.
 
     Example:
@@ -119,7 +160,7 @@ class LovaszHingeLoss(nn.Module):
             bins=self.bins,
             reduction=self.reduction,
             backend=self.backend,
-            process_group=self.process_group,
+            process_group=self._group(),
         )
 
     def extra_repr(self) -> str:
@@ -129,7 +170,7 @@ class LovaszHingeLoss(nn.Module):
         )
 
 
-class LovaszSigmoidLoss(nn.Module):
+class LovaszSigmoidLoss(_SharesProcessGroup, nn.Module):
     """Module form of :func:`lovasz.lovasz_sigmoid`.
 
     Example:
@@ -169,7 +210,7 @@ class LovaszSigmoidLoss(nn.Module):
             bins=self.bins,
             reduction=self.reduction,
             backend=self.backend,
-            process_group=self.process_group,
+            process_group=self._group(),
         )
 
     def extra_repr(self) -> str:
