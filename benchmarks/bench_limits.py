@@ -2,6 +2,7 @@
 
     python benchmarks/bench_limits.py                       # 8x21x256x256, 2 threads
     python benchmarks/bench_limits.py --size 2x19x512x1024
+    python benchmarks/bench_limits.py --out benchmarks/results/limits.md
 
 Measures, in one process, medians over rounds, buffers reused (no page faults):
 
@@ -55,6 +56,9 @@ def main() -> None:
     p.add_argument("--size", default="8x21x256x256", help="BxCxHxW")
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--threads", type=int, default=2)
+    from _report import Tee, add_out_argument, write  # benchmarks/ is on sys.path when run as a script
+
+    add_out_argument(p, "limits")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -152,6 +156,7 @@ def main() -> None:
     def floor(bytes_moved: float, exps: int = 0, scatters: int = 0) -> float:
         return max(bytes_moved / bandwidth * 1e3, exps * exp_ms / n_el, scatters * scatter_ms / n_el)
 
+    tee = Tee().start()
     print(
         f"{args.size}, {args.threads} threads, torch {torch.__version__}, {used.NAME} kernels: streaming "
         f"{bandwidth / 1e9:.1f} GB/s (read+write), exp {n_el / exp_ms / 1e6:.2f} G/s, "
@@ -192,6 +197,10 @@ def main() -> None:
         f"\nfloor of the Lovász kernels / measured cross-entropy: {total_floor / ce_ms:.2f}×; "
         f"measured kernels / cross-entropy: {total / ce_ms:.2f}×"
     )
+    tee.stop()
+    if args.out:
+        title = f"Where the time goes: the binned Lovász-Softmax at {args.size} against this CPU's limits"
+        write(args.out, title, tee.text)
 
 
 if __name__ == "__main__":
