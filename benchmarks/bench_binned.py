@@ -7,6 +7,7 @@ allocators do).  Each allocator setting runs in its own child process, because g
     python benchmarks/bench_binned.py                      # both allocators, all sizes, CPU
     python benchmarks/bench_binned.py --allocator warm --sizes 8x21x256x256 --rounds 5
     python benchmarks/bench_binned.py --labels regions     # labels with a few classes per image
+    python benchmarks/bench_binned.py --out benchmarks/results/binned-uniform.md   # also write the tables
 
 Labels: ``uniform`` (the default) draws every pixel's class uniformly, so every class occurs in every
 image: the worst case, where every (image, class) group must be computed; the per-image rows use
@@ -229,12 +230,15 @@ def main() -> None:
     p.add_argument("--labels", choices=["uniform", "regions"], default="uniform", help="see the module docstring")
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--child", choices=["warm", "fresh"], help=argparse.SUPPRESS)
+    from _report import add_out_argument, write  # benchmarks/ is on sys.path when run as a script
+
+    add_out_argument(p, "binned-uniform or binned-regions")
     args = p.parse_args()
     if args.child:
         rows = run(args.sizes, args.rounds, not args.no_compile, args.labels, args.min_seconds)
         print(json.dumps(rows))
         return
-    results = {}
+    results, tables = {}, []
     for allocator in ["fresh", "warm"] if args.allocator == "both" else [args.allocator]:
         env = dict(os.environ, **(WARM_ENV if allocator == "warm" else {}))
         if allocator == "fresh":
@@ -252,7 +256,16 @@ def main() -> None:
         rows = json.loads(out.stdout.strip().splitlines()[-1])
         results[allocator] = rows
         label = "warm (buffers reused, no page faults)" if allocator == "warm" else "fresh (glibc default)"
-        print(table(rows, label, args.labels) + "\n", flush=True)
+        tables.append(table(rows, label, args.labels))
+        print(tables[-1] + "\n", flush=True)
+    if args.out:
+        write(
+            args.out,
+            f"Binned Lovász losses against cross-entropy, {args.labels} labels",
+            "\n\n".join(tables),
+            "forward+backward medians, every method interleaved in one process",
+            alloc="stated above each table (each allocator runs in its own child process)",
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

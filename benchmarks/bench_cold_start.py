@@ -3,6 +3,7 @@ the package was installed: nothing to compile or cache at run time) and numba (c
 then caches), each with an empty kernel cache (cold) and with a warm one.
 
     python benchmarks/bench_cold_start.py
+    python benchmarks/bench_cold_start.py --out benchmarks/results/cold_start.md
 
 Each measurement is a new Python process with ``LOVASZ_CACHE`` pointing at a fresh temporary folder (cold),
 then at the same folder again (warm), and ``LOVASZ_BACKEND`` naming the backend; it prints the import time
@@ -12,6 +13,7 @@ and the time of the first forward+backward of ``lovasz_softmax`` and ``lovasz_hi
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -41,21 +43,33 @@ def run(cache: str, backend: str) -> dict:
 
 
 def main() -> None:
+    from _report import Tee, add_out_argument, write  # benchmarks/ is on sys.path when run as a script
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_out_argument(p, "cold_start")
+    args = p.parse_args()
     rows = {}
     for backend in [name for name in ("native", "numba") if _available(name)]:
         with tempfile.TemporaryDirectory() as cache:
             rows[f"{backend}, cold (empty cache)"] = run(cache, backend)
             rows[f"{backend}, warm (cached kernels)"] = run(cache, backend)
+    tee = Tee().start()
     print("| backend, process | import lovasz (s) | first softmax call (s) | then first hinge call (s) |")
     print("|---|---:|---:|---:|")
     for name, r in rows.items():
         print(f"| {name} | {r['import']:.2f} | {r['softmax']:.2f} | {r['hinge']:.2f} |")
+    tee.stop()
+    if args.out:
+        write(args.out, "First binned call in a fresh process", tee.text, "each row a new Python process")
 
 
 def _available(name: str) -> bool:
     from lovasz.engine import backends
 
-    return backends.native_built() if name == "native" else backends.numba_installed()
+    if name == "native":
+        return backends.native_built()
+    installed = getattr(backends, "numba_installed", None)  # absent where the numba backend is gone
+    return bool(installed and installed())
 
 
 if __name__ == "__main__":

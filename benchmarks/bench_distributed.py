@@ -13,6 +13,7 @@ rank), in two ways:
 
     python benchmarks/bench_distributed.py                 # 1, 2 and 4 processes
     python benchmarks/bench_distributed.py --procs 2 --rounds 60
+    python benchmarks/bench_distributed.py --out benchmarks/results/distributed.md
 
 A second table times the collectives alone (ranks aligned by a barrier before each): a gloo all-reduce of
 one float, and of the loss's buffer (the histogram and the head candidates), medians and quartiles.
@@ -129,7 +130,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--procs", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--rounds", type=int, default=40)
+    from _report import Tee, add_out_argument, write  # benchmarks/ is on sys.path when run as a script
+
+    add_out_argument(p, "distributed")
     args = p.parse_args()
+    tee = Tee().start()
     print(
         "| processes | per rank | loss alone, local (ms) | global (ms) | difference (ms) | DDP step, local loss (ms) "
         "| local loss + a sync point (ms) | global loss (ms) | global − local (ms) | (global − local) / step "
@@ -165,6 +170,15 @@ def main() -> None:
             )  # fmt: skip
         for name, (q1, q2, q3) in queue.get().items():
             print(f"| {world} | {name} | {1000 * q2:.2f} | {1000 * q1:.2f}–{1000 * q3:.2f} |", flush=True)
+    tee.stop()
+    if args.out:
+        write(
+            args.out,
+            "The global-batch loss (process_group=) against the local one, gloo",
+            tee.text,
+            f"every rank on this machine with 1 torch thread; medians of {args.rounds} rounds, local and global "
+            "interleaved",
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python benchmarks/bench_engine.py                 # CPU, both default sizes
     python benchmarks/bench_engine.py --device cuda   # on a GPU
     python benchmarks/bench_engine.py --sizes 8x21x256x256 --repeats 5
+    python benchmarks/bench_engine.py --repeats 7 --out benchmarks/results/engine.md
 
 Each (method, size) runs in a fresh subprocess, so that its memory is its own: on CUDA the allocator's
 counters, on CPU the process's resident set (``VmRSS``, and the high-water mark ``VmHWM`` reset through
@@ -157,6 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--child", nargs=3, metavar=("METHOD", "SIZE", "WHAT"), help=argparse.SUPPRESS)
+    from _report import Tee, add_out_argument, write  # benchmarks/ is on sys.path when run as a script
+
+    add_out_argument(p, "engine")
     args = p.parse_args(argv)
     for size in args.sizes:
         parts = size.split("x")
@@ -176,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.device == "cuda"
         else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
     )
+    tee = Tee().start()
     print(f"device: {args.device} ({hw}); torch {torch.__version__}; median of {args.repeats} runs, forward+backward\n")
     print("| size B×C×H×W | method | time (ms) | × CE time | held fwd→bwd (MiB) | peak extra (MiB) | × CE peak |")
     print("|---|---|---:|---:|---:|---:|---:|")
@@ -214,6 +219,15 @@ def main(argv: list[str] | None = None) -> None:
                 f"| {r['peak'] / 2**20:.0f} | {mr} |",
                 flush=True,
             )
+    tee.stop()
+    if args.out:
+        write(
+            args.out,
+            "Lovász-Softmax engines against cross-entropy: time and memory",
+            tee.text,
+            "each (method, size) in its own process; timing with the inherited allocator, memory with "
+            "MALLOC_MMAP_THRESHOLD_=131072",
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": args.device, "hardware": hw, "results": results}, f, indent=2)

@@ -2,16 +2,18 @@
 
     python benchmarks/bench_limits.py                       # 8x21x256x256, 2 threads
     python benchmarks/bench_limits.py --size 2x19x512x1024
+    python benchmarks/bench_limits.py --out benchmarks/results/limits.md
 
 Measures, in one process, medians over rounds, buffers reused (no page faults):
 
-* the machine: streaming bandwidth (a float32 copy of the logits' size, numba, on the same threads as the
-  kernels), the throughput of the kernels' vectorized float32 ``exp``, and of a histogram scatter (one
-  read-modify-write of a float64 (count, sum) cell per element into a per-group table that fits in cache,
-  with the bins of real errors);
+* the machine: streaming bandwidth (a float32 copy of the logits' size), the throughput of a vectorized
+  float32 ``exp``, and of a histogram scatter (one read-modify-write of a float64 (count, sum) cell per
+  element into a per-group table that fits in cache, with the bins of real errors); with numba loops on the
+  kernels' threads (the kernels' own ``exp``) where numba is installed, else with PyTorch operators on
+  its OpenMP threads (the header line says which);
 * cross-entropy's forward+backward (``F.cross_entropy``) on the same logits;
 * ``lovasz_softmax(..., bins=DEFAULT_BINS)`` split in stages: pass 1 of the CPU kernels the automatic
-  choice uses (native where built, else numba; softmax, errors, anchors; reads the logits, writes the
+  choice uses (softmax, errors, anchors; reads the logits, writes the
   kept errors) timed alone, the rest of the forward call
   (input checks, pass 2 with the tables and the exact head: reads the kept errors, one scatter per
   element) and backward (reads the kept errors, writes the gradient), all with ``LOVASZ_KEEP_ERRORS=1``;
@@ -55,40 +57,50 @@ def main() -> None:
     p.add_argument("--size", default="8x21x256x256", help="BxCxHxW")
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--threads", type=int, default=2)
+    from _report import Tee, add_out_argument, write  # benchmarks/ is on sys.path when run as a script
+
+    add_out_argument(p, "limits")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    from numba import njit
-
     import lovasz
     from lovasz.engine import backends
-    from lovasz.engine import kernels_cpu as K
     from lovasz.engine.histogram import Binning
     from lovasz.surrogates import SOFTMAX
 
-    @njit(nogil=True, fastmath=K._FASTMATH)
-    def copy_rows(src, dst, u0, u1):
-        for r in range(u0, u1):
-            s, d = src[r], dst[r]
-            for j in range(s.shape[0]):
-                d[j] = s[j]
+    try:  # the machine's limits as plain loops on the kernels' threads, where numba is installed
+        from numba import njit
 
-    @njit(nogil=True, fastmath=K._FASTMATH)
-    def exp_rows(src, dst, u0, u1):
-        for r in range(u0, u1):
-            s, d = src[r], dst[r]
-            for j in range(s.shape[0]):
-                d[j] = K._expf(-abs(s[j]))
+        from lovasz.engine import kernels_cpu as K
+    except ImportError:  # else with PyTorch operators (the same OpenMP threads)
+        njit = K = None
+    limits_by = "numba loops on the kernels' threads" if njit else "PyTorch operators"
 
-    @njit(nogil=True)
-    def scatter_rows(bins, fg, values, hist, u0, u1):
-        for r in range(u0, u1):
-            h = hist[r].reshape(-1)
-            b, f, v = bins[r], fg[r], values[r]
-            for j in range(b.shape[0]):
-                idx = b[j] * 4 + f[j] * 2
-                h[idx] += 1.0
-                h[idx + 1] += v[j]
+    if njit is not None:
+
+        @njit(nogil=True, fastmath=K._FASTMATH)
+        def copy_rows(src, dst, u0, u1):
+            for r in range(u0, u1):
+                s, d = src[r], dst[r]
+                for j in range(s.shape[0]):
+                    d[j] = s[j]
+
+        @njit(nogil=True, fastmath=K._FASTMATH)
+        def exp_rows(src, dst, u0, u1):
+            for r in range(u0, u1):
+                s, d = src[r], dst[r]
+                for j in range(s.shape[0]):
+                    d[j] = K._expf(-abs(s[j]))
+
+        @njit(nogil=True)
+        def scatter_rows(bins, fg, values, hist, u0, u1):
+            for r in range(u0, u1):
+                h = hist[r].reshape(-1)
+                b, f, v = bins[r], fg[r], values[r]
+                for j in range(b.shape[0]):
+                    idx = b[j] * 4 + f[j] * 2
+                    h[idx] += 1.0
+                    h[idx + 1] += v[j]
 
     bsz, c, h, w = (int(v) for v in args.size.split("x"))
     g = torch.Generator().manual_seed(0)
@@ -100,8 +112,14 @@ def main() -> None:
     # The machine, on the kernels' threads.
     rows = logits.view(bsz * c, h * w).numpy()
     out = np.empty_like(rows)
-    copy_ms = median_ms(lambda: K._parallel(copy_rows, rows.shape[0], rows, out), args.rounds)
-    exp_ms = median_ms(lambda: K._parallel(exp_rows, rows.shape[0], rows, out), args.rounds)
+    if njit is not None:
+        copy_ms = median_ms(lambda: K._parallel(copy_rows, rows.shape[0], rows, out), args.rounds)
+        exp_ms = median_ms(lambda: K._parallel(exp_rows, rows.shape[0], rows, out), args.rounds)
+    else:
+        src_t, out_t = torch.from_numpy(rows), torch.from_numpy(out)
+        neg = -src_t.abs()
+        copy_ms = median_ms(lambda: out_t.copy_(src_t), args.rounds)
+        exp_ms = median_ms(lambda: torch.exp(neg, out=out_t), args.rounds)
     x3 = logits.view(bsz, c, h * w).contiguous()
     t2 = target.view(bsz, h * w).contiguous()
     kept = torch.empty_like(x3)
@@ -114,7 +132,19 @@ def main() -> None:
     fg = (kept.view(torch.int32).numpy() < 0).transpose(1, 0, 2).reshape(c, -1).astype(np.int32)
     hist = np.zeros((c, binning.num_bins, 2, 2))
     bins_np, err_np = real_bins.numpy(), np.ascontiguousarray(err)
-    scatter_ms = median_ms(lambda: K._parallel(scatter_rows, c, bins_np, fg, err_np, hist), args.rounds)
+    if njit is not None:
+        scatter_ms = median_ms(lambda: K._parallel(scatter_rows, c, bins_np, fg, err_np, hist), args.rounds)
+    else:
+        group = torch.arange(c).unsqueeze(1) * (binning.num_bins * 4)
+        cell = (group + real_bins.long() * 4 + torch.from_numpy(fg).long() * 2).reshape(-1)
+        hist_t = torch.zeros(c * binning.num_bins * 4, dtype=torch.float64)
+        ones, values = torch.ones(cell.numel(), dtype=torch.float64), torch.from_numpy(err_np).double().reshape(-1)
+
+        def scatter() -> None:
+            hist_t.index_add_(0, cell, ones)
+            hist_t.index_add_(0, cell + 1, values)
+
+        scatter_ms = median_ms(scatter, args.rounds)
     bandwidth = 2 * n_el * 4 / (copy_ms * 1e-3)  # bytes read + written per second
 
     # Cross-entropy and the kernels' stages on the same logits.
@@ -152,10 +182,11 @@ def main() -> None:
     def floor(bytes_moved: float, exps: int = 0, scatters: int = 0) -> float:
         return max(bytes_moved / bandwidth * 1e3, exps * exp_ms / n_el, scatters * scatter_ms / n_el)
 
+    tee = Tee().start()
     print(
         f"{args.size}, {args.threads} threads, torch {torch.__version__}, {used.NAME} kernels: streaming "
         f"{bandwidth / 1e9:.1f} GB/s (read+write), exp {n_el / exp_ms / 1e6:.2f} G/s, "
-        f"histogram scatter {n_el / scatter_ms / 1e6:.2f} G elements/s\n"
+        f"histogram scatter {n_el / scatter_ms / 1e6:.2f} G elements/s (limits measured with {limits_by})\n"
     )
     print("| stage | what it must do | floor from the limits (ms) | measured (ms) |")
     print("|---|---|---:|---:|")
@@ -192,6 +223,10 @@ def main() -> None:
         f"\nfloor of the Lovász kernels / measured cross-entropy: {total_floor / ce_ms:.2f}×; "
         f"measured kernels / cross-entropy: {total / ce_ms:.2f}×"
     )
+    tee.stop()
+    if args.out:
+        title = f"Where the time goes: the binned Lovász-Softmax at {args.size} against this CPU's limits"
+        write(args.out, title, tee.text)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """How well EquibatchSampler spreads rare classes over batches, against shuffled batches.
 
     python benchmarks/bench_sampler.py [--epochs 20] [--batch-size 8]
+    python benchmarks/bench_sampler.py --out benchmarks/results/sampler.md
 
 Data: a Pascal-like presence matrix, 1,464 images (the size of VOC 2012 ``train``) and 21 classes:
 background in every image, ``person`` in 442 images, the 19 other classes in 148 down to 63 images (about the
@@ -50,6 +51,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--images", type=int, default=1464)
+    from _report import Tee, add_out_argument, write  # benchmarks/ is on sys.path when run as a script
+
+    add_out_argument(p, "sampler")
     args = p.parse_args()
 
     presence = pascal_like(args.images)
@@ -70,6 +74,7 @@ def main() -> None:
     equi, shuffled = equi / args.epochs, shuffled / args.epochs
     num_batches = len(sampler)
 
+    tee = Tee().start()
     print(
         f"{n} images, {presence.shape[1]} classes, batch size {args.batch_size} ({num_batches} batches), "
         f"{args.epochs} epochs; EquibatchSampler: {1000 * seconds / args.epochs:.0f} ms per epoch\n"
@@ -79,6 +84,9 @@ def main() -> None:
     for k, c in enumerate(rarest):
         best = min(int(counts[c]), num_batches) / num_batches
         print(f"| class {c} ({int(counts[c])}) | {shuffled[k]:.1%} | {equi[k]:.1%} | {best:.1%} |")
+    tee.stop()
+    if args.out:
+        write(args.out, "Rare classes per batch: EquibatchSampler against shuffled batches", tee.text)
 
 
 if __name__ == "__main__":

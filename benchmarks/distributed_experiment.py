@@ -1,6 +1,7 @@
 """Per-rank vs global-batch Lovász loss with small per-process batches (issue: the loss of the global batch).
 
     bash benchmarks/distributed_experiment.sh      # runs the 6 trainings, then this script prints the table
+    python benchmarks/distributed_experiment.py [runs/dist] --out benchmarks/results/distributed_experiment.md
 
 For each seed s, the model pretrained with cross-entropy from scratch with seed s by the shipped demo
 (``runs/demo/seed<s>/pretrain/model.pt``, from ``bash scripts/demo.sh``) is fine-tuned with Lovász-Softmax
@@ -12,9 +13,9 @@ Student-t intervals.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 from lovasz.experiments.cli import _finding, paired_interval
@@ -27,11 +28,14 @@ METRICS = [
 ]
 
 
-def main(root: str = "runs/dist", seeds: int = 3) -> None:
+def main(root: str = "runs/dist", seeds: int = 3, out: str | None = None) -> None:
+    from _report import Tee, write  # benchmarks/ is on sys.path when run as a script
+
     runs = {
         sync: [json.loads((Path(root) / f"seed{s}-{sync}" / "results.json").read_text())["test"] for s in range(seeds)]
         for sync in ("local", "global")
     }
+    tee = Tee().start()
     print(f"4 processes × 2 canvases (global batch 8), {seeds} seeds, test split of `digits`\n")
     print("| Lovász batch loss | " + " | ".join(label for _, label in METRICS) + " |")
     print("|---|" + "---:|" * len(METRICS))
@@ -52,7 +56,16 @@ def main(root: str = "runs/dist", seeds: int = 3) -> None:
         finding = _finding(lo, hi)
         interval = "—" if lo is None else f"[{lo:+.4f}, {hi:+.4f}]"
         print(f"| {label} | {mean:+.4f} | {interval} | {finding} |")
+    tee.stop()
+    if out:
+        write(out, "Per-rank against global-batch Lovász loss, 4 processes", tee.text)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    from _report import add_out_argument
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", nargs="?", default="runs/dist", help="folder of the six runs")
+    add_out_argument(parser, "distributed_experiment")
+    args = parser.parse_args()
+    main(args.root, out=args.out)

@@ -11,4 +11,4 @@ for s in 0 1 2; do
       --train-size 1000 --seed $s --no-progress --out runs/dist/seed$s-$sync > runs/dist-seed$s-$sync.log 2>&1
   done
 done
-.venv/bin/python benchmarks/distributed_experiment.py
+.venv/bin/python benchmarks/distributed_experiment.py runs/dist --out benchmarks/results/distributed_experiment.md

@@ -2,6 +2,7 @@
 
     python benchmarks/train_equivalence.py [--seeds 5] [--steps 200]
     python benchmarks/train_equivalence.py --small-objects --seeds 3
+    python benchmarks/train_equivalence.py --small-objects --seeds 3 --out benchmarks/results/train_equivalence.md
 
 Data: generated images with a disc, a square and a bar (4 classes with background) under heavy noise.  For
 each seed both engines start from the same initial weights and see the same batches; the table reports
@@ -119,6 +120,9 @@ def main() -> None:
     p.add_argument("--steps", type=_positive_int, default=200)
     p.add_argument("--bins", type=_positive_int, default=lovasz.DEFAULT_BINS, help="binned engine budget (>= 64)")
     p.add_argument("--small-objects", action="store_true", help="1-3 pixel objects, per-image loss")
+    from _report import Tee, add_out_argument, write  # benchmarks/ is on sys.path when run as a script
+
+    add_out_argument(p, "train_equivalence")
     args = p.parse_args()
     if args.bins < 64:
         p.error(f"--bins must be at least 64, got {args.bins}")
@@ -134,7 +138,9 @@ def main() -> None:
         print(f"seed {seed}: {line}", flush=True)
     metrics = list(runs["exact"][0])
     data = "small objects (1-3 px), per-image loss" if args.small_objects else "shapes, batch loss"
-    print(f"\n{data}; {args.seeds} seeds × {args.steps} steps, bins={args.bins}, {time.time() - t0:.0f} s\n")
+    print()
+    tee = Tee().start()
+    print(f"{data}; {args.seeds} seeds × {args.steps} steps, bins={args.bins}, {time.time() - t0:.0f} s\n")
     print("| engine | " + " | ".join(f"test {m} (mean ± std over seeds)" for m in metrics) + " |")
     print("|---|" + "---|" * len(metrics))
     for name, rows in runs.items():
@@ -142,6 +148,9 @@ def main() -> None:
     print("| binned − exact, paired (95 % interval) | " + " | ".join(
         _interval([b[m] - e[m] for e, b in zip(runs["exact"], runs["binned"], strict=True)]) for m in metrics
     ) + " |")  # fmt: skip
+    tee.stop()
+    if args.out:
+        write(args.out, "Training equivalence: exact and binned engines", tee.text)
 
 
 if __name__ == "__main__":
