@@ -683,10 +683,10 @@ def check_dataset(ds: FileSegmentation, what: str, progress: bool = True) -> Dat
             pixels += counts[:c]
             images += counts[:c] > 0
             void += int(counts[IGNORE_INDEX])
+    if len(problems) == 1:
+        raise DataError(problems[0])
     if problems:
-        raise DataError(
-            problems[0] if len(problems) == 1 else f"{len(problems)} problems in the {what} (listed above)", problems
-        )
+        raise DataError(f"{len(problems)} problems in the {what} (listed above)", problems)
     return DataSummary(sizes, pixels, images, void)
 
 

@@ -412,6 +412,12 @@ def prepare_data(cfg: TrainConfig, splits=None, progress: bool = True, warn=_war
     return splits["train"], splits["val"], splits["test"]
 
 
+_FOLDER_NEEDS = {
+    "--root DIR (the folder of images/ and masks/)": "root",
+    "--num-classes N (the number of class ids in the masks, 255 = void)": "num_classes",
+}
+
+
 def train(
     cfg: TrainConfig,
     out_dir: str | Path,
@@ -445,6 +451,10 @@ def train(
         log = warn = _quiet
     rt = Runtime(device, cfg.amp, cfg.channels_last)
     on_disk = cfg.data in datasets.FILE_LAYOUTS
+    if cfg.data == "folder":
+        missing = [what for what, value in _FOLDER_NEEDS.items() if getattr(cfg, value) is None]
+        if missing:
+            raise datasets.DataError(f"--data folder needs {' and '.join(missing)}")
     arch = _architecture(cfg)
     out = Path(out_dir)
     path = out / "model.pt"
@@ -578,6 +588,9 @@ def train(
                 f"  per-image {val['miou_image']:.4f}  ({row['seconds']:.0f} s)"
             )
     except KeyboardInterrupt:
+        if ctx.main and path.is_file():  # Ctrl-C may land between a save and the count: the file tells
+            with contextlib.suppress(Exception):
+                done = max(done, torch.load(path, map_location="cpu", weights_only=True)["train_state"]["epoch"])
         raise Interrupted(done, path) from None
     model = _unwrap(model)
     results = None
