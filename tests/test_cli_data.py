@@ -356,8 +356,11 @@ def test_defaults_fit_small_data(tmp_path, capsys):
     assert (cfg["crop_size"], cfg["batch_size"]) == (64, 2)  # 10 training images of 64×64
     err = capsys.readouterr().err
     assert "only 1 validation image" in err and "--val-root" in err
-    main([*args(root, tmp_path / "big"), "--crop-size", "512", "--batch-size", "32"])
-    err = capsys.readouterr().err
+    # given values too large for the data: warnings that name better ones (before any step is trained)
+    warnings = []
+    cfg = train.TrainConfig(data="folder", root=str(root), num_classes=3, crop_size=512, batch_size=32)
+    train.prepare_data(cfg, progress=False, warn=warnings.append)
+    err = "\n".join(warnings)
     assert "--batch-size 32 with 10 training images: 1 optimizer step per epoch; --batch-size 2 gives 5" in err
     assert "--crop-size 512 is larger than every training image" in err and "--crop-size 64 fits" in err
 

@@ -107,6 +107,29 @@ def test_demo_multiclass_pretrains_once_per_seed(tmp_path, capsys):
     _, table = _check_layout(out, variants, "CE pretrained", metrics)
     assert "| Lovász per image, all classes | per-image mIoU |" in table
     assert load_model(out / "seed0" / "pretrain" / "model.pt")[1]["architecture"]["num_classes"] == data.NUM_CLASSES
+    _demo_again_skips_finished_runs(out, ["demo", *TINY, "--no-progress", "--out", str(out)], capsys)
+
+
+def _demo_again_skips_finished_runs(out, argv, capsys):
+    """The same demo again: finished runs skipped, an unfinished one (checkpoint, no results) resumed, no model
+    trained again; other options into the same folder refused in one line."""
+    before = json.loads((out / "results.json").read_text())["test"]
+    models = {p: p.stat().st_mtime_ns for p in out.glob("seed*/*/model.pt")}
+    assert len(models) == 10  # 2 seeds × (pretraining + 4 variants)
+    unfinished = out / "seed1" / "lovasz-batch" / "results.json"
+    unfinished.unlink()  # as if stopped after its last checkpoint
+    capsys.readouterr()
+    main(argv)
+    printed = capsys.readouterr().out
+    assert printed.count("(skipped)") == 9 and printed.count("resuming") == 1
+    assert unfinished.exists()
+    assert {p: p.stat().st_mtime_ns for p in models} == models  # nothing trained again
+    assert json.loads((out / "results.json").read_text())["test"] == before
+    with pytest.raises(SystemExit) as exc:
+        main([*argv[:-2], "--width", "4", "--out", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds a run with other options" in err[0] and "width" in err[0]
 
 
 def test_demo_binary(tmp_path, capsys):
