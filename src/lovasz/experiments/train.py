@@ -465,7 +465,7 @@ def train(
         check_init(cfg.init, arch)
     if not ctx.main:
         ctx.barrier()  # rank 0 builds (and caches) the data first
-    train_split, val_split, test_split = prepare_data(cfg, splits, progress, warn, check_data and ctx.main)
+    train_split, val_split, test_split = prepare_data(cfg, splits, progress, warn, check_data)
     if ctx.main:
         ctx.barrier()
     out.mkdir(parents=True, exist_ok=True)
