@@ -127,8 +127,17 @@ def test_version(capsys):
 
 def test_help_shows_defaults(capsys):
     for command, expected in [
-        ("train", ["(default: 8)", "(default: 32, or a quarter", "(default: ce)", "(default: 4096)",
-                   "(default: present)", "(default: auto)"]),
+        (
+            "train",
+            [
+                "(default: 8)",
+                "(default: 32, or a quarter",
+                "(default: ce)",
+                "(default: 4096)",
+                "(default: present)",
+                "(default: auto)",
+            ],
+        ),
         ("demo", ["(default: 3)", "(default: 16)", "(default: 0.0005)", "(default: runs/demo)"]),
         ("eval", ["(default: test; val for data on disk", "(default: the checkpoint's)"]),
         ("predict", ["IMAGE_OR_FOLDER", "--out"]),
