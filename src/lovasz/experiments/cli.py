@@ -227,7 +227,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--crop-size", type=_crop, default="auto",
-        help="training crop side (on-disk data); auto: the smallest image side in multiples of 32, at most 512",
+        help="training crop side (on-disk data); auto: the median image's shorter side, rounded down to a "
+        "multiple of 32, at most 512",
     )  # fmt: skip
     p.add_argument(
         "--scale", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"),

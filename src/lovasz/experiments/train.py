@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -337,8 +338,8 @@ def _pow2_floor(n: int, multiple: int = 32) -> int:
 
 def _fit_to_data(cfg: TrainConfig, n_train: int, n_val: int, sizes, warn) -> None:
     """Fill in ``batch_size`` (None: a quarter of the training images, at most 32) and ``crop_size``
-    (``"auto"``: the smallest training image side, in multiples of 32, at most 512); warn where given values
-    do not fit the data, naming better ones."""
+    (``"auto"``: the median training image's shorter side, rounded down to a multiple of 32, at most 512);
+    warn where given values do not fit the data, naming better ones."""
     auto_batch = max(1, min(32, n_train // 4))
     if cfg.batch_size is None:
         cfg.batch_size = auto_batch
@@ -349,7 +350,7 @@ def _fit_to_data(cfg: TrainConfig, n_train: int, n_val: int, sizes, warn) -> Non
             f"step{'s' if steps > 1 else ''} per epoch; --batch-size {auto_batch} gives {n_train // auto_batch}"
         )
     if sizes is not None:
-        side = min(min(h, w) for h, w in sizes) if sizes else 512
+        side = int(np.median([min(h, w) for h, w in sizes])) if sizes else 512  # a few small images: no matter
         largest = max(max(h, w) for h, w in sizes) if sizes else 512
         fit = min(512, _pow2_floor(side))
         if cfg.crop_size == "auto":
