@@ -27,9 +27,13 @@ SUFFIX = {"win32": ".dll", "darwin": ".dylib"}.get(sys.platform, ".so")
 # library whose source has changed since (a stale build after editing the C file), and says to reinstall.
 TEXT = pathlib.Path(SOURCE).read_text(encoding="utf-8")
 DIGEST = hashlib.sha256(pathlib.Path(SOURCE).read_bytes()).hexdigest()[:16]
-# The functions ctypes calls: the file's non-static ``lovasz_*`` definitions.  MSVC exports nothing from a
-# DLL unless told (/EXPORT: for each); GCC and Clang export every non-static function anyway.
-EXPORTS = sorted(set(re.findall(r"^(?!static\b)[A-Za-z_][\w \t\*]*?\b(lovasz_\w+)\s*\([^;{]*\)\s*\{", TEXT, re.M)))
+# The functions ctypes calls: the file's non-static ``lovasz_*`` definitions (a line that starts with the
+# return type or the name, not ``static``, and a parameter list followed by a body).  MSVC exports nothing
+# from a DLL unless told (/EXPORT: for each); GCC and Clang export every non-static function anyway.
+DEFINITION = r"^(?!static\b)(?:[A-Za-z_][\w \t\*]*?[ \t\*\n])?(lovasz_\w+)\s*\([^;{]*\)\s*\{"
+EXPORTS = sorted(set(re.findall(DEFINITION, TEXT, re.M)))
+if not EXPORTS:
+    raise SystemExit(f"setup.py: no lovasz_* function definitions found in {SOURCE} to export")
 
 if sys.platform == "win32":
     flags = ["/O2", "/fp:precise"]

@@ -3,7 +3,8 @@
 wheel, installed with torch alone into a fresh virtual environment, runs the native kernels from its own
 site-packages, without numba.
 
-Slow (a build and a fresh environment with torch: about a minute here): ``-m "not slow"`` leaves it out.
+The build tests are marked slow (a build and a fresh environment with torch: about a minute here):
+``-m "not slow"`` leaves them out.
 The fresh environment gets ``torch==2.13.0`` (the CPU build that installs from this machine's disk);
 ``LOVASZ_WHEEL_TEST_TORCH`` names another requirement (e.g. ``torch==2.6.0``) where that one is not at
 hand.  It needs a C compiler (skipped without one) and pip's index for the build's setuptools and the
@@ -11,9 +12,11 @@ environment's dependencies."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -21,8 +24,6 @@ import tarfile
 import zipfile
 
 import pytest
-
-pytestmark = pytest.mark.slow
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHECK = ROOT / "scripts" / "check_installed.py"
@@ -83,6 +84,7 @@ def built(tmp_path_factory):
     return sdists[0], wheels[0], before, after
 
 
+@pytest.mark.slow
 def test_the_wheel_is_py3_none_platform_and_holds_the_library(built):
     from packaging.utils import parse_wheel_filename
 
@@ -107,6 +109,7 @@ def test_the_wheel_is_py3_none_platform_and_holds_the_library(built):
     assert any(r.startswith("Requires-Dist: torch>=") for r in requires), requires
 
 
+@pytest.mark.slow
 def test_the_sdist_holds_the_c_source_and_no_compiled_library(built):
     sdist, _, _, _ = built
     with tarfile.open(sdist) as tar:
@@ -117,6 +120,7 @@ def test_the_sdist_holds_the_c_source_and_no_compiled_library(built):
     assert not compiled, f"{sdist.name} ships compiled files: {compiled}"
 
 
+@pytest.mark.slow
 def test_the_build_leaves_no_untracked_files(built):
     _, _, before, after = built
     if before is None:
@@ -124,6 +128,7 @@ def test_the_build_leaves_no_untracked_files(built):
     assert after <= before, f"python -m build left untracked files (add them to .gitignore): {sorted(after - before)}"
 
 
+@pytest.mark.slow
 def test_the_installed_wheel_runs_the_native_kernels_without_numba(built, tmp_path):
     _, wheel, _, _ = built
     venv = tmp_path / "venv"
@@ -137,3 +142,21 @@ def test_the_installed_wheel_runs_the_native_kernels_without_numba(built, tmp_pa
     shutil.copyfile(CHECK, script)
     out = _run([str(python), str(script)], "the installed wheel's check (scripts/check_installed.py)", 300, cwd=work)
     assert "binned CPU backend: native" in out.stdout, out.stdout
+
+
+def test_setup_exports_every_function_that_kernels_native_calls():
+    # On Windows the DLL exports only what setup.py lists (found in _native.c by its DEFINITION pattern);
+    # a function ctypes looks up but the list misses would leave the native kernels unusable there only.
+    tree = ast.parse((ROOT / "setup.py").read_text(encoding="utf-8"))
+    (pattern,) = [
+        node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["DEFINITION"]
+    ]
+    source = (ROOT / "src/lovasz/engine/_native.c").read_text(encoding="utf-8")
+    exported = set(re.findall(pattern, source, re.M))
+    called = set(re.findall(r"\.(lovasz_\w+)\b", (ROOT / "src/lovasz/engine/kernels_native.py").read_text()))
+    assert called, "kernels_native.py calls no lovasz_* function: the pattern above needs updating"
+    assert called <= exported, f"setup.py would not export {sorted(called - exported)} from the DLL"
+    static = set(re.findall(r"^static\b[^;{(]*?\b(lovasz_\w+)\s*\(", source, re.M))
+    assert not exported & static, f"setup.py would export static functions {sorted(exported & static)}"
