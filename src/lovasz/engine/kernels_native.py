@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import glob
 import hashlib
-import importlib.machinery
 import os
+import sys
 
 import numpy as np
 import torch
@@ -49,13 +48,11 @@ _CODES = [s.code for s in (SOFTMAX, PROBS, SIGMOID, SIGMOID_PROBS, HINGE)]  # th
 
 
 def library_path() -> str | None:
-    """The compiled library next to this file (``_native`` with an extension-module suffix), if built."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        found = glob.glob(os.path.join(here, "_native" + suffix))
-        if found:
-            return found[0]
-    return None
+    """The compiled library next to this file, if built: ``_native.so`` (``_native.dylib`` on macOS,
+    ``_native.dll`` on Windows), a plain shared library with no Python ABI, as ``setup.py`` names it."""
+    suffix = {"win32": ".dll", "darwin": ".dylib"}.get(sys.platform, ".so")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native" + suffix)
+    return path if os.path.isfile(path) else None
 
 
 STALE = ""  # why the library that was found is not used (empty when it is, or when there is none)
