@@ -1,15 +1,15 @@
 """Threads for the fused CPU kernels: PyTorch's OpenMP team where possible, else a thread pool.
 
-Shared by the numba (:mod:`.kernels_cpu`) and ahead-of-time (:mod:`.kernels_native`) kernels; imports
-neither numba nor the compiled library."""
+Used by the C kernels (:mod:`.kernels_native`); imports no compiled library itself."""
 
 from __future__ import annotations
 
 import ctypes
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+
+from . import config
 
 __all__ = ["OpenMP", "openmp", "run_on_pool", "use_pool", "workers"]
 
@@ -74,7 +74,7 @@ def openmp() -> OpenMP:
 
 def use_pool() -> bool:
     """Whether the kernels run on a thread pool: ``LOVASZ_THREADS=pool``, or no OpenMP team to share."""
-    return os.environ.get("LOVASZ_THREADS") == "pool" or openmp().lib is None
+    return config.settings().thread_pool or openmp().lib is None
 
 
 def workers(units: int) -> int:
