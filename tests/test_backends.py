@@ -286,3 +286,11 @@ def test_compiled_first_call_probes_once_without_a_graph_break(monkeypatch, prob
             compiled(X.clone().requires_grad_(True), T).backward()
     assert counters["stats"]["unique_graphs"] == 1  # one graph for the loss, compiled once
     torch._dynamo.reset()
+
+
+def test_explain_names_a_failed_probe(monkeypatch):
+    _patch_kernels(monkeypatch, _fake_triton(fail_backward=RuntimeError("no kernel image for this GPU")))
+    with pytest.warns(lovasz.LovaszFallbackWarning):
+        e = lovasz.explain(X, bins=256)
+    assert e.backend == "native"
+    assert any("failed to compile or launch" in r and "no kernel image" in r for r in e.rejected["triton"])

@@ -209,8 +209,8 @@ class Explanation:
     backend: str
     source: Source
     rejected: dict[str, list[str]]
-    """Each other backend's reasons (:meth:`.registry.Backend.not_supported_reasons`; empty where it could
-    serve the call but comes later in the order, or was not asked for)."""
+    """Each other backend's reasons (:meth:`.registry.Backend.not_supported_reasons`, and a failed Triton
+    probe; empty where it could serve the call but comes later in the order, or was not asked for)."""
 
     def __str__(self) -> str:
         lines = [f"{self.engine} engine, backend {self.backend!r} ({self.source} choice)"]
@@ -263,4 +263,7 @@ def explain(
     rejected = {
         name: other.not_supported_reasons(input, bins, s) for name, other in REGISTRY.items() if name != decision.name
     }
+    failure = triton_probe.known_failure(input.device)
+    if "triton" in rejected and not rejected["triton"] and failure is not None:
+        rejected["triton"] = [f"the Triton kernels failed to compile or launch on {input.device} ({failure!r})"]
     return Explanation(decision.engine, decision.name, decision.source, rejected)

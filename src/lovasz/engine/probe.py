@@ -52,6 +52,10 @@ class TritonProbe:
             self._results[key] = torch.compiler.disable(self._run)(device)
         return self._results[key]
 
+    def known_failure(self, device: torch.device) -> BaseException | None:
+        """The failure recorded for ``device``, without probing (``None`` if it passed or was not probed)."""
+        return self._results.get(str(device))
+
     def warn_once(self, device: torch.device, stacklevel: int) -> None:
         key = str(device)
         if key in self._warned:
