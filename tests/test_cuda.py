@@ -46,9 +46,7 @@ pytestmark = [
         ON_CUDA and not torch.cuda.is_available(),
         reason="no CUDA device (LOVASZ_TEST_DEVICE=cpu runs these checks on the CPU)",
     ),
-    pytest.mark.skipif(
-        bool(registry.REGISTRY[FUSED].missing()), reason=f"the {FUSED} kernels cannot run here"
-    ),
+    pytest.mark.skipif(bool(registry.REGISTRY[FUSED].missing()), reason=f"the {FUSED} kernels cannot run here"),
 ]
 
 COMPILE = ON_CUDA or os.environ.get("LOVASZ_TEST_COMPILE") == "1"

@@ -147,9 +147,7 @@ def _requested(backend: str) -> tuple[str, Source, str]:
     return env, "environment" if env != "auto" else "automatic", f"{ENV_VAR}={env}"
 
 
-def resolve(
-    backend: str, x: Tensor, bins: int | None, surrogate: str | surrogates.Surrogate | None = None
-) -> Decision:
+def resolve(backend: str, x: Tensor, bins: int | None, surrogate: str | surrogates.Surrogate | None = None) -> Decision:
     """Choose the engine and backend for a loss on ``x`` (see the module docstring for the order)."""
     if bins is None:
         check_backend(backend)

@@ -240,7 +240,6 @@ AUTO_ORDER: tuple[str, ...] = ("triton", "native", "torch")
 """The automatic choice takes the first of these that can serve the call."""
 
 
-
 def spec(name: str) -> Backend:
     """The declaration of backend ``name``."""
     try:
