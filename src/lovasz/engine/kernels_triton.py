@@ -1,13 +1,13 @@
 """Fused Triton kernels (CUDA) for the binned engine.
 
-The kernel contract of :mod:`.fused` (no capabilities beyond it: :mod:`.registry`).  Each program takes
-a tile of ``BLOCK_N`` pixels × all classes (softmax) or ``BLOCK`` elements (binary losses) and computes
-probabilities and errors in registers.  A first kernel finds each group's anchor (its largest error, an
-integer ``atomic_max`` on the float's bits); a second recomputes the tile, bins the errors scaled by the anchors and adds into the global (group, bin)
-histogram with *integer* atomics: int32 counts and int64 fixed-point sums of ``e/U`` (``· 2^32``).
-Integer operations are associative, so the histogram — and the loss — is bitwise deterministic whatever
-the order of the atomics.  Backward recomputes the tile and writes the gradient w.r.t. the logits in one
-pass.
+The kernel contract of :mod:`.fused` (no capabilities beyond it: :mod:`.registry`). Each program takes a
+tile of ``BLOCK_N`` pixels × all classes (softmax) or ``BLOCK`` elements (binary losses) and computes
+probabilities and errors in registers. A first kernel finds each group's anchor (its largest error, an
+integer ``atomic_max`` on the float's bits); a second recomputes the tile, bins the errors scaled by the
+anchors and adds into the global (group, bin) histogram with *integer* atomics: int32 counts and int64
+fixed-point sums of ``e/U`` (``· 2^32``). Integer operations are associative, so the histogram — and the
+loss — is bitwise deterministic whatever the order of the atomics. Backward recomputes the tile and writes
+the gradient w.r.t. the logits in one pass.
 
 On CPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``), which is how the test-suite
 checks them without a GPU.
