@@ -115,8 +115,8 @@ static inline void prefetch(const void *p, int64_t bytes) {
 /* Per image, the softmax backwards look weights up in image b's C tables ([C][2][K] float32 each, 32 KB at
  * the default bins), at random bins.  A thread meets an image's tables afresh when it starts on one of the
  * image's spans: one sweep of prefetches (the groups forward did not leave out) brings them in at streaming
- * speed instead of one miss per look-up (backward 0.2-1.0 ms faster at 2x19, 8x21 and 150 classes per
- * image, by hand, interleaved in one process).  *warm: the image last fetched by this thread. */
+ * speed instead of one miss per look-up (docs/engine.md gives the measurement).  *warm: the image last
+ * fetched by this thread. */
 static inline void warm_tables(const float *table, const int64_t *cut, int64_t b, int64_t C, int64_t num_bins,
                                int64_t *warm) {
     if (b == *warm) return;
@@ -130,8 +130,8 @@ static inline void warm_tables(const float *table, const int64_t *cut, int64_t b
  * Pass 1 writes the kept errors this way when the caller asks (kernels_native.STREAM_MIN_BYTES: buffers
  * larger than a last-level cache): they are read again only after the whole pass, when a buffer that
  * size has left the caches anyway, so writing around the caches saves reading each line before it is
- * written (pass 1 1.0-2.1 ms faster at 8x21x256x256, 2x19x512x1024 and 4x150x128x128, hand A/B, same
- * bits).  Smaller buffers are written normally and stay in the caches for pass 2. */
+ * written (same bits; docs/engine.md gives the measurement).  Smaller buffers are written normally and
+ * stay in the caches for pass 2. */
 static inline void stream_copy(int32_t *restrict dst, const int32_t *restrict src, int64_t width) {
 #ifdef STREAM_STORES
     int64_t j = 0;
