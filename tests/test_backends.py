@@ -294,3 +294,30 @@ def test_explain_names_a_failed_probe(monkeypatch):
         e = lovasz.explain(X, bins=256)
     assert e.backend == "native"
     assert any("failed to compile or launch" in r and "no kernel image" in r for r in e.rejected["triton"])
+
+
+def test_no_native_environment_falls_back_in_a_fresh_process():
+    # LOVASZ_NO_NATIVE=1, read when the process starts: the C library is not loaded, the automatic choice
+    # on the CPU is the PyTorch engine, said once per process with the reason and the fix.
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, torch, lovasz\n"
+        "x = torch.randn(2, 3, 8, 8); t = torch.randint(0, 3, (2, 8, 8))\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    a = lovasz.lovasz_softmax(x, t, bins=256)\n"
+        "    b = lovasz.lovasz_hinge(x[:, 0], (t > 1).long(), bins=256)\n"
+        "fallback = [str(w.message) for w in caught if w.category is lovasz.LovaszFallbackWarning]\n"
+        "assert len(fallback) == 1, fallback\n"
+        "assert 'LOVASZ_NO_NATIVE=1' in fallback[0] and \"backend='torch'\" in fallback[0], fallback\n"
+        "assert lovasz.explain(x, bins=256).backend == 'torch'\n"
+        "assert torch.equal(a, lovasz.lovasz_softmax(x, t, bins=256, backend='torch'))\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, LOVASZ_NO_NATIVE="1")
+    env.pop(backends.ENV_VAR, None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

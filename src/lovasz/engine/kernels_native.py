@@ -79,7 +79,7 @@ def library_path() -> str | None:
     return None
 
 
-STALE = ""  # why the library that was found is not used (empty when it is, or when there is none)
+STALE = ""  # why the library is not used (empty when it is, or when none was built)
 
 
 def _source_digest() -> str | None:
@@ -95,6 +95,7 @@ def _source_digest() -> str | None:
 def _load() -> ctypes.CDLL | None:
     global STALE
     if config.settings().no_native:  # as where the library was not built
+        STALE = "LOVASZ_NO_NATIVE=1 is set, so the native library is not loaded"
         return None
     path = library_path()
     if path is None:

@@ -134,8 +134,8 @@ class Backend:
 
     name: str
     devices: tuple[str, ...]
-    """Device types it runs on (``"cpu"``, ``"cuda"``); :func:`not_supported_reasons` adds the CPU under
-    ``TRITON_INTERPRET=1`` for Triton."""
+    """Device types it runs on (``"cpu"``, ``"cuda"``; empty: every device); the CPU too for Triton under
+    ``TRITON_INTERPRET=1``."""
     dtypes: tuple[torch.dtype, ...]
     """Input dtypes it computes in (others are converted: half precision to float32)."""
     surrogates: frozenset[str]
@@ -157,7 +157,7 @@ class Backend:
 
     def serves_device(self, device: torch.device) -> bool:
         """Whether the backend runs on ``device``."""
-        if device.type in self.devices:
+        if not self.devices or device.type in self.devices:
             return True
         return self.name == "triton" and device.type == "cpu" and config.settings().triton_interpret
 
@@ -198,7 +198,7 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 REGISTRY: dict[str, Backend] = {
     "torch": Backend(
         name="torch",
-        devices=("cpu", "cuda", "mps", "xpu", "meta"),
+        devices=(),
         dtypes=(*_FLOATS, torch.float64),
         surrogates=_ALL,
         where="run on any device",
