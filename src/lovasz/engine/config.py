@@ -11,7 +11,14 @@
                           :mod:`.kernels_native` is first imported)
 ``TRITON_INTERPRET``      ``1``: Triton's interpreter runs its kernels on the CPU, so the Triton backend
                           serves CPU tensors (for testing kernels without a GPU)
+``LOVASZ_CACHE``          the experiment harness's cache of generated data sets (:mod:`lovasz.experiments`);
+                          ``~/.cache/lovasz`` when unset
+``LOVASZ_FASHION_MNIST``  where the harness finds Fashion-MNIST's gz files; Debian's
+                          ``/usr/share/datasets/fashion-mnist`` when unset
 ========================  ==================================================================================
+
+``torchrun``'s own variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) belong to ``torch.distributed``
+and are read by the harness where it joins a process group.
 
 :func:`settings` returns the values read when lovasz was imported, or at the last :func:`reload` (tests
 call it after changing the environment).  Under ``torch.compile`` a compiled graph keeps the values it
@@ -40,6 +47,10 @@ class Settings:
     """``LOVASZ_NO_NATIVE=1``."""
     triton_interpret: bool
     """``TRITON_INTERPRET=1``."""
+    cache: str
+    """``LOVASZ_CACHE``, ``~/.cache/lovasz`` when unset."""
+    fashion_mnist: str
+    """``LOVASZ_FASHION_MNIST``, ``/usr/share/datasets/fashion-mnist`` when unset."""
 
 
 def _read() -> Settings:
@@ -50,6 +61,8 @@ def _read() -> Settings:
         thread_pool=env.get("LOVASZ_THREADS") == "pool",
         no_native=env.get("LOVASZ_NO_NATIVE") == "1",
         triton_interpret=env.get("TRITON_INTERPRET") == "1",
+        cache=env.get("LOVASZ_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lovasz"),
+        fashion_mnist=env.get("LOVASZ_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"),
     )
 
 

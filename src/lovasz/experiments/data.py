@@ -37,7 +37,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,10 +46,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..engine import config
+
 NUM_CLASSES = 11
 EVAL_SIZES = (300, 500)  # validation and test canvases; train, eval and demo must agree to score the same split
 # Debian's dataset-fashion-mnist installs here; LOVASZ_FASHION_MNIST points elsewhere (the same gz files).
-FASHION_DIR = Path(os.environ.get("LOVASZ_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+FASHION_DIR = Path(config.settings().fashion_mnist)
 DIGIT_NAMES = ["background", *[str(d) for d in range(10)]]
 FASHION_NAMES = [
     "background",
@@ -156,7 +157,7 @@ def _compose(objects: np.ndarray, labels: np.ndarray, n: int, size: int, rng: np
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("LOVASZ_CACHE", Path.home() / ".cache" / "lovasz"))
+    return Path(config.settings().cache)
 
 
 def load(
