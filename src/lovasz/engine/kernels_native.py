@@ -224,7 +224,7 @@ def _table_view(table: torch.Tensor) -> torch.Tensor:
 def table_arg(table: torch.Tensor) -> torch.Tensor:
     """A ``[G, K, 2]`` table as the kernels read it, ``[G, 2, K]`` contiguous: no copy for a table that
     the kernels made (a :func:`_table_view`); any other is rearranged.  The fused forward hands its table
-    on in this layout (``K > 2``, so :func:`backward` tells the two apart by the last dimension)."""
+    on in this layout (the registry's ``table_layout="G2K"``), which :func:`backward` takes."""
     return table.transpose(1, 2).contiguous()
 
 
@@ -430,8 +430,9 @@ def backward(
 ) -> None:
     """Write d loss / d ``x32`` into ``grad`` (the contract of :mod:`.fused`): from the ``errors`` that
     forward kept when given (softmax surrogates, :func:`saves_errors`), else recomputed from ``x32`` and
-    ``t``.  With ``scale`` (``[G]`` float32, each group's upstream gradient) the ``table`` is the unscaled
-    one and the kernels scale its entries as they read them (the head weights come scaled)."""
+    ``t``.  ``table`` is in the kernels' layout, ``[G, 2, K]`` (:func:`table_arg`).  With ``scale``
+    (``[G]`` float32, each group's upstream gradient) it is the unscaled table and the kernels scale its
+    entries as they read them (the head weights come scaled)."""
     bsz, c, n = grad.shape
     if grad.numel() == 0:
         return
@@ -441,7 +442,9 @@ def backward(
     cut, values, fg, weights = (h.contiguous() for h in head)
     cut = cut.to(torch.int64)
     capacity = values.shape[1]
-    table = table.contiguous() if table.shape[-1] == b.num_bins else table_arg(table)  # see table_arg
+    if table.shape[1:] != (2, b.num_bins):
+        raise ValueError(f"backward takes the table as [G, 2, K] (table_arg), got {tuple(table.shape)}")
+    table = table.contiguous()
     scale_arg = 0 if scale is None else scale.to(torch.float32).contiguous()
     stream = _streams(grad)  # a gradient larger than a last-level cache: streaming stores
     if surrogate.per_class and errors is not None:  # the errors that forward kept (saves_errors)
