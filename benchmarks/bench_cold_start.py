@@ -1,6 +1,6 @@
-"""First binned call in a fresh process, for each CPU kernel backend: the native kernels (compiled when
-the package was installed: nothing to compile or cache at run time) and numba (compiles on first use,
-then caches), each with an empty kernel cache (cold) and with a warm one.
+"""First binned call in a fresh process, for each CPU backend: the native kernels (compiled when the
+package was installed: nothing to compile or cache at run time) and the PyTorch engine, each with an empty
+cache folder (cold) and with the same folder again (warm).
 
     python benchmarks/bench_cold_start.py
     python benchmarks/bench_cold_start.py --out benchmarks/results/cold_start.md
@@ -37,7 +37,6 @@ print(json.dumps({"import": t1 - t0, "softmax": t2 - t1, "hinge": t3 - t2}))
 
 def run(cache: str, backend: str) -> dict:
     env = dict(os.environ, LOVASZ_CACHE=cache, LOVASZ_BACKEND=backend)
-    env.pop("NUMBA_CACHE_DIR", None)
     out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -49,10 +48,10 @@ def main() -> None:
     add_out_argument(p, "cold_start")
     args = p.parse_args()
     rows = {}
-    for backend in [name for name in ("native", "numba") if _available(name)]:
+    for backend in [name for name in ("native", "torch") if _available(name)]:
         with tempfile.TemporaryDirectory() as cache:
             rows[f"{backend}, cold (empty cache)"] = run(cache, backend)
-            rows[f"{backend}, warm (cached kernels)"] = run(cache, backend)
+            rows[f"{backend}, warm (same cache folder)"] = run(cache, backend)
     tee = Tee().start()
     print("| backend, process | import lovasz (s) | first softmax call (s) | then first hinge call (s) |")
     print("|---|---:|---:|---:|")
@@ -64,12 +63,9 @@ def main() -> None:
 
 
 def _available(name: str) -> bool:
-    from lovasz.engine import backends
+    from lovasz.engine import registry
 
-    if name == "native":
-        return backends.native_built()
-    installed = getattr(backends, "numba_installed", None)  # absent where the numba backend is gone
-    return bool(installed and installed())
+    return not registry.REGISTRY[name].missing()
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
     python benchmarks/bench_fidelity.py --draws 1000 --seed 7
     python benchmarks/bench_fidelity.py --out benchmarks/results/fidelity.md
 
-Each draw picks a regime, a CPU backend (PyTorch, native or numba), a data seed and a logit scale in
+Each draw picks a regime, a CPU backend (PyTorch or native), a data seed and a logit scale in
 [0.5, 2], and compares the binned gradient (``bins=DEFAULT_BINS``) with the exact engine's: it prints, per regime, the
 lowest cosine seen and the draw that gave it.  The test-suite asserts cosine >= 0.999 on fixed cases and a
 few hypothesis draws; this runs many more.

@@ -4,7 +4,7 @@
 #   bash scripts/gpu-check.sh                 # writes into ./gpu-out
 #   OUT=/some/dir bash scripts/gpu-check.sh
 #
-# Needs a Python with CUDA torch, triton, numba, pytest and hypothesis (kornia optional: its benchmark
+# Needs a Python with CUDA torch, triton, pytest and hypothesis (kornia optional: its benchmark
 # row is skipped without it); lovasz itself comes from src/ through PYTHONPATH.  Writes five files under
 # $OUT: env.txt (nvidia-smi, versions, the summary), tests.txt, bench.txt (the benchmark's output),
 # bench_cuda.md and bench_cuda.json (the benchmark's table and measurements).  The whole run stays under
@@ -34,7 +34,7 @@ import torch
 print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
 if torch.cuda.is_available():
     print("device", torch.cuda.get_device_name(), "capability", torch.cuda.get_device_capability())
-for name in ("triton", "numba", "numpy", "pytest", "hypothesis", "torchmetrics", "kornia"):
+for name in ("triton", "numpy", "pytest", "hypothesis", "torchmetrics", "kornia"):
     try:
         print(name, importlib.import_module(name).__version__)
     except Exception as exc:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import lovasz
+from conftest import CPU_BACKENDS
 
 X = torch.randn(2, 3, 4, 4)
 T = torch.randint(0, 3, (2, 4, 4))
@@ -145,25 +146,18 @@ def test_function_per_image_must_be_a_bool(call):
 
 
 def _native_built() -> bool:
-    from lovasz.engine import backends
+    from lovasz.engine import registry
 
-    return backends.native_built()
-
-
-def _fused_backends() -> list[str]:
-    from lovasz.engine import backends
-
-    native = ["native"] if backends.native_built() else []
-    return ["torch", *native] + (["numba"] if backends.numba_installed() else [])
+    return registry.native_built()
 
 
-@pytest.mark.parametrize("backend", _fused_backends())
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("loss", ["softmax", "softmax_probs", "hinge", "sigmoid"])
 @pytest.mark.parametrize("per_image", [False, True])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_binned_engine_refuses_nonfinite_scores_anywhere(backend, loss, per_image, bad):
     # The native kernels refuse NaN/Inf in pass 1 (the loss's own check then skips its pass over the
-    # input; backends.checks_inputs): every backend must refuse one bad score wherever it is, in the
+    # input; Decision.checks_inputs): every backend must refuse one bad score wherever it is, in the
     # first or last image, block or pass-1 chunk, with the same message.
     g = torch.Generator().manual_seed(0)
     shape = (3, 4, 37, 41) if loss.startswith("softmax") else (3, 37, 41)
@@ -184,7 +178,7 @@ def test_binned_engine_refuses_nonfinite_scores_anywhere(backend, loss, per_imag
                 getattr(lovasz, f"lovasz_{loss}")(y, t, **kw)
 
 
-@pytest.mark.parametrize("backend", _fused_backends())
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("loss", ["softmax", "softmax_probs", "hinge", "sigmoid"])
 @pytest.mark.parametrize("per_image", [False, True])
 @pytest.mark.parametrize("ignore_index", [None, 255])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import random
@@ -12,13 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lovasz
-from lovasz.engine import Binning, backends, cpu_threads, kernels_cpu, lovasz_binned, lovasz_exact
+from conftest import CPU_BACKENDS, CPU_FUSED
+from lovasz.engine import Binning, cpu_threads, lovasz_binned, lovasz_exact, registry
 from lovasz.engine.histogram import HEAD, Histogram, head_cut, histogram_losses, inverse_top, weight_tables
 from reference import lovasz_extension_ref
 
-# The fused CPU kernels: ahead-of-time C (built at install) and numba (compiled on first use).
-CPU_FUSED = (["native"] if backends.native_built() else []) + (["numba"] if kernels_cpu.AVAILABLE else [])
-BACKENDS = ["torch", *CPU_FUSED]
+BACKENDS = CPU_BACKENDS
 
 
 @pytest.fixture
@@ -231,7 +231,7 @@ def test_cpu_kernels_match_pytorch_binned_engine(seed, fused, monkeypatch):
     assert (got <= exact + 1e-5).all()
 
 
-@pytest.mark.skipif(not backends.native_built(), reason="the native kernels were not built")
+@pytest.mark.skipif(not registry.native_built(), reason="the native kernels were not built")
 @pytest.mark.parametrize("seed", range(0, 60, 3))
 def test_native_backward_with_or_without_kept_errors_gives_the_same_bits(seed, monkeypatch):
     # LOVASZ_KEEP_ERRORS=1: backward reads the kept errors; =0: it recomputes the probabilities from the
@@ -250,7 +250,7 @@ def test_native_backward_with_or_without_kept_errors_gives_the_same_bits(seed, m
     assert torch.equal(got_grad, want_grad)
 
 
-@pytest.mark.skipif(not backends.native_built(), reason="the native kernels were not built")
+@pytest.mark.skipif(not registry.native_built(), reason="the native kernels were not built")
 @pytest.mark.parametrize("keep", ["0", "1"])
 @pytest.mark.parametrize("per_image", [False, True])
 @pytest.mark.parametrize("from_logits", [True, False])
@@ -294,7 +294,7 @@ def _held_bytes(fn, x, t) -> int:
     return sum(seen.values())
 
 
-@pytest.mark.skipif(not backends.native_built(), reason="the native kernels were not built")
+@pytest.mark.skipif(not registry.native_built(), reason="the native kernels were not built")
 def test_native_backward_without_kept_errors_holds_less_than_cross_entropy(monkeypatch):
     # LOVASZ_KEEP_ERRORS=0 keeps the weight table only; cross-entropy keeps C floats a pixel.
     x = torch.randn(2, 8, 128, 128, requires_grad=True)
@@ -379,43 +379,10 @@ def test_unknown_backend_is_rejected(monkeypatch):
         lovasz.lovasz_softmax(torch.randn(1, 2, 3), torch.zeros(1, 3, dtype=torch.long), bins=256)
 
 
-TRITON_SCRIPT = r"""
-import random, sys, torch
-sys.path.insert(0, "tests")
-import lovasz, os
-from test_binned import _random_call, _run, assert_backends_agree
-worst = 0.0
-for seed in range(int(sys.argv[1])):
-    fn, x, t, kwargs = _random_call(seed)
-    os.environ["LOVASZ_BACKEND"] = "torch"
-    want, want_grad = _run(fn, x, t, kwargs, 256)
-    exact, _ = _run(fn, x, t, kwargs, None)
-    os.environ["LOVASZ_BACKEND"] = "triton"
-    got, got_grad = _run(fn, x, t, kwargs, 256)
-    assert_backends_agree(fn, kwargs, got, got_grad, want, want_grad)
-    assert (got <= exact + 1e-5).all(), (seed, got, exact)
-print("triton-interpreter-ok")
-"""
-
-
-def test_triton_kernels_under_interpreter():
-    pytest.importorskip("triton")
-    import subprocess
-    import sys
-
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [sys.executable, "-c", TRITON_SCRIPT, "40"], cwd=root, env=env, capture_output=True, text=True, timeout=900
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "triton-interpreter-ok" in out.stdout
-
-
 @pytest.mark.parametrize("fused", CPU_FUSED)
 @pytest.mark.parametrize("seed", range(6))
 def test_cpu_tables_match_digamma_tables(seed, fused):
-    kernels = backends.load_kernels(fused)
+    kernels = registry.load_kernels(fused)
     g = torch.Generator().manual_seed(seed)
     groups, k = 5, Binning(-20, 8).num_bins
     scale = [3, 50, 5000, 10**6, 2, 0][seed]
@@ -447,7 +414,7 @@ def test_cpu_tables_match_digamma_tables(seed, fused):
     torch.testing.assert_close(torch.from_numpy(got[0]), want[0], rtol=1e-7, atol=1e-12)
 
 
-@pytest.mark.skipif(not backends.native_built(), reason="the native kernels were not built")
+@pytest.mark.skipif(not registry.native_built(), reason="the native kernels were not built")
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("per_image", [False, True])
 def test_native_head_weights_match_head_weights(seed, per_image):
@@ -456,7 +423,6 @@ def test_native_head_weights_match_head_weights(seed, per_image):
     # heads that hold whole groups, with and without foreground.
     from lovasz import surrogates
     from lovasz.engine import kernels_native
-    from lovasz.engine.fused import _mark_unused
     from lovasz.engine.histogram import head_weights
 
     g = torch.Generator().manual_seed(seed)
@@ -467,25 +433,22 @@ def test_native_head_weights_match_head_weights(seed, per_image):
     out = kernels_native.losses(
         x, t, surrogates.SOFTMAX, per_image, None, Binning.for_bins(lovasz.DEFAULT_BINS), HEAD, errors
     )
-    values, fg, counts, weights = out[6], out[7], out[8], out[9]
-    assert (counts > 0).all()
-    marked = _mark_unused(values, counts)
-    want = head_weights(marked, fg, marked >= 0, out[3])
+    values, fg, weights = out.head_values, out.head_fg, out.head_weights  # values -1 past each head
+    assert (values >= 0).any(dim=1).all()  # every group has a head
+    want = head_weights(values, fg, values >= 0, out.n_fg)
     torch.testing.assert_close(weights.double(), want, rtol=1e-6, atol=1e-9)
     # (That the losses include the head's part is checked against the PyTorch engine's losses by
     # test_cpu_kernels_match_pytorch_binned_engine.)
 
 
-@pytest.mark.skipif(not backends.native_built(), reason="the native kernels were not built")
+@pytest.mark.skipif(not registry.native_built(), reason="the native kernels were not built")
 @pytest.mark.parametrize("keep", ["0", "1"])
 @pytest.mark.parametrize("per_image", [False, True])
 @pytest.mark.parametrize("from_logits", [True, False])
 def test_native_leaves_out_absent_classes_without_changing_the_result(keep, per_image, from_logits, monkeypatch):
     # With classes="present" the native kernels leave the groups without a foreground label out of pass 2
-    # and backward.  Value and gradient must be those of computing every group (SKIPS_ABSENT off), for
+    # and backward.  Value and gradient must be those of computing every group (skips_absent off), for
     # every class selection and reduction that can reach the kernels with the flag.
-    from lovasz.engine import kernels_native
-
     monkeypatch.setenv("LOVASZ_KEEP_ERRORS", keep)
     g = torch.Generator().manual_seed(3)
     b, c, h, w = 3, 9, 24, 40
@@ -498,7 +461,9 @@ def test_native_leaves_out_absent_classes_without_changing_the_result(keep, per_
     weight = torch.rand(c, generator=g) + 0.5
     results = {}
     for skips in (True, False):
-        monkeypatch.setattr(kernels_native, "SKIPS_ABSENT", skips)
+        entry = registry.REGISTRY["native"]
+        caps = dataclasses.replace(entry.capabilities, skips_absent=skips)
+        monkeypatch.setitem(registry.REGISTRY, "native", dataclasses.replace(entry, capabilities=caps))
         for reduction in ("mean", "sum", "none"):
             for wt in (None, weight):
                 xx = x.clone().requires_grad_(True)
@@ -513,7 +478,7 @@ def test_native_leaves_out_absent_classes_without_changing_the_result(keep, per_
         assert torch.equal(got[1], want[1]), key
 
 
-@pytest.mark.skipif(not backends.native_built(), reason="the native kernels were not built")
+@pytest.mark.skipif(not registry.native_built(), reason="the native kernels were not built")
 @pytest.mark.parametrize("per_image", [False, True])
 def test_native_present_only_marks_exactly_the_absent_groups(per_image):
     from lovasz import surrogates
@@ -532,17 +497,17 @@ def test_native_present_only_marks_exactly_the_absent_groups(per_image):
         )
         for p in (False, True)
     )
-    n_fg, n_valid, cut = full[3], full[4], full[5]
+    n_fg, n_valid, cut = full.n_fg, full.n_valid, full.cut
     absent = n_fg == 0
     assert absent.any() and not absent.all()
-    assert torch.equal(skipped[3], n_fg) and torch.equal(skipped[4], n_valid)
-    assert torch.equal(skipped[5] == -1, absent)
-    assert torch.equal(skipped[5][~absent], cut[~absent])
-    assert torch.equal(skipped[1][~absent], full[1][~absent]) and (skipped[1][absent] == 0).all()
-    assert torch.equal(skipped[9][~absent], full[9][~absent])
+    assert torch.equal(skipped.n_fg, n_fg) and torch.equal(skipped.n_valid, n_valid)
+    assert torch.equal(skipped.cut == -1, absent)
+    assert torch.equal(skipped.cut[~absent], cut[~absent])
+    assert torch.equal(skipped.losses[~absent], full.losses[~absent]) and (skipped.losses[absent] == 0).all()
+    assert torch.equal(skipped.head_weights[~absent], full.head_weights[~absent])
 
 
-@pytest.mark.skipif(not backends.native_built(), reason="the native kernels were not built")
+@pytest.mark.skipif(not registry.native_built(), reason="the native kernels were not built")
 @pytest.mark.parametrize("n", [4 * 700, 4 * 700 + 3])  # rows 16-byte aligned, or not (the scalar tail)
 @pytest.mark.parametrize("per_image", [False, True])
 @pytest.mark.parametrize("from_logits", [True, False])

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import lovasz
-from lovasz.engine import backends
+from conftest import CPU_FUSED
+from lovasz.engine import backends, registry
 
 B, C, H, W = 2, 3, 8, 8
 
@@ -33,7 +34,6 @@ def _loss(kind: str, bins, backend, per_image: bool):
     return lambda x, t: fn(x, t, per_image=per_image, ignore_index=255, bins=bins, backend=backend)
 
 
-CPU_FUSED = (["native"] if backends.native_built() else []) + (["numba"] if backends.numba_installed() else [])
 CASES = [(None, "auto"), (256, "torch")] + [(256, name) for name in CPU_FUSED]
 
 
@@ -61,15 +61,15 @@ def _assert_compiled_equals_eager(compiled, fn, x, t) -> None:
 
 def test_compiled_model_keeps_the_fused_kernels(monkeypatch):
     if not CPU_FUSED:
-        pytest.skip("no fused CPU kernels (neither the native library nor numba)")
+        pytest.skip("no fused CPU kernels here")
     calls = []
-    real = backends.load_kernels
+    real = registry.load_kernels
 
     def spy(name):
         calls.append(name)
         return real(name)
 
-    monkeypatch.setattr(backends, "load_kernels", spy)
+    monkeypatch.setattr(registry, "load_kernels", spy)
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
     torch._dynamo.reset()
     model = torch.nn.Conv2d(2, C, 3, padding=1)
@@ -89,7 +89,7 @@ def test_compiled_model_keeps_the_fused_kernels(monkeypatch):
     torch.testing.assert_close(model.weight.grad, grad, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.skipif(not backends.native_built(), reason="the native kernels were not built")
+@pytest.mark.skipif(not registry.native_built(), reason="the native kernels were not built")
 @pytest.mark.parametrize("per_image", [False, True])
 def test_compiled_native_backward_without_kept_errors(per_image, monkeypatch):
     # LOVASZ_KEEP_ERRORS=0 under the default backend: the compiled graph keeps no errors either, and gives
@@ -129,11 +129,13 @@ def test_fused_operators_pass_opcheck(backend, per_image):
         torch.library.opcheck(
             forward, (*inputs, *config), test_utils=("test_schema", "test_autograd_registration", "test_faketensor")
         )
-    out = forward(x, t, *config)
-    source, labels = (out[5], t.new_empty(0)) if out[5].dim() > 1 else (x, t)
-    scale = torch.rand(out[0].shape, generator=g)
-    weights = out[9] * scale.view(-1, 1)
-    torch.library.opcheck(backward, (source, labels, out[2], out[1], scale, *out[6:9], weights, *config))
+    out = fused.ForwardOutputs.of(forward(x, t, *config))
+    kept = fused.errors_kept(backend, surrogates.SOFTMAX.code)
+    source, labels = (out.kept, t.new_empty(0)) if kept else (x, t)
+    scale = torch.rand(out.losses.shape, generator=g)
+    weights = out.head_weights * scale.view(-1, 1)
+    head = (out.cut, out.head_values, out.head_fg, weights)
+    torch.library.opcheck(backward, (source, labels, out.top, out.table, scale, *head, kept, *config))
     assert fused._LIB is not None  # the registrations live as long as the module
 
 
@@ -185,7 +187,7 @@ def test_first_compiled_calls_compile_once(kind, monkeypatch):
     """A process whose first loss call is compiled (nothing looked up yet) compiles once: the second call
     reuses the graph.  The backend look-ups fill a cache on first use; traced, their guards would fail on
     the next call and compile the whole loss again."""
-    monkeypatch.setattr(backends, "_INSTALLED", {})  # as in a fresh process
+    monkeypatch.setattr(registry, "_INSTALLED", {})  # as in a fresh process
     torch._dynamo.reset()
     fn = _loss(kind, 256, "auto", per_image=False)
     compiled = torch.compile(fn)
@@ -217,24 +219,3 @@ def test_combined_loss_warmup_compiles_without_graph_breaks():
     torch._dynamo.reset()
     # The weight is an operator (see lovasz.modules._warmup_weight): PyTorch's own checks of operators.
     torch.library.opcheck(torch.ops.lovasz.warmup_weight.default, (torch.tensor(2), 0.5, 4))
-
-
-def test_compiled_triton_kernels_under_the_interpreter():
-    """The CUDA file's compile check, run on the CPU with the Triton kernels under Triton's interpreter:
-    a fresh probe inside a ``fullgraph=True`` trace, eager-equal results, no recompile on the second call
-    (a subprocess, because ``TRITON_INTERPRET`` must be set before Triton starts)."""
-    pytest.importorskip("triton")
-    import os
-    import pathlib
-    import subprocess
-    import sys
-
-    root = pathlib.Path(__file__).parents[1]
-    env = dict(os.environ, LOVASZ_TEST_DEVICE="cpu", LOVASZ_TEST_FUSED="triton", TRITON_INTERPRET="1")
-    env["LOVASZ_TEST_COMPILE"] = "1"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py"]
-    out = subprocess.run(
-        [*cmd, "-k", "torch_compile_default_backend"], cwd=root, env=env, capture_output=True, text=True, timeout=900
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "2 passed" in out.stdout, out.stdout[-2000:]

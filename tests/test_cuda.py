@@ -6,7 +6,7 @@ Skipped when no CUDA device is available.  Sizes are small: the whole file takes
 on one GPU (most of it compiling Triton and Inductor kernels).
 
 **Running the same checks without a GPU.**  ``LOVASZ_TEST_DEVICE=cpu`` runs every check on the CPU
-instead, with the native CPU kernels (numba where they were not built) standing in for Triton and the
+instead, with the native CPU kernels standing in for Triton (skipped where they were not built) and the
 CPU-only "exact engine vs the CPU" comparison degenerating to a self-comparison::
 
     LOVASZ_TEST_DEVICE=cpu python -m pytest -q -p no:cacheprovider tests/test_cuda.py
@@ -27,7 +27,7 @@ import pytest
 import torch
 
 import lovasz
-from lovasz.engine import Binning, backends, kernels_cpu
+from lovasz.engine import Binning, backends, registry
 from lovasz.engine.backends import triton_probe
 
 _REQUESTED = os.environ.get("LOVASZ_TEST_DEVICE", "cuda")
@@ -35,9 +35,9 @@ if _REQUESTED not in ("cuda", "cpu"):
     raise ValueError(f"LOVASZ_TEST_DEVICE must be 'cuda' or 'cpu', got {_REQUESTED!r}")
 DEVICE = torch.device(_REQUESTED)
 ON_CUDA = DEVICE.type == "cuda"
-# The fused backend under test: Triton on CUDA; on the CPU the native kernels (numba where they were not
-# built), or Triton's interpreter with LOVASZ_TEST_FUSED=triton TRITON_INTERPRET=1.
-FUSED = os.environ.get("LOVASZ_TEST_FUSED", "triton" if ON_CUDA else ("native" if backends.native_built() else "numba"))
+# The fused backend under test: Triton on CUDA; on the CPU the native kernels, or Triton's interpreter with
+# LOVASZ_TEST_FUSED=triton TRITON_INTERPRET=1.
+FUSED = os.environ.get("LOVASZ_TEST_FUSED", "triton" if ON_CUDA else "native")
 BINS = lovasz.DEFAULT_BINS
 P = Binning.for_bins(BINS).per_octave
 
@@ -46,7 +46,7 @@ pytestmark = [
         ON_CUDA and not torch.cuda.is_available(),
         reason="no CUDA device (LOVASZ_TEST_DEVICE=cpu runs these checks on the CPU)",
     ),
-    pytest.mark.skipif(FUSED == "numba" and not kernels_cpu.AVAILABLE, reason="the numba kernels need numba"),
+    pytest.mark.skipif(bool(registry.REGISTRY[FUSED].missing()), reason=f"the {FUSED} kernels cannot run here"),
 ]
 
 COMPILE = ON_CUDA or os.environ.get("LOVASZ_TEST_COMPILE") == "1"

@@ -6,6 +6,7 @@ covered; and through ``DistributedDataParallel`` the parameter gradient equals t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 
@@ -15,10 +16,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import lovasz
-from lovasz.engine import backends
+from conftest import CPU_FUSED
+from lovasz.engine import registry
 
 SPLITS = {2: [3, 1], 3: [2, 0, 2]}  # images per rank; the global batch has 4
-CPU_FUSED = (["native"] if backends.native_built() else []) + (["numba"] if backends.numba_installed() else [])
 ENGINES = [(None, "auto"), (256, "torch")] + [(256, name) for name in CPU_FUSED]
 
 
@@ -220,7 +221,7 @@ def test_process_group_under_torch_compile_matches_eager(tmp_path):
 
 def _native_path_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     # Counts the calls of the native kernels' own global path, and compares with the generic path (the
-    # PyTorch steps around the same kernels, which the native module then does not offer).
+    # PyTorch steps around the same kernels, with the native registry entry declaring no global_losses).
     from lovasz.engine import kernels_native
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -232,6 +233,7 @@ def _native_path_worker(rank: int, world: int, init_file: str, out_dir: str) -> 
         xl, tl = x[2 * rank : 2 * rank + 2], t[2 * rank : 2 * rank + 2]
         calls = []
         own = kernels_native.global_losses
+        entry = registry.REGISTRY["native"]
 
         def counted(*args, **kwargs):
             calls.append(1)
@@ -241,8 +243,9 @@ def _native_path_worker(rank: int, world: int, init_file: str, out_dir: str) -> 
         for variant in ("native path", "generic path"):
             if variant == "native path":
                 kernels_native.global_losses = counted
-            else:
-                del kernels_native.global_losses
+            else:  # the registry entry without the capability: fused takes the generic path
+                caps = dataclasses.replace(entry.capabilities, global_losses=False)
+                registry.REGISTRY["native"] = dataclasses.replace(entry, capabilities=caps)
             z = xl.clone().requires_grad_(True)
             loss = lovasz.lovasz_softmax(
                 z, tl, bins=lovasz.DEFAULT_BINS, backend="native", ignore_index=255, process_group=dist.group.WORLD
@@ -250,13 +253,14 @@ def _native_path_worker(rank: int, world: int, init_file: str, out_dir: str) -> 
             loss.backward()
             results.append((loss.detach(), z.grad, len(calls)))
         kernels_native.global_losses = own
+        registry.REGISTRY["native"] = entry
         torch.save(results, os.path.join(out_dir, f"native{rank}.pt"))
         dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.skipif(not backends.native_built(), reason="the native kernels were not built")
+@pytest.mark.skipif(not registry.native_built(), reason="the native kernels were not built")
 def test_native_global_path_equals_the_generic_one(tmp_path):
     # The native kernels' global path (send_rows, one all-reduce, global_tables: losses, table and the
     # exact head's weights in C) against the generic one (PyTorch around histogram_rows, head_rows and

@@ -16,11 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lovasz
-from lovasz.engine import Binning, backends
+from conftest import CPU_BACKENDS, CPU_FUSED
+from lovasz.engine import Binning
 from lovasz.engine.histogram import HEAD, head_weights
 
-CPU_FUSED = (["native"] if backends.native_built() else []) + (["numba"] if backends.numba_installed() else [])
-BACKENDS = ["torch", *CPU_FUSED]
+BACKENDS = CPU_BACKENDS
 BINNING = Binning.for_bins(lovasz.DEFAULT_BINS)
 
 

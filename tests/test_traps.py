@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lovasz
-from lovasz.engine import backends
+from lovasz.engine import registry
 
 X = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
 T = torch.randint(0, 3, (2, 4, 4), generator=torch.Generator().manual_seed(1))
@@ -188,11 +188,11 @@ def test_hinge_mean_of_huge_losses_does_not_overflow(bins):
     assert torch.isfinite(loss) and loss.item() == pytest.approx(3e38, rel=1e-6)
 
 
-@pytest.mark.skipif(not backends.native_built(), reason="the native kernels were not built")
+@pytest.mark.skipif(not registry.native_built(), reason="the native kernels were not built")
 @pytest.mark.parametrize("loss", ["softmax", "hinge"])
 def test_native_kernels_check_inputs_under_torch_compile(loss):
     # With the native kernels the loss leaves the NaN/Inf and label checks to their pass 1, compiled or
-    # not (backends.checks_inputs): under torch.compile the custom operator raises the eager ValueError.
+    # not (Decision.checks_inputs): under torch.compile the custom operator raises the eager ValueError.
     torch._dynamo.reset()
     if loss == "softmax":
 

@@ -6,6 +6,7 @@ and images.
 """
 
 from .engine import DEFAULT_BINS, BackendNotSupportedError, LovaszFallbackWarning
+from .engine.backends import Explanation, explain
 from .functional import lovasz_hinge, lovasz_sigmoid, lovasz_softmax
 from .modules import CrossEntropyLovaszLoss, LovaszHingeLoss, LovaszSigmoidLoss, LovaszSoftmaxLoss
 
@@ -15,11 +16,13 @@ __all__ = [
     "DEFAULT_BINS",
     "BackendNotSupportedError",
     "CrossEntropyLovaszLoss",
+    "Explanation",
     "LovaszFallbackWarning",
     "LovaszHingeLoss",
     "LovaszSigmoidLoss",
     "LovaszSoftmaxLoss",
     "__version__",
+    "explain",
     "lovasz_hinge",
     "lovasz_sigmoid",
     "lovasz_softmax",

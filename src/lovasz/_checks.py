@@ -319,8 +319,8 @@ class _NamesValues(str):
 def run_value_checks(x: Tensor, checks: list[tuple[Tensor, str]], finite_checked: bool = False) -> None:
     """Check ``x`` for NaN/Inf and evaluate boolean 'is bad' flags, with one host sync in the common
     case; raise the first failing message.  ``finite_checked``: the kernels that will run refuse NaN/Inf
-    in ``x`` themselves, with the same message (:func:`lovasz.engine.backends.checks_inputs`), so ``x``
-    is not read here for it.
+    in ``x`` themselves, with the same message (:attr:`lovasz.engine.backends.Decision.checks_inputs`),
+    so ``x`` is not read here for it.
 
     Under ``torch.compile`` each check becomes a ``torch._assert_async`` node of the graph (see the module
     docstring): no host synchronisation and no data-dependent branch, but the bad input is still refused.

@@ -1,8 +1,10 @@
 """Public loss functions: Lovász-Softmax, Lovász hinge and Lovász-Sigmoid.
 
-Each function does three things: check its inputs (:mod:`lovasz._checks`), compute the Lovász loss of
-every group (:func:`lovasz.engine.group_losses`: errors of the loss's surrogate, :mod:`lovasz.surrogates`,
-evaluated by the engine that the resolver picks) and reduce the group losses (:mod:`lovasz.reduce`).
+Each function resolves its engine and backend once (:func:`lovasz.engine.backends.resolve`), then does
+three things with that decision: check its inputs (:mod:`lovasz._checks`; the values are left to kernels
+that check them as they read them), compute the Lovász loss of every group
+(:func:`lovasz.engine.group_losses`: errors of the loss's surrogate, :mod:`lovasz.surrogates`, evaluated
+by the decided engine) and reduce the group losses (:mod:`lovasz.reduce`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from torch import Tensor
 
 from . import _checks
 from .engine import group_losses
-from .engine.backends import checks_inputs
+from .engine.backends import decide
 from .reduce import reduce_groups, select_classes
-from .surrogates import HINGE, PROBS, SIGMOID, SIGMOID_PROBS, SOFTMAX
+from .surrogates import for_loss
 from .types import BackendName, ClassSelection, Reduction
 
 if TYPE_CHECKING:
@@ -36,11 +38,12 @@ def _sync(process_group):
     return ProcessSync(process_group)
 
 
-def _agreed(surrogate, num_classes, bins, classes, ignore_index, per_image, reduction, backend) -> dict[str, object]:
-    """The options every rank of a process group must pass alike (:meth:`ProcessSync.agree`)."""
+def _agreed(surrogate, num_classes, bins, classes, ignore_index, per_image, reduction, decision) -> dict[str, object]:
+    """The options every rank of a process group must pass alike (:meth:`ProcessSync.agree`); the backend
+    is the one decided, since each runs its own collectives."""
     return {
         "loss": surrogate.name, "number of classes": num_classes, "bins": bins, "classes": classes,
-        "ignore_index": ignore_index, "per_image": per_image, "reduction": reduction, "backend": backend,
+        "ignore_index": ignore_index, "per_image": per_image, "reduction": reduction, "backend": decision.name,
     }  # fmt: skip
 
 
@@ -98,10 +101,10 @@ def lovasz_softmax(
             ``per_image`` (0 for skipped images), else ``[C]`` weighted per-class losses ``w_c L_c``
             (0 for classes that are not selected).
         backend: implementation of the binned engine: ``"auto"`` (``LOVASZ_BACKEND`` if set, else Triton
-            on CUDA, on the CPU the native kernels (C, compiled at install) or else numba, PyTorch
-            otherwise), ``"torch"``, ``"native"``, ``"numba"`` or ``"triton"``.  A
-            backend that cannot serve the call raises :class:`lovasz.BackendNotSupportedError`
-            (see :mod:`lovasz.engine.backends`).  With ``bins=None`` only ``"auto"``/``"torch"``.
+            on CUDA, the native kernels (C, compiled at install) on the CPU, PyTorch otherwise),
+            ``"torch"``, ``"native"`` or ``"triton"``.  A backend that cannot serve the call raises
+            :class:`lovasz.BackendNotSupportedError` (see :mod:`lovasz.engine.backends`;
+            :func:`lovasz.explain` shows the choice).  With ``bins=None`` only ``"auto"``/``"torch"``.
         process_group: a ``torch.distributed`` process group (``torch.distributed.group.WORLD`` for all
             processes): the loss of the union of all ranks' batches, with "present" classes decided over
             it and per-image means over all its images.  Every rank gets the same value; each rank's
@@ -125,28 +128,31 @@ def lovasz_softmax(
         0.0
     """
     sync = _sync(process_group)
+    surrogate = for_loss("softmax", bool(from_logits))
     try:
+        decision, unresolved = decide(backend, input, bins, surrogate)
         target = _checks.wide_labels(target) if isinstance(target, Tensor) else target
         w, classes, ignore_index, bins = _checks.check_softmax(
             input, target, classes=classes, ignore_index=ignore_index, weight=weight, from_logits=from_logits,
-            bins=bins, reduction=reduction, backend=backend, per_image=per_image,
-            allow_empty=sync is not None, kernels_check=sync is None and checks_inputs(backend, input, bins),
+            bins=bins, reduction=reduction, backend=backend, per_image=per_image, allow_empty=sync is not None,
+            kernels_check=sync is None and decision is not None and decision.checks_inputs,
         )  # fmt: skip
+        if unresolved is not None:  # the arguments are valid, but no backend can serve the call
+            raise unresolved
     except (TypeError, ValueError) as exc:
         if sync is None:
             raise
-        sync.agree({}, refused=exc)
+        sync.agree({}, refused=exc)  # the other ranks are told, and every rank raises
         raise
     b, c = input.shape[:2]
     n = math.prod(input.shape[2:])
-    surrogate = SOFTMAX if from_logits else PROBS
     if sync is not None:
-        sync.agree(_agreed(surrogate, c, bins, classes, ignore_index, per_image, reduction, backend))
+        sync.agree(_agreed(surrogate, c, bins, classes, ignore_index, per_image, reduction, decision))
     with _no_autocast(input):
         result = group_losses(
             surrogate, input.reshape(b, c, n), target.reshape(b, n),
             per_image=per_image, ignore_index=ignore_index, bins=bins, backend=backend, sync=sync,
-            present_only=isinstance(classes, str) and classes == "present",
+            present_only=isinstance(classes, str) and classes == "present", decision=decision,
         )  # fmt: skip
         return reduce_groups(result.losses, select_classes(result, classes), w, reduction, sync)
 
@@ -165,24 +171,28 @@ def _binary_loss(
     process_group: ProcessGroup | None,
 ) -> Tensor:
     sync = _sync(process_group)
+    surrogate = for_loss("hinge" if hinge else "sigmoid", bool(from_logits))
     try:
+        decision, unresolved = decide(backend, input, bins, surrogate)
         target = _checks.wide_labels(target) if isinstance(target, Tensor) else target
         x, t, ignore_index, bins = _checks.check_binary(
             input, target, ignore_index=ignore_index, from_logits=from_logits, bins=bins, reduction=reduction,
             backend=backend, per_image=per_image, allow_empty=sync is not None,
-            kernels_check=sync is None and checks_inputs(backend, input, bins),
+            kernels_check=sync is None and decision is not None and decision.checks_inputs,
         )  # fmt: skip
+        if unresolved is not None:  # the arguments are valid, but no backend can serve the call
+            raise unresolved
     except (TypeError, ValueError) as exc:
         if sync is None:
             raise
-        sync.agree({}, refused=exc)
+        sync.agree({}, refused=exc)  # the other ranks are told, and every rank raises
         raise
-    surrogate = HINGE if hinge else SIGMOID if from_logits else SIGMOID_PROBS
     if sync is not None:
-        sync.agree(_agreed(surrogate, x.shape[1], bins, "all", ignore_index, per_image, reduction, backend))
+        sync.agree(_agreed(surrogate, x.shape[1], bins, "all", ignore_index, per_image, reduction, decision))
     with _no_autocast(x):
         result = group_losses(
-            surrogate, x, t, per_image=per_image, ignore_index=ignore_index, bins=bins, backend=backend, sync=sync
+            surrogate, x, t, per_image=per_image, ignore_index=ignore_index, bins=bins, backend=backend, sync=sync,
+            decision=decision,
         )
         return reduce_groups(result.losses, result.has_valid, None, reduction, sync)
 

@@ -9,7 +9,7 @@ it instead of spelling them again:
 * ``from_logits``: whether the input holds raw scores (a softmax/sigmoid is taken inside) or
   probabilities.
 * ``bounded``: whether every error lies in ``[0, 1]``; the binned engine picks its bin range from it.
-* ``code``: the integer that identifies the surrogate inside the numba and Triton kernels.
+* ``code``: the integer that identifies the surrogate inside the C and Triton kernels.
 
 ======================  ==========  ===========  =======  ====  =========================================
 name                    layout      from_logits  bounded  code  error of pixel ``i`` in group ``c``
@@ -22,7 +22,7 @@ name                    layout      from_logits  bounded  code  error of pixel `
 ======================  ==========  ===========  =======  ====  =========================================
 
 The error builders (:mod:`lovasz.errors`), the backend resolver (:mod:`lovasz.engine.backends`) and both
-kernel families (:mod:`lovasz.engine.kernels_cpu`, :mod:`lovasz.engine.kernels_triton`) take a
+kernel families (:mod:`lovasz.engine.kernels_native`, :mod:`lovasz.engine.kernels_triton`) take a
 :class:`Surrogate` or its ``code``; a new surrogate is added here first.
 """
 
@@ -31,7 +31,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["HINGE", "PROBS", "SIGMOID", "SIGMOID_PROBS", "SOFTMAX", "SURROGATES", "Surrogate", "from_code", "get"]
+__all__ = [
+    "HINGE", "PROBS", "SIGMOID", "SIGMOID_PROBS", "SOFTMAX", "SURROGATES", "Surrogate", "for_loss", "from_code", "get",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -76,3 +78,21 @@ def get(name: str | Surrogate) -> Surrogate:
         return SURROGATES[name]
     except KeyError:
         raise ValueError(f"unknown surrogate {name!r}; known: {sorted(SURROGATES)}") from None
+
+
+LOSSES: tuple[str, ...] = ("softmax", "hinge", "sigmoid")
+"""The public losses, by the suffix of their function (``lovasz_softmax``, ...)."""
+
+
+def for_loss(loss: str, from_logits: bool = True) -> Surrogate:
+    """The surrogate of public loss ``loss`` (``"softmax"``, ``"hinge"`` or ``"sigmoid"``) for scores that
+    are logits or, with ``from_logits=False``, probabilities (the hinge takes logits only)."""
+    if loss == "softmax":
+        return SOFTMAX if from_logits else PROBS
+    if loss == "sigmoid":
+        return SIGMOID if from_logits else SIGMOID_PROBS
+    if loss == "hinge":
+        if not from_logits:
+            raise ValueError("the Lovász hinge takes logits (from_logits=True)")
+        return HINGE
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")

@@ -14,7 +14,7 @@ __all__ = ["BACKENDS", "REDUCTIONS", "BackendName", "ClassSelection", "Reduction
 Reduction: TypeAlias = Literal["mean", "sum", "none"]
 """``"mean"``, ``"sum"`` or ``"none"``, as in ``torch.nn.functional``."""
 
-BackendName: TypeAlias = Literal["auto", "torch", "native", "numba", "triton"]
+BackendName: TypeAlias = Literal["auto", "torch", "native", "triton"]
 """Which implementation evaluates the binned engine (see :mod:`lovasz.engine.backends`)."""
 
 ClassSelection: TypeAlias = Literal["present", "all"] | Sequence[int]

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .. import surrogates
 from ..errors import build_errors
-from .backends import BackendNotSupportedError, LovaszFallbackWarning, resolve, triton_probe
+from .backends import BackendNotSupportedError, Decision, LovaszFallbackWarning, resolve, triton_probe
 from .binned import lovasz_binned, lovasz_binned_counts
 from .exact import lovasz_exact
 from .histogram import DEFAULT_BINS, Binning, Histogram, histogram_losses, weight_tables
@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_BINS",
     "BackendNotSupportedError",
     "Binning",
+    "Decision",
     "GroupLosses",
     "Histogram",
     "LovaszFallbackWarning",
@@ -57,6 +58,7 @@ def group_losses(
     backend: str = "auto",
     sync=None,
     present_only: bool = False,
+    decision: Decision | None = None,
 ) -> GroupLosses:
     """Lovász losses of every group of ``x`` ``[B, C, N]``, folded to ``[B, C]`` (per image) or ``[C]``.
 
@@ -69,6 +71,9 @@ def group_losses(
     their valid ones, ``classes="present"``); the native CPU kernels then leave the others out (their
     losses 0 and their gradient 0; the counts are exact), which per image skips most groups.  Other paths
     compute every group.  Ignored with ``sync`` over the batch, where presence is global.
+
+    ``decision``: the resolver's decision for this call (:func:`.backends.resolve`), made by the caller
+    once for its checks and this call; resolved here from ``backend`` when not given.
     """
     s = surrogates.get(surrogate)
     b, c = x.shape[:2]
@@ -78,13 +83,13 @@ def group_losses(
         if b == 0:  # an empty local batch (only reachable with a process group)
             zeros = x.new_zeros(shape, dtype=torch.int64)
             return GroupLosses(x.sum() * x.new_zeros(shape, dtype=torch.float32), zeros, zeros)
-    impl = resolve(backend, x, bins)
+    impl = decision if decision is not None else resolve(backend, x, bins, s)
     binning = None if bins is None else Binning.for_bins(bins)
     if impl.fused:
         from .fused import fused_binned  # registers the custom operators on first use
 
         assert binning is not None
-        losses, n_fg, n_valid = fused_binned(
+        result = fused_binned(
             x,
             target,
             surrogate=s,
@@ -95,7 +100,7 @@ def group_losses(
             present_only=present_only,
             sync=sync,
         )
-        return GroupLosses(losses, n_fg, n_valid).view(*shape)
+        return result.view(*shape)
     groups = build_errors(s, x, target, per_image=per_image, ignore_index=ignore_index)
     if binning is not None:
         losses, n_fg, n_valid = lovasz_binned_counts(groups.errors, groups.fg, groups.valid, binning, sync)

@@ -1,12 +1,12 @@
 /* Fused CPU kernels of the binned engine, compiled ahead of time (when the package is installed).
  *
- * The same kernels, contract and results as the numba ones (kernels_cpu.py), whose docstrings explain the
- * algorithm; lovasz/engine/kernels_native.py drives them.  Every kernel has the signature
+ * The kernel contract of lovasz/engine/fused.py; lovasz/engine/kernels_native.py drives them and its
+ * docstring explains the passes.  Every kernel has the signature
  *
  *     void kernel(const int64_t *args, int64_t u0, int64_t u1)
  *
  * and works on its units u0..u1; ``args`` holds its pointers and integers (in the order of the comment
- * above each kernel).  ``lovasz_run`` runs a kernel over all its units on the calling OpenMP runtime's
+ * above each kernel), ARITY[k] of them (lovasz_kernel_arity; kernels_native.ARITY declares the same).  ``lovasz_run`` runs a kernel over all its units on the calling OpenMP runtime's
  * team (``GOMP_parallel``, found by the Python side in PyTorch's runtime, so that the kernels share
  * PyTorch's threads) or on the calling thread; each unit writes its own outputs, so results do not depend
  * on the number of threads.
@@ -63,7 +63,7 @@ static inline float float_of(int32_t b) {
 static inline float fmax0(float a, float b) { return a > b ? a : b; }
 static inline float fmin0(float a, float b) { return a < b ? a : b; }
 
-/* exp(v) for v <= 0: Cephes expf (Cody-Waite reduction, degree-5 polynomial), as in kernels_cpu._expf. */
+/* exp(v) for v <= 0: Cephes expf (Cody-Waite reduction, degree-5 polynomial). */
 static inline float exp_neg(float v) {
     v = fmax0(v, -87.0f);
     float n = floorf(v * 1.4426950408889634f + 0.5f);
@@ -115,8 +115,8 @@ static inline void prefetch(const void *p, int64_t bytes) {
 /* Per image, the softmax backwards look weights up in image b's C tables ([C][2][K] float32 each, 32 KB at
  * the default bins), at random bins.  A thread meets an image's tables afresh when it starts on one of the
  * image's spans: one sweep of prefetches (the groups forward did not leave out) brings them in at streaming
- * speed instead of one miss per look-up (backward 0.2-1.0 ms faster at 2x19, 8x21 and 150 classes per
- * image, by hand, interleaved in one process).  *warm: the image last fetched by this thread. */
+ * speed instead of one miss per look-up (docs/engine.md gives the measurement).  *warm: the image last
+ * fetched by this thread. */
 static inline void warm_tables(const float *table, const int64_t *cut, int64_t b, int64_t C, int64_t num_bins,
                                int64_t *warm) {
     if (b == *warm) return;
@@ -130,8 +130,8 @@ static inline void warm_tables(const float *table, const int64_t *cut, int64_t b
  * Pass 1 writes the kept errors this way when the caller asks (kernels_native.STREAM_MIN_BYTES: buffers
  * larger than a last-level cache): they are read again only after the whole pass, when a buffer that
  * size has left the caches anyway, so writing around the caches saves reading each line before it is
- * written (pass 1 1.0-2.1 ms faster at 8x21x256x256, 2x19x512x1024 and 4x150x128x128, hand A/B, same
- * bits).  Smaller buffers are written normally and stay in the caches for pass 2. */
+ * written (same bits; docs/engine.md gives the measurement).  Smaller buffers are written normally and
+ * stay in the caches for pass 2. */
 static inline void stream_copy(int32_t *restrict dst, const int32_t *restrict src, int64_t width) {
 #ifdef STREAM_STORES
     int64_t j = 0;
@@ -589,7 +589,7 @@ static inline __attribute__((always_inline)) void bin_weights(int64_t n, int64_t
 }
 
 /* One group's histogram (slots partials at acc + s*stride, each [K][2][2]) → its weight table table_g
- * [2][K] (CELL; 0 in the exact head), its loss without the head, counts and cut (kernels_cpu._group_table), in
+ * [2][K] (CELL; 0 in the exact head), its loss without the head, counts and cut, in
  * one pass from the top bin down: the head is the run of top bins holding at most `head` elements in all,
  * so a bin is in it exactly when the count so far is still <= head.  n_fg: the group's foreground count,
  * or -1 to count it here. */
@@ -1242,6 +1242,9 @@ static const kernel_fn KERNELS[] = {softmax_errors,   binary_errors,   group_tab
                                     head_rows,        tables_range,    softmax_backward,      binary_backward,
                                     softmax_backward_kept, send_rows, global_tables};
 #define NUM_KERNELS ((int)(sizeof(KERNELS) / sizeof(KERNELS[0])))
+/* How many int64 arguments each kernel of KERNELS reads (the length of its args array). */
+static const int ARITY[] = {17, 14, 22, 10, 15, 10, 23, 21, 20, 13, 14};
+_Static_assert(sizeof(ARITY) / sizeof(ARITY[0]) == sizeof(KERNELS) / sizeof(KERNELS[0]), "one arity per kernel");
 
 typedef struct {
     kernel_fn fn;
@@ -1261,6 +1264,9 @@ static void job_body(void *p) {
 }
 
 int lovasz_num_kernels(void) { return NUM_KERNELS; }
+
+/* The argument count of kernel k (-1 for no such kernel); kernels_native.py compares it with its own. */
+int lovasz_kernel_arity(int k) { return k >= 0 && k < NUM_KERNELS ? ARITY[k] : -1; }
 
 /* The surrogate codes this library was written for, in the order softmax, probs, sigmoid, sigmoid_probs,
  * hinge (kernels_native.py compares them with lovasz/surrogates.py when it loads the library). */

@@ -1,7 +1,7 @@
 """The binned engine in PyTorch: ``[G, P]`` errors → :class:`~.histogram.Histogram` → losses and weights.
 
 Runs on any device and under ``torch.compile`` (static shapes: no boolean indexing, no bincount).  The
-fused kernels (:mod:`.kernels_cpu`, :mod:`.kernels_triton`) compute the same histogram straight from the
+fused kernels (:mod:`.kernels_native`, :mod:`.kernels_triton`) compute the same histogram straight from the
 scores, without materializing the errors; :mod:`.histogram` holds the math and the error bound.
 """
 

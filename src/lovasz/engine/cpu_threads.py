@@ -1,15 +1,15 @@
 """Threads for the fused CPU kernels: PyTorch's OpenMP team where possible, else a thread pool.
 
-Shared by the numba (:mod:`.kernels_cpu`) and ahead-of-time (:mod:`.kernels_native`) kernels; imports
-neither numba nor the compiled library."""
+Used by the C kernels (:mod:`.kernels_native`); imports no compiled library itself."""
 
 from __future__ import annotations
 
 import ctypes
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+
+from . import config
 
 __all__ = ["OpenMP", "openmp", "run_on_pool", "use_pool", "workers"]
 
@@ -21,12 +21,12 @@ class OpenMP:
     iterations, several milliseconds) waiting for more work.  Kernels on threads of their own would share
     the cores with those spinning threads (``docs/engine.md`` gives the benchmark).  ``GOMP_parallel``
     (exported by libgomp, and for compatibility by LLVM's and Intel's runtimes) runs a callback on the
-    runtime's own team instead.  Found through ``/proc/self/maps`` (Linux) when PyTorch's parallel backend
-    is OpenMP; elsewhere the kernels use a thread pool."""
+    runtime's own team instead; the C library (:mod:`.kernels_native`) calls it with its kernels.  Found
+    through ``/proc/self/maps`` (Linux) when PyTorch's parallel backend is OpenMP; elsewhere the kernels
+    use a thread pool."""
 
     def __init__(self) -> None:
         self.lib = None
-        self.callback_type = None
         try:
             if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
                 return
@@ -34,31 +34,11 @@ class OpenMP:
                 paths = [line.split()[-1] for line in maps if "omp" in line.rsplit("/", 1)[-1]]
             for path in dict.fromkeys(paths):
                 lib = ctypes.CDLL(path)
-                if hasattr(lib, "GOMP_parallel") and hasattr(lib, "omp_get_thread_num"):
-                    self.callback_type = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-                    lib.GOMP_parallel.argtypes = [self.callback_type, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
-                    lib.GOMP_parallel.restype = None
-                    lib.omp_get_thread_num.restype = ctypes.c_int
+                if hasattr(lib, "GOMP_parallel"):  # the C library calls it, with the kernels as callback
                     self.lib = lib
                     return
         except (OSError, AttributeError):  # no /proc, or a runtime without these symbols: use the pool
             self.lib = None
-
-    def run(self, tasks, workers: int) -> None:
-        """Run the callables ``tasks`` on ``workers`` threads of the OpenMP team (thread ``i`` takes tasks
-        ``i, i + workers, ...``); re-raise the first exception."""
-        errors: list[BaseException] = []
-
-        def body(_data) -> None:
-            try:
-                for task in tasks[self.lib.omp_get_thread_num() :: workers]:
-                    task()
-            except BaseException as exc:
-                errors.append(exc)
-
-        self.lib.GOMP_parallel(self.callback_type(body), None, workers, 0)
-        if errors:
-            raise errors[0]
 
 
 _OPENMP: OpenMP | None = None
@@ -74,7 +54,7 @@ def openmp() -> OpenMP:
 
 def use_pool() -> bool:
     """Whether the kernels run on a thread pool: ``LOVASZ_THREADS=pool``, or no OpenMP team to share."""
-    return os.environ.get("LOVASZ_THREADS") == "pool" or openmp().lib is None
+    return config.settings().thread_pool or openmp().lib is None
 
 
 def workers(units: int) -> int:

@@ -1,7 +1,7 @@
 """The binned engine's histogram: quantized errors, counted per (group, bin), turned into Lovász weights.
 
 The binned engine evaluates the Lovász extension in O(p + bins) per group, without a sort.  Every
-implementation (PyTorch in :mod:`.binned`, numba in :mod:`.kernels_cpu`, Triton in :mod:`.kernels_triton`)
+implementation (PyTorch in :mod:`.binned`, C in :mod:`.kernels_native`, Triton in :mod:`.kernels_triton`)
 produces the same :class:`Histogram`; :func:`histogram_losses` alone turns it into losses and the weight
 table that backward looks up.
 
@@ -201,7 +201,7 @@ class Histogram:
 
 
 def histogram_losses(
-    hist: Histogram, table_dtype: torch.dtype = torch.float32, *, kernels=None, head: int = HEAD
+    hist: Histogram, table_dtype: torch.dtype = torch.float32, *, tables=None, head: int = HEAD
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Losses and weight table of a histogram: the one place where counts become Lovász weights.
 
@@ -214,14 +214,13 @@ def histogram_losses(
         bin of each group's exact head (:func:`head_cut`).  The head's bins still count as "above" for the
         lower bins; :func:`head_weights` gives their elements' exact weights and loss.
 
-    With ``kernels`` that have a ``tables`` function (the CPU kernel modules, :func:`.kernels_cpu.tables`:
-    a CPU histogram, float32 table) one pass of theirs computes the same quantities from harmonic numbers;
-    otherwise :func:`weight_tables` does, in PyTorch, on the histogram's device.
+    With ``tables``, a kernel module's ``tables(cells, head)`` (kernels with the ``cpu_tables`` capability,
+    :func:`.kernels_native.tables`), one pass of theirs computes the same quantities for a CPU histogram and
+    a float32 table; otherwise :func:`weight_tables` does, in PyTorch, on the histogram's device.
     """
-    cpu_tables = getattr(kernels, "tables", None) is not None and hist.cells.device.type == "cpu"
-    if cpu_tables and table_dtype == torch.float32:
+    if tables is not None and hist.cells.device.type == "cpu" and table_dtype == torch.float32:
         cells = hist.cells.detach().contiguous()
-        return tuple(torch.from_numpy(a) for a in kernels.tables(cells.numpy(), head))  # type: ignore[return-value]
+        return tuple(torch.from_numpy(a) for a in tables(cells.numpy(), head))  # type: ignore[return-value]
     acc = hist.cells.sum(dim=0)
     counts, sums = acc[..., 0].round().to(torch.int64), acc[..., 1]
     w_fg, w_bg = weight_tables(counts[..., 1], counts[..., 0])

@@ -1,17 +1,36 @@
-"""Fused CPU kernels compiled ahead of time (C, built when the package is installed): the ``"native"``
-backend.
+"""Fused CPU kernels compiled ahead of time (C, ``_native.c``, built when the package is installed): the
+``"native"`` backend.
 
-The same algorithm, kernel contract and results as the numba kernels (:mod:`.kernels_cpu`, whose module
-docstring describes the passes), written in C (``_native.c``) and compiled by ``pip install`` with the
-system's C compiler, so that the first call compiles nothing: loading the library takes milliseconds, where
-numba needs seconds to compile on first use.  On x86-64 each kernel is built for AVX-512, AVX2 and the
-baseline, picked when the library loads.  Where no compiler was found at install time the library is
-absent, :data:`AVAILABLE` is false and the automatic choice moves on to numba.
+Forward, pass 1 (``softmax_errors``, ``binary_errors``): scores → (softmax | sigmoid | hinge) → error,
+written as *signed error bits* (the float32 error, its sign bit set for a foreground element, a NaN
+pattern for an ignored one) into a buffer shaped like the scores, and each group's largest error (its
+anchor); pass 1 also flags NaN/Inf scores and bad labels.  Pass 2 (``group_tables``, one unit per group):
+the bins of the group's errors and its histogram of foreground/background counts and error sums in a
+buffer that stays in cache, then the group's loss, weight table and exact head (the highest bins holding
+at most ``HEAD`` elements, ranked exactly as :func:`lovasz.engine.histogram.head_weights` does).
+Backward reads the kept errors (``softmax_backward_kept``: a probability is ``e`` or ``1 − e``, so no
+exponential is recomputed) or recomputes them from the scores (``softmax_backward``,
+``binary_backward``), looks the weight up in the table (or the head) and writes the gradient in one pass.
+Across processes, pass 2 writes the histogram instead (``send_rows``), summed over ranks before
+``global_tables``; the generic path of :mod:`.fused` uses ``histogram_rows``, ``head_rows`` and
+``tables_range``.
+
+The library is compiled by ``pip install`` with the system's C compiler, so the first call compiles
+nothing.  On x86-64 each kernel is built for AVX-512, AVX2 and the baseline, picked when the library
+loads.  Where no compiler was found at install time (or with ``LOVASZ_NO_NATIVE=1``) the library is
+absent, :data:`AVAILABLE` is false and the automatic choice uses the PyTorch engine on the CPU, saying so
+once (:mod:`.backends`).
+
+Every kernel takes its arguments as one array of int64 (pointers and integers) in the order of the
+comment above it in ``_native.c``; :data:`ARITY` is each kernel's argument count, which the library
+exports too (``lovasz_kernel_arity``): a library whose counts differ is refused as stale when it loads,
+and :func:`_run` checks the count it packs.
 
 The kernels run on PyTorch's OpenMP team (:mod:`.cpu_threads`): the library calls ``GOMP_parallel``
 itself, so no Python runs on the worker threads; with ``LOVASZ_THREADS=pool`` (or no OpenMP runtime) a
-thread pool calls them instead.  Units and their outputs are those of the numba kernels, so results do
-not depend on the number of threads or the runtime.
+thread pool calls them instead.  Pass 1 splits the batch into ``NUM_CHUNKS`` fixed pixel ranges (one
+image each per image), each with its own anchors, and pass 2 gives each group to one unit that adds its
+elements in order, so results do not depend on the number of threads or the runtime.
 """
 
 from __future__ import annotations
@@ -27,23 +46,25 @@ import torch
 
 from .._checks import NONFINITE, bad_labels_message
 from ..surrogates import HINGE, PROBS, SIGMOID, SIGMOID_PROBS, SOFTMAX, Surrogate
-from . import cpu_threads
+from . import config, cpu_threads
 from .histogram import Binning, Histogram, inverse_top
+from .result import HeadElements, KernelLosses
 
 __all__ = [
-    "AVAILABLE", "KEEPS_ERRORS", "NAME", "backward", "global_losses", "head", "histogram", "library_path", "losses",
-    "tables",
+    "ARITY", "AVAILABLE", "NAME", "backward", "empty_table", "global_losses", "head", "histogram", "library_path",
+    "losses", "saves_errors", "table_arg", "tables",
 ]  # fmt: skip
 
 NAME = "native"
-KEEPS_ERRORS = True
-SCALES_TABLE = True  # backward(scale=...) applies each group's upstream gradient to its table entries
-SKIPS_ABSENT = True  # losses(present_only=True) leaves out the groups without a foreground label
-NUM_CHUNKS = 8  # pass-1 chunks over the batch: fixed, as in the numba kernels
-_KERNELS = (
-    "softmax_errors", "binary_errors", "group_tables", "histogram_rows", "head_rows", "tables_range",
-    "softmax_backward", "binary_backward", "softmax_backward_kept", "send_rows", "global_tables",
-)  # fmt: skip
+NUM_CHUNKS = 8  # pass-1 chunks over the batch: fixed, so that results do not depend on the thread count
+# Each kernel's argument count, in the library's kernel order (lovasz_run's kernel index): the length of
+# the int64 array it reads, as the comment above it in _native.c lists them.
+ARITY: dict[str, int] = {
+    "softmax_errors": 17, "binary_errors": 14, "group_tables": 22, "histogram_rows": 10, "head_rows": 15,
+    "tables_range": 10, "softmax_backward": 23, "binary_backward": 21, "softmax_backward_kept": 20,
+    "send_rows": 13, "global_tables": 14,
+}  # fmt: skip
+_KERNELS = tuple(ARITY)
 _CODES = [s.code for s in (SOFTMAX, PROBS, SIGMOID, SIGMOID_PROBS, HINGE)]  # the order of lovasz_surrogate_codes
 
 
@@ -55,7 +76,7 @@ def library_path() -> str | None:
     return path if os.path.isfile(path) else None
 
 
-STALE = ""  # why the library that was found is not used (empty when it is, or when there is none)
+STALE = ""  # why the library is not used (empty when it is, or when none was built)
 
 
 def _source_digest() -> str | None:
@@ -70,7 +91,8 @@ def _source_digest() -> str | None:
 
 def _load() -> ctypes.CDLL | None:
     global STALE
-    if os.environ.get("LOVASZ_NO_NATIVE") == "1":  # to test the fallback to numba
+    if config.settings().no_native:  # as where the library was not built
+        STALE = "LOVASZ_NO_NATIVE=1 is set, so the native library is not loaded"
         return None
     path = library_path()
     if path is None:
@@ -81,6 +103,8 @@ def _load() -> ctypes.CDLL | None:
         STALE = f"the native library {path} does not load ({exc})"
         return None
     lib.lovasz_num_kernels.restype = ctypes.c_int
+    lib.lovasz_kernel_arity.restype = ctypes.c_int
+    lib.lovasz_kernel_arity.argtypes = [ctypes.c_int]
     lib.lovasz_block.restype = ctypes.c_int
     lib.lovasz_source_digest.restype = ctypes.c_char_p
     built_from, source = lib.lovasz_source_digest().decode(), _source_digest()
@@ -94,6 +118,14 @@ def _load() -> ctypes.CDLL | None:
     lib.lovasz_surrogate_codes(codes)
     if lib.lovasz_num_kernels() != len(_KERNELS) or list(codes) != _CODES:
         STALE = f"the native library {path} does not match this version of lovasz; reinstall it"
+        return None
+    arity = {name: lib.lovasz_kernel_arity(k) for k, name in enumerate(_KERNELS)}
+    if arity != ARITY:
+        wrong = ", ".join(f"{name} takes {arity[name]} (expected {n})" for name, n in ARITY.items() if arity[name] != n)
+        STALE = (
+            f"the native library {path} takes other kernel arguments than this version of lovasz ({wrong}); "
+            "reinstall lovasz (pip install -e .) to rebuild it"
+        )
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.lovasz_run.argtypes = [ctypes.c_int, ptr, i64, i64, i64, ptr]
@@ -122,6 +154,8 @@ def _run(kernel: str, units: int, *args) -> None:
     """Run C kernel ``kernel`` over its ``units`` units with arguments ``args`` (tensors and arrays by
     address, integers by value; every buffer contiguous), on ``torch.get_num_threads()`` threads."""
     global _GOMP
+    if len(args) != ARITY[kernel]:
+        raise AssertionError(f"the {kernel} kernel takes {ARITY[kernel]} arguments, {len(args)} were packed")
     if units <= 0:
         return
     packed = np.array([_address(v) for v in args], np.int64)
@@ -137,7 +171,6 @@ def _run(kernel: str, units: int, *args) -> None:
     _LIB.lovasz_run(k, packed.ctypes.data, units, tasks, workers, _GOMP or None)
 
 
-KEEP_ERRORS_DEFAULT = "0"  # LOVASZ_KEEP_ERRORS when unset: see saves_errors
 # Pass 1 writes the kept errors, and the softmax backwards the gradient, with streaming (non-temporal) stores
 # from this size on, about a last-level cache: a buffer that large has left the caches before it is read
 # again, so the stores skip reading each line first.  Same bits either way.
@@ -154,7 +187,7 @@ def saves_errors(surrogate: Surrogate) -> bool:
     softmax surrogates; the binary ones always recompute from the scores.
 
     Two backwards with the same result, bit for bit, chosen by the environment variable
-    ``LOVASZ_KEEP_ERRORS`` (read in forward; :data:`KEEP_ERRORS_DEFAULT` when unset):
+    ``LOVASZ_KEEP_ERRORS`` (:mod:`.config`; ``0`` when unset):
 
     * ``0`` (the default): backward recomputes each span's probabilities from the scores (pass 1's code
       on the same numbers, so the same errors and bins): the graph holds only the weight table, far less
@@ -163,12 +196,12 @@ def saves_errors(surrogate: Surrogate) -> bool:
       no exponential: 2-19 % faster in the README's benchmark runs, holding cross-entropy's memory plus the table.
 
     ``benchmarks/bench_binned.py`` measures both."""
-    return surrogate.per_class and os.environ.get("LOVASZ_KEEP_ERRORS", KEEP_ERRORS_DEFAULT) != "0"
+    return surrogate.per_class and config.settings().keep_errors
 
 
 def tables(acc: np.ndarray, head: int) -> tuple[np.ndarray, ...]:
-    """Partial accumulators ``[S, G, K, 2, 2]`` → ``(losses, table, n_fg, n_valid, cut)``, as
-    :func:`.kernels_cpu.tables`."""
+    """Partial accumulators ``[S, G, K, 2, 2]`` → ``(losses, table, n_fg, n_valid, cut)``, the quantities
+    of :func:`.histogram.histogram_losses` (float64 losses, float32 table) from harmonic numbers."""
     cells = torch.as_tensor(acc, dtype=torch.float64).contiguous()
     slots, groups, num_bins = cells.shape[:3]
     losses_ = torch.zeros(groups, dtype=torch.float64)
@@ -188,7 +221,7 @@ def _table_view(table: torch.Tensor) -> torch.Tensor:
 def table_arg(table: torch.Tensor) -> torch.Tensor:
     """A ``[G, K, 2]`` table as the kernels read it, ``[G, 2, K]`` contiguous: no copy for a table that
     the kernels made (a :func:`_table_view`); any other is rearranged.  The fused forward hands its table
-    on in this layout (``K > 2``, so :func:`backward` tells the two apart by the last dimension)."""
+    on in this layout (the registry's ``table_layout="G2K"``), which :func:`backward` takes."""
     return table.transpose(1, 2).contiguous()
 
 
@@ -244,7 +277,8 @@ def histogram(
     reduce_top=None,
     errors: torch.Tensor | None = None,
 ) -> Histogram:
-    """Histogram ``[1, G, K, 2, 2]``, as :func:`.kernels_cpu.histogram`."""
+    """Histogram ``[1, G, K, 2, 2]`` of the errors (the contract of :mod:`.fused`); ``errors``, when given,
+    receives the signed error bits that :func:`head` and backward read."""
     bsz, c, n = x32.shape
     groups = bsz * c if per_image else c
     bits, top, inv = _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top)
@@ -263,11 +297,10 @@ def losses(
     head_size: int,
     errors: torch.Tensor,
     present_only: bool = False,
-) -> tuple[torch.Tensor, ...]:
-    """The local loss in one go, as :func:`.kernels_cpu.losses`, with the head's exact weights computed in
+) -> KernelLosses:
+    """The local loss in one go (pass 1, then pass 2 per group), with the head's exact weights computed in
     the kernel too (:func:`.histogram.head_weights`' ranking and formulas, in C; the losses include the
-    head): ``(top, losses, table, n_fg, n_valid, cut, head_values, head_fg, head_counts, head_weights)``,
-    ``head_values`` -1 past each group's head.
+    head); ``head_values`` -1 past each group's head.
 
     ``present_only`` (softmax surrogates): the caller needs the losses of groups with a foreground label
     only (``classes="present"``), so the groups without one, which pass 1 counted, are left out of pass 2:
@@ -294,7 +327,7 @@ def losses(
     weights = torch.zeros(groups, head_size, dtype=torch.float32)
     _run("group_tables", groups, bits, bsz, c, n, per_image, b.lo, b.per_octave, b.half, inv, head_size, loss, table,
          n_fg, n_valid, cut, values, fg, counts, head_size, weights, skip, valid_counts)  # fmt: skip
-    return top, loss, _table_view(table), n_fg, n_valid, cut, values, fg, counts, weights
+    return KernelLosses(top, loss, _table_view(table), n_fg, n_valid, cut, values, fg, weights)
 
 
 def global_losses(
@@ -307,12 +340,11 @@ def global_losses(
     head_size: int,
     errors: torch.Tensor,
     sync,
-) -> tuple[torch.Tensor, ...]:
+) -> KernelLosses:
     """The loss of all ranks' inputs together (``sync``: a :class:`lovasz.distributed.ProcessSync`): pass 1
     with the anchors' all-reduce (max), then one all-reduce (sum) of a float32 buffer that holds this rank's
     histogram and its candidates for the exact head, filled by one kernel (``send_rows``) and read by
-    another (``global_tables``), as :func:`.fused._forward`'s generic path does in PyTorch.  Returns
-    ``(top, losses, table, n_fg, n_valid, cut, head_values, head_fg, head_weights)``, the head
+    another (``global_tables``), as :func:`.fused._forward`'s generic path does in PyTorch.  The head is
     ``[G, world_size · head_size]`` (every rank's candidates side by side, -1 where unused)."""
     bsz, c, n = x32.shape
     groups = bsz * c if per_image else c
@@ -334,7 +366,7 @@ def global_losses(
     weights = torch.empty(groups, width, dtype=torch.float32)
     _run("global_tables", groups, buffer, groups, k, head_size, world, head_size, losses_, table, n_fg, n_valid, cut,
          values, fg, weights)  # fmt: skip
-    return top, losses_, _table_view(table), n_fg, n_valid, cut, values, fg, weights
+    return KernelLosses(top, losses_, _table_view(table), n_fg, n_valid, cut, values, fg, weights)
 
 
 def head(
@@ -348,8 +380,9 @@ def head(
     cut: torch.Tensor,
     capacity: int,
     errors: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The elements of each group's exact head, as :func:`.kernels_cpu.head`."""
+) -> HeadElements:
+    """The elements of each group's exact head (bins from ``cut[g]`` up), read from the ``errors`` that
+    :func:`histogram` wrote."""
     if errors is None:
         raise ValueError("the native kernels read the head from the errors that histogram(errors=...) wrote")
     bsz, c, n = errors.shape
@@ -362,14 +395,12 @@ def head(
     cut = cut.to(torch.int64).contiguous()
     _run("head_rows", groups, errors, bsz, c, n, per_image, cut, inv, b.lo, b.per_octave, b.half, values, fgs, bins,
          counts, capacity)  # fmt: skip
-    return values, fgs, bins.long(), counts
+    return HeadElements(values, fgs, bins.long(), counts)
 
 
 # Pixels per unit of the softmax backwards, which go class by class over a unit's span (see _native.c):
-# long contiguous row reads, and each class's table reused across the span.  Measured (backward alone,
-# 2 threads, 8×21×256², 2×19×512×1024, 4×150×128², by hand): 256 → 2048 pixels saved 10–25 %; since the
-# gradient goes through a span buffer (streaming stores), 1024 is 2–5 % faster than 2048 and 512 no faster
-# than 1024.  No result depends on it (tests/test_binned.py).
+# long contiguous row reads, and each class's table reused across the span (docs/engine.md gives the
+# measurements behind the length).  No result depends on it (tests/test_binned.py).
 SPAN = 1024
 
 
@@ -394,10 +425,11 @@ def backward(
     errors: torch.Tensor | None = None,
     scale: torch.Tensor | None = None,
 ) -> None:
-    """Write d loss / d ``x32`` into ``grad``, as :func:`.kernels_cpu.backward`: from the ``errors`` that
+    """Write d loss / d ``x32`` into ``grad`` (the contract of :mod:`.fused`): from the ``errors`` that
     forward kept when given (softmax surrogates, :func:`saves_errors`), else recomputed from ``x32`` and
-    ``t``.  With ``scale`` (``[G]`` float32, each group's upstream gradient) the ``table`` is the unscaled
-    one and the kernels scale its entries as they read them (the head weights come scaled)."""
+    ``t``.  ``table`` is in the kernels' layout, ``[G, 2, K]`` (:func:`table_arg`).  With ``scale``
+    (``[G]`` float32, each group's upstream gradient) it is the unscaled table and the kernels scale its
+    entries as they read them (the head weights come scaled)."""
     bsz, c, n = grad.shape
     if grad.numel() == 0:
         return
@@ -407,7 +439,9 @@ def backward(
     cut, values, fg, weights = (h.contiguous() for h in head)
     cut = cut.to(torch.int64)
     capacity = values.shape[1]
-    table = table.contiguous() if table.shape[-1] == b.num_bins else table_arg(table)  # see table_arg
+    if table.shape[1:] != (2, b.num_bins):
+        raise ValueError(f"backward takes the table as [G, 2, K] (table_arg), got {tuple(table.shape)}")
+    table = table.contiguous()
     scale_arg = 0 if scale is None else scale.to(torch.float32).contiguous()
     stream = _streams(grad)  # a gradient larger than a last-level cache: streaming stores
     if surrogate.per_class and errors is not None:  # the errors that forward kept (saves_errors)

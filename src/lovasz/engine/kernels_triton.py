@@ -1,13 +1,13 @@
 """Fused Triton kernels (CUDA) for the binned engine.
 
-Same contract as :mod:`.kernels_cpu`.  Each program takes a tile of ``BLOCK_N`` pixels × all classes
-(softmax) or ``BLOCK`` elements (binary losses) and computes probabilities and errors in registers.  A
-first kernel finds each group's anchor (its largest error, an integer ``atomic_max`` on the float's bits);
-a second recomputes the tile, bins the errors scaled by the anchors and adds into the global (group, bin)
-histogram with *integer* atomics: int32 counts and int64 fixed-point sums of ``e/U`` (``· 2^32``).
-Integer operations are associative, so the histogram — and the loss — is bitwise deterministic whatever
-the order of the atomics.  Backward recomputes the tile and writes the gradient w.r.t. the logits in one
-pass.
+The kernel contract of :mod:`.fused` (no capabilities beyond it: :mod:`.registry`). Each program takes a
+tile of ``BLOCK_N`` pixels × all classes (softmax) or ``BLOCK`` elements (binary losses) and computes
+probabilities and errors in registers. A first kernel finds each group's anchor (its largest error, an
+integer ``atomic_max`` on the float's bits); a second recomputes the tile, bins the errors scaled by the
+anchors and adds into the global (group, bin) histogram with *integer* atomics: int32 counts and int64
+fixed-point sums of ``e/U`` (``· 2^32``). Integer operations are associative, so the histogram — and the
+loss — is bitwise deterministic whatever the order of the atomics. Backward recomputes the tile and writes
+the gradient w.r.t. the logits in one pass.
 
 On CPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``), which is how the test-suite
 checks them without a GPU.
@@ -19,6 +19,7 @@ import torch
 
 from ..surrogates import HINGE, SIGMOID, SOFTMAX, Surrogate
 from .histogram import Binning, Histogram, inverse_top
+from .result import HeadElements
 
 try:
     import triton
@@ -339,9 +340,8 @@ def head(
     top: torch.Tensor,
     cut: torch.Tensor,
     capacity: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The elements of each group's exact head (bins from ``cut[g]`` up): ``(values [G, capacity] float32,
-    fg [G, capacity] bool, bins [G, capacity] int64, counts [G] int64)``, in no particular order."""
+) -> HeadElements:
+    """The elements of each group's exact head (bins from ``cut[g]`` up), in no particular order."""
     groups = cut.shape[0]
     values = torch.zeros(groups, capacity, dtype=torch.float32, device=x32.device)
     fg = torch.zeros(groups, capacity, dtype=torch.int8, device=x32.device)
@@ -352,7 +352,7 @@ def head(
         _launch(
             "head", x32, t, surrogate, per_image, ignore_index, pointers, (capacity, b.lo, b.per_octave, b.num_bins)
         )
-    return values, fg.bool(), bins.long(), counts.clamp(max=capacity).to(torch.int64)
+    return HeadElements(values, fg.bool(), bins.long(), counts.clamp(max=capacity).to(torch.int64))
 
 
 def backward(

@@ -47,6 +47,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..engine import config
+
 NUM_CLASSES = 11
 
 
@@ -62,7 +64,7 @@ class DataError(ValueError):
 
 EVAL_SIZES = (300, 500)  # validation and test canvases; train, eval and demo must agree to score the same split
 # Debian's dataset-fashion-mnist installs here; LOVASZ_FASHION_MNIST points elsewhere (the same gz files).
-FASHION_DIR = Path(os.environ.get("LOVASZ_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+FASHION_DIR = Path(config.settings().fashion_mnist)
 DIGIT_NAMES = ["background", *[str(d) for d in range(10)]]
 FASHION_NAMES = [
     "background",
@@ -168,7 +170,7 @@ def _compose(objects: np.ndarray, labels: np.ndarray, n: int, size: int, rng: np
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("LOVASZ_CACHE", Path.home() / ".cache" / "lovasz"))
+    return Path(config.settings().cache)
 
 
 def load(
