@@ -191,7 +191,14 @@ def _binary_loss(
         sync.agree(_agreed(surrogate, x.shape[1], bins, "all", ignore_index, per_image, reduction, decision))
     with _no_autocast(x):
         result = group_losses(
-            surrogate, x, t, per_image=per_image, ignore_index=ignore_index, bins=bins, backend=backend, sync=sync,
+            surrogate,
+            x,
+            t,
+            per_image=per_image,
+            ignore_index=ignore_index,
+            bins=bins,
+            backend=backend,
+            sync=sync,
             decision=decision,
         )
         return reduce_groups(result.losses, result.has_valid, None, reduction, sync)
