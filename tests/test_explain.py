@@ -90,3 +90,62 @@ def test_without_the_native_library(monkeypatch):
         e = lovasz.explain(X, bins=256)
     assert e.backend == "torch"
     assert any("not built" in r for r in e.rejected["native"])
+
+
+# bins="auto", the default: binned where it is faster, exact for float64 and small groups.
+
+
+def _same_loss_and_grad(fn, x, t, a: dict, b: dict) -> None:
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    la, lb = fn(xa, t, **a), fn(xb, t, **b)
+    la.backward()
+    lb.backward()
+    assert torch.equal(la, lb) and torch.equal(xa.grad, xb.grad)
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_auto_bins_is_exact_below_the_group_size_and_binned_above(per_image):
+    side = 64  # 4096 pixels per image: a group per image holds AUTO_EXACT_BELOW elements
+    assert side * side == backends.AUTO_EXACT_BELOW
+    g = torch.Generator().manual_seed(0)
+    for b, h in [(1, side - 1), (1, side), (3, 40)]:
+        x, t = torch.randn(b, 4, h, h, generator=g), torch.randint(0, 4, (b, h, h), generator=g)
+        group = h * h * (1 if per_image else b)
+        want = None if group < backends.AUTO_EXACT_BELOW else lovasz.DEFAULT_BINS
+        assert backends.auto_bins("auto", x, per_image=per_image) == want
+        assert lovasz.explain(x, per_image=per_image).engine == ("exact" if want is None else "binned")
+        kw = dict(per_image=per_image)
+        _same_loss_and_grad(lovasz.lovasz_softmax, x, t, kw, dict(kw, bins=want))
+        _same_loss_and_grad(lovasz.LovaszSoftmaxLoss(**kw), x, t, {}, {})  # the module's default too
+        assert lovasz.LovaszSoftmaxLoss(**kw).bins == "auto"
+
+
+def test_auto_bins_for_binary_losses_counts_the_channels():
+    x = torch.randn(2, 64, 64)  # binary: one group per image of 4096 elements
+    assert backends.auto_bins("auto", x, per_image=True, channels=1) == lovasz.DEFAULT_BINS
+    multi = torch.randn(2, 3, 32, 64)  # multi-label: 3 groups per image of 2048
+    assert backends.auto_bins("auto", multi, per_image=True, channels=3) is None
+    assert backends.auto_bins("auto", multi, per_image=False, channels=3) == lovasz.DEFAULT_BINS
+    m = (torch.rand(2, 64, 64) < 0.3).long()
+    _same_loss_and_grad(lovasz.lovasz_hinge, x, m, {}, dict(bins=lovasz.DEFAULT_BINS))
+    mm = (torch.rand(2, 3, 32, 64) < 0.3).long()
+    _same_loss_and_grad(lovasz.lovasz_sigmoid, multi, mm, dict(per_image=True), dict(per_image=True, bins=None))
+
+
+def test_auto_bins_is_exact_for_float64_and_binned_across_processes():
+    big = torch.randn(4, 3, 64, 64)
+    assert backends.auto_bins("auto", big.double(), per_image=False) is None
+    assert lovasz.explain(big.double()).engine == "exact"
+    small = torch.randn(1, 3, 8, 8)
+    # Ranks hold different local batches: the choice must not depend on them.
+    assert backends.auto_bins("auto", small, per_image=False, distributed=True) == lovasz.DEFAULT_BINS
+    assert backends.auto_bins("auto", small.double(), per_image=False, distributed=True) is None
+    for value in (None, 256, "other"):
+        assert backends.auto_bins(value, big, per_image=False) == value
+
+
+def test_bins_must_be_auto_none_or_an_int():
+    with pytest.raises(TypeError, match="bins must be 'auto', None"):
+        lovasz.lovasz_softmax(X, T, bins="Auto")
+    with pytest.raises(TypeError, match="bins must be 'auto', None"):
+        lovasz.LovaszHingeLoss(bins="fast")

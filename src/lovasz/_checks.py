@@ -74,12 +74,14 @@ as ``groups × bins`` float64 (``bins=10**9`` would ask for gigabytes per group)
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
-def check_bins(bins: int | None) -> int | None:
-    """Check ``bins``; return it as a plain ``int`` (numpy integers are accepted)."""
-    if bins is None:
-        return None
+def check_bins(bins: int | str | None) -> int | str | None:
+    """Check ``bins``; return it as a plain ``int`` (numpy integers are accepted), ``None`` or ``"auto"``."""
+    if bins is None or (isinstance(bins, str) and bins == "auto"):
+        return bins
     if not _is_integer(bins):
-        raise TypeError(f"bins must be None (exact engine) or an int, got {type(bins).__name__}")
+        raise TypeError(
+            f"bins must be 'auto', None (exact engine) or an int (binned engine), got {type(bins).__name__}"
+        )
     bins = int(bins)
     if bins < 64:
         raise ValueError(f"bins must be at least 64, got {bins}; use bins=None for the exact engine")

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from . import _checks
 from .functional import lovasz_hinge, lovasz_sigmoid, lovasz_softmax
-from .types import BackendName, ClassSelection, Reduction
+from .types import BackendName, Bins, ClassSelection, Reduction
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -83,7 +83,7 @@ class LovaszSoftmaxLoss(_SharesProcessGroup, nn.Module):
         ignore_index: int | None = None,
         weight: Tensor | Sequence[float] | None = None,
         from_logits: bool = True,
-        bins: int | None = None,
+        bins: Bins = "auto",
         reduction: Reduction = "mean",
         backend: BackendName = "auto",
         process_group: ProcessGroup | None = None,
@@ -137,7 +137,7 @@ class LovaszHingeLoss(_SharesProcessGroup, nn.Module):
         *,
         per_image: bool = True,
         ignore_index: int | None = None,
-        bins: int | None = None,
+        bins: Bins = "auto",
         reduction: Reduction = "mean",
         backend: BackendName = "auto",
         process_group: ProcessGroup | None = None,
@@ -184,7 +184,7 @@ class LovaszSigmoidLoss(_SharesProcessGroup, nn.Module):
         per_image: bool = False,
         ignore_index: int | None = None,
         from_logits: bool = True,
-        bins: int | None = None,
+        bins: Bins = "auto",
         reduction: Reduction = "mean",
         backend: BackendName = "auto",
         process_group: ProcessGroup | None = None,

@@ -9,13 +9,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal, TypeAlias, get_args
 
-__all__ = ["BACKENDS", "REDUCTIONS", "BackendName", "ClassSelection", "Reduction"]
+__all__ = ["BACKENDS", "REDUCTIONS", "BackendName", "Bins", "ClassSelection", "Reduction"]
 
 Reduction: TypeAlias = Literal["mean", "sum", "none"]
 """``"mean"``, ``"sum"`` or ``"none"``, as in ``torch.nn.functional``."""
 
 BackendName: TypeAlias = Literal["auto", "torch", "native", "triton"]
 """Which implementation evaluates the binned engine (see :mod:`lovasz.engine.backends`)."""
+
+Bins: TypeAlias = int | None | Literal["auto"]
+"""The engine: ``"auto"`` (binned where it is faster, exact for float64 and small groups), ``None`` (exact)
+or an int (binned, with that many bins); see :func:`lovasz.engine.backends.auto_bins`."""
 
 ClassSelection: TypeAlias = Literal["present", "all"] | Sequence[int]
 """Classes averaged by :func:`lovasz.lovasz_softmax`: ``"present"``, ``"all"`` or a sequence of ids."""

@@ -23,6 +23,11 @@ call (the C library not built or not loaded, so a CPU call runs on the PyTorch e
 failing their probe on a device) it says so once with a :class:`LovaszFallbackWarning` that gives the
 reason and the fix.  Errors of a real call are never caught.
 
+**The engine.**  ``bins="auto"`` (the losses' default) is resolved first, by :func:`auto_bins`: the
+exact engine for float64 input (precision asked for) and for groups of fewer than
+:data:`AUTO_EXACT_BELOW` elements (where a sort costs less than a table of bins), the binned engine with
+:data:`~lovasz.engine.histogram.DEFAULT_BINS` otherwise.
+
 The outcome is a :class:`Decision`, which the loss hands to its input checks (the native kernels check
 the values themselves: :attr:`Decision.checks_inputs`) and to the engine (:func:`lovasz.engine.group_losses`).
 :func:`explain` shows the decision for a call without running it.
@@ -34,10 +39,11 @@ import warnings
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 from .. import surrogates
-from .._checks import check_backend
+from .._checks import check_backend, check_bins
 from ..types import BACKENDS
 from . import config
 from .probe import triton_probe, triton_works
@@ -147,6 +153,35 @@ def _requested(backend: str) -> tuple[str, Source, str]:
     return env, "environment" if env != "auto" else "automatic", f"{ENV_VAR}={env}"
 
 
+AUTO_EXACT_BELOW = 4096
+"""``bins="auto"`` takes the exact engine for groups (one class of one image, or of the batch) of fewer
+elements than this.  ``benchmarks/bench_auto.py`` times both engines around it."""
+
+
+def auto_bins(
+    bins: object, x: object, *, per_image: object, channels: int | None = None, distributed: bool = False
+) -> object:
+    """What ``bins`` means for a call on ``x``: ``"auto"`` becomes ``None`` (the exact engine) for float64
+    input and for groups of fewer than :data:`AUTO_EXACT_BELOW` elements, else ``DEFAULT_BINS``; any other
+    value is returned as it is (the loss's checks judge it).  ``channels``: the groups per image (the
+    classes; by default ``x.shape[1]``).  With a process group (``distributed``) the choice does not depend
+    on the local batch, which differs between ranks: binned unless float64 (the exact engine would gather
+    every rank's errors)."""
+    if not (isinstance(bins, str) and bins == "auto"):
+        return bins
+    from .histogram import DEFAULT_BINS
+
+    if not isinstance(x, Tensor) or x.dim() < 1 or x.numel() == 0:
+        return DEFAULT_BINS  # the loss's checks refuse such an input
+    if x.dtype == torch.float64:
+        return None
+    if distributed:
+        return DEFAULT_BINS
+    c = (x.shape[1] if x.dim() >= 2 else 1) if channels is None else channels
+    groups = c * (x.shape[0] if per_image is True else 1)
+    return None if x.numel() < AUTO_EXACT_BELOW * groups else DEFAULT_BINS
+
+
 def resolve(backend: str, x: Tensor, bins: int | None, surrogate: str | surrogates.Surrogate | None = None) -> Decision:
     """Choose the engine and backend for a loss on ``x`` (see the module docstring for the order)."""
     if bins is None:
@@ -223,8 +258,9 @@ def explain(
     *,
     loss: Literal["softmax", "hinge", "sigmoid"] = "softmax",
     from_logits: bool = True,
-    bins: int | None = None,
+    bins: int | str | None = "auto",
     backend: str = "auto",
+    per_image: bool | None = None,
 ) -> Explanation:
     """Which engine and backend ``lovasz_<loss>(input, ..., bins=bins, backend=backend)`` would use, without
     running it.
@@ -238,8 +274,10 @@ def explain(
         input: the scores the loss would get (their device and dtype matter).
         loss: ``"softmax"``, ``"hinge"`` or ``"sigmoid"``.
         from_logits: whether ``input`` holds logits (as the loss's argument).
-        bins: ``None`` (the exact engine) or the binned engine's bins.
+        bins: as the loss's ``bins=``: ``"auto"``, ``None`` (the exact engine) or the binned engine's bins.
         backend: as the loss's ``backend=``.
+        per_image: as the loss's ``per_image=`` (``None``: the loss's default), which sets the size of
+            the groups that ``bins="auto"`` looks at.
 
     Returns:
         An :class:`Explanation`; ``str()`` of it reads as a short report.
@@ -247,8 +285,10 @@ def explain(
     Example:
         >>> import torch, lovasz
         >>> x = torch.randn(2, 3, 8, 8)
-        >>> lovasz.explain(x).engine
+        >>> lovasz.explain(x).engine  # bins="auto": 128 elements per class is a small group
         'exact'
+        >>> lovasz.explain(torch.randn(8, 3, 64, 64)).engine
+        'binned'
         >>> print(lovasz.explain(x, bins=256, backend="torch"))  # doctest: +ELLIPSIS
         binned engine, backend 'torch' (argument choice)
         ...
@@ -257,6 +297,10 @@ def explain(
     """
     s = surrogates.for_loss(loss, from_logits)
     check_backend(backend)
+    if per_image is None:
+        per_image = loss == "hinge"
+    channels = None if loss == "softmax" else (input.shape[1] if input.dim() >= 4 else 1)
+    bins = check_bins(auto_bins(bins, input, per_image=per_image, channels=channels))
     decision = resolve(backend, input, bins, s)
     rejected = {
         name: other.not_supported_reasons(input, bins, s) for name, other in REGISTRY.items() if name != decision.name
