@@ -17,7 +17,7 @@ Reduction: TypeAlias = Literal["mean", "sum", "none"]
 BackendName: TypeAlias = Literal["auto", "torch", "native", "triton"]
 """Which implementation evaluates the binned engine (see :mod:`lovasz.engine.backends`)."""
 
-Bins: TypeAlias = int | None | Literal["auto"]
+Bins: TypeAlias = int | Literal["auto"] | None
 """The engine: ``"auto"`` (binned where it is faster, exact for float64 and small groups), ``None`` (exact)
 or an int (binned, with that many bins); see :func:`lovasz.engine.backends.auto_bins`."""
 
