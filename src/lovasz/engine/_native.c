@@ -74,7 +74,7 @@ static inline float exp_neg(float v) {
 }
 
 /* Log-linear bin of a value in [0, 1/2] given by its bits (Binning._log_bin).  The sub-bin product fits
- * 32 unsigned bits (mantissa < 2^23) while per_octave < 512 (the default is 107), which vectorizes far
+ * 32 unsigned bits (mantissa < 2^23) while per_octave < 512 (107 at the default bins), which vectorizes far
  * better than 64-bit lanes; larger per_octave take the 64-bit product. */
 static inline int32_t log_bin(int32_t b, int32_t lo_bits, int32_t lo, int32_t per_octave) {
     int32_t octave = (b >> 23) - 127 - lo;

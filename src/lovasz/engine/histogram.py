@@ -53,8 +53,16 @@ monotone, positively homogeneous and ``f(c·1) <= c``, hence
 
     0 <= f(e) − L_binned(e) <= f(e)/P + 2^lo·U
 
-a relative error of at most ``1/P``: 0.93 % at the default ``bins`` (``lo = -20``, ``P = 107``), plus
-``U·2^-20`` absolute.
+a relative error of at most ``1/P``: 0.93 % at the default ``bins`` (``lo = -24``, ``P = 107``), plus
+``U·2^-24`` absolute.
+
+**Why ``lo = -24``.**  ``x`` is a float32, so in ``[1/2, 1)`` it is a multiple of ``2^-24`` and so is ``d``:
+with ``lo = -24`` (and ``P >= 8``) every float32 value of ``x`` within ``2^-20`` of the top has a bin of its
+own, and near zero the bins reach down as far.  Errors that crowd there (confident false positives next
+to a missed small object: a softmax probability within ``1e-6`` of 1, more of them than the exact head
+holds) are then ranked by value, as the exact float32 engine ranks them, instead of sharing one averaged
+weight (``tests/test_fidelity.py``, the crowded top bin).  The four extra octaves each way cost
+``8·P`` bins, which :data:`DEFAULT_BINS` includes to keep ``P = 107``.
 """
 
 from __future__ import annotations
@@ -76,7 +84,7 @@ __all__ = [
     "weight_tables",
 ]
 
-DEFAULT_BINS = 4096
+DEFAULT_BINS = 4924  # = 2 + 2·23·107: P = 107 sub-bins per octave with lo = -24
 
 # The exact head.  Where a group's largest errors are few and close together (a small object, a class at
 # initialisation, confident false positives), their exact Lovász weights differ a lot from rank to rank
@@ -97,7 +105,7 @@ class Binning:
     per_octave: int
 
     @classmethod
-    def for_bins(cls, bins: int, lo: int = -20) -> Binning:
+    def for_bins(cls, bins: int, lo: int = -24) -> Binning:
         """The binning with at most ``bins`` bins."""
         return cls(lo, max(1, (bins - 2) // (2 * (-1 - lo))))
 
