@@ -24,6 +24,7 @@ CHECKS = [
     ("triton_cases.py", "test_triton_matches_pytorch_binned_engine"),
     ("triton_cases.py", "test_triton_bin_index_equals_binning_index"),
     ("triton_cases.py", "test_triton_head_weights_equal_head_weights"),
+    ("triton_cases.py", "test_triton_fidelity_in_a_crowded_top_bin"),
     ("test_cuda.py", "test_torch_compile_default_backend"),
     ("test_cuda.py", "test_automatic_choice_is_the_fused_backend_without_fallback"),
 ]

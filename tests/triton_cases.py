@@ -97,3 +97,13 @@ def test_triton_head_weights_equal_head_weights():
     assert (out.head_values >= 0).sum(dim=1).tolist() == [20] * 6 and out.head_values.shape[1] == HEAD
     want = head_weights(out.head_values, out.head_fg, out.head_values >= 0, out.n_fg)
     assert torch.equal(out.head_weights, want.to(torch.float32))
+
+
+def test_triton_fidelity_in_a_crowded_top_bin():
+    # tests/test_fidelity.py's crowded top bin (a missed small object next to confident false positives)
+    # with the Triton kernels: the same bar against float64 as the CPU backends.
+    from test_fidelity import check_crowded_top_bin
+
+    for margin in (10, 12, 14, 20):
+        for from_logits in (True, False):
+            check_crowded_top_bin(BACKEND, margin, from_logits)
