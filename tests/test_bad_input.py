@@ -76,7 +76,7 @@ def test_ignore_index_inside_class_range_is_honoured():
         (lambda: lovasz.LovaszSoftmaxLoss(classes=[0, -1]), ValueError, "class id -1 in classes is negative"),
         (lambda: lovasz.LovaszSoftmaxLoss(bins=0), ValueError, "bins must be at least 64"),
         (lambda: lovasz.LovaszHingeLoss(bins=0), ValueError, "bins must be at least 64"),
-        (lambda: lovasz.LovaszSigmoidLoss(bins=256.0), TypeError, "bins must be None"),
+        (lambda: lovasz.LovaszSigmoidLoss(bins=256.0), TypeError, "bins must be .auto., None"),
         (lambda: lovasz.LovaszSoftmaxLoss(reduction="avg"), ValueError, "reduction must be one of"),
         (lambda: lovasz.LovaszSigmoidLoss(reduction="avg"), ValueError, "reduction must be one of"),
         (

@@ -54,9 +54,9 @@ def test_functions_accept_numpy_integers(bins):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"bins": np.float64(256)}, TypeError, "bins must be None"),
-        ({"bins": np.bool_(True)}, TypeError, "bins must be None"),
-        ({"bins": True}, TypeError, "bins must be None"),
+        ({"bins": np.float64(256)}, TypeError, "bins must be .auto., None"),
+        ({"bins": np.bool_(True)}, TypeError, "bins must be .auto., None"),
+        ({"bins": True}, TypeError, "bins must be .auto., None"),
         ({"bins": np.int64(8)}, ValueError, "bins must be at least 64"),
         ({"ignore_index": np.float32(255)}, TypeError, "ignore_index must be an int"),
         ({"ignore_index": False}, TypeError, "ignore_index must be an int"),
