@@ -307,6 +307,19 @@ def _head_topk(mask: Tensor, e: Tensor, cells: Tensor, per_image: bool, b: int, 
     return values, head_fg, pos
 
 
+def _cells(s: Surrogate, e2: Tensor, inv: Tensor, offsets: Tensor, binning: Binning, index, fg, valid) -> Tensor:
+    """The cells ``offsets + 2·bin + is_fg`` (int32 ``[B·C, N]``) of the errors ``e2`` (:func:`cell_codes`,
+    then the foreground bit of the valid pixels; a pixel that is not valid has error 0: bin 0, background)."""
+    cells = cell_codes(e2, inv, offsets, binning)
+    if s.per_class:
+        b, n = index.shape[0], index.shape[2]
+        bit = torch.ones((), dtype=torch.int32, device=e2.device).expand(index.shape) if valid is None else valid.int()
+        cells.view(b, -1, n).scatter_add_(1, index, bit)
+    else:
+        cells.view(fg.shape).add_(fg)
+    return cells
+
+
 class _BinnedScores(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, target: Tensor, s: Surrogate, per_image: bool, ignore_index, binning: Binning):  # type: ignore[override]
@@ -325,20 +338,17 @@ class _BinnedScores(torch.autograd.Function):
         inv = inverse_top(top)[group_of_row].unsqueeze(1)
         offsets = (2 * k * group_of_row).to(torch.int32).unsqueeze(1)
         e2 = e.view(b * c, n)
-        cells = cell_codes(e2, inv, offsets, binning)
-        # The foreground bit (valid pixels only; a pixel that is not valid has error 0: bin 0, background).
-        if s.per_class:
-            bit = torch.ones((), dtype=torch.int32, device=dev).expand(index.shape) if valid is None else valid.int()
-            cells.view(b, c, n).scatter_add_(1, index, bit)
-        else:
-            cells.view(b, c, n).add_(fg)
-        # Kept for backward: each element's cell within its group (int16 while 2·K fits).
-        code_dtype = torch.int16 if 2 * k <= torch.iinfo(torch.int16).max else torch.int32
-        code = (
-            (cells - offsets).to(code_dtype)
-            if _compiling()
-            else torch.sub(cells, offsets, out=torch.empty_like(cells, dtype=code_dtype))
-        )
+        cells = _cells(s, e2, inv, offsets, binning, index, fg, valid)
+        # Kept for backward: each element's cell within its group as int16 (while 2·K fits), at most half of
+        # cross-entropy's log-probabilities for float32/float64 scores; for 2-byte scores nothing per element
+        # (backward recomputes the cells from the scores and the anchors).
+        code = None
+        if x.element_size() >= 4:
+            code_dtype = torch.int16 if 2 * k <= torch.iinfo(torch.int16).max else torch.int32
+            if _compiling():
+                code = (cells - offsets).to(code_dtype)
+            else:
+                code = torch.sub(cells, offsets, out=torch.empty_like(cells, dtype=code_dtype))
         counts = _count_cells(cells, 2 * g * k).view(g, k, 2)
         if valid is not None:  # the pixels that are not valid were counted in bin 0 as background
             invalid = (~valid).sum(dim=-1, dtype=torch.int64)  # [B, 1] or [B, C]
@@ -359,14 +369,15 @@ class _BinnedScores(torch.autograd.Function):
         row_losses = torch.linalg.vecdot(e2, w, dim=1)
         losses = _group_sum(row_losses, per_image, b, c).to(torch.float64)
         losses = losses + (head_w * head_values.clamp_min(0).to(torch.float64)).sum(dim=1)
-        ctx.save_for_backward(x, target, code, table, position, head_w.to(dtype), head_fg)
+        ctx.save_for_backward(x, target, code, top, table, position, head_w.to(dtype), head_fg)
+        ctx.binning = binning
         ctx.config = (s, per_image, ignore_index, k)
         ctx.mark_non_differentiable(n_fg, n_valid)
         return losses.to(dtype), n_fg, n_valid
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor, _n_fg, _n_valid):  # type: ignore[override]
-        x, target, code, table, position, head_w, head_fg = ctx.saved_tensors
+        x, target, code, top, table, position, head_w, head_fg = ctx.saved_tensors
         s, per_image, ignore_index, k = ctx.config
         b, c, n = x.shape
         g = b * c if per_image else c
@@ -380,7 +391,15 @@ class _BinnedScores(torch.autograd.Function):
         head = head_w * torch.where(head_fg, sign[1], 1.0) * gl.unsqueeze(1)
         group_of_row = _rows(per_image, b, c, x.device)
         offsets = (2 * k * group_of_row).to(torch.int32).view(b, c, 1)
-        index = offsets + code.view(b, c, n)  # int32: the cell of every element (foreground bit included)
+        idx, fg, valid = _labels(s, x, target, ignore_index)
+        if code is not None:
+            index = offsets + code.view(b, c, n)  # int32: the cell of every element (foreground bit included)
+        else:
+            with torch.no_grad():
+                e = _errors(s, x.detach(), idx, fg, valid).view(b * c, n)
+                inv = inverse_top(top)[group_of_row].unsqueeze(1)
+                index = _cells(s, e, inv, offsets.view(b * c, 1), ctx.binning, idx, fg, valid).view(b, c, n)
+                del e
         if not _eager_kernels(x.device):
             index = index.long()
         grad = scaled.index_select(0, index.reshape(-1))
@@ -389,16 +408,14 @@ class _BinnedScores(torch.autograd.Function):
             grad.index_put((position[used],), head[used]) if graph else grad.index_put_((position[used],), head[used])
         )
         grad = grad.view(b, c, n)
-        idx, fg, valid = _labels(s, x, target, ignore_index)
         if valid is not None:
             grad = grad.masked_fill(~valid, 0.0) if graph else grad.masked_fill_(~valid, 0.0)
         if graph:
             (grad,) = torch.autograd.grad(_errors_graph(s, x, idx, fg, valid), x, grad, create_graph=True)
             return grad, None, None, None, None, None
         xs = x.detach().to(dtype)
-        if s.per_class and s.from_logits:  # softmax: p ⊙ (g − Σ_c p_c g_c)
-            p = xs.softmax(dim=1)
-            grad = grad.sub_(torch.linalg.vecdot(grad, p, dim=1).unsqueeze(1)).mul_(p)
+        if s.per_class and s.from_logits:  # softmax: p ⊙ (g − Σ_c p_c g_c), rounded as autograd's softmax does
+            grad = torch._softmax_backward_data(grad, xs.softmax(dim=1), 1, dtype)
         elif s == HINGE:
             grad = torch.where(torch.where(fg, xs, -xs) < 1.0, grad, 0.0)  # relu's derivative: 0 where 1 - s·y <= 0
         elif not s.per_class and s.from_logits:
