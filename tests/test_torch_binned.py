@@ -230,6 +230,14 @@ def test_sparse_tables_are_the_dense_tables(monkeypatch):
     dense = [H.weight_tables(counts[..., 1], counts[..., 0]), H.weight_tables(counts[..., 1], counts[..., 0], n)]
     for a, b in zip(sparse, dense, strict=True):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    # count_tables: the table, counts and cut (the top bin crowded: an empty head; head = 0: no head)
+    counts[3, -1, 0] = 100
+    for head in (HEAD, 0, 5):
+        monkeypatch.setattr(H, "SPARSE_TABLES", 1)
+        sparse_tables = H.count_tables(counts, torch.float32, head)
+        monkeypatch.setattr(H, "SPARSE_TABLES", 1 << 40)
+        dense_tables = H.count_tables(counts, torch.float32, head)
+        assert all(torch.equal(a, b) for a, b in zip(sparse_tables, dense_tables, strict=True))
 
 
 @pytest.mark.parametrize("kind,kw", [CASES[1], CASES[3], CASES[5], CASES[7]])

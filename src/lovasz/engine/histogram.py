@@ -279,9 +279,36 @@ def count_tables(
     """What :func:`histogram_losses` gives from a histogram's counts alone (``[G, K, 2]`` integers,
     ``[..., 0]`` background, ``[..., 1]`` foreground), for a loss evaluated as ``Σ_i e_i·w_i`` over the
     elements themselves: ``(table, fg_count, valid_count, cut)``, the same table, counts and cut."""
+    if counts.device.type == "cpu" and counts[..., 0].numel() > SPARSE_TABLES and not torch.compiler.is_compiling():
+        return _sparse_count_tables(counts, table_dtype, head)
     w_fg, w_bg, cut = _cut_weights(counts, head)
     table = torch.stack([w_bg, w_fg], dim=-1).to(table_dtype)
     return table, counts[..., 1].sum(dim=1), counts.sum(dim=(1, 2)), cut
+
+
+def _sparse_count_tables(counts: Tensor, table_dtype: torch.dtype, head: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`count_tables` computed at the non-empty bins only (the same numbers, so the same bits): the
+    counts above each bin from prefix sums over the non-empty bins in (group, bin) order, and the cut as one
+    past the highest bin with more than ``head`` elements at or above it."""
+    g, k, _ = counts.shape
+    per_bin = counts.sum(dim=2)
+    rows, cols = per_bin.nonzero(as_tuple=True)
+    fs, gs = counts[rows, cols, 1].to(torch.float64), counts[rows, cols, 0].to(torch.float64)
+    n_fg, n_valid = counts[..., 1].sum(dim=1), per_bin.sum(dim=1)
+    total_f, total_b = n_fg.to(torch.float64), (n_valid - n_fg).to(torch.float64)
+
+    def above(v: Tensor, total: Tensor) -> Tensor:  # the group's total minus the inclusive prefix
+        return total[rows] - (v.cumsum(0) - (total.cumsum(0) - total)[rows])
+
+    above_f, above_b = above(fs, total_f), above(gs, total_b)
+    w_fg, w_bg = _weights(fs, gs, total_f[rows], above_f, above_b)
+    crowded = above_f + above_b + fs + gs > head
+    highest = torch.full((g,), -1, dtype=torch.int64).scatter_reduce_(0, rows[crowded], cols[crowded], "amax")
+    cut = highest + 1
+    below = cols < cut[rows]
+    table = torch.zeros(g * k, 2, dtype=table_dtype)
+    table[rows * k + cols] = torch.stack([w_bg * below, w_fg * below], dim=1).to(table_dtype)
+    return table.view(g, k, 2), n_fg, n_valid, cut
 
 
 def head_cut(hist: Histogram, head: int = HEAD) -> Tensor:
