@@ -4,7 +4,8 @@ The torch backend is what runs where the C library is not built, on MPS/XPU, and
 Every method runs in one process, interleaved (the order rotates every round), after two warm-up calls;
 the table gives the median forward+backward time, its ratio to cross-entropy (BCE for the binary size) in
 the same process, and the memory the autograd graph holds between forward and backward beyond the inputs
-(``saved_tensors_hooks``, each storage once: :func:`bench_binned.held_bytes`), also as a ratio.  The run
+(``saved_tensors_hooks``, each storage once: :func:`bench_binned.held_bytes`), also as a ratio ("n/a" where
+BCE holds nothing beyond its inputs).  The run
 happens in a child process with glibc's allocator kept warm (``MALLOC_MMAP_THRESHOLD_`` /
 ``MALLOC_TRIM_THRESHOLD_`` raised, :data:`bench_binned.WARM_ENV`: buffers are reused, as GPU caching
 allocators do), on ``--threads`` threads (2 by default), eager.  Labels are uniform (every class in every
@@ -94,7 +95,7 @@ def run(sizes: list[str], rounds: int) -> list[dict]:
             base_held = held if base_held is None else base_held
             med = statistics.median(times[name])
             out.append(dict(size=size, method=name, ms=1000 * med, ratio=med / base, held_mib=held / 2**20,
-                            held_ratio=held / base_held if base_held else float("nan"), rounds=rounds))  # fmt: skip
+                            held_ratio=held / base_held if base_held else None, rounds=rounds))  # fmt: skip
     return out
 
 
@@ -108,7 +109,7 @@ def table(rows: list[dict]) -> str:
     ]
     for r in rows:
         cells = [r["size"], r["method"], f"{r['ms']:.1f}", f"{r['ratio']:.2f}", f"{r['held_mib']:.1f}",
-                 f"{r['held_ratio']:.2f}", r["rounds"]]  # fmt: skip
+                 "n/a" if r["held_ratio"] is None else f"{r['held_ratio']:.2f}", r["rounds"]]  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -116,7 +117,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=SIZES, help="BxCxHxW; C=1 means the binary hinge loss")
-    p.add_argument("--rounds", type=int, default=9, help="timed rounds (each method once per round)")
+    p.add_argument("--rounds", type=int, default=7, help="timed rounds (each method once per round)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--output", default=str(RESULTS), help="where the markdown table is written")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
