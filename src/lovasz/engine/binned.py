@@ -57,10 +57,10 @@ def _cells_into(e: Tensor, inv: Tensor, offsets: Tensor, binning: Binning, out: 
     c = (127 + binning.lo) * p - 1
     x = e * inv if e.dtype == torch.float32 else e.to(torch.float32) * inv
     up = x >= 0.5
-    v = torch.minimum(x, torch.neg(x).add_(1.0))  # v: x below 1/2, else d = 1 - x (exact there)
+    v = torch.neg(x).add_(1.0).clamp_(max=x)  # v: x below 1/2, else d = 1 - x (exact there)
     del x
     vb = v.view(torch.int32)  # negative (sign bit) only where x > 1: the top bin, as with d clamped to 0
-    y = torch.bitwise_right_shift(vb, 23)
+    y = torch.bitwise_right_shift(vb, 23, out=out)
     vb.bitwise_and_((1 << 23) - 1).mul_(p).bitwise_right_shift_(23)
     torch.add(vb, y, alpha=p, out=y).clamp_min_(c)
     lower = torch.add(offsets - 2 * c, y, alpha=2, out=vb)
@@ -366,7 +366,7 @@ class _BinnedScores(torch.autograd.Function):
             head_values, head_fg, position = _head_topk(mask.view(b, c, n), e, cells, per_image, b, c, n)
         head_w = head_weights(head_values, head_fg, head_values >= 0, n_fg)
         w = table.reshape(-1).index_select(0, cells.reshape(-1)).view(b * c, n)
-        row_losses = torch.linalg.vecdot(e2, w, dim=1)
+        row_losses = w.mul_(e2).sum(dim=1)
         losses = _group_sum(row_losses, per_image, b, c).to(torch.float64)
         losses = losses + (head_w * head_values.clamp_min(0).to(torch.float64)).sum(dim=1)
         ctx.save_for_backward(x, target, code, top, table, position, head_w.to(dtype), head_fg)
