@@ -274,12 +274,14 @@ def _held_bytes(fn, x, t) -> int:
 
 @pytest.mark.parametrize("per_image", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_held_memory_is_at_most_cross_entropys(per_image, dtype):
-    # Kept: a 2-byte cell code per element and the G × K table (8·K bytes a group): at most cross-entropy's
-    # log-probabilities once images have 4·K pixels or more (a 256² image here).
+@pytest.mark.parametrize("shape", [(2, 3, 256, 256), (1, 150, 128, 128)])
+def test_held_memory_is_at_most_cross_entropys(per_image, dtype, shape):
+    # Kept: the G × K table (8·K bytes a group) and, where it all fits in cross-entropy's log-probabilities,
+    # a 2-byte cell code per element (150 classes of 128² per image: the table alone, cells recomputed).
     g = torch.Generator().manual_seed(0)
-    x = (torch.randn(2, 3, 256, 256, generator=g) * 3).to(dtype).requires_grad_(True)
-    t = torch.randint(0, 3, (2, 256, 256), generator=g)
+    b, c, h, w = shape
+    x = (torch.randn(shape, generator=g) * 3).to(dtype).requires_grad_(True)
+    t = torch.randint(0, c, (b, h, w), generator=g)
     ce = _held_bytes(lambda v, t: F.cross_entropy(v, t), x, t)
     ours = _held_bytes(lambda v, t: lovasz.lovasz_softmax(v, t, bins=BINS, backend="torch", per_image=per_image), x, t)
     assert 0 < ours <= ce, (ours, ce)

@@ -7,11 +7,15 @@ Two entry points share the binning (:func:`cell_codes`) and the weight tables (:
   builds the errors under ``no_grad`` in the ``[B, C, N]`` layout (no ``[G, P]`` copy), the anchors, each
   element's cell ``(group, bin, is_fg)`` in int32, the per-cell *counts* (int64), the weight table and the
   exact head; the loss is ``Σ_i e_i·w_i`` with the table's weights, plus the head's exact weights.
-  Between forward and backward it keeps the scores and labels (the inputs), each element's cell within its
-  group as int16 (half of cross-entropy's float32 log-probabilities; int32 when ``bins > 16383``) and the
-  ``G × K`` table; backward looks the weights up, recomputes the probabilities (one softmax or sigmoid)
-  and applies the surrogate's derivative itself.  A backward that records a graph (``create_graph=True``)
-  recomputes the errors with autograd instead, so higher-order gradients work.
+  Between forward and backward it keeps the scores and labels (the inputs), the ``G × K`` table, the head
+  (``G × HEAD``) and the anchors, plus each element's cell within its group as int16 (int32 when
+  ``bins > 16383``) when all of it fits in what cross-entropy keeps (one input-sized tensor: float32 scores
+  and images of at least ``4·bins`` pixels per image, or any batch loss of that size); otherwise backward
+  recomputes the cells from the scores (float16/bfloat16 scores, small images per image), and the graph
+  holds the tables only, ``8·bins`` bytes a group.  Backward looks the weights up, recomputes the
+  probabilities (one softmax or sigmoid) and applies the surrogate's derivative itself.  A backward that
+  records a graph (``create_graph=True``) recomputes the errors with autograd instead, so higher-order
+  gradients work.
 * :func:`lovasz_binned` / :func:`lovasz_binned_counts`, from a materialized ``[G, P]`` error matrix (the
   errors' own gradient), and the path over several processes (``sync``: anchors by
   :meth:`~lovasz.distributed.ProcessSync.all_max`, the float64 histogram with error sums and the exact
@@ -339,12 +343,15 @@ class _BinnedScores(torch.autograd.Function):
         offsets = (2 * k * group_of_row).to(torch.int32).unsqueeze(1)
         e2 = e.view(b * c, n)
         cells = _cells(s, e2, inv, offsets, binning, index, fg, valid)
-        # Kept for backward: each element's cell within its group as int16 (while 2·K fits), at most half of
-        # cross-entropy's log-probabilities for float32/float64 scores; for 2-byte scores nothing per element
-        # (backward recomputes the cells from the scores and the anchors).
+        # Kept for backward: each element's cell within its group as int16 (int32 when 2·K does not fit), when
+        # that code, the table and the head together take at most what cross-entropy keeps (its
+        # log-probabilities, one input-sized tensor); otherwise nothing per element (2-byte scores, or small
+        # images per image): backward recomputes the cells from the scores and the anchors.
         code = None
-        if x.element_size() >= 4:
-            code_dtype = torch.int16 if 2 * k <= torch.iinfo(torch.int16).max else torch.int32
+        code_dtype = torch.int16 if 2 * k <= torch.iinfo(torch.int16).max else torch.int32
+        elements = b * c * n
+        kept = elements * code_dtype.itemsize + g * (2 * k * torch.finfo(dtype).bits // 8 + 512)
+        if kept <= elements * x.element_size():
             if _compiling():
                 code = (cells - offsets).to(code_dtype)
             else:
