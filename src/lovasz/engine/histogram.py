@@ -172,10 +172,31 @@ def _sparse_weights(f: Tensor, g: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
         prefix = v.cumsum(0) - (total.cumsum(0) - total)[rows]
         return total[rows] - prefix
 
-    w_fg_s, w_bg_s = _weights(fs, gs, n.view(-1)[rows], above(fs), above(gs))
+    w_fg_s, w_bg_s = _weights_fg_subset(fs, gs, n.view(-1)[rows], above(fs), above(gs))
     w_fg, w_bg = torch.zeros_like(f), torch.zeros_like(g)
     w_fg[rows, cols] = w_fg_s
     w_bg[rows, cols] = w_bg_s
+    return w_fg, w_bg
+
+
+def _weights_fg_subset(f: Tensor, g: Tensor, n: Tensor, above_f: Tensor, above_b: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_weights` of 1-D bins, with the foreground weight (two digammas) computed only where ``f > 0``
+    (elsewhere ``f · w_fg`` is ``+0`` and ``w_fg`` is 0): the same bits."""
+    u = n + above_b
+    u_safe = u.clamp_min(1.0)
+    has_fg = n > 0
+    j_before = torch.where(has_fg, 1.0 - (n - above_f) / u_safe, (above_b > 0).to(f.dtype))
+    u_after = (u + g).clamp_min(1.0)
+    j_after = torch.where(has_fg, 1.0 - (n - above_f - f) / u_after, ((above_b + g) > 0).to(f.dtype))
+    delta = j_after - j_before
+    sel = (f > 0).nonzero().squeeze(1)
+    fs, gs, us = f[sel], g[sel], u_safe[sel]
+    w_sel = (torch.digamma(us + gs + 1.0) - torch.digamma(us)) / (gs + 1.0)
+    delta[sel] = delta[sel] - fs * w_sel
+    w_bg = delta.div_(g.clamp_min(1.0))
+    w_bg = torch.where(g > 0, w_bg.clamp_min(0.0), 0.0)
+    w_fg = torch.zeros_like(f)
+    w_fg[sel] = w_sel
     return w_fg, w_bg
 
 
@@ -301,7 +322,7 @@ def _sparse_count_tables(counts: Tensor, table_dtype: torch.dtype, head: int) ->
         return total[rows] - (v.cumsum(0) - (total.cumsum(0) - total)[rows])
 
     above_f, above_b = above(fs, total_f), above(gs, total_b)
-    w_fg, w_bg = _weights(fs, gs, total_f[rows], above_f, above_b)
+    w_fg, w_bg = _weights_fg_subset(fs, gs, total_f[rows], above_f, above_b)
     crowded = above_f + above_b + fs + gs > head
     highest = torch.full((g,), -1, dtype=torch.int64).scatter_reduce_(0, rows[crowded], cols[crowded], "amax")
     cut = highest + 1
