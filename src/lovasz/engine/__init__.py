@@ -17,7 +17,7 @@ from torch import Tensor
 from .. import surrogates
 from ..errors import build_errors
 from .backends import BackendNotSupportedError, Decision, LovaszFallbackWarning, resolve, triton_probe
-from .binned import lovasz_binned, lovasz_binned_counts
+from .binned import binned_scores, lovasz_binned, lovasz_binned_counts
 from .exact import lovasz_exact
 from .histogram import DEFAULT_BINS, Binning, Histogram, histogram_losses, weight_tables
 from .result import GroupLosses
@@ -101,8 +101,13 @@ def group_losses(
             sync=sync,
         )
         return result.view(*shape)
+    if binning is not None and sync is None:  # one autograd function from the scores (.binned)
+        losses, n_fg, n_valid = binned_scores(
+            s, x, target, per_image=per_image, ignore_index=ignore_index, binning=binning
+        )
+        return GroupLosses(losses, n_fg, n_valid).view(*shape)
     groups = build_errors(s, x, target, per_image=per_image, ignore_index=ignore_index)
-    if binning is not None:
+    if binning is not None:  # over several processes: the error matrix and the histogram's all-reduce
         losses, n_fg, n_valid = lovasz_binned_counts(groups.errors, groups.fg, groups.valid, binning, sync)
         return GroupLosses(losses, n_fg, n_valid).view(*shape)
     errors, fg, valid = groups.errors, groups.fg, groups.valid

@@ -77,6 +77,7 @@ __all__ = [
     "HEAD",
     "Binning",
     "Histogram",
+    "count_tables",
     "head_cut",
     "head_weights",
     "histogram_losses",
@@ -155,9 +156,61 @@ def weight_tables(fg_counts: Tensor, bg_counts: Tensor, n: Tensor | None = None)
     f = fg_counts.to(torch.float64)
     g = bg_counts.to(torch.float64)
     n = f.sum(dim=1, keepdim=True) if n is None else n.to(torch.float64).view(-1, 1)
+    if f.device.type == "cpu" and f.numel() > SPARSE_TABLES and not torch.compiler.is_compiling():
+        return _sparse_weights(f, g, n)
     # Counts in strictly higher bins: reverse exclusive cumulative sums.
     above_f = f.flip(1).cumsum(1).flip(1) - f
     above_b = g.flip(1).cumsum(1).flip(1) - g
+    return _weights(f, g, n, above_f, above_b)
+
+
+# Tables with more (group, bin) entries than this are computed on the non-empty bins only, on the CPU (most
+# bins of a per-image table are empty); the same formulas on the same numbers, so the same bits.
+SPARSE_TABLES = 1 << 16
+
+
+def _sparse_weights(f: Tensor, g: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`weight_tables` evaluated at the non-empty bins (``[G, K]`` float64 counts, ``n`` ``[G, 1]``)."""
+    rows, cols = ((f > 0) | (g > 0)).nonzero(as_tuple=True)  # in (group, bin) order
+    fs, gs = f[rows, cols], g[rows, cols]
+    groups = f.shape[0]
+
+    def above(v: Tensor) -> Tensor:  # the group's total minus the inclusive prefix: counts in higher bins
+        total = torch.zeros(groups, dtype=v.dtype).index_add_(0, rows, v)
+        prefix = v.cumsum(0) - (total.cumsum(0) - total)[rows]
+        return total[rows] - prefix
+
+    w_fg_s, w_bg_s = _weights_fg_subset(fs, gs, n.view(-1)[rows], above(fs), above(gs))
+    w_fg, w_bg = torch.zeros_like(f), torch.zeros_like(g)
+    w_fg[rows, cols] = w_fg_s
+    w_bg[rows, cols] = w_bg_s
+    return w_fg, w_bg
+
+
+def _weights_fg_subset(f: Tensor, g: Tensor, n: Tensor, above_f: Tensor, above_b: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_weights` of 1-D bins, with the foreground weight (two digammas) computed only where ``f > 0``
+    (elsewhere ``f · w_fg`` is ``+0`` and ``w_fg`` is 0): the same bits."""
+    u = n + above_b
+    u_safe = u.clamp_min(1.0)
+    has_fg = n > 0
+    j_before = torch.where(has_fg, 1.0 - (n - above_f) / u_safe, (above_b > 0).to(f.dtype))
+    u_after = (u + g).clamp_min(1.0)
+    j_after = torch.where(has_fg, 1.0 - (n - above_f - f) / u_after, ((above_b + g) > 0).to(f.dtype))
+    delta = j_after - j_before
+    sel = (f > 0).nonzero().squeeze(1)
+    fs, gs, us = f[sel], g[sel], u_safe[sel]
+    w_sel = (torch.digamma(us + gs + 1.0) - torch.digamma(us)) / (gs + 1.0)
+    delta[sel] = delta[sel] - fs * w_sel
+    w_bg = delta.div_(g.clamp_min(1.0))
+    w_bg = torch.where(g > 0, w_bg.clamp_min(0.0), 0.0)
+    w_fg = torch.zeros_like(f)
+    w_fg[sel] = w_sel
+    return w_fg, w_bg
+
+
+def _weights(f: Tensor, g: Tensor, n: Tensor, above_f: Tensor, above_b: Tensor) -> tuple[Tensor, Tensor]:
+    """The weights of bins with counts ``f``, ``g``, below ``above_f``, ``above_b`` elements of higher bins,
+    in groups of ``n`` foreground elements (float64, broadcast together)."""
     u = n + above_b  # n + B
     # Foreground: mean of 1/(u + j), j = 0..g.  (u >= 1 wherever f > 0, since then n >= 1.)
     u_safe = u.clamp_min(1.0)
@@ -231,13 +284,59 @@ def histogram_losses(
         return tuple(torch.from_numpy(a) for a in tables(cells.numpy(), head))  # type: ignore[return-value]
     acc = hist.cells.sum(dim=0)
     counts, sums = acc[..., 0].round().to(torch.int64), acc[..., 1]
-    w_fg, w_bg = weight_tables(counts[..., 1], counts[..., 0])
-    cut = head_cut(hist, head)
-    below = torch.arange(hist.binning.num_bins, device=cut.device) < cut.unsqueeze(1)
-    w_fg, w_bg = w_fg * below, w_bg * below
+    w_fg, w_bg, cut = _cut_weights(counts, head)
     losses = (w_fg * sums[..., 1] + w_bg * sums[..., 0]).sum(dim=1)
     table = torch.stack([w_bg, w_fg], dim=-1).to(table_dtype)
     return losses, table, counts[..., 1].sum(dim=1), counts.sum(dim=(1, 2)), cut
+
+
+def _cut_weights(counts: Tensor, head: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(w_fg, w_bg, cut)`` of ``[G, K, 2]`` integer counts: :func:`weight_tables`, 0 from each group's
+    cut up (:func:`head_cut`, the same integers from the counts)."""
+    w_fg, w_bg = weight_tables(counts[..., 1], counts[..., 0])
+    k = counts.shape[1]
+    at_or_above = counts.sum(dim=2).flip(1).cumsum(1).flip(1)
+    cut = k - (at_or_above <= head).sum(dim=1)
+    below = torch.arange(k, device=cut.device) < cut.unsqueeze(1)
+    return w_fg * below, w_bg * below, cut
+
+
+def count_tables(
+    counts: Tensor, table_dtype: torch.dtype = torch.float32, head: int = HEAD
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """What :func:`histogram_losses` gives from a histogram's counts alone (``[G, K, 2]`` integers,
+    ``[..., 0]`` background, ``[..., 1]`` foreground), for a loss evaluated as ``Σ_i e_i·w_i`` over the
+    elements themselves: ``(table, fg_count, valid_count, cut)``, the same table, counts and cut."""
+    if counts.device.type == "cpu" and counts[..., 0].numel() > SPARSE_TABLES and not torch.compiler.is_compiling():
+        return _sparse_count_tables(counts, table_dtype, head)
+    w_fg, w_bg, cut = _cut_weights(counts, head)
+    table = torch.stack([w_bg, w_fg], dim=-1).to(table_dtype)
+    return table, counts[..., 1].sum(dim=1), counts.sum(dim=(1, 2)), cut
+
+
+def _sparse_count_tables(counts: Tensor, table_dtype: torch.dtype, head: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`count_tables` computed at the non-empty bins only (the same numbers, so the same bits): the
+    counts above each bin from prefix sums over the non-empty bins in (group, bin) order, and the cut as one
+    past the highest bin with more than ``head`` elements at or above it."""
+    g, k, _ = counts.shape
+    per_bin = counts.sum(dim=2)
+    rows, cols = per_bin.nonzero(as_tuple=True)
+    fs, gs = counts[rows, cols, 1].to(torch.float64), counts[rows, cols, 0].to(torch.float64)
+    n_fg, n_valid = counts[..., 1].sum(dim=1), per_bin.sum(dim=1)
+    total_f, total_b = n_fg.to(torch.float64), (n_valid - n_fg).to(torch.float64)
+
+    def above(v: Tensor, total: Tensor) -> Tensor:  # the group's total minus the inclusive prefix
+        return total[rows] - (v.cumsum(0) - (total.cumsum(0) - total)[rows])
+
+    above_f, above_b = above(fs, total_f), above(gs, total_b)
+    w_fg, w_bg = _weights_fg_subset(fs, gs, total_f[rows], above_f, above_b)
+    crowded = above_f + above_b + fs + gs > head
+    highest = torch.full((g,), -1, dtype=torch.int64).scatter_reduce_(0, rows[crowded], cols[crowded], "amax")
+    cut = highest + 1
+    below = cols < cut[rows]
+    table = torch.zeros(g * k, 2, dtype=table_dtype)
+    table[rows * k + cols] = torch.stack([w_bg * below, w_fg * below], dim=1).to(table_dtype)
+    return table.view(g, k, 2), n_fg, n_valid, cut
 
 
 def head_cut(hist: Histogram, head: int = HEAD) -> Tensor:
