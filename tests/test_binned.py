@@ -146,7 +146,7 @@ def test_default_bins_match_exact_engine(backend, kind, per_image):
     exact.backward()
     fast.backward()
     p = Binning.for_bins(lovasz.DEFAULT_BINS).per_octave
-    assert abs(exact.item() - fast.item()) <= exact.item() / p + 2.0**Binning.for_bins(lovasz.DEFAULT_BINS).lo + 1e-6
+    assert abs(exact.item() - fast.item()) <= exact.item() / p + 2.0 ** Binning.for_bins(lovasz.DEFAULT_BINS).lo + 1e-6
     assert _cosine(x_exact.grad, x_fast.grad) >= 0.999
 
 

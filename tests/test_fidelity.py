@@ -105,7 +105,6 @@ REGIMES = {
 }
 
 
-
 def crowded_top_bin(g, margin: float, from_logits: bool):
     """A missed 3×3 object next to 184 confident false positives of its class and of another, whose logits
     exceed every other by about ``margin + 3`` (±1): with margins 10–20, 30–500 errors lie within
@@ -160,6 +159,7 @@ def test_the_crowded_top_bin_regime_crowds_the_top_bin():
             e = torch.where(t == 1, 1 - p, p).flatten(1)  # per image, the object's class
             crowd = (e >= e.amax(dim=1, keepdim=True) * (1 - 2.0**-20)).sum(dim=1)
             assert ((crowd >= 30) & (crowd <= 500) & (crowd > HEAD)).all(), (margin, from_logits, crowd)
+
 
 def _check(regime, backend, seed, scale):
     kind, x, t, kwargs = REGIMES[regime](torch.Generator().manual_seed(seed), scale)

@@ -38,7 +38,17 @@ import torch
 from torch import Tensor
 
 from ..surrogates import HINGE, Surrogate
-from .histogram import HEAD, Binning, Histogram, count_tables, head_cut, head_weights, histogram_losses, inverse_top
+from .histogram import (
+    HEAD,
+    Binning,
+    Histogram,
+    cell_codes,
+    count_tables,
+    head_cut,
+    head_weights,
+    histogram_losses,
+    inverse_top,
+)
 
 __all__ = ["binned_histogram", "binned_scores", "cell_codes", "lovasz_binned", "lovasz_binned_counts"]
 
@@ -50,50 +60,6 @@ def _compiling() -> bool:
 def _eager_kernels(device: torch.device) -> bool:
     """``bincount`` and ``nonzero`` (dynamic shapes): eager, on devices where they are native."""
     return not _compiling() and device.type in ("cpu", "cuda")
-
-
-def _cells_into(e: Tensor, inv: Tensor, offsets: Tensor, binning: Binning, out: Tensor) -> Tensor:
-    """``out`` (int32) = ``offsets + 2·bin`` of every error, ``bin`` = :meth:`.histogram.Binning.index`
-    bit for bit, in 13 whole-tensor operations (for ``v`` = ``x`` below 1/2, else ``1 − x``, with bits
-    ``vb``: ``y = ⌊(vb & M)·P / 2^23⌋ + (vb >> 23)·P`` clamped below at ``c = (127 + lo)·P − 1``; the
-    lower half's bin is ``y − c``, the upper half's ``K − 1 − (y − c)``).  Eager: in place where it can."""
-    p = binning.per_octave
-    c = (127 + binning.lo) * p - 1
-    x = e * inv if e.dtype == torch.float32 else e.to(torch.float32) * inv
-    up = x >= 0.5
-    v = torch.neg(x).add_(1.0).clamp_(max=x)  # v: x below 1/2, else d = 1 - x (exact there)
-    del x
-    vb = v.view(torch.int32)  # negative (sign bit) only where x > 1: the top bin, as with d clamped to 0
-    y = torch.bitwise_right_shift(vb, 23, out=out)
-    vb.bitwise_and_((1 << 23) - 1).mul_(p).bitwise_right_shift_(23)
-    torch.add(vb, y, alpha=p, out=y).clamp_min_(c)
-    lower = torch.add(offsets - 2 * c, y, alpha=2, out=vb)
-    upper = torch.sub(offsets + 2 * (binning.num_bins - 1 + c), y, alpha=2, out=y)
-    return torch.where(up, upper, lower, out=out)
-
-
-def _cells_functional(e: Tensor, inv: Tensor, offsets: Tensor, binning: Binning) -> Tensor:
-    """:func:`_cells_into` with functional operations (``torch.compile`` fuses them)."""
-    p = binning.per_octave
-    c = (127 + binning.lo) * p - 1
-    x = e.to(torch.float32) * inv
-    vb = torch.minimum(x, 1.0 - x).view(torch.int32)
-    if p << 23 >= 1 << 31:
-        vb = vb.to(torch.int64)
-    y = ((((vb & ((1 << 23) - 1)) * p) >> 23) + (vb >> 23) * p).clamp_min(c)
-    k = binning.num_bins
-    return torch.where(x >= 0.5, offsets + 2 * (k - 1 + c) - 2 * y, offsets - 2 * c + 2 * y).to(torch.int32)
-
-
-def cell_codes(errors: Tensor, inv_top: Tensor, offsets: Tensor, binning: Binning) -> Tensor:
-    """Cells of ``[R, N]`` errors: ``offsets + 2·bin`` (int32; ``offsets`` ``[R, 1]`` int32, ``inv_top``
-    ``[R, 1]`` float32 the anchors' inverses, :func:`.histogram.inverse_top`).  ``bin`` is
-    :meth:`.histogram.Binning.index`, bit for bit."""
-    offsets = offsets.to(torch.int32)
-    if _compiling() or binning.per_octave << 23 >= 1 << 31:  # int32 would overflow: int64 arithmetic
-        return _cells_functional(errors, inv_top, offsets, binning)
-    out = torch.empty(errors.shape, dtype=torch.int32, device=errors.device)
-    return _cells_into(errors, inv_top, offsets, binning, out)
 
 
 def _count_cells(cells: Tensor, size: int) -> Tensor:

@@ -77,6 +77,7 @@ __all__ = [
     "HEAD",
     "Binning",
     "Histogram",
+    "cell_codes",
     "count_tables",
     "head_cut",
     "head_weights",
@@ -119,21 +120,58 @@ class Binning:
     def num_bins(self) -> int:
         return 2 * self.half
 
-    def _log_bin(self, v_bits: Tensor) -> Tensor:
-        """Bin of ``v`` in ``[0, 1/2]`` given as float32 bits (int64): 0 below ``2^lo``, then log-linear."""
-        octave = (v_bits >> 23) - 127 - self.lo
-        sub = ((v_bits & ((1 << 23) - 1)) * self.per_octave) >> 23
-        return torch.where(v_bits < ((127 + self.lo) << 23), 0, 1 + octave * self.per_octave + sub)
-
     def index(self, errors: Tensor, inv_top: Tensor) -> Tensor:
         """Bin (int64) of every error of a ``[G, P]`` matrix, non-decreasing in the error; ``inv_top``
         (``[G, 1]`` float32) is ``1/U`` of each row (0 where ``U = 0``).  Computed in float32, from the
-        bits, exactly as the kernels do."""
-        x = errors.detach().to(torch.float32) * inv_top
-        low = self._log_bin(x.clamp(max=0.5).view(torch.int32).to(torch.int64))
-        d = (1.0 - x).clamp(min=0.0, max=0.5)
-        up = self._log_bin(d.view(torch.int32).to(torch.int64))
-        return torch.where(x < 0.5, low, self.num_bins - 1 - up)
+        bits, exactly as the kernels do (:func:`cell_codes`)."""
+        zero = torch.zeros((), dtype=torch.int32, device=errors.device)
+        return (cell_codes(errors.detach(), inv_top.to(torch.float32), zero, self) >> 1).to(torch.int64)
+
+
+def _cells_into(e: Tensor, inv: Tensor, offsets: Tensor, binning: Binning, out: Tensor) -> Tensor:
+    """``out`` (int32) = ``offsets + 2·bin`` of every error, ``bin`` = :meth:`Binning.index`
+    bit for bit, in 13 whole-tensor operations (for ``v`` = ``x`` below 1/2, else ``1 − x``, with bits
+    ``vb``: ``y = ⌊(vb & M)·P / 2^23⌋ + (vb >> 23)·P`` clamped below at ``c = (127 + lo)·P − 1``; the
+    lower half's bin is ``y − c``, the upper half's ``K − 1 − (y − c)``).  Eager: in place where it can."""
+    p = binning.per_octave
+    c = (127 + binning.lo) * p - 1
+    x = e * inv if e.dtype == torch.float32 else e.to(torch.float32) * inv
+    up = x >= 0.5
+    v = torch.neg(x).add_(1.0).clamp_(max=x)  # v: x below 1/2, else d = 1 - x (exact there)
+    del x
+    vb = v.view(torch.int32)  # negative (sign bit) only where x > 1: the top bin, as with d clamped to 0
+    y = torch.bitwise_right_shift(vb, 23, out=out)
+    vb.bitwise_and_((1 << 23) - 1).mul_(p).bitwise_right_shift_(23)
+    torch.add(vb, y, alpha=p, out=y).clamp_min_(c)
+    lower = torch.add(offsets - 2 * c, y, alpha=2, out=vb)
+    upper = torch.sub(offsets + 2 * (binning.num_bins - 1 + c), y, alpha=2, out=y)
+    return torch.where(up, upper, lower, out=out)
+
+
+def _cells_functional(e: Tensor, inv: Tensor, offsets: Tensor, binning: Binning) -> Tensor:
+    """:func:`_cells_into` with functional operations (``torch.compile`` fuses them)."""
+    p = binning.per_octave
+    c = (127 + binning.lo) * p - 1
+    x = e.to(torch.float32) * inv
+    vb = torch.minimum(x, 1.0 - x).view(torch.int32)
+    if p << 23 >= 1 << 31:
+        vb = vb.to(torch.int64)
+    y = ((((vb & ((1 << 23) - 1)) * p) >> 23) + (vb >> 23) * p).clamp_min(c)
+    k = binning.num_bins
+    return torch.where(x >= 0.5, offsets + 2 * (k - 1 + c) - 2 * y, offsets - 2 * c + 2 * y).to(torch.int32)
+
+
+def cell_codes(errors: Tensor, inv_top: Tensor, offsets: Tensor, binning: Binning) -> Tensor:
+    """Cells of ``[R, N]`` errors: ``offsets + 2·bin`` (int32; ``offsets`` ``[R, 1]`` or a scalar, int32;
+    ``inv_top`` ``[R, 1]`` float32, the anchors' inverses, :func:`inverse_top`).  The one PyTorch
+    definition of the bin (:meth:`Binning.index` reads it), which the C and Triton kernels compute bit for
+    bit (``docs/engine.md``, definitions shared bit for bit); in place eagerly, functional under
+    ``torch.compile`` and where ``P·2^23`` overflows int32 (``tests/test_torch_binned.py`` checks both)."""
+    offsets = offsets.to(torch.int32)
+    if torch.compiler.is_compiling() or binning.per_octave << 23 >= 1 << 31:  # int32 would overflow: int64 arithmetic
+        return _cells_functional(errors, inv_top, offsets, binning)
+    out = torch.empty(errors.shape, dtype=torch.int32, device=errors.device)
+    return _cells_into(errors, inv_top, offsets, binning, out)
 
 
 def inverse_top(top: Tensor) -> Tensor:
