@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -407,3 +408,64 @@ def test_iou_metric_refuses_nan_scores_and_numpy_and_skips_empty_batches():
     t8[0, 0, 0] = -1
     with pytest.raises(ValueError, match="labels outside"):
         wrapped.update(T, t8)
+
+
+# numpy integers are integers: class ids, bins and ignore_index
+
+X4 = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+T4 = torch.randint(0, 3, (2, 4, 4), generator=torch.Generator().manual_seed(1))
+M4 = T4.clamp(max=1)
+
+
+@pytest.mark.parametrize("np_int", [np.int64, np.int32, np.uint8])
+def test_modules_accept_numpy_integers_and_store_plain_ints(np_int):
+    m = lovasz.LovaszSoftmaxLoss(classes=[np_int(0), np_int(2)], bins=np_int(64) * 2, ignore_index=np_int(2))
+    assert m.classes == (0, 2) and all(type(c) is int for c in m.classes)
+    assert type(m.bins) is int and m.bins == 128
+    assert type(m.ignore_index) is int and m.ignore_index == 2
+    torch.testing.assert_close(m(X4, T4), lovasz.lovasz_softmax(X4, T4, classes=[0, 2], bins=128, ignore_index=2))
+    for cls in (lovasz.LovaszHingeLoss, lovasz.LovaszSigmoidLoss, lovasz.CrossEntropyLovaszLoss):
+        mod = cls(bins=np_int(64) * 2, ignore_index=np_int(2))
+        assert type(mod.bins if hasattr(mod, "bins") else mod.lovasz.bins) is int
+        assert type(mod.ignore_index) is int
+
+
+def test_module_accepts_a_numpy_array_of_classes():
+    assert lovasz.LovaszSoftmaxLoss(classes=np.array([2, 0])).classes == (2, 0)
+
+
+@pytest.mark.parametrize("bins", [None, 256])
+def test_functions_accept_numpy_integers(bins):
+    nb = None if bins is None else np.int64(bins)
+    torch.testing.assert_close(
+        lovasz.lovasz_softmax(X4, T4, classes=[np.int64(0), np.int32(2)], ignore_index=np.int64(1), bins=nb),
+        lovasz.lovasz_softmax(X4, T4, classes=[0, 2], ignore_index=1, bins=bins),
+    )
+    torch.testing.assert_close(
+        lovasz.lovasz_hinge(X4[:, 0], M4, ignore_index=np.int32(1), bins=nb),
+        lovasz.lovasz_hinge(X4[:, 0], M4, ignore_index=1, bins=bins),
+    )
+    torch.testing.assert_close(
+        lovasz.lovasz_sigmoid(X4[:, 0], M4, bins=nb, backend="torch"), lovasz.lovasz_sigmoid(X4[:, 0], M4, bins=bins)
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"bins": np.float64(256)}, TypeError, "bins must be .auto., None"),
+        ({"bins": np.bool_(True)}, TypeError, "bins must be .auto., None"),
+        ({"bins": True}, TypeError, "bins must be .auto., None"),
+        ({"bins": np.int64(8)}, ValueError, "bins must be at least 64"),
+        ({"ignore_index": np.float32(255)}, TypeError, "ignore_index must be an int"),
+        ({"ignore_index": False}, TypeError, "ignore_index must be an int"),
+        ({"ignore_index": torch.tensor(255)}, TypeError, "ignore_index must be an int"),
+        ({"classes": [np.float64(1)]}, TypeError, "integer class ids"),
+        ({"classes": [np.bool_(True)]}, TypeError, "integer class ids"),
+        ({"classes": [np.int64(3)]}, ValueError, "class id 3"),
+        ({"classes": np.array([0, 1])}, TypeError, "pass classes=arr.tolist()"),
+    ],
+)
+def test_functions_still_refuse_bools_floats_and_bad_ids(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        lovasz.lovasz_softmax(X4, T4, **kwargs)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 import torch
 
 import lovasz
 from lovasz.experiments.cli import _finish_args, build_parser, main
+from lovasz.experiments.models import SmallUNet
 
 
 def _fails(argv, capsys, *fragments):
@@ -161,3 +163,61 @@ def test_unknown_command_is_one_line(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "invalid choice" in err[0]
+
+
+# Training, fine-tuning, evaluation and the demo end to end (small settings)
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """A cache folder of the test's own, so canvases are generated afresh."""
+    monkeypatch.setenv("LOVASZ_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.mark.usefixtures("fresh_cache")
+def test_model_shapes():
+    assert SmallUNet(1, 11, width=8)(torch.randn(2, 1, 32, 32)).shape == (2, 11, 32, 32)
+
+
+@pytest.mark.usefixtures("fresh_cache")
+def test_cli_train_finetune_eval(tmp_path, capsys):
+    common = ["--train-size", "64", "--epochs", "2", "--batch-size", "16", "--width", "8", "--no-progress"]
+    main(["train", *common, "--out", str(tmp_path / "ce")])
+    results = json.loads((tmp_path / "ce" / "results.json").read_text())
+    assert len(results["config"]["history"]) == 2 and "miou_dataset" in results["test"]
+    init = str(tmp_path / "ce" / "model.pt")
+    finetune = ["--loss", "ce+lovasz", "--per-image", "--equibatch", "--init", init, "--out", str(tmp_path / "ft")]
+    main(["train", *common, *finetune])
+    ft = json.loads((tmp_path / "ft" / "results.json").read_text())
+    assert ft["config"]["init"].endswith("model.pt") and ft["config"]["loss"] == "ce+lovasz"
+    main(["eval", "--checkpoint", str(tmp_path / "ft" / "model.pt"), "--json", str(tmp_path / "scores.json")])
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["miou_dataset"] == pytest.approx(ft["test"]["miou_dataset"])
+    assert "per-image mIoU" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("fresh_cache")
+def test_cli_demo_small(tmp_path, capsys):
+    main(["demo", "--seeds", "2", "--pretrain-epochs", "1", "--finetune-epochs", "1", "--train-size", "32",
+          "--width", "8", "--no-progress", "--out", str(tmp_path / "demo")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "| Lovász per image |" in out and "±" in out
+    for f in ("table.md", "results.json", "curves.png", "per_class_iou.png", "predictions.png"):
+        assert (tmp_path / "demo" / f).stat().st_size > 0
+    res = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert set(res["test"]) == {
+        "CE pretrained",
+        "CE (continued)",
+        "Lovász batch",
+        "Lovász per image",
+        "Lovász per image, all classes",
+    }
+    assert all(len(v) == 2 for v in res["test"].values())  # one pretraining per seed (tests/test_demo.py)
+    assert "| variant − CE (continued) |" in out
+
+
+@pytest.mark.usefixtures("fresh_cache")
+def test_cli_has_no_bench_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench"])
+    assert "invalid choice" in capsys.readouterr().err

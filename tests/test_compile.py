@@ -219,3 +219,73 @@ def test_combined_loss_warmup_compiles_without_graph_breaks():
     torch._dynamo.reset()
     # The weight is an operator (see lovasz.modules._warmup_weight): PyTorch's own checks of operators.
     torch.library.opcheck(torch.ops.lovasz.warmup_weight.default, (torch.tensor(2), 0.5, 4))
+
+
+# Value checks under torch.compile (default backend: inductor)
+
+X4 = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+T4 = torch.randint(0, 3, (2, 4, 4), generator=torch.Generator().manual_seed(1))
+M4 = T4.clamp(max=1)
+
+
+def test_value_checks_run_under_torch_compile_softmax(monkeypatch):
+    monkeypatch.setenv("LOVASZ_BACKEND", "torch")
+    torch._dynamo.reset()
+
+    def fn(x, t):
+        return lovasz.lovasz_softmax(x, t, bins=None)
+
+    compiled = torch.compile(fn)
+    torch.testing.assert_close(compiled(X4, T4), fn(X4, T4))
+    bad_label = T4.clone()
+    bad_label[0, 0, 0] = 255  # no ignore_index: eager mode raises ValueError
+    with pytest.raises(RuntimeError, match=r"target has labels outside \[0, 3\)"):
+        compiled(X4, bad_label)
+    nan_input = X4.clone()
+    nan_input[1, 2, 3, 3] = float("nan")
+    with pytest.raises(RuntimeError, match="input contains NaN or Inf values"):
+        compiled(nan_input, T4)
+
+
+def test_value_checks_run_under_torch_compile_binary(monkeypatch):
+    monkeypatch.setenv("LOVASZ_BACKEND", "torch")
+    torch._dynamo.reset()
+
+    def fn(x, t):
+        return lovasz.lovasz_hinge(x, t, bins=None, ignore_index=255)
+
+    compiled = torch.compile(fn)
+    m = M4.masked_fill(T4 == 2, 255)
+    torch.testing.assert_close(compiled(X4[:, 0], m), fn(X4[:, 0], m))
+    with pytest.raises(RuntimeError, match="target must contain only 0 and 1 or ignore_index=255"):
+        compiled(X4[:, 0], m.masked_fill(T4 == 2, 2))
+
+
+@pytest.mark.skipif(not registry.native_built(), reason="the native kernels were not built")
+@pytest.mark.parametrize("loss", ["softmax", "hinge"])
+def test_native_kernels_check_inputs_under_torch_compile(loss):
+    # With the native kernels the loss leaves the NaN/Inf and label checks to their pass 1, compiled or
+    # not (Decision.checks_inputs): under torch.compile the custom operator raises the eager ValueError.
+    torch._dynamo.reset()
+    if loss == "softmax":
+
+        def fn(x, t):
+            return lovasz.lovasz_softmax(x, t, bins=lovasz.DEFAULT_BINS, backend="native")
+
+        x, t, bad_value = X4, T4, 3
+    else:
+
+        def fn(x, t):
+            return lovasz.lovasz_hinge(x, t, bins=lovasz.DEFAULT_BINS, backend="native")
+
+        x, t, bad_value = X4[:, 0], M4, 2
+    compiled = torch.compile(fn)
+    torch.testing.assert_close(compiled(x, t), fn(x, t))
+    bad = t.clone()
+    bad[0, 0, 0] = bad_value
+    with pytest.raises(ValueError, match=rf"\(found {bad_value}\)"):
+        compiled(x, bad)
+    nan_input = x.clone()
+    nan_input[(1,) * x.dim()] = float("nan")
+    with pytest.raises(ValueError, match="input contains NaN or Inf values"):
+        compiled(nan_input, t)

@@ -319,3 +319,40 @@ def test_builtin_names_unchanged():
     assert data.class_names("digits") == data.DIGIT_NAMES and data.class_names("fashion") == data.FASHION_NAMES
     with pytest.raises(ValueError, match="build_dataset"):
         data.load("voc")
+
+
+# The built-in canvases
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """A cache folder of the test's own, so canvases are generated afresh."""
+    monkeypatch.setenv("LOVASZ_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("name", ["digits", "fashion"])
+@pytest.mark.usefixtures("fresh_cache")
+def test_canvases_are_deterministic_and_well_formed(name):
+    if not data.available(name):
+        pytest.skip(f"{name} data not installed")
+    a = data.load(name, sizes=(20, 5, 5), size=40, seed=1)
+    b = data.load(name, sizes=(20, 5, 5), size=40, seed=1, cache=False)
+    c = data.load(name, sizes=(20, 5, 5), size=40, seed=2, cache=False)
+    for split in ("train", "val", "test"):
+        assert torch.equal(a[split].images, b[split].images) and torch.equal(a[split].masks, b[split].masks)
+    assert not torch.equal(a["train"].masks, c["train"].masks)
+    assert a["train"].images.shape == (20, 1, 40, 40) and a["train"].masks.shape == (20, 40, 40)
+    masks = a["train"].masks
+    assert masks.min() >= 0 and masks.max() < data.NUM_CLASSES
+    assert len(masks.unique()) > 5  # several object classes besides background
+    # every labelled pixel lies on an object stroke: bright in the (noisy) image
+    img = a["train"].images[:, 0]
+    assert img[masks > 0].mean() > img[masks == 0].mean() + 0.3
+
+
+@pytest.mark.usefixtures("fresh_cache")
+def test_unknown_data_set_and_bad_size():
+    with pytest.raises(ValueError, match="digits"):
+        data.load("cifar")
+    with pytest.raises(ValueError, match="at least 28"):
+        data.load("digits", size=20)

@@ -131,3 +131,24 @@ def test_deterministic_and_inputs_untouched():
     assert torch.equal(grads[0], grads[1])
     lovasz.lovasz_hinge(x[:, 0], t.clamp(max=1), ignore_index=255)
     assert torch.equal(x, x0) and torch.equal(t, t0)
+
+
+# Hinge near the float32 range
+
+
+def test_hinge_of_huge_logits_is_finite_for_one_group():
+    x = torch.tensor([[3e38, -3e38]], requires_grad=True)
+    t = torch.tensor([[0, 1]])
+    for bins in (None, 4096):
+        loss = lovasz.lovasz_hinge(x, t, bins=bins)
+        assert torch.isfinite(loss) and loss.item() == pytest.approx(3e38, rel=1e-6)
+    loss.backward()
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("bins", [None, 4096])
+def test_hinge_mean_of_huge_losses_does_not_overflow(bins):
+    x = torch.tensor([[3e38, -3e38]] * 2)
+    t = torch.tensor([[0, 1]] * 2)
+    loss = lovasz.lovasz_hinge(x, t, bins=bins)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(3e38, rel=1e-6)

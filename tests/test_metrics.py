@@ -1,4 +1,5 @@
-"""Metrics against a direct per-class computation, the combined loss (the sampler: tests/test_sampler.py)."""
+"""The IoU metrics against a direct per-class computation (in Lightning: tests/test_metric_lightning.py; across
+processes: tests/test_metrics_ddp.py)."""
 
 from __future__ import annotations
 
@@ -87,21 +88,3 @@ def test_metric_input_errors():
         intersection_union(torch.zeros(1, 3, dtype=torch.long), torch.full((1, 3), 7), 3)
     with pytest.raises(TypeError, match="integer"):
         confusion_matrix(torch.zeros(1, 3), torch.zeros(1, 3, dtype=torch.long), 3)
-
-
-def test_combined_loss_and_warmup():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, 6, 6, generator=g)
-    t = torch.randint(0, 4, (2, 6, 6), generator=g)
-    ce = torch.nn.functional.cross_entropy(x, t)
-    lv = lovasz.lovasz_softmax(x, t)
-    crit = lovasz.CrossEntropyLovaszLoss(lovasz_weight=0.5, warmup_steps=4)
-    got = [crit(x, t).item() for _ in range(6)]
-    want = [ce.item() + 0.5 * min(1, s / 4) * lv.item() for s in range(6)]
-    assert got == pytest.approx(want, abs=1e-6)
-    assert int(crit.state_dict()["steps"]) == 6
-    crit.eval()
-    assert crit(x, t).item() == pytest.approx(ce.item() + 0.5 * lv.item(), abs=1e-6)
-    assert int(crit.steps) == 6  # evaluation does not advance the warm-up
-    with pytest.raises(ValueError, match="non-negative"):
-        lovasz.CrossEntropyLovaszLoss(lovasz_weight=-1.0)

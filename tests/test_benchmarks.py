@@ -1,4 +1,5 @@
-"""The speed benchmark's own arithmetic: rounds, pairing and the median's interval (not its timings)."""
+"""The benchmarks' own arithmetic (rounds, pairing, the median's interval; not their timings), and a tiny
+run of the engine benchmark."""
 
 from __future__ import annotations
 
@@ -39,3 +40,17 @@ def test_compiled_rows_are_paired_with_their_eager_twin():
         assert r["vs_eager_lo"] <= r["vs_eager"] <= r["vs_eager_hi"]
     text = bench.table(rows, "warm")
     assert text.count("\n| 2x1x8x8 |") == len(rows) and "[95 %]" in text
+
+
+# The engine benchmark runs at a tiny size
+
+
+def test_engine_benchmark_runs():
+    import pathlib
+    import subprocess
+    import sys
+
+    script = pathlib.Path(__file__).parents[1] / "benchmarks" / "bench_engine.py"
+    args = ["--sizes", "1x3x8x8", "--methods", "ce", "exact", "fast", "--repeats", "1"]
+    out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=True).stdout
+    assert "lovasz binned" in out and "| 1x3x8x8 |" in out and "error" not in out.lower()
