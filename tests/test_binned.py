@@ -91,7 +91,8 @@ def test_binning_is_monotone_and_matches_its_definition(seed, bins, scale):
     assert idx.min() >= 0 and idx.max() < binning.num_bins
     order = e.argsort(dim=1)
     assert (idx.gather(1, order).diff(dim=1) >= 0).all()  # non-decreasing in the error
-    assert (idx.gather(1, e.argmax(dim=1, keepdim=True)) == binning.num_bins - 1).all()  # the anchor: top bin
+    # The anchor x = U·fl(1/U) is within 2^-24 of 1, so at lo = -24 it lies in the top bin or the next one.
+    assert (idx.gather(1, e.argmax(dim=1, keepdim=True)) >= binning.num_bins - 2).all()
 
 
 @settings(max_examples=80, deadline=None)
@@ -308,7 +309,8 @@ def test_native_backward_without_kept_errors_holds_less_than_cross_entropy(monke
     default = _held_bytes(lambda z, y: lovasz.lovasz_softmax(z, y, bins=lovasz.DEFAULT_BINS), x, t)
     assert ce >= x.numel() * 4  # the log-probabilities
     assert kept > ce  # the kept errors, as large, and the table
-    assert lean < 0.3 * ce  # the table (8 × 4068 × 8 bytes) and the exact head
+    table = 8 * Binning.for_bins(lovasz.DEFAULT_BINS).num_bins * 2 * 4  # [G, K, 2] float32
+    assert lean < ce and lean <= table + 8 * HEAD * 16 + 1024  # the table, the exact head and a few scalars
     assert default == lean  # the default keeps no errors either
 
 
