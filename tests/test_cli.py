@@ -77,7 +77,7 @@ def test_options_that_apply_are_accepted_and_defaults_filled_in():
         "ce",
         False,
         "present",
-        4096,
+        "auto",
         1.0,
     )
     args = _parse(["train", "--loss", "ce+lovasz", "--per-image", "--classes", "all", "--bins", "256"])
@@ -135,7 +135,7 @@ def test_help_shows_defaults(capsys):
                 "(default: 8)",
                 "(default: 32, or a quarter",
                 "(default: ce)",
-                "(default: 4096)",
+                "the Lovász engine: auto",
                 "(default: present)",
                 "(default: auto)",
             ],

@@ -149,3 +149,25 @@ def test_bins_must_be_auto_none_or_an_int():
         lovasz.lovasz_softmax(X, T, bins="Auto")
     with pytest.raises(TypeError, match="bins must be 'auto', None"):
         lovasz.LovaszHingeLoss(bins="fast")
+
+
+def test_explain_takes_the_loss_arguments_and_says_why_the_engine():
+    e = lovasz.explain(X, T, ignore_index=255, classes="all", reduction="sum", weight=[1.0, 1.0, 1.0])
+    assert e.bins is None and "fewer than 4096" in e.engine_reason and "fewer than 4096" in str(e)
+    big = lovasz.explain(torch.randn(8, 3, 64, 64))
+    assert big.bins == lovasz.DEFAULT_BINS and "at least 4096" in big.engine_reason
+    assert "float64" in lovasz.explain(X.double()).engine_reason
+    assert "process group" in lovasz.explain(X, process_group=object()).engine_reason
+    assert lovasz.explain(X, bins=None).engine_reason == "bins=None: the exact engine"
+    with pytest.raises(TypeError, match="unexpected keyword arguments"):
+        lovasz.explain(X, bin=256)
+
+
+@pytest.mark.parametrize("bad", [X.numpy(), X.tolist()])
+def test_input_that_is_no_tensor_is_named(bad):
+    with pytest.raises(TypeError, match=r"input must be a torch\.Tensor"):
+        lovasz.lovasz_softmax(bad, T)
+    with pytest.raises(TypeError, match=r"input must be a torch\.Tensor"):
+        lovasz.lovasz_hinge(bad, (T == 1).long())
+    with pytest.raises(TypeError, match=r"input must be a torch\.Tensor"):
+        lovasz.explain(bad)

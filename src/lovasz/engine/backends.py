@@ -226,7 +226,10 @@ def decide(
     backend: str, x: Tensor, bins: int | None, surrogate: surrogates.Surrogate
 ) -> tuple[Decision | None, Exception | None]:
     """:func:`resolve` for a loss, which checks its arguments first: the decision, or the error that
-    resolving raised (the loss raises it after its own checks, which report bad arguments first)."""
+    resolving raised (the loss raises it after its own checks, which report bad arguments first).  For an
+    ``x`` that is no tensor there is neither: the loss's checks name it."""
+    if not isinstance(x, Tensor):
+        return None, None
     try:
         return resolve(backend, x, bins, surrogate), None
     except (ValueError, TypeError) as exc:
@@ -244,23 +247,35 @@ class Explanation:
     rejected: dict[str, list[str]]
     """Each other backend's reasons (:meth:`.registry.Backend.not_supported_reasons`, and a failed Triton
     probe; empty where it could serve the call but comes later in the order, or was not asked for)."""
+    bins: int | None = None
+    """The bins the call runs with (``None``: the exact engine)."""
+    engine_reason: str = ""
+    """Why that engine: what ``bins`` was and, for ``"auto"``, what decided it."""
 
     def __str__(self) -> str:
         lines = [f"{self.engine} engine, backend {self.backend!r} ({self.source} choice)"]
+        if self.engine_reason:
+            lines.append(f"  engine: {self.engine_reason}")
         for name, reasons in self.rejected.items():
             why = "; ".join(reasons) if reasons else "could serve the call, not chosen"
             lines.append(f"  {name}: {why}")
         return "\n".join(lines)
 
 
+_LOSS_OPTIONS = frozenset({"classes", "ignore_index", "weight", "reduction"})  # they do not change the choice
+
+
 def explain(
     input: Tensor,
+    target: Tensor | None = None,
     *,
     loss: Literal["softmax", "hinge", "sigmoid"] = "softmax",
     from_logits: bool = True,
     bins: int | str | None = "auto",
     backend: str = "auto",
     per_image: bool | None = None,
+    process_group: object | None = None,
+    **options: object,
 ) -> Explanation:
     """Which engine and backend ``lovasz_<loss>(input, ..., bins=bins, backend=backend)`` would use, without
     running it.
@@ -271,13 +286,17 @@ def explain(
     verdict may run its probe (once per device), as the loss's first call would.
 
     Args:
-        input: the scores the loss would get (their device and dtype matter).
+        input: the scores the loss would get (their device, dtype and shape matter).
+        target: the loss's target; accepted so that ``explain`` takes the loss's arguments, not read.
         loss: ``"softmax"``, ``"hinge"`` or ``"sigmoid"``.
         from_logits: whether ``input`` holds logits (as the loss's argument).
         bins: as the loss's ``bins=``: ``"auto"``, ``None`` (the exact engine) or the binned engine's bins.
         backend: as the loss's ``backend=``.
         per_image: as the loss's ``per_image=`` (``None``: the loss's default), which sets the size of
             the groups that ``bins="auto"`` looks at.
+        process_group: as the loss's: with one, ``bins="auto"`` does not look at the local batch.
+        options: the loss's other keyword arguments (``classes``, ``ignore_index``, ``weight``,
+            ``reduction``), accepted and not read: they do not change the choice.
 
     Returns:
         An :class:`Explanation`; ``str()`` of it reads as a short report.
@@ -295,17 +314,41 @@ def explain(
         >>> lovasz.explain(x.double(), bins=256).backend  # the fused kernels compute in float32
         'torch'
     """
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    unknown = sorted(set(options) - _LOSS_OPTIONS)
+    if unknown:
+        raise TypeError(f"explain() got unexpected keyword arguments {unknown}; it takes the loss's arguments")
     s = surrogates.for_loss(loss, from_logits)
     check_backend(backend)
     if per_image is None:
         per_image = loss == "hinge"
     channels = None if loss == "softmax" else (input.shape[1] if input.dim() >= 4 else 1)
-    bins = check_bins(auto_bins(bins, input, per_image=per_image, channels=channels))
+    asked = bins
+    bins = check_bins(
+        auto_bins(bins, input, per_image=per_image, channels=channels, distributed=process_group is not None)
+    )
     decision = resolve(backend, input, bins, s)
+    reason = _engine_reason(asked, bins, input, per_image, channels, process_group is not None)
     rejected = {
         name: other.not_supported_reasons(input, bins, s) for name, other in REGISTRY.items() if name != decision.name
     }
     failure = triton_probe.known_failure(input.device)
     if "triton" in rejected and not rejected["triton"] and failure is not None:
         rejected["triton"] = [f"the Triton kernels failed to compile or launch on {input.device} ({failure!r})"]
-    return Explanation(decision.engine, decision.name, decision.source, rejected)
+    return Explanation(decision.engine, decision.name, decision.source, rejected, bins, reason)
+
+
+def _engine_reason(asked, bins, x: Tensor, per_image: bool, channels: int | None, distributed: bool) -> str:
+    """Why :func:`auto_bins` and the ``bins`` argument give this engine, in words."""
+    if not (isinstance(asked, str) and asked == "auto"):
+        return "bins=None: the exact engine" if bins is None else f"bins={bins}: the binned engine"
+    if x.dtype == torch.float64:
+        return "bins='auto': float64 input takes the exact engine"
+    if distributed:
+        return f"bins='auto' with a process group: the binned engine ({bins} bins), whatever the local batch"
+    c = (x.shape[1] if x.dim() >= 2 else 1) if channels is None else channels
+    group = x.numel() // max(1, c * (x.shape[0] if per_image else 1))
+    if bins is None:
+        return f"bins='auto': {group} elements per group, fewer than {AUTO_EXACT_BELOW}: the exact engine"
+    return f"bins='auto': {group} elements per group, at least {AUTO_EXACT_BELOW}: the binned engine ({bins} bins)"

@@ -107,12 +107,15 @@ def _crop(value: str) -> int | str:
     return "auto" if value == "auto" else _number(value, int, "a positive integer or auto", lambda n: n > 0)
 
 
-def _bins(value: str) -> int:
-    """Binned-engine budget (>= 64), or 0 / ``exact`` / ``none`` for the exact engine (returned as 0; 0 and
-    "not given" (``None``) differ until :func:`_finish_args` turns 0 into ``None``)."""
+def _bins(value: str) -> int | str:
+    """``auto`` (the library's default engine choice), a binned-engine budget (>= 64), or 0 / ``exact`` /
+    ``none`` for the exact engine (returned as 0; 0 and "not given" (``None``) differ until
+    :func:`_finish_args` turns 0 into ``None``)."""
+    if value.lower() == "auto":
+        return "auto"
     if value.lower() in ("0", "exact", "none"):
         return 0
-    return _number(value, int, "a number of bins >= 64, or 0 for the exact engine", lambda n: n >= 64)
+    return _number(value, int, "auto, a number of bins >= 64, or 0 for the exact engine", lambda n: n >= 64)
 
 
 def _checkpoint(value: str) -> str:
@@ -258,7 +261,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "--lovasz-sync", choices=["global", "local"], default="global",
         help="under torchrun: the Lovász term of the global batch (all ranks) or of each rank's slice",
     )  # fmt: skip
-    p.add_argument("--bins", type=_bins, default=4096, help="binned engine budget (>= 64); 0 for the exact engine")
+    p.add_argument(
+        "--bins", type=_bins, default="auto",
+        help="the Lovász engine: auto (the library's default), a binned-engine budget (>= 64), or 0 for exact",
+    )  # fmt: skip
     p.add_argument("--epochs", type=_positive_int, default=8, help="training epochs")
     p.add_argument(
         "--batch-size", type=_positive_int,

@@ -35,7 +35,7 @@ class TrainConfig:
     per_image: bool = False
     classes: str = "present"  # Lovász class selection: present | all
     lovasz_weight: float = 1.0  # λ in ce + λ·lovasz
-    bins: int | None = 4096  # None: exact engine
+    bins: int | str | None = 4096  # None: exact engine; "auto": the library's choice
     epochs: int = 5
     batch_size: int | None = 32  # None: a quarter of the training images, at most 32
     lr: float = 2e-3
