@@ -1,6 +1,7 @@
 """Where ``bins="auto"`` switches engines: the exact and the binned engine timed on the same calls, around
-the group size :data:`lovasz.engine.backends.AUTO_EXACT_BELOW` at which the automatic choice moves from
-exact to binned.
+the group size (``auto_exact_below`` of the binned backend, :mod:`lovasz.engine.registry`) at which the
+automatic choice moves from exact to binned.  Run it once as it is (the native kernels) and once with
+``LOVASZ_NO_NATIVE=1`` (the PyTorch engine, as where no C compiler was found).
 
     python benchmarks/bench_auto.py
     python benchmarks/bench_auto.py --out benchmarks/results/auto.md
@@ -52,8 +53,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     tee = Tee().start()
-    print(f"AUTO_EXACT_BELOW = {backends.AUTO_EXACT_BELOW} elements per group; {args.rounds} rounds, "
-          f"{args.threads} threads; binned backend: {lovasz.explain(torch.zeros(1, 2, 64, 64)).backend}\n")  # fmt: skip
+    binned = backends.resolve("auto", torch.zeros(1, 2, 8), lovasz.DEFAULT_BINS).backend
+    print(f"binned backend: {binned.name}, auto_exact_below = {binned.auto_exact_below} elements per group; "
+          f"{args.rounds} rounds, {args.threads} threads\n")  # fmt: skip
     print("| call | elements per group | exact (ms) | binned (ms) | auto picks | faster |")
     print("|---|---:|---:|---:|---|---|")
     agree = 0

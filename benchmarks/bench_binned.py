@@ -81,9 +81,9 @@ def methods(binary: bool, per_image_classes: str = "all") -> dict[str, Callable]
 
     if backends.resolve("auto", torch.empty(1, 2, 1), bins).name == "native":
         # The native kernels' other backward (kept errors or recomputed probabilities: the same result).
-        from lovasz.engine import kernels_native
+        from lovasz.engine import config
 
-        other = "1" if kernels_native.KEEP_ERRORS_DEFAULT == "0" else "0"
+        other = "0" if config.settings().keep_errors else "1"
         for name in ("lovasz_softmax binned, batch", "lovasz_softmax binned, per image"):
             rows[f"{name}, LOVASZ_KEEP_ERRORS={other}"] = _keeping(rows[name], other)
     return rows
@@ -93,12 +93,16 @@ def _keeping(fn: Callable, value: str) -> Callable:
     """``fn`` with ``LOVASZ_KEEP_ERRORS=value`` while its forward runs (where the kernels decide what to
     keep for backward)."""
 
+    from lovasz.engine import config
+
     def call(x, t, tf):
         os.environ["LOVASZ_KEEP_ERRORS"] = value
+        config.reload()  # lovasz reads its environment variables once
         try:
             return fn(x, t, tf)
         finally:
             os.environ.pop("LOVASZ_KEEP_ERRORS", None)
+            config.reload()
 
     return call
 

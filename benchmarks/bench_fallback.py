@@ -44,11 +44,11 @@ RESULTS = Path(__file__).resolve().parent / "results" / "fallback.md"
 
 def methods(binary: bool) -> dict[str, Callable]:
     import lovasz
-    from lovasz.engine import backends
+    from lovasz.engine import registry
 
     bins = lovasz.DEFAULT_BINS
     engines = {"exact": dict(bins=None), "torch binned": dict(bins=bins, backend="torch")}
-    if backends.native_built():
+    if registry.native_built():
         engines["native binned"] = dict(bins=bins, backend="native")
     if binary:
         rows: dict[str, Callable] = {"BCE": lambda x, t, tf: F.binary_cross_entropy_with_logits(x, tf)}

@@ -3,6 +3,7 @@ backends could not serve it; the same decision as the loss's."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pytest
@@ -45,7 +46,8 @@ def test_source_argument_then_environment(monkeypatch):
     monkeypatch.setenv(backends.ENV_VAR, "torch")
     e = lovasz.explain(X, bins=256)
     assert (e.backend, e.source) == ("torch", "environment")
-    assert lovasz.explain(X).source == "automatic"  # the exact engine reads no environment
+    assert lovasz.explain(X, bins=None).source == "automatic"  # the exact engine reads no environment
+    assert lovasz.explain(X).engine == "binned"  # bins="auto": a backend asked for runs its binned engine
 
 
 def test_float64_and_every_loss():
@@ -59,7 +61,7 @@ def test_float64_and_every_loss():
 
 def test_requests_that_cannot_be_served_raise_as_the_loss_does():
     with pytest.raises(lovasz.BackendNotSupportedError, match="binned engine only"):
-        lovasz.explain(X, backend="native")
+        lovasz.explain(X, bins=None, backend="native")
     with pytest.raises(lovasz.BackendNotSupportedError, match="need a CUDA device"):
         lovasz.explain(X, bins=256, backend="triton")
     with pytest.raises(ValueError, match="backend must be one of"):
@@ -103,32 +105,60 @@ def _same_loss_and_grad(fn, x, t, a: dict, b: dict) -> None:
     assert torch.equal(la, lb) and torch.equal(xa.grad, xb.grad)
 
 
+def _threshold(x) -> int:
+    """The group size from which bins="auto" runs the binned engine, for the backend that would run it."""
+    return registry.REGISTRY[backends.resolve("auto", x, lovasz.DEFAULT_BINS).name].auto_exact_below
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
 @pytest.mark.parametrize("per_image", [False, True])
-def test_auto_bins_is_exact_below_the_group_size_and_binned_above(per_image):
-    side = 64  # 4096 pixels per image: a group per image holds AUTO_EXACT_BELOW elements
-    assert side * side == backends.AUTO_EXACT_BELOW
+def test_auto_bins_is_exact_below_the_backends_group_size_and_binned_above(backend, per_image, monkeypatch):
+    if backend == "native" and not registry.native_built():
+        pytest.skip("the native kernels were not built")
+    if backend == "torch":  # as where the C library was not built: the automatic choice runs PyTorch
+        unbuilt = dataclasses.replace(registry.REGISTRY["native"], missing=lambda: ["not built here"])
+        monkeypatch.setitem(registry.REGISTRY, "native", unbuilt)
     g = torch.Generator().manual_seed(0)
-    for b, h in [(1, side - 1), (1, side), (3, 40)]:
+    x0 = torch.randn(1, 4, 8, 8, generator=g)
+    assert backends.resolve("auto", x0, lovasz.DEFAULT_BINS).name == backend
+    side = int(_threshold(x0) ** 0.5)
+    assert side * side == _threshold(x0)
+    for b, h in [(1, side - 1), (1, side), (2, side // 2 + 1)]:
         x, t = torch.randn(b, 4, h, h, generator=g), torch.randint(0, 4, (b, h, h), generator=g)
         group = h * h * (1 if per_image else b)
-        want = None if group < backends.AUTO_EXACT_BELOW else lovasz.DEFAULT_BINS
+        want = None if group < _threshold(x) else lovasz.DEFAULT_BINS
         assert backends.auto_bins("auto", x, per_image=per_image) == want
         assert lovasz.explain(x, per_image=per_image).engine == ("exact" if want is None else "binned")
         kw = dict(per_image=per_image)
-        _same_loss_and_grad(lovasz.lovasz_softmax, x, t, kw, dict(kw, bins=want))
-        _same_loss_and_grad(lovasz.LovaszSoftmaxLoss(**kw), x, t, {}, {})  # the module's default too
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", lovasz.LovaszFallbackWarning)
+            _same_loss_and_grad(lovasz.lovasz_softmax, x, t, kw, dict(kw, bins=want))
+            _same_loss_and_grad(lovasz.LovaszSoftmaxLoss(**kw), x, t, {}, {})  # the module's default too
         assert lovasz.LovaszSoftmaxLoss(**kw).bins == "auto"
 
 
+def test_the_native_kernels_pay_from_smaller_groups_than_the_pytorch_engine():
+    assert registry.REGISTRY["native"].auto_exact_below < registry.REGISTRY["torch"].auto_exact_below
+
+
+def test_a_backend_asked_for_gets_its_binned_engine_under_auto():
+    small = torch.randn(1, 3, 8, 8)
+    assert backends.auto_bins("auto", small, per_image=False) is None
+    assert backends.auto_bins("auto", small, per_image=False, backend="torch") == lovasz.DEFAULT_BINS
+    assert lovasz.explain(small, backend="torch").engine == "binned"
+
+
 def test_auto_bins_for_binary_losses_counts_the_channels():
-    x = torch.randn(2, 64, 64)  # binary: one group per image of 4096 elements
+    t = _threshold(torch.randn(1, 1, 8))
+    side = int(t**0.5)
+    x = torch.randn(2, side, side)  # binary: one group per image of `t` elements
     assert backends.auto_bins("auto", x, per_image=True, channels=1) == lovasz.DEFAULT_BINS
-    multi = torch.randn(2, 3, 32, 64)  # multi-label: 3 groups per image of 2048
+    multi = torch.randn(2, 3, side // 2, side)  # multi-label: 3 groups per image of t / 2
     assert backends.auto_bins("auto", multi, per_image=True, channels=3) is None
     assert backends.auto_bins("auto", multi, per_image=False, channels=3) == lovasz.DEFAULT_BINS
-    m = (torch.rand(2, 64, 64) < 0.3).long()
+    m = (torch.rand(2, side, side) < 0.3).long()
     _same_loss_and_grad(lovasz.lovasz_hinge, x, m, {}, dict(bins=lovasz.DEFAULT_BINS))
-    mm = (torch.rand(2, 3, 32, 64) < 0.3).long()
+    mm = (torch.rand(2, 3, side // 2, side) < 0.3).long()
     _same_loss_and_grad(lovasz.lovasz_sigmoid, multi, mm, dict(per_image=True), dict(per_image=True, bins=None))
 
 
@@ -153,9 +183,10 @@ def test_bins_must_be_auto_none_or_an_int():
 
 def test_explain_takes_the_loss_arguments_and_says_why_the_engine():
     e = lovasz.explain(X, T, ignore_index=255, classes="all", reduction="sum", weight=[1.0, 1.0, 1.0])
-    assert e.bins is None and "fewer than 4096" in e.engine_reason and "fewer than 4096" in str(e)
+    assert e.bins is None and "elements per group, fewer than" in e.engine_reason
+    assert e.engine_reason in str(e)
     big = lovasz.explain(torch.randn(8, 3, 64, 64))
-    assert big.bins == lovasz.DEFAULT_BINS and "at least 4096" in big.engine_reason
+    assert big.bins == lovasz.DEFAULT_BINS and "the binned engine (" in big.engine_reason
     assert "float64" in lovasz.explain(X.double()).engine_reason
     assert "process group" in lovasz.explain(X, process_group=object()).engine_reason
     assert lovasz.explain(X, bins=None).engine_reason == "bins=None: the exact engine"

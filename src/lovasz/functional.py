@@ -18,7 +18,7 @@ from torch import Tensor
 
 from . import _checks
 from .engine import group_losses
-from .engine.backends import auto_bins, decide
+from .engine.backends import decide
 from .reduce import reduce_groups, select_classes
 from .surrogates import for_loss
 from .types import BackendName, Bins, ClassSelection, Reduction
@@ -132,9 +132,10 @@ def lovasz_softmax(
     """
     sync = _sync(process_group)
     surrogate = for_loss("softmax", bool(from_logits))
-    bins = auto_bins(bins, input, per_image=per_image, distributed=sync is not None)
     try:
-        decision, unresolved = decide(backend, input, bins, surrogate)
+        decision, bins, unresolved = decide(
+            backend, input, bins, surrogate, per_image=per_image, distributed=sync is not None
+        )
         target = _checks.wide_labels(target) if isinstance(target, Tensor) else target
         w, classes, ignore_index, bins = _checks.check_softmax(
             input, target, classes=classes, ignore_index=ignore_index, weight=weight, from_logits=from_logits,
@@ -177,9 +178,10 @@ def _binary_loss(
     sync = _sync(process_group)
     surrogate = for_loss("hinge" if hinge else "sigmoid", bool(from_logits))
     channels = input.shape[1] if isinstance(input, Tensor) and input.dim() >= 4 else 1
-    bins = auto_bins(bins, input, per_image=per_image, channels=channels, distributed=sync is not None)
     try:
-        decision, unresolved = decide(backend, input, bins, surrogate)
+        decision, bins, unresolved = decide(
+            backend, input, bins, surrogate, per_image=per_image, channels=channels, distributed=sync is not None
+        )
         target = _checks.wide_labels(target) if isinstance(target, Tensor) else target
         x, t, ignore_index, bins = _checks.check_binary(
             input, target, ignore_index=ignore_index, from_logits=from_logits, bins=bins, reduction=reduction,

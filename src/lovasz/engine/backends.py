@@ -24,8 +24,8 @@ failing their probe on a device) it says so once with a :class:`LovaszFallbackWa
 reason and the fix.  Errors of a real call are never caught.
 
 **The engine.**  ``bins="auto"`` (the losses' default) is resolved first, by :func:`auto_bins`: the
-exact engine for float64 input (precision asked for) and for groups of fewer than
-:data:`AUTO_EXACT_BELOW` elements (where a sort costs less than a table of bins), the binned engine with
+exact engine for float64 input (precision asked for) and for groups smaller than the binned backend's
+``auto_exact_below`` (where a sort costs less than a table of bins), the binned engine with
 :data:`~lovasz.engine.histogram.DEFAULT_BINS` otherwise.
 
 The outcome is a :class:`Decision`, which the loss hands to its input checks (the native kernels check
@@ -153,33 +153,54 @@ def _requested(backend: str) -> tuple[str, Source, str]:
     return env, "environment" if env != "auto" else "automatic", f"{ENV_VAR}={env}"
 
 
-AUTO_EXACT_BELOW = 4096
-"""``bins="auto"`` takes the exact engine for groups (one class of one image, or of the batch) of fewer
-elements than this.  ``benchmarks/bench_auto.py`` times both engines around it."""
+def _group_size(x: Tensor, per_image: object, channels: int | None) -> int:
+    """Elements per group of a loss on ``x`` (one class of one image, or of the batch)."""
+    c = (x.shape[1] if x.dim() >= 2 else 1) if channels is None else channels
+    return x.numel() // max(1, c * (x.shape[0] if per_image is True else 1))
 
 
 def auto_bins(
-    bins: object, x: object, *, per_image: object, channels: int | None = None, distributed: bool = False
+    bins: object,
+    x: object,
+    *,
+    per_image: object,
+    channels: int | None = None,
+    distributed: bool = False,
+    backend: str = "auto",
+    surrogate: str | surrogates.Surrogate | None = None,
 ) -> object:
     """What ``bins`` means for a call on ``x``: ``"auto"`` becomes ``None`` (the exact engine) for float64
-    input and for groups of fewer than :data:`AUTO_EXACT_BELOW` elements, else ``DEFAULT_BINS``; any other
-    value is returned as it is (the loss's checks judge it).  ``channels``: the groups per image (the
-    classes; by default ``x.shape[1]``).  With a process group (``distributed``) the choice does not depend
-    on the local batch, which differs between ranks: binned unless float64 (the exact engine would gather
-    every rank's errors)."""
+    input, and for groups of fewer elements than the ``auto_exact_below`` of the backend that would run
+    the binned engine (:mod:`.registry`: 1024 for the native kernels, 16384 for the PyTorch engine, whose
+    table costs more); else ``DEFAULT_BINS``.  A backend asked for (``backend=`` or ``LOVASZ_BACKEND``)
+    gets the binned engine it implements.  Any other ``bins`` is returned as it is (the loss's checks
+    judge it).  ``channels``: the groups per image (the classes; by default ``x.shape[1]``).  With a process
+    group (``distributed``) the choice does not depend on the local batch, which differs between ranks:
+    binned unless float64 (the exact engine would gather every rank's errors)."""
+    return _auto(bins, x, per_image, channels, distributed, backend, surrogate)[0]
+
+
+def _auto(bins, x, per_image, channels, distributed, backend, surrogate) -> tuple[object, Decision | None]:
+    """:func:`auto_bins`, and the binned decision where it had to resolve one to choose."""
     if not (isinstance(bins, str) and bins == "auto"):
-        return bins
+        return bins, None
     from .histogram import DEFAULT_BINS
 
     if not isinstance(x, Tensor) or x.dim() < 1 or x.numel() == 0:
-        return DEFAULT_BINS  # the loss's checks refuse such an input
+        return DEFAULT_BINS, None  # the loss's checks refuse such an input
     if x.dtype == torch.float64:
-        return None
+        return None, None
     if distributed:
-        return DEFAULT_BINS
-    c = (x.shape[1] if x.dim() >= 2 else 1) if channels is None else channels
-    groups = c * (x.shape[0] if per_image is True else 1)
-    return None if x.numel() < AUTO_EXACT_BELOW * groups else DEFAULT_BINS
+        return DEFAULT_BINS, None
+    try:
+        if _requested(backend)[0] != "auto":
+            return DEFAULT_BINS, None
+        binned = resolve("auto", x, DEFAULT_BINS, surrogate)
+    except (ValueError, TypeError):  # the call's checks or resolver report it
+        return DEFAULT_BINS, None
+    if _group_size(x, per_image, channels) < binned.backend.auto_exact_below:
+        return None, None
+    return DEFAULT_BINS, binned
 
 
 def resolve(backend: str, x: Tensor, bins: int | None, surrogate: str | surrogates.Surrogate | None = None) -> Decision:
@@ -223,17 +244,29 @@ def resolve(backend: str, x: Tensor, bins: int | None, surrogate: str | surrogat
 
 
 def decide(
-    backend: str, x: Tensor, bins: int | None, surrogate: surrogates.Surrogate
-) -> tuple[Decision | None, Exception | None]:
-    """:func:`resolve` for a loss, which checks its arguments first: the decision, or the error that
-    resolving raised (the loss raises it after its own checks, which report bad arguments first).  For an
-    ``x`` that is no tensor there is neither: the loss's checks name it."""
+    backend: str,
+    x: Tensor,
+    bins: object,
+    surrogate: surrogates.Surrogate,
+    *,
+    per_image: object = False,
+    channels: int | None = None,
+    distributed: bool = False,
+) -> tuple[Decision | None, object, Exception | None]:
+    """:func:`resolve` for a loss, which checks its arguments first, with ``bins="auto"`` resolved
+    (:func:`auto_bins`): the decision, the bins the call runs with, and the error that resolving raised
+    (the loss raises it after its own checks, which report bad arguments first).  One decision per call:
+    where ``"auto"`` resolved the binned one to choose, that is the call's.  For an ``x`` that is no
+    tensor there is no decision and no error: the loss's checks name it."""
+    bins, binned = _auto(bins, x, per_image, channels, distributed, backend, surrogate)
     if not isinstance(x, Tensor):
-        return None, None
+        return None, bins, None
+    if binned is not None:
+        return binned, bins, None
     try:
-        return resolve(backend, x, bins, surrogate), None
+        return resolve(backend, x, bins, surrogate), bins, None  # type: ignore[arg-type]
     except (ValueError, TypeError) as exc:
-        return None, exc
+        return None, bins, exc
 
 
 @dataclass(frozen=True)
@@ -326,8 +359,11 @@ def explain(
     channels = None if loss == "softmax" else (input.shape[1] if input.dim() >= 4 else 1)
     asked = bins
     bins = check_bins(
-        auto_bins(bins, input, per_image=per_image, channels=channels, distributed=process_group is not None)
-    )
+        auto_bins(
+            bins, input, per_image=per_image, channels=channels, distributed=process_group is not None,
+            backend=backend, surrogate=s,
+        )
+    )  # fmt: skip
     decision = resolve(backend, input, bins, s)
     reason = _engine_reason(asked, bins, input, per_image, channels, process_group is not None)
     rejected = {
@@ -347,8 +383,11 @@ def _engine_reason(asked, bins, x: Tensor, per_image: bool, channels: int | None
         return "bins='auto': float64 input takes the exact engine"
     if distributed:
         return f"bins='auto' with a process group: the binned engine ({bins} bins), whatever the local batch"
-    c = (x.shape[1] if x.dim() >= 2 else 1) if channels is None else channels
-    group = x.numel() // max(1, c * (x.shape[0] if per_image else 1))
+    group = _group_size(x, per_image, channels)
+    binned = resolve("auto", x, bins if bins is not None else 256).backend
     if bins is None:
-        return f"bins='auto': {group} elements per group, fewer than {AUTO_EXACT_BELOW}: the exact engine"
-    return f"bins='auto': {group} elements per group, at least {AUTO_EXACT_BELOW}: the binned engine ({bins} bins)"
+        return (
+            f"bins='auto': {group} elements per group, fewer than {binned.auto_exact_below} "
+            f"(where the {binned.name} binned engine starts to pay): the exact engine"
+        )
+    return f"bins='auto': {group} elements per group: the binned engine ({bins} bins)"

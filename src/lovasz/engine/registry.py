@@ -149,6 +149,10 @@ class Backend:
     """Why the backend cannot run in this process at all (not built, not installed); empty if it can."""
     exact: bool = False
     """Whether it also serves the exact engine (``bins=None``)."""
+    auto_exact_below: int = 16384
+    """``bins="auto"`` takes the exact engine for groups of fewer elements than this where this backend
+    would run the binned one: below it the sort costs less than the table of bins
+    (``benchmarks/bench_auto.py``)."""
 
     @property
     def fused(self) -> bool:
@@ -223,6 +227,7 @@ REGISTRY: dict[str, Backend] = {
             table_layout="G2K",
         ),
         missing=_native_missing,
+        auto_exact_below=1024,
     ),
     "triton": Backend(
         name="triton",
