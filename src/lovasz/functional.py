@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
@@ -45,6 +46,19 @@ def _agreed(surrogate, num_classes, bins, classes, ignore_index, per_image, redu
         "loss": surrogate.name, "number of classes": num_classes, "bins": bins, "classes": classes,
         "ignore_index": ignore_index, "per_image": per_image, "reduction": reduction, "backend": decision.name,
     }  # fmt: skip
+
+
+@contextmanager
+def _refusal_told(sync):
+    """The loss's input checks: where they fail on this rank of a process group, the other ranks are told
+    (:meth:`lovasz.distributed.ProcessSync.agree`) before the error propagates, so that every rank raises
+    and none waits in a collective."""
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        if sync is not None:
+            sync.agree({}, refused=exc)
+        raise
 
 
 def _no_autocast(x: Tensor):
@@ -132,7 +146,7 @@ def lovasz_softmax(
     """
     sync = _sync(process_group)
     surrogate = for_loss("softmax", bool(from_logits))
-    try:
+    with _refusal_told(sync):
         decision, bins, unresolved = decide(
             backend, input, bins, surrogate, per_image=per_image, distributed=sync is not None
         )
@@ -144,11 +158,6 @@ def lovasz_softmax(
         )  # fmt: skip
         if unresolved is not None:  # the arguments are valid, but no backend can serve the call
             raise unresolved
-    except (TypeError, ValueError) as exc:
-        if sync is None:
-            raise
-        sync.agree({}, refused=exc)  # the other ranks are told, and every rank raises
-        raise
     b, c = input.shape[:2]
     n = math.prod(input.shape[2:])
     if sync is not None:
@@ -178,7 +187,7 @@ def _binary_loss(
     sync = _sync(process_group)
     surrogate = for_loss("hinge" if hinge else "sigmoid", bool(from_logits))
     channels = input.shape[1] if isinstance(input, Tensor) and input.dim() >= 4 else 1
-    try:
+    with _refusal_told(sync):
         decision, bins, unresolved = decide(
             backend, input, bins, surrogate, per_image=per_image, channels=channels, distributed=sync is not None
         )
@@ -190,11 +199,6 @@ def _binary_loss(
         )  # fmt: skip
         if unresolved is not None:  # the arguments are valid, but no backend can serve the call
             raise unresolved
-    except (TypeError, ValueError) as exc:
-        if sync is None:
-            raise
-        sync.agree({}, refused=exc)  # the other ranks are told, and every rank raises
-        raise
     if sync is not None:
         sync.agree(_agreed(surrogate, x.shape[1], bins, "all", ignore_index, per_image, reduction, decision))
     with _no_autocast(x):
