@@ -110,8 +110,9 @@ def lovasz_softmax(
         weight: ``[C]`` non-negative per-class weights.
         from_logits: whether ``input`` holds logits (softmax taken inside) or probabilities.
         bins: the engine.  ``"auto"`` (default): the binned engine with ``DEFAULT_BINS`` bins, except
-            for float64 input and for groups of fewer than 4096 elements, which take the exact engine
-            (:func:`lovasz.engine.backends.auto_bins`).  ``None``: the exact engine (a sort).  An int: the
+            for float64 input and for groups too small for the binned backend to pay (under 1024
+            elements for the native kernels), which take the exact engine
+            (:func:`lovasz.engine.backends.auto_bins`; :func:`lovasz.explain` says which and why).  ``None``: the exact engine (a sort).  An int: the
             binned engine with that many bins, whose loss is within a relative ``1/P`` of the exact one
             (0.93 % at ``DEFAULT_BINS`` = 4924; :mod:`lovasz.engine.histogram`).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.  ``"none"`` returns ``[B]`` per-image losses when
