@@ -113,8 +113,9 @@ def lovasz_softmax(
             for float64 input and for groups too small for the binned backend to pay (under 1024
             elements for the native kernels), which take the exact engine
             (:func:`lovasz.engine.backends.auto_bins`; :func:`lovasz.explain` says which and why).
-            ``None``: the exact engine (a sort).  An int: the binned engine with that many bins, whose loss is within a relative ``1/P`` of the exact one
-            (0.93 % at ``DEFAULT_BINS`` = 4924; :mod:`lovasz.engine.histogram`).
+            ``None``: the exact engine (a sort).  An int: the binned engine with that many bins, whose
+            loss is within a relative ``1/P`` of the exact one (0.93 % at ``DEFAULT_BINS`` = 4924;
+            :mod:`lovasz.engine.histogram`).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.  ``"none"`` returns ``[B]`` per-image losses when
             ``per_image`` (0 for skipped images), else ``[C]`` weighted per-class losses ``w_c L_c``
             (0 for classes that are not selected).
