@@ -177,30 +177,50 @@ def auto_bins(
     judge it).  ``channels``: the groups per image (the classes; by default ``x.shape[1]``).  With a process
     group (``distributed``) the choice does not depend on the local batch, which differs between ranks:
     binned unless float64 (the exact engine would gather every rank's errors)."""
-    return _auto(bins, x, per_image, channels, distributed, backend, surrogate)[0]
+    return _auto(bins, x, per_image, channels, distributed, backend, surrogate)
 
 
-def _auto(bins, x, per_image, channels, distributed, backend, surrogate) -> tuple[object, Decision | None]:
-    """:func:`auto_bins`, and the binned decision where it had to resolve one to choose."""
+def _auto(bins, x, per_image, channels, distributed, backend, surrogate) -> object:
+    """:func:`auto_bins`.  It reads only what the threshold needs: a group below every backend's
+    ``auto_exact_below`` takes the exact engine, one at or above all of them the binned engine, without
+    looking at what is built; in between, the backend that the automatic choice would take for the binned
+    engine decides (quietly: the call's own decision announces any fallback)."""
     if not (isinstance(bins, str) and bins == "auto"):
-        return bins, None
+        return bins
     from .histogram import DEFAULT_BINS
 
     if not isinstance(x, Tensor) or x.dim() < 1 or x.numel() == 0:
-        return DEFAULT_BINS, None  # the loss's checks refuse such an input
+        return DEFAULT_BINS  # the loss's checks refuse such an input
     if x.dtype == torch.float64:
-        return None, None
+        return None
     if distributed:
-        return DEFAULT_BINS, None
+        return DEFAULT_BINS
     try:
         if _requested(backend)[0] != "auto":
-            return DEFAULT_BINS, None
-        binned = resolve("auto", x, DEFAULT_BINS, surrogate)
-    except (ValueError, TypeError):  # the call's checks or resolver report it
-        return DEFAULT_BINS, None
-    if _group_size(x, per_image, channels) < binned.backend.auto_exact_below:
-        return None, None
-    return DEFAULT_BINS, binned
+            return DEFAULT_BINS
+    except (ValueError, TypeError):  # the call's checks report it
+        return DEFAULT_BINS
+    group = _group_size(x, per_image, channels)
+    thresholds = [spec.auto_exact_below for spec in REGISTRY.values()]
+    if group < min(thresholds):
+        return None
+    if group >= max(thresholds):
+        return DEFAULT_BINS
+    binned = _first_binned_backend(x, surrogate)
+    return None if group < binned.auto_exact_below else DEFAULT_BINS
+
+
+def _first_binned_backend(x: Tensor, surrogate) -> Backend:
+    """The backend the automatic choice would take for a binned call on ``x``, without announcing
+    fallbacks (:func:`resolve` does that for the call's own decision)."""
+    for name in AUTO_ORDER:
+        candidate = REGISTRY[name]
+        if candidate.not_supported_reasons(x, 256, surrogate):
+            continue
+        if name == "triton" and not triton_works(str(x.device)):
+            continue
+        return candidate
+    return REGISTRY["torch"]
 
 
 def resolve(backend: str, x: Tensor, bins: int | None, surrogate: str | surrogates.Surrogate | None = None) -> Decision:
@@ -255,14 +275,11 @@ def decide(
 ) -> tuple[Decision | None, object, Exception | None]:
     """:func:`resolve` for a loss, which checks its arguments first, with ``bins="auto"`` resolved
     (:func:`auto_bins`): the decision, the bins the call runs with, and the error that resolving raised
-    (the loss raises it after its own checks, which report bad arguments first).  One decision per call:
-    where ``"auto"`` resolved the binned one to choose, that is the call's.  For an ``x`` that is no
+    (the loss raises it after its own checks, which report bad arguments first).  For an ``x`` that is no
     tensor there is no decision and no error: the loss's checks name it."""
-    bins, binned = _auto(bins, x, per_image, channels, distributed, backend, surrogate)
+    bins = _auto(bins, x, per_image, channels, distributed, backend, surrogate)
     if not isinstance(x, Tensor):
         return None, bins, None
-    if binned is not None:
-        return binned, bins, None
     try:
         return resolve(backend, x, bins, surrogate), bins, None  # type: ignore[arg-type]
     except (ValueError, TypeError) as exc:
@@ -384,7 +401,7 @@ def _engine_reason(asked, bins, x: Tensor, per_image: bool, channels: int | None
     if distributed:
         return f"bins='auto' with a process group: the binned engine ({bins} bins), whatever the local batch"
     group = _group_size(x, per_image, channels)
-    binned = resolve("auto", x, bins if bins is not None else 256).backend
+    binned = _first_binned_backend(x, None)
     if bins is None:
         return (
             f"bins='auto': {group} elements per group, fewer than {binned.auto_exact_below} "
