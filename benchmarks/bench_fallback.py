@@ -11,7 +11,7 @@ happens in a child process with glibc's allocator kept warm (``MALLOC_MMAP_THRES
 allocators do), on ``--threads`` threads (2 by default), eager.  Labels are uniform (every class in every
 image); softmax rows with the default ``classes="present"``.
 
-    python benchmarks/bench_fallback.py                 # all sizes, writes benchmarks/results/fallback.md
+    python benchmarks/bench_fallback.py --out benchmarks/results/fallback.md   # all sizes
     python benchmarks/bench_fallback.py --sizes 8x21x256x256 --rounds 5
 
 Methods: CE; the exact engine (``bins=None``); the torch binned engine; the native binned engine
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_binned import WARM_ENV, held_bytes
 
 SIZES = ["8x21x256x256", "2x19x512x1024", "4x150x128x128", "16x1x256x256"]
-RESULTS = Path(__file__).resolve().parent / "results" / "fallback.md"
 
 
 def methods(binary: bool) -> dict[str, Callable]:
@@ -101,8 +99,7 @@ def run(sizes: list[str], rounds: int) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        f"allocator: warm (glibc MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ raised); eager; "
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "allocator: warm (glibc MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ raised); eager",
         "",
         "| size | method | fwd+bwd ms (median) | × CE/BCE | held fwd→bwd MiB | held × CE/BCE | rounds |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -119,7 +116,9 @@ def main() -> None:
     p.add_argument("--sizes", nargs="+", default=SIZES, help="BxCxHxW; C=1 means the binary hinge loss")
     p.add_argument("--rounds", type=int, default=7, help="timed rounds (each method once per round)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--output", default=str(RESULTS), help="where the markdown table is written")
+    from _report import Tee, add_out_argument, write  # benchmarks/ is on sys.path when run as a script
+
+    add_out_argument(p, "fallback")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -135,11 +134,11 @@ def main() -> None:
         sys.exit(f"the benchmark's child process failed (exit {out.returncode})")
     rows = json.loads(out.stdout.strip().splitlines()[-1])["rows"]
     torch.set_num_threads(args.threads)
-    text = table(rows)
-    path = Path(args.output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n")
-    print(text)
+    tee = Tee().start()
+    print(table(rows))
+    tee.stop()
+    if args.out:
+        write(args.out, "The PyTorch binned engine against cross-entropy", tee.text, alloc="warm, in a child process")
 
 
 if __name__ == "__main__":
