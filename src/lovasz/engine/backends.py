@@ -177,37 +177,39 @@ def auto_bins(
     judge it).  ``channels``: the groups per image (the classes; by default ``x.shape[1]``).  With a process
     group (``distributed``) the choice does not depend on the local batch, which differs between ranks:
     binned unless float64 (the exact engine would gather every rank's errors)."""
-    return _auto(bins, x, per_image, channels, distributed, backend, surrogate)
+    return _auto(bins, x, per_image, channels, distributed, backend, surrogate)[0]
 
 
-def _auto(bins, x, per_image, channels, distributed, backend, surrogate) -> object:
-    """:func:`auto_bins`.  It reads only what the threshold needs: a group below every backend's
-    ``auto_exact_below`` takes the exact engine, one at or above all of them the binned engine, without
-    looking at what is built; in between, the backend that the automatic choice would take for the binned
-    engine decides (quietly: the call's own decision announces any fallback)."""
+def _auto(bins, x, per_image, channels, distributed, backend, surrogate) -> tuple[object, tuple]:
+    """:func:`auto_bins`, and why (a tuple that :func:`explain` puts in words).  It reads only what the
+    threshold needs: a group below every backend's ``auto_exact_below`` takes the exact engine, one at or
+    above all of them the binned engine, without looking at what is built; in between, the backend that
+    the automatic choice would take for the binned engine decides (quietly: the call's own decision
+    announces any fallback)."""
     if not (isinstance(bins, str) and bins == "auto"):
-        return bins
+        return bins, ("given",)
     from .histogram import DEFAULT_BINS
 
     if not isinstance(x, Tensor) or x.dim() < 1 or x.numel() == 0:
-        return DEFAULT_BINS  # the loss's checks refuse such an input
+        return DEFAULT_BINS, ("refused",)  # the loss's checks refuse such an input
     if x.dtype == torch.float64:
-        return None
+        return None, ("float64",)
     if distributed:
-        return DEFAULT_BINS
+        return DEFAULT_BINS, ("distributed",)
     try:
         if _requested(backend)[0] != "auto":
-            return DEFAULT_BINS
+            return DEFAULT_BINS, ("asked",)
     except (ValueError, TypeError):  # the call's checks report it
-        return DEFAULT_BINS
+        return DEFAULT_BINS, ("refused",)
     group = _group_size(x, per_image, channels)
     thresholds = [spec.auto_exact_below for spec in REGISTRY.values()]
     if group < min(thresholds):
-        return None
+        return None, ("group", group, min(thresholds), None)
     if group >= max(thresholds):
-        return DEFAULT_BINS
+        return DEFAULT_BINS, ("group", group, max(thresholds), None)
     binned = _first_binned_backend(x, surrogate)
-    return None if group < binned.auto_exact_below else DEFAULT_BINS
+    bins = None if group < binned.auto_exact_below else DEFAULT_BINS
+    return bins, ("group", group, binned.auto_exact_below, binned.name)
 
 
 def _first_binned_backend(x: Tensor, surrogate) -> Backend:
@@ -277,7 +279,7 @@ def decide(
     (:func:`auto_bins`): the decision, the bins the call runs with, and the error that resolving raised
     (the loss raises it after its own checks, which report bad arguments first).  For an ``x`` that is no
     tensor there is no decision and no error: the loss's checks name it."""
-    bins = _auto(bins, x, per_image, channels, distributed, backend, surrogate)
+    bins = _auto(bins, x, per_image, channels, distributed, backend, surrogate)[0]
     if not isinstance(x, Tensor):
         return None, bins, None
     try:
@@ -374,15 +376,10 @@ def explain(
     if per_image is None:
         per_image = loss == "hinge"
     channels = None if loss == "softmax" else (input.shape[1] if input.dim() >= 4 else 1)
-    asked = bins
-    bins = check_bins(
-        auto_bins(
-            bins, input, per_image=per_image, channels=channels, distributed=process_group is not None,
-            backend=backend, surrogate=s,
-        )
-    )  # fmt: skip
+    bins, why = _auto(bins, input, per_image, channels, process_group is not None, backend, s)
+    bins = check_bins(bins)
     decision = resolve(backend, input, bins, s)
-    reason = _engine_reason(asked, bins, input, per_image, channels, process_group is not None)
+    reason = _engine_reason(bins, why)
     rejected = {
         name: other.not_supported_reasons(input, bins, s) for name, other in REGISTRY.items() if name != decision.name
     }
@@ -392,19 +389,19 @@ def explain(
     return Explanation(decision.engine, decision.name, decision.source, rejected, bins, reason)
 
 
-def _engine_reason(asked, bins, x: Tensor, per_image: bool, channels: int | None, distributed: bool) -> str:
-    """Why :func:`auto_bins` and the ``bins`` argument give this engine, in words."""
-    if not (isinstance(asked, str) and asked == "auto"):
+def _engine_reason(bins: int | None, why: tuple) -> str:
+    """:func:`_auto`'s reason for the engine, in words."""
+    kind = why[0]
+    if kind in ("given", "refused"):
         return "bins=None: the exact engine" if bins is None else f"bins={bins}: the binned engine"
-    if x.dtype == torch.float64:
+    if kind == "float64":
         return "bins='auto': float64 input takes the exact engine"
-    if distributed:
+    if kind == "distributed":
         return f"bins='auto' with a process group: the binned engine ({bins} bins), whatever the local batch"
-    group = _group_size(x, per_image, channels)
-    binned = _first_binned_backend(x, None)
+    if kind == "asked":
+        return f"bins='auto' with a backend asked for: its binned engine ({bins} bins)"
+    _, group, threshold, name = why
+    where = f"the {name} binned engine's threshold" if name else "every backend's threshold"
     if bins is None:
-        return (
-            f"bins='auto': {group} elements per group, fewer than {binned.auto_exact_below} "
-            f"(where the {binned.name} binned engine starts to pay): the exact engine"
-        )
-    return f"bins='auto': {group} elements per group: the binned engine ({bins} bins)"
+        return f"bins='auto': {group} elements per group, fewer than {threshold} ({where}): the exact engine"
+    return f"bins='auto': {group} elements per group, at least {threshold} ({where}): the binned engine ({bins} bins)"
