@@ -130,14 +130,14 @@ class Binning:
 
 def _cells_into(e: Tensor, inv: Tensor, offsets: Tensor, binning: Binning, out: Tensor) -> Tensor:
     """``out`` (int32) = ``offsets + 2·bin`` of every error, ``bin`` = :meth:`Binning.index`
-    bit for bit, in 13 whole-tensor operations (for ``v`` = ``x`` below 1/2, else ``1 − x``, with bits
+    bit for bit, in 12 whole-tensor operations (for ``v`` = ``x`` below 1/2, else ``1 − x``, with bits
     ``vb``: ``y = ⌊(vb & M)·P / 2^23⌋ + (vb >> 23)·P`` clamped below at ``c = (127 + lo)·P − 1``; the
     lower half's bin is ``y − c``, the upper half's ``K − 1 − (y − c)``).  Eager: in place where it can."""
     p = binning.per_octave
     c = (127 + binning.lo) * p - 1
     x = e * inv if e.dtype == torch.float32 else e.to(torch.float32) * inv
     up = x >= 0.5
-    v = torch.neg(x).add_(1.0).clamp_(max=x)  # v: x below 1/2, else d = 1 - x (exact there)
+    v = torch.rsub(x, 1.0).clamp_(max=x)  # v: x below 1/2, else d = 1 - x (exact there)
     del x
     vb = v.view(torch.int32)  # negative (sign bit) only where x > 1: the top bin, as with d clamped to 0
     y = torch.bitwise_right_shift(vb, 23, out=out)
