@@ -18,7 +18,7 @@ from .. import surrogates
 from ..errors import build_errors
 from .backends import BackendNotSupportedError, Decision, LovaszFallbackWarning, resolve, triton_probe
 from .binned import binned_scores, lovasz_binned, lovasz_binned_counts
-from .exact import lovasz_exact
+from .exact import lovasz_exact, lovasz_exact_segments
 from .histogram import DEFAULT_BINS, Binning, Histogram, histogram_losses, weight_tables
 from .result import GroupLosses
 
@@ -34,6 +34,7 @@ __all__ = [
     "histogram_losses",
     "lovasz_binned",
     "lovasz_exact",
+    "lovasz_exact_segments",
     "lovasz_extension",
     "triton_probe",
     "weight_tables",
@@ -59,6 +60,8 @@ def group_losses(
     sync=None,
     present_only: bool = False,
     decision: Decision | None = None,
+    sample: Tensor | None = None,
+    num_samples: int = 0,
 ) -> GroupLosses:
     """Lovász losses of every group of ``x`` ``[B, C, N]``, folded to ``[B, C]`` (per image) or ``[C]``.
 
@@ -74,18 +77,30 @@ def group_losses(
 
     ``decision``: the resolver's decision for this call (:func:`.backends.resolve`), made by the caller
     once for its checks and this call; resolved here from ``backend`` when not given.
+
+    ``sample``: with ``per_image``, the ``[B]`` int64 sample id of each image of a ragged batch (a flat
+    point list is ``B = N`` images of one point, ``batch=`` of the losses): the groups are then the
+    ``(sample, class)`` pairs, folded to ``[num_samples, C]``, and a sample id that no image has is a
+    sample without valid pixels.  No padding: the exact engine sorts each class's row by sample id after
+    its errors (:func:`.exact.lovasz_exact_segments`), the binned engine counts each element in its
+    sample's group (:mod:`.binned`).
     """
     s = surrogates.get(surrogate)
     b, c = x.shape[:2]
-    shape = (b, c) if per_image else (c,)
+    if not per_image:
+        sample = None
+    shape = (b, c) if sample is None else (num_samples, c)
+    if not per_image:
+        shape = (c,)
     if per_image:
         sync = None
-        if b == 0:  # an empty local batch (only reachable with a process group)
+        if b == 0 or shape[0] == 0:  # an empty local batch (only reachable with a process group)
             zeros = x.new_zeros(shape, dtype=torch.int64)
             return GroupLosses(x.sum() * x.new_zeros(shape, dtype=torch.float32), zeros, zeros)
     impl = decision if decision is not None else resolve(backend, x, bins, s)
     binning = None if bins is None else Binning.for_bins(bins)
     if impl.fused:
+        assert sample is None, "the resolver gives ragged groups to backends with the ragged_groups capability"
         from .fused import fused_binned  # registers the custom operators on first use
 
         assert binning is not None
@@ -103,9 +118,16 @@ def group_losses(
         return result.view(*shape)
     if binning is not None and sync is None:  # one autograd function from the scores (.binned)
         losses, n_fg, n_valid = binned_scores(
-            s, x, target, per_image=per_image, ignore_index=ignore_index, binning=binning
-        )
+            s, x, target, per_image=per_image, ignore_index=ignore_index, binning=binning,
+            sample=sample, num_samples=num_samples,
+        )  # fmt: skip
         return GroupLosses(losses, n_fg, n_valid).view(*shape)
+    if sample is not None:  # exact, ragged: each class's row over all points, segmented by sample
+        groups = build_errors(s, x, target, per_image=False, ignore_index=ignore_index)
+        n = x.shape[2]
+        segment = sample if n == 1 else sample.repeat_interleave(n)
+        losses, n_fg, n_valid = lovasz_exact_segments(groups.errors, groups.fg, groups.valid, segment, num_samples)
+        return GroupLosses(losses.t(), n_fg.t(), n_valid.t())
     groups = build_errors(s, x, target, per_image=per_image, ignore_index=ignore_index)
     if binning is not None:  # over several processes: the error matrix and the histogram's all-reduce
         losses, n_fg, n_valid = lovasz_binned_counts(groups.errors, groups.fg, groups.valid, binning, sync)

@@ -180,7 +180,7 @@ def auto_bins(
     return _auto(bins, x, per_image, channels, distributed, backend, surrogate)[0]
 
 
-def _auto(bins, x, per_image, channels, distributed, backend, surrogate) -> tuple[object, tuple]:
+def _auto(bins, x, per_image, channels, distributed, backend, surrogate, ragged=False) -> tuple[object, tuple]:
     """:func:`auto_bins`, and why (a tuple that :func:`explain` puts in words).  It reads only what the
     threshold needs: a group below every backend's ``auto_exact_below`` takes the exact engine, one at or
     above all of them the binned engine, without looking at what is built; in between, the backend that
@@ -207,17 +207,17 @@ def _auto(bins, x, per_image, channels, distributed, backend, surrogate) -> tupl
         return None, ("group", group, min(thresholds), None)
     if group >= max(thresholds):
         return DEFAULT_BINS, ("group", group, max(thresholds), None)
-    binned = _first_binned_backend(x, surrogate)
+    binned = _first_binned_backend(x, surrogate, ragged)
     bins = None if group < binned.auto_exact_below else DEFAULT_BINS
     return bins, ("group", group, binned.auto_exact_below, binned.name)
 
 
-def _first_binned_backend(x: Tensor, surrogate) -> Backend:
+def _first_binned_backend(x: Tensor, surrogate, ragged: bool = False) -> Backend:
     """The backend the automatic choice would take for a binned call on ``x``, without announcing
     fallbacks (:func:`resolve` does that for the call's own decision)."""
     for name in AUTO_ORDER:
         candidate = REGISTRY[name]
-        if candidate.not_supported_reasons(x, 256, surrogate):
+        if candidate.not_supported_reasons(x, 256, surrogate, ragged):
             continue
         if name == "triton" and not triton_works(str(x.device)):
             continue
@@ -225,8 +225,16 @@ def _first_binned_backend(x: Tensor, surrogate) -> Backend:
     return REGISTRY["torch"]
 
 
-def resolve(backend: str, x: Tensor, bins: int | None, surrogate: str | surrogates.Surrogate | None = None) -> Decision:
-    """Choose the engine and backend for a loss on ``x`` (see the module docstring for the order)."""
+def resolve(
+    backend: str,
+    x: Tensor,
+    bins: int | None,
+    surrogate: str | surrogates.Surrogate | None = None,
+    ragged: bool = False,
+) -> Decision:
+    """Choose the engine and backend for a loss on ``x`` (see the module docstring for the order);
+    ``ragged``: per-sample groups of a ``batch=`` vector, which only backends with the ``ragged_groups``
+    capability serve."""
     if bins is None:
         check_backend(backend)
         if backend not in ("auto", "torch"):
@@ -238,7 +246,7 @@ def resolve(backend: str, x: Tensor, bins: int | None, surrogate: str | surrogat
     name, source, named = _requested(backend)
     if name != "auto":
         chosen = spec(name)
-        reasons = chosen.not_supported_reasons(x, bins, surrogate)
+        reasons = chosen.not_supported_reasons(x, bins, surrogate, ragged)
         if reasons:
             raise BackendNotSupportedError(f"{named} cannot run this call: " + "; ".join(reasons))
         if name == "triton" and not triton_works(str(x.device)):
@@ -252,7 +260,7 @@ def resolve(backend: str, x: Tensor, bins: int | None, surrogate: str | surrogat
         if not chosen.fused:
             return Decision("binned", chosen, "automatic")
         missing = chosen.missing()
-        reasons = chosen.not_supported_reasons(x, bins, surrogate)
+        reasons = chosen.not_supported_reasons(x, bins, surrogate, ragged)
         if len(reasons) > len(missing):  # it could not serve this call even where it runs
             continue
         if missing:
@@ -274,16 +282,19 @@ def decide(
     per_image: object = False,
     channels: int | None = None,
     distributed: bool = False,
+    ragged: bool = False,
 ) -> tuple[Decision | None, object, Exception | None]:
     """:func:`resolve` for a loss, which checks its arguments first, with ``bins="auto"`` resolved
     (:func:`auto_bins`): the decision, the bins the call runs with, and the error that resolving raised
     (the loss raises it after its own checks, which report bad arguments first).  For an ``x`` that is no
-    tensor there is no decision and no error: the loss's checks name it."""
-    bins = _auto(bins, x, per_image, channels, distributed, backend, surrogate)[0]
+    tensor there is no decision and no error: the loss's checks name it.  ``ragged``: per-sample groups
+    of a ``batch=`` vector; ``bins="auto"`` then sizes the groups as all the points (the samples' sizes
+    are not read before the choice)."""
+    bins = _auto(bins, x, per_image and not ragged, channels, distributed, backend, surrogate, ragged)[0]
     if not isinstance(x, Tensor):
         return None, bins, None
     try:
-        return resolve(backend, x, bins, surrogate), bins, None  # type: ignore[arg-type]
+        return resolve(backend, x, bins, surrogate, ragged), bins, None  # type: ignore[arg-type]
     except (ValueError, TypeError) as exc:
         return None, bins, exc
 
