@@ -338,6 +338,7 @@ def explain(
     backend: str = "auto",
     per_image: bool | None = None,
     process_group: object | None = None,
+    batch: Tensor | None = None,
     **options: object,
 ) -> Explanation:
     """Which engine and backend ``lovasz_<loss>(input, ..., bins=bins, backend=backend)`` would use, without
@@ -358,6 +359,8 @@ def explain(
         per_image: as the loss's ``per_image=`` (``None``: the loss's default), which sets the size of
             the groups that ``bins="auto"`` looks at.
         process_group: as the loss's: with one, ``bins="auto"`` does not look at the local batch.
+        batch: as the loss's: with ``per_image``, the per-sample groups of a ragged batch, which only
+            some backends serve (only whether it is given is read).
         options: the loss's other keyword arguments (``classes``, ``ignore_index``, ``weight``,
             ``reduction``), accepted and not read: they do not change the choice.
 
@@ -386,13 +389,17 @@ def explain(
     check_backend(backend)
     if per_image is None:
         per_image = loss == "hinge"
-    channels = None if loss == "softmax" else (input.shape[1] if input.dim() >= 4 else 1)
-    bins, why = _auto(bins, input, per_image, channels, process_group is not None, backend, s)
+    ragged = batch is not None and per_image is True
+    flat = batch is not None and input.dim() == 2
+    channels = None if loss == "softmax" else (input.shape[1] if input.dim() >= 4 or flat else 1)
+    bins, why = _auto(bins, input, per_image and not ragged, channels, process_group is not None, backend, s, ragged)
     bins = check_bins(bins)
-    decision = resolve(backend, input, bins, s)
+    decision = resolve(backend, input, bins, s, ragged)
     reason = _engine_reason(bins, why)
     rejected = {
-        name: other.not_supported_reasons(input, bins, s) for name, other in REGISTRY.items() if name != decision.name
+        name: other.not_supported_reasons(input, bins, s, ragged)
+        for name, other in REGISTRY.items()
+        if name != decision.name
     }
     failure = triton_probe.known_failure(input.device)
     if "triton" in rejected and not rejected["triton"] and failure is not None:
