@@ -287,7 +287,7 @@ def _head_ranked(mask: Tensor, e: Tensor, cells: Tensor, group_of_row: Tensor, g
     """:func:`_head_nonzero` with static shapes for any grouping of the rows (ragged batches under
     ``torch.compile``): the elements sorted by decreasing error, then stably by group; the first ``HEAD``
     of each group that are in the mask fill its row (a slot past the end takes the rest)."""
-    key = torch.where(mask, e, -1.0).reshape(-1)
+    key = torch.where(mask.reshape(-1), e.reshape(-1), -1.0)
     grp = group_of_row.unsqueeze(1).expand(-1, n).reshape(-1)
     values, pos = key.sort(descending=True, stable=True)
     grp, by_group = grp[pos].sort(stable=True)
