@@ -305,3 +305,17 @@ def test_inputs_are_not_modified():
         xg = x.requires_grad_(True)
         lovasz.lovasz_softmax(xg, t, batch=batch, per_image=True, ignore_index=255, bins=bins).backward()
     assert torch.equal(x.detach(), copies[0]) and torch.equal(t, copies[1]) and torch.equal(batch, copies[2])
+
+
+def test_pointcloud_example_trains(capsys):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "examples" / "pointcloud.py"
+    spec = importlib.util.spec_from_file_location("pointcloud_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(steps=20)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step")]
+    first, last = (float(line.split()[5]) for line in (lines[0], lines[-1]))  # CE + Lovász
+    assert last < first
