@@ -12,13 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lovasz
+from conftest import CPU_FUSED
 from lovasz.engine import BackendNotSupportedError, registry
 from reference import binary_ref, softmax_ref
 
 C = 4
 # Sample 1 is missing (no point), sample 2 has one point, sample 4 is fully ignored; ids are shuffled.
 SIZES = [23, 0, 1, 40, 9, 17]
-ENGINES = [(None, "auto"), (64, "torch")]
+RAGGED_FUSED = [name for name in CPU_FUSED if registry.REGISTRY[name].capabilities.ragged_groups]
+ENGINES = [(None, "auto"), (64, "torch")] + [(64, name) for name in RAGGED_FUSED]
 
 
 def _points(kind: str, seed: int = 0, sizes=SIZES, dtype=torch.float64):
@@ -238,24 +240,27 @@ def test_modules_take_batch():
     torch.testing.assert_close(combined(x, t, batch), ce + term)
 
 
-def test_fused_backends_say_they_cannot_group_by_batch_and_auto_takes_torch():
+def test_backends_without_ragged_groups_say_so_and_auto_skips_them():
     x, t, batch = _points("softmax", dtype=torch.float32, sizes=[3000, 2000])
-    assert lovasz.explain(x, per_image=True, batch=batch).backend == "torch"
+    chosen = registry.REGISTRY[lovasz.explain(x, per_image=True, batch=batch).backend]
+    assert not chosen.fused or chosen.capabilities.ragged_groups
     for name, spec in registry.REGISTRY.items():
         if spec.fused and not spec.capabilities.ragged_groups:
-            with pytest.raises(BackendNotSupportedError, match="batch="):
-                lovasz.lovasz_softmax(x, t, batch=batch, per_image=True, ignore_index=255, bins=256, backend=name)
+            assert any("batch=" in r for r in spec.not_supported_reasons(x, 256, "softmax", ragged=True))
+            if name in CPU_FUSED:
+                with pytest.raises(BackendNotSupportedError, match="batch="):
+                    lovasz.lovasz_softmax(x, t, batch=batch, per_image=True, ignore_index=255, bins=256, backend=name)
     # Without per_image the ids only check: every backend serves the union.
     assert lovasz.explain(x, per_image=False, batch=batch).backend == lovasz.explain(x, per_image=False).backend
 
 
-@pytest.mark.parametrize("bins", [None, 64])
-def test_compiled_ragged_loss_equals_eager(bins):
+@pytest.mark.parametrize(("bins", "backend"), ENGINES)
+def test_compiled_ragged_loss_equals_eager(bins, backend):
     torch._dynamo.reset()
     x, t, batch = _points("softmax", dtype=torch.float32)
 
     def fn(v):
-        return lovasz.lovasz_softmax(v, t, batch=batch, per_image=True, ignore_index=255, bins=bins)
+        return lovasz.lovasz_softmax(v, t, batch=batch, per_image=True, ignore_index=255, bins=bins, backend=backend)
 
     compiled = torch.compile(fn)
     xc, xe = x.clone().requires_grad_(True), x.clone().requires_grad_(True)

@@ -93,7 +93,8 @@ def test_triton_head_weights_equal_head_weights():
     x = torch.randint(-2, 3, (2, 3, 20), generator=g).float()  # ties, and groups smaller than the head
     t = torch.randint(0, 2, (2, 20), generator=g)  # class 2 absent
     binning = Binning.for_bins(lovasz.DEFAULT_BINS)
-    out = fused._forward(x, t, BACKEND, surrogates.SOFTMAX.code, True, None, binning.lo, binning.per_octave)
+    none = t.new_empty(0)  # no ragged batch
+    out = fused._forward(x, t, none, BACKEND, surrogates.SOFTMAX.code, True, None, binning.lo, binning.per_octave)
     assert (out.head_values >= 0).sum(dim=1).tolist() == [20] * 6 and out.head_values.shape[1] == HEAD
     want = head_weights(out.head_values, out.head_fg, out.head_values >= 0, out.n_fg)
     assert torch.equal(out.head_weights, want.to(torch.float32))

@@ -48,6 +48,20 @@ def lovasz_extension(errors: Tensor, fg: Tensor, valid: Tensor | None = None, bi
     return lovasz_binned(errors, fg, valid, Binning.for_bins(bins))
 
 
+def _by_sample(x: Tensor, target: Tensor, sample: Tensor, num_samples: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The images of a ragged batch in sample order, for the fused kernels (each sample's images
+    contiguous): ``x`` and ``target`` as they are where ``sample`` is sorted (the order of torch_geometric
+    and of sparse collate functions), else gathered by one stable sort (a copy, whose gradient autograd
+    scatters back); and the kernels' ``[B + S + 1]`` int64 ragged argument, the sorted sample ids then
+    each sample's first image and one past its last."""
+    if torch.compiler.is_compiling() or bool((sample[1:] < sample[:-1]).any()):
+        order = torch.argsort(sample, stable=True)
+        x, target, sample = x[order], target[order], sample[order]
+    counts = torch.bincount(sample, minlength=num_samples)
+    offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    return x, target, torch.cat([sample, offsets])
+
+
 def group_losses(
     surrogate: str | surrogates.Surrogate,
     x: Tensor,
@@ -100,10 +114,13 @@ def group_losses(
     impl = decision if decision is not None else resolve(backend, x, bins, s)
     binning = None if bins is None else Binning.for_bins(bins)
     if impl.fused:
-        assert sample is None, "the resolver gives ragged groups to backends with the ragged_groups capability"
         from .fused import fused_binned  # registers the custom operators on first use
 
         assert binning is not None
+        ragged = None
+        if sample is not None:
+            assert impl.backend.capabilities.ragged_groups, "the resolver gives ragged groups to capable backends"
+            x, target, ragged = _by_sample(x, target, sample, num_samples)
         result = fused_binned(
             x,
             target,
@@ -114,6 +131,7 @@ def group_losses(
             backend=impl.name,
             present_only=present_only,
             sync=sync,
+            ragged=ragged,
         )
         return result.view(*shape)
     if binning is not None and sync is None:  # one autograd function from the scores (.binned)

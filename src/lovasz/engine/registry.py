@@ -238,6 +238,7 @@ REGISTRY: dict[str, Backend] = {
             scales_table=True,
             checks_inputs=True,
             cpu_tables=True,
+            ragged_groups=True,
             table_layout="G2K",
         ),
         missing=_native_missing,
