@@ -108,3 +108,22 @@ def test_triton_fidelity_in_a_crowded_top_bin():
     for margin in (10, 12, 14, 20):
         for from_logits in (True, False):
             check_crowded_top_bin(BACKEND, margin, from_logits)
+
+
+def test_triton_ragged_batches_match_pytorch_binned_engine():
+    # batch= (point clouds): the Triton kernels group each point by its sample, against the PyTorch engine,
+    # with a missing, a one-point and a fully ignored sample and shuffled ids (tests/test_ragged.py's).
+    from test_ragged import _call, _points
+
+    for kind in ("softmax", "hinge", "sigmoid", "multilabel"):
+        x, t, batch = _points(kind, seed=5, dtype=torch.float32)
+        loss_kind = "sigmoid" if kind == "multilabel" else kind
+        results = []
+        for backend in ("torch", BACKEND):
+            xg = x.clone().requires_grad_(True)
+            loss = _call(loss_kind, xg, t, per_image=True, batch=batch, bins=256, backend=backend, reduction="none")
+            (loss * torch.arange(1.0, loss.numel() + 1)).sum().backward()
+            results.append((loss.detach(), xg.grad))
+        (want, want_grad), (got, got_grad) = results
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=kind)
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-6, msg=kind)

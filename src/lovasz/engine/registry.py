@@ -251,6 +251,7 @@ REGISTRY: dict[str, Backend] = {
         surrogates=_ALL,
         where="need a CUDA device (or TRITON_INTERPRET=1, Triton's CPU interpreter, for testing)",
         module="lovasz.engine.kernels_triton",
+        capabilities=Capabilities(ragged_groups=True),
         missing=_triton_missing,
     ),
 }
