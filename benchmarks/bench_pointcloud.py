@@ -11,8 +11,8 @@ Methods, all in one process, interleaved (the order rotates every round), after 
 
 * ``CE``: ``F.cross_entropy(x, y, ignore_index=0)`` over all points, the baseline of every ratio;
 * ``lovasz_softmax per scan, exact`` / ``binned``: ``lovasz_softmax(x, y, batch=batch, per_image=True,
-  ignore_index=0)`` with ``bins=None`` / the default bins (the automatic backend: the PyTorch binned
-  engine, since the fused kernels do not group by ``batch=``);
+  ignore_index=0)`` with ``bins=None`` / the default bins (the automatic backend: the native kernels on
+  the CPU), and the binned engine in PyTorch (``backend="torch"``, what runs without the C library);
 * ``lovasz_softmax all points, binned``: ``per_image=False`` (one set per class over the batch, the native
   kernels on the CPU), for comparison;
 * ``reference, flattened`` / ``reference, loop per scan``: the authors' public code
@@ -118,6 +118,9 @@ def methods() -> dict[str, Callable]:
         ),
         "lovasz_softmax per scan, binned": lambda x, t, b: lovasz.lovasz_softmax(
             x, t, batch=b, per_image=True, ignore_index=IGNORE
+        ),
+        "lovasz_softmax per scan, binned, backend='torch'": lambda x, t, b: lovasz.lovasz_softmax(
+            x, t, batch=b, per_image=True, ignore_index=IGNORE, backend="torch", bins=lovasz.DEFAULT_BINS
         ),
         "lovasz_softmax all points, binned": lambda x, t, b: lovasz.lovasz_softmax(x, t, ignore_index=IGNORE),
         "reference, flattened": reference_flat,
