@@ -486,13 +486,13 @@ def check_warmup_steps(warmup_steps: int) -> int:
     return int(warmup_steps)
 
 
-def check_batch(batch: object, input: Tensor, layout: str) -> tuple[Tensor, int]:
+def check_batch(batch: object, input: Tensor, layout: str) -> tuple[Tensor, int, bool]:
     """The checks of ``batch=`` (one sample id per point, the ``torch_geometric`` convention) for the flat
     ``input`` of a loss (``layout``: ``"[N, C]"`` for softmax, ``"[N], [N, 1] or [N, C]"`` for binary):
     an integer tensor of shape ``[N]`` on ``input``'s device, with non-negative ids.  Returns the ids as
-    int64 (the tensor itself when it is int64) and the number of samples ``S = max id + 1`` (0 for no
-    point), read with one host synchronisation (a graph break under ``torch.compile``: ``S`` sets the
-    shape of the per-sample losses)."""
+    int64 (the tensor itself when it is int64), the number of samples ``S = max id + 1`` (0 for no point)
+    and whether the ids are sorted, read with one host synchronisation (a graph break under
+    ``torch.compile``: ``S`` sets the shape of the per-sample losses)."""
     if not isinstance(batch, Tensor):
         raise TypeError(f"batch must be a torch.Tensor of sample ids (one per point), got {type(batch).__name__}")
     if batch.is_floating_point() or batch.is_complex() or batch.dtype == torch.bool:
@@ -519,8 +519,9 @@ def check_batch(batch: object, input: Tensor, layout: str) -> tuple[Tensor, int]
         raise ValueError(f"batch is on {batch.device} but input is on {input.device}; move them together")
     ids = batch if batch.dtype == torch.int64 else batch.long()
     if n == 0:
-        return ids, 0
-    low, high = (int(v) for v in torch.stack(torch.aminmax(ids.detach())).tolist())
+        return ids, 0, True
+    unsorted = (ids[1:] < ids[:-1]).any().long().reshape(1)
+    low, high, descents = (int(v) for v in torch.cat([torch.stack(torch.aminmax(ids.detach())), unsorted]).tolist())
     if low < 0:
         raise ValueError(f"batch has negative sample ids (found {low}); sample ids are 0, 1, 2, ...")
-    return ids, high + 1
+    return ids, high + 1, descents == 0

@@ -172,7 +172,9 @@ def lovasz_softmax(
             bins=bins, reduction=reduction, backend=backend, per_image=per_image, allow_empty=sync is not None,
             kernels_check=sync is None and decision is not None and decision.checks_inputs,
         )  # fmt: skip
-        sample, num_samples = (None, 0) if batch is None else _checks.check_batch(batch, input, "[N, C]")
+        sample, num_samples, in_order = (
+            (None, 0, True) if batch is None else _checks.check_batch(batch, input, "[N, C]")
+        )
         if unresolved is not None:  # the arguments are valid, but no backend can serve the call
             raise unresolved
     b, c = input.shape[:2]
@@ -184,7 +186,7 @@ def lovasz_softmax(
             surrogate, input.reshape(b, c, n), target.reshape(b, n),
             per_image=per_image, ignore_index=ignore_index, bins=bins, backend=backend, sync=sync,
             present_only=isinstance(classes, str) and classes == "present", decision=decision,
-            sample=sample if ragged else None, num_samples=num_samples,
+            sample=sample if ragged else None, num_samples=num_samples, samples_sorted=in_order,
         )  # fmt: skip
         return reduce_groups(result.losses, select_classes(result, classes), w, reduction, sync)
 
@@ -219,7 +221,9 @@ def _binary_loss(
             backend=backend, per_image=per_image, allow_empty=sync is not None,
             kernels_check=sync is None and decision is not None and decision.checks_inputs,
         )  # fmt: skip
-        sample, num_samples = (None, 0) if batch is None else _checks.check_batch(batch, input, "[N], [N, 1] or [N, C]")
+        sample, num_samples, in_order = (
+            (None, 0, True) if batch is None else _checks.check_batch(batch, input, "[N], [N, 1] or [N, C]")
+        )
         if flat:  # points [N, C] with [N, C] labels: C channels of one point each (not [B, *spatial])
             x, t = input.reshape(input.shape[0], -1, 1), target.reshape(input.shape[0], -1, 1)
         if unresolved is not None:  # the arguments are valid, but no backend can serve the call
@@ -239,6 +243,7 @@ def _binary_loss(
             decision=decision,
             sample=sample if ragged else None,
             num_samples=num_samples,
+            samples_sorted=in_order,
         )
         return reduce_groups(result.losses, result.has_valid, None, reduction, sync)
 

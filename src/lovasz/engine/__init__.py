@@ -48,13 +48,15 @@ def lovasz_extension(errors: Tensor, fg: Tensor, valid: Tensor | None = None, bi
     return lovasz_binned(errors, fg, valid, Binning.for_bins(bins))
 
 
-def _by_sample(x: Tensor, target: Tensor, sample: Tensor, num_samples: int) -> tuple[Tensor, Tensor, Tensor]:
+def _by_sample(
+    x: Tensor, target: Tensor, sample: Tensor, num_samples: int, in_order: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     """The images of a ragged batch in sample order, for the fused kernels (each sample's images
-    contiguous): ``x`` and ``target`` as they are where ``sample`` is sorted (the order of torch_geometric
-    and of sparse collate functions), else gathered by one stable sort (a copy, whose gradient autograd
-    scatters back); and the kernels' ``[B + S + 1]`` int64 ragged argument, the sorted sample ids then
-    each sample's first image and one past its last."""
-    if torch.compiler.is_compiling() or bool((sample[1:] < sample[:-1]).any()):
+    contiguous): ``x`` and ``target`` as they are where ``sample`` is sorted (``in_order``: the order of
+    torch_geometric and of sparse collate functions), else gathered by one stable sort (a copy, whose
+    gradient autograd scatters back); and the kernels' ``[B + S + 1]`` int64 ragged argument, the sorted
+    sample ids then each sample's first image and one past its last."""
+    if not in_order:
         order = torch.argsort(sample, stable=True)
         x, target, sample = x[order], target[order], sample[order]
     counts = torch.bincount(sample, minlength=num_samples)
@@ -76,6 +78,7 @@ def group_losses(
     decision: Decision | None = None,
     sample: Tensor | None = None,
     num_samples: int = 0,
+    samples_sorted: bool = False,
 ) -> GroupLosses:
     """Lovász losses of every group of ``x`` ``[B, C, N]``, folded to ``[B, C]`` (per image) or ``[C]``.
 
@@ -95,7 +98,8 @@ def group_losses(
     ``sample``: with ``per_image``, the ``[B]`` int64 sample id of each image of a ragged batch (a flat
     point list is ``B = N`` images of one point, ``batch=`` of the losses): the groups are then the
     ``(sample, class)`` pairs, folded to ``[num_samples, C]``, and a sample id that no image has is a
-    sample without valid pixels.  No padding: the exact engine sorts each class's row by sample id after
+    sample without valid pixels; ``samples_sorted``: whether ``sample`` is known to be non-decreasing (the
+    fused kernels then use it as it is).  No padding: the exact engine sorts each class's row by sample id after
     its errors (:func:`.exact.lovasz_exact_segments`), the binned engine counts each element in its
     sample's group (:mod:`.binned`).
     """
@@ -120,7 +124,7 @@ def group_losses(
         ragged = None
         if sample is not None:
             assert impl.backend.capabilities.ragged_groups, "the resolver gives ragged groups to capable backends"
-            x, target, ragged = _by_sample(x, target, sample, num_samples)
+            x, target, ragged = _by_sample(x, target, sample, num_samples, samples_sorted)
         result = fused_binned(
             x,
             target,
