@@ -106,26 +106,36 @@ def _segment_weights(e: Tensor, fg: Tensor, valid: Tensor | None, seg: Tensor, n
     """Losses ``[g, S]``, foreground counts ``[g, S]`` and weights ``[g, p]`` (input order) of rows whose
     columns belong to segments ``seg`` ``[p]`` (the same for every row).
 
-    One sort by error (as :func:`_sorted_weights`), then a stable sort by segment: each segment is then a
-    contiguous run of every row, sorted by decreasing error with its invalid elements last, at the same
-    columns in every row.  The counts before an element are cumulative sums minus their value at the
-    segment's start, and its position is its column minus the segment's first column, so the weights are
-    :func:`_sorted_weights`' formulas per segment."""
+    Each row is sorted by (segment, decreasing error), invalid elements last in their segment: for float32
+    errors by one sort of a 64-bit key (the segment above the error's bits, which order as the errors do),
+    for float64 by a sort by error and a stable sort by segment.  Each segment is then a contiguous run of
+    every row, at the same columns in every row.  The counts before an element are cumulative sums minus
+    their value at the segment's start, and its position is its column minus the segment's first column,
+    so the weights are :func:`_sorted_weights`' formulas per segment."""
     if valid is None:
         key = e + 0.0
     else:
         key = torch.where(valid, e, -1.0).add_(0.0)
-    int_type = torch.int64 if key.dtype == torch.float64 else torch.int32
-    bits, order = torch.sort(key.view(int_type), dim=1, descending=True)
-    del key
-    seg_sorted, by_seg = torch.sort(seg[order], dim=1, stable=True)
-    order = order.gather(1, by_seg)
-    sorted_e = bits.gather(1, by_seg).view(e.dtype)
-    del bits, by_seg
-    seg_row = seg_sorted[:1]  # [1, p]: every row has the same segment layout
     counts = torch.bincount(seg, minlength=num_segments)
     ends = counts.cumsum(0)
     starts = ends - counts
+    # Every row has the same segment layout once sorted: segment s at columns starts[s]..ends[s].
+    seg_row = torch.repeat_interleave(torch.arange(num_segments, device=e.device), counts, output_size=e.shape[1])
+    if key.dtype == torch.float32:  # one sort: segment in the high 32 bits, the error's rank below
+        bits = key.view(torch.int32).to(torch.int64)  # >= 0 for errors (they order as their bits), < 0 for -1
+        composite = torch.sub((1 << 31) - 1, bits).add_((seg << 32).unsqueeze(0))  # -1 ranks past every error
+        del bits
+        order = torch.sort(composite, dim=1).indices
+        del composite
+        sorted_e = key.gather(1, order)
+    else:  # float64 bits take 64: a sort by error, then a stable sort by segment
+        bits, order = torch.sort(key.view(torch.int64), dim=1, descending=True)
+        by_seg = torch.sort(seg[order], dim=1, stable=True).indices
+        order = order.gather(1, by_seg)
+        sorted_e = bits.gather(1, by_seg).view(e.dtype)
+        del bits, by_seg
+    del key
+    seg_row = seg_row.unsqueeze(0)
     fg_s = fg.gather(1, order)
     a_all = torch.cumsum(fg_s, dim=1, dtype=torch.int64)
     a_pad = torch.nn.functional.pad(a_all, (1, 0))
