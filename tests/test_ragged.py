@@ -276,38 +276,6 @@ def test_compiled_ragged_loss_equals_eager(bins, backend):
     torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize(
-    ("make", "error", "match"),
-    [
-        (lambda x, t, b: (x, t, b[:-1]), ValueError, r"batch must have shape \[N\]"),
-        (lambda x, t, b: (x, t, b.float()), TypeError, "batch must hold integer sample ids"),
-        (lambda x, t, b: (x, t, b.bool()), TypeError, "batch must hold integer sample ids"),
-        (lambda x, t, b: (x, t, b.tolist()), TypeError, "batch must be a torch.Tensor"),
-        (lambda x, t, b: (x, t, b.view(1, -1)), ValueError, r"batch must have shape \[N\]"),
-        (lambda x, t, b: (x, t, b - 1), ValueError, "negative sample ids"),
-        (lambda x, t, b: (x, t, b.to("meta")), ValueError, "batch is on meta"),
-        (lambda x, t, b: (x.unsqueeze(-1), t.unsqueeze(-1), b), ValueError, r"flat points \[N, C\]"),
-    ],
-)
-def test_bad_batch_is_refused(make, error, match):
-    x, t, batch = _points("softmax", dtype=torch.float32)
-    x, t, batch = make(x, t, batch)
-    with pytest.raises(error, match=match):
-        lovasz.lovasz_softmax(x, t, batch=batch, per_image=True, ignore_index=255)
-    with pytest.raises(error, match=match):
-        lovasz.lovasz_softmax(x, t, batch=batch, ignore_index=255)  # checked without per_image too
-
-
-def test_bad_batch_is_refused_by_the_binary_losses():
-    x, t, batch = _points("hinge", dtype=torch.float32)
-    with pytest.raises(ValueError, match=r"batch must have shape \[N\]"):
-        lovasz.lovasz_hinge(x, t, batch=batch[:-1], ignore_index=255)
-    with pytest.raises(ValueError, match=r"flat points"):
-        lovasz.lovasz_hinge(x.view(1, 1, -1), t.view(1, 1, -1), batch=batch, ignore_index=255)
-    with pytest.raises(ValueError, match="negative sample ids"):
-        lovasz.lovasz_sigmoid(x, t, batch=-batch - 1, ignore_index=255)
-
-
 def test_inputs_are_not_modified():
     x, t, batch = _points("softmax", dtype=torch.float32)
     copies = (x.clone(), t.clone(), batch.clone())
