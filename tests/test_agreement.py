@@ -123,5 +123,5 @@ def test_a_library_with_other_argument_counts_is_refused_as_stale(monkeypatch):
     monkeypatch.setattr(kernels_native, "ARITY", wrong)
     monkeypatch.setattr(kernels_native, "STALE", "")
     assert kernels_native._load() is None
-    assert "head_rows takes 15 (expected 16)" in kernels_native.STALE
+    assert "head_rows takes 16 (expected 17)" in kernels_native.STALE
     assert "reinstall lovasz" in kernels_native.STALE
