@@ -379,7 +379,7 @@ RAGGED_SAMPLES = [[(0, 30), (1, 7)], [(0, 1), (2, 25)]]
 RAGGED_CONFIGS = [
     dict(kind=kind, bins=bins, backend=backend, reduction=reduction)
     for kind in ("softmax", "hinge")
-    for bins, backend in ((None, "auto"), (256, "torch"))
+    for bins, backend in [(None, "auto"), (256, "torch")] + [(256, name) for name in CPU_FUSED]
     for reduction in ("mean", "sum")
 ]
 
