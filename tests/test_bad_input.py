@@ -469,3 +469,42 @@ def test_functions_accept_numpy_integers(bins):
 def test_functions_still_refuse_bools_floats_and_bad_ids(kwargs, error, match):
     with pytest.raises(error, match=match):
         lovasz.lovasz_softmax(X4, T4, **kwargs)
+
+
+def _points():
+    g = torch.Generator().manual_seed(0)
+    batch = torch.tensor([0, 0, 2, 1, 2, 2, 0, 1])
+    return torch.randn(8, 3, generator=g), torch.randint(0, 3, (8,), generator=g), batch
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda x, t, b: (x, t, b[:-1]), ValueError, r"batch must have shape \[N\] = \(8,\)"),
+        (lambda x, t, b: (x, t, b.float()), TypeError, r"batch must hold integer sample ids.*batch.long\(\)"),
+        (lambda x, t, b: (x, t, b.bool()), TypeError, "batch must hold integer sample ids"),
+        (lambda x, t, b: (x, t, b.tolist()), TypeError, "batch must be a torch.Tensor"),
+        (lambda x, t, b: (x, t, b.view(1, -1)), ValueError, r"batch must have shape \[N\]"),
+        (lambda x, t, b: (x, t, b - 1), ValueError, r"negative sample ids \(found -1\)"),
+        (lambda x, t, b: (x, t, b.to("meta")), ValueError, "batch is on meta but input is on cpu"),
+        (lambda x, t, b: (x.unsqueeze(-1), t.unsqueeze(-1), b), ValueError, r"flat points \[N, C\]"),
+    ],
+)
+@pytest.mark.parametrize("per_image", [True, False])
+def test_bad_batch_is_refused(make, error, match, per_image):
+    x, t, batch = make(*_points())
+    with pytest.raises(error, match=match):
+        lovasz.lovasz_softmax(x, t, batch=batch, per_image=per_image)  # checked without per_image too
+
+
+def test_bad_batch_is_refused_by_the_binary_losses():
+    x, t, batch = _points()
+    x, t = x[:, 0], (t > 0).long()
+    with pytest.raises(ValueError, match=r"batch must have shape \[N\]"):
+        lovasz.lovasz_hinge(x, t, batch=batch[:-1])
+    with pytest.raises(ValueError, match="flat points"):
+        lovasz.lovasz_hinge(x.view(1, 1, -1), t.view(1, 1, -1), batch=batch)
+    with pytest.raises(ValueError, match="negative sample ids"):
+        lovasz.lovasz_sigmoid(x, t, batch=-batch - 1)
+    with pytest.raises(ValueError, match=r"batch must have shape \[N\]"):
+        lovasz.LovaszSigmoidLoss(per_image=True)(x, t, batch[:3])

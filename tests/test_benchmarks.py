@@ -54,3 +54,18 @@ def test_engine_benchmark_runs():
     args = ["--sizes", "1x3x8x8", "--methods", "ce", "exact", "fast", "--repeats", "1"]
     out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=True).stdout
     assert "lovasz binned" in out and "| 1x3x8x8 |" in out and "error" not in out.lower()
+
+
+def test_pointcloud_benchmark_runs(tmp_path):
+    import pathlib
+    import subprocess
+    import sys
+
+    script = pathlib.Path(__file__).parents[1] / "benchmarks" / "bench_pointcloud.py"
+    args = ["--points", "300", "500", "--classes", "5", "--rounds", "1", "--out", str(tmp_path / "p.md")]
+    out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=True).stdout
+    assert "| lovasz_softmax per scan, binned |" in out and "| reference, loop per scan |" in out
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| lovasz_softmax per scan, exact")]
+    ref = [line.split("|") for line in out.splitlines() if line.startswith("| reference, loop per scan")]
+    assert abs(float(rows[0][6]) - float(ref[0][6])) < 1e-4  # the loss column: the same per-scan loss
+    assert (tmp_path / "p.md").read_text().startswith("# Point clouds")

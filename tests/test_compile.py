@@ -125,17 +125,18 @@ def test_fused_operators_pass_opcheck(backend, per_image):
     binning = Binning.for_bins(lovasz.DEFAULT_BINS)
     config = (backend, surrogates.SOFTMAX.code, per_image, None, binning.lo, binning.per_octave, False)
     forward, backward = torch.ops.lovasz.binned_forward.default, torch.ops.lovasz.binned_backward.default
-    for inputs in [(x, t), (x.clone().requires_grad_(True), t)]:
+    none = t.new_empty(0)  # no ragged batch
+    for inputs in [(x, t, none), (x.clone().requires_grad_(True), t, none)]:
         torch.library.opcheck(
             forward, (*inputs, *config), test_utils=("test_schema", "test_autograd_registration", "test_faketensor")
         )
-    out = fused.ForwardOutputs.of(forward(x, t, *config))
+    out = fused.ForwardOutputs.of(forward(x, t, none, *config))
     kept = fused.errors_kept(backend, surrogates.SOFTMAX.code)
     source, labels = (out.kept, t.new_empty(0)) if kept else (x, t)
     scale = torch.rand(out.losses.shape, generator=g)
     weights = out.head_weights * scale.view(-1, 1)
     head = (out.cut, out.head_values, out.head_fg, weights)
-    torch.library.opcheck(backward, (source, labels, out.top, out.table, scale, *head, kept, *config))
+    torch.library.opcheck(backward, (source, labels, none, out.top, out.table, scale, *head, kept, *config))
     assert fused._LIB is not None  # the registrations live as long as the module
 
 

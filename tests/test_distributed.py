@@ -370,3 +370,75 @@ def test_ranks_with_different_options_all_raise_naming_the_option(world, tmp_pat
         torch.testing.assert_close(res["after"], results[0]["after"])
         assert res["shared"] and res["same"] and res["restored"]
         assert "unpickled without the process group" in res["refused"]
+
+
+# Ragged batches (batch=): each rank holds the points of its own scans, with local sample ids.  Rank 0 has
+# samples 0 and 1 (1 fully ignored); rank 1 has samples 0 and 2 (id 1 missing).  The one-process loss is
+# that of all points with each rank's ids shifted past the previous ranks' samples.
+RAGGED_SAMPLES = [[(0, 30), (1, 7)], [(0, 1), (2, 25)]]
+RAGGED_CONFIGS = [
+    dict(kind=kind, bins=bins, backend=backend, reduction=reduction)
+    for kind in ("softmax", "hinge")
+    for bins, backend in [(None, "auto"), (256, "torch")] + [(256, name) for name in CPU_FUSED]
+    for reduction in ("mean", "sum")
+]
+
+
+def _ragged_inputs(kind: str, rank: int):
+    g = torch.Generator().manual_seed(rank)
+    batch = torch.cat([torch.full((n,), s) for s, n in RAGGED_SAMPLES[rank]])
+    batch = batch[torch.randperm(batch.numel(), generator=g)]
+    n = batch.numel()
+    if kind == "softmax":
+        x, t = torch.randn(n, 4, generator=g) * 2, torch.randint(0, 4, (n,), generator=g)
+    else:
+        x, t = torch.randn(n, generator=g) * 2, torch.randint(0, 2, (n,), generator=g)
+    t = t.masked_fill(torch.rand(n, generator=g) < 0.2, 255)
+    if rank == 0:
+        t[batch == 1] = 255
+    return x, t, batch
+
+
+def _ragged_loss(cfg: dict, x, t, batch, group=None):
+    fn = lovasz.lovasz_softmax if cfg["kind"] == "softmax" else lovasz.lovasz_hinge
+    return fn(
+        x, t, batch=batch, per_image=True, ignore_index=255, bins=cfg["bins"], backend=cfg["backend"],
+        reduction=cfg["reduction"], process_group=group,
+    )  # fmt: skip
+
+
+def _ragged_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        results = []
+        for cfg in RAGGED_CONFIGS:
+            x, t, batch = _ragged_inputs(cfg["kind"], rank)
+            xl = x.clone().requires_grad_(True)
+            loss = _ragged_loss(cfg, xl, t, batch, dist.group.WORLD)
+            loss.backward()
+            results.append((loss.detach(), xl.grad))
+        torch.save(results, os.path.join(out_dir, f"ragged{rank}.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ragged_loss_over_processes_equals_the_loss_of_all_points(tmp_path):
+    mp.spawn(_ragged_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    per_rank = [torch.load(tmp_path / f"ragged{r}.pt") for r in range(2)]
+    for i, cfg in enumerate(RAGGED_CONFIGS):
+        parts = [_ragged_inputs(cfg["kind"], r) for r in range(2)]
+        shift = 1 + max(s for s, _ in RAGGED_SAMPLES[0])
+        x = torch.cat([parts[0][0], parts[1][0]]).requires_grad_(True)
+        t = torch.cat([parts[0][1], parts[1][1]])
+        batch = torch.cat([parts[0][2], parts[1][2] + shift])
+        want = _ragged_loss(cfg, x, t, batch)
+        want.backward()
+        start = 0
+        for r in range(2):
+            value, grad = per_rank[r][i]
+            n = parts[r][0].shape[0]
+            torch.testing.assert_close(value, want.detach(), rtol=1e-5, atol=1e-6, msg=f"value, rank {r}, {cfg}")
+            torch.testing.assert_close(grad, 2 * x.grad[start : start + n], rtol=1e-5, atol=1e-6, msg=f"{r} {cfg}")
+            start += n

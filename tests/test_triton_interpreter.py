@@ -25,6 +25,7 @@ CHECKS = [
     ("triton_cases.py", "test_triton_bin_index_equals_binning_index"),
     ("triton_cases.py", "test_triton_head_weights_equal_head_weights"),
     ("triton_cases.py", "test_triton_fidelity_in_a_crowded_top_bin"),
+    ("triton_cases.py", "test_triton_ragged_batches_match_pytorch_binned_engine"),
     ("test_cuda.py", "test_torch_compile_default_backend"),
     ("test_cuda.py", "test_automatic_choice_is_the_fused_backend_without_fallback"),
 ]

@@ -93,7 +93,8 @@ def test_triton_head_weights_equal_head_weights():
     x = torch.randint(-2, 3, (2, 3, 20), generator=g).float()  # ties, and groups smaller than the head
     t = torch.randint(0, 2, (2, 20), generator=g)  # class 2 absent
     binning = Binning.for_bins(lovasz.DEFAULT_BINS)
-    out = fused._forward(x, t, BACKEND, surrogates.SOFTMAX.code, True, None, binning.lo, binning.per_octave)
+    none = t.new_empty(0)  # no ragged batch
+    out = fused._forward(x, t, none, BACKEND, surrogates.SOFTMAX.code, True, None, binning.lo, binning.per_octave)
     assert (out.head_values >= 0).sum(dim=1).tolist() == [20] * 6 and out.head_values.shape[1] == HEAD
     want = head_weights(out.head_values, out.head_fg, out.head_values >= 0, out.n_fg)
     assert torch.equal(out.head_weights, want.to(torch.float32))
@@ -107,3 +108,22 @@ def test_triton_fidelity_in_a_crowded_top_bin():
     for margin in (10, 12, 14, 20):
         for from_logits in (True, False):
             check_crowded_top_bin(BACKEND, margin, from_logits)
+
+
+def test_triton_ragged_batches_match_pytorch_binned_engine():
+    # batch= (point clouds): the Triton kernels group each point by its sample, against the PyTorch engine,
+    # with a missing, a one-point and a fully ignored sample and shuffled ids (tests/test_ragged.py's).
+    from test_ragged import _call, _points
+
+    for kind in ("softmax", "hinge", "sigmoid", "multilabel"):
+        x, t, batch = _points(kind, seed=5, dtype=torch.float32)
+        loss_kind = "sigmoid" if kind == "multilabel" else kind
+        results = []
+        for backend in ("torch", BACKEND):
+            xg = x.clone().requires_grad_(True)
+            loss = _call(loss_kind, xg, t, per_image=True, batch=batch, bins=256, backend=backend, reduction="none")
+            (loss * torch.arange(1.0, loss.numel() + 1)).sum().backward()
+            results.append((loss.detach(), xg.grad))
+        (want, want_grad), (got, got_grad) = results
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=kind)
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-6, msg=kind)

@@ -484,3 +484,44 @@ def check_warmup_steps(warmup_steps: int) -> int:
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be a non-negative int, got {warmup_steps}")
     return int(warmup_steps)
+
+
+def check_batch(batch: object, input: Tensor, layout: str) -> tuple[Tensor, int, bool]:
+    """The checks of ``batch=`` (one sample id per point, the ``torch_geometric`` convention) for the flat
+    ``input`` of a loss (``layout``: ``"[N, C]"`` for softmax, ``"[N], [N, 1] or [N, C]"`` for binary):
+    an integer tensor of shape ``[N]`` on ``input``'s device, with non-negative ids.  Returns the ids as
+    int64 (the tensor itself when it is int64), the number of samples ``S = max id + 1`` (0 for no point)
+    and whether the ids are sorted, read with one host synchronisation (a graph break under
+    ``torch.compile``: ``S`` sets the shape of the per-sample losses)."""
+    if not isinstance(batch, Tensor):
+        raise TypeError(f"batch must be a torch.Tensor of sample ids (one per point), got {type(batch).__name__}")
+    if batch.is_floating_point() or batch.is_complex() or batch.dtype == torch.bool:
+        raise TypeError(
+            f"batch must hold integer sample ids (torch.long), got {batch.dtype}; convert with batch.long()"
+        )
+    if layout == "[N, C]" and input.dim() != 2:
+        raise ValueError(
+            f"with batch=, input must be flat points [N, C] (target [N]), got input of shape {tuple(input.shape)}; "
+            "flatten the points of all samples into one list and give each its sample id in batch"
+        )
+    if layout != "[N, C]" and input.dim() not in (1, 2):
+        raise ValueError(
+            f"with batch=, input must be flat points {layout}, got input of shape {tuple(input.shape)}; "
+            "flatten the points of all samples into one list and give each its sample id in batch"
+        )
+    n = input.shape[0]
+    if batch.dim() != 1 or batch.shape[0] != n:
+        raise ValueError(
+            f"batch must have shape [N] = ({n},), one sample id per point of input {tuple(input.shape)}, "
+            f"got {tuple(batch.shape)}"
+        )
+    if batch.device != input.device:
+        raise ValueError(f"batch is on {batch.device} but input is on {input.device}; move them together")
+    ids = batch if batch.dtype == torch.int64 else batch.long()
+    if n == 0:
+        return ids, 0, True
+    unsorted = (ids[1:] < ids[:-1]).any().long().reshape(1)
+    low, high, descents = (int(v) for v in torch.cat([torch.stack(torch.aminmax(ids.detach())), unsorted]).tolist())
+    if low < 0:
+        raise ValueError(f"batch has negative sample ids (found {low}); sample ids are 0, 1, 2, ...")
+    return ids, high + 1, descents == 0

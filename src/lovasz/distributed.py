@@ -20,7 +20,8 @@ every rank computes the loss of the *union* of all ranks' batches:
   (float32 errors plus two byte masks), so prefer the binned engine across processes.
 * **per image** (``per_image=True``): an image's loss depends on its own pixels only, so nothing but the
   final mean is synchronised: the sum of the local images' losses and their count (images with no valid
-  pixel or no selected class count nowhere).
+  pixel or no selected class count nowhere).  A ragged batch (``batch=``, point clouds) is the same: each
+  rank's samples are its own (its ids are local), and the mean is over all ranks' samples.
 
 **Gradient convention.**  The value is the same on every rank: the one-process loss of the concatenated
 inputs.  Each rank's gradient w.r.t. its own inputs is ``world_size ×`` its slice of the one-process
@@ -34,7 +35,8 @@ ignored (an input with ``B = 0`` is accepted with a process group); otherwise th
 **Agreement.**  Before its first collective, every call checks that all ranks agree
 (:meth:`ProcessSync.agree`): one all-reduce of a few integers (the call's number on this group, whether
 the rank's inputs passed their checks, the number of classes, ``bins``, ``classes``, ``ignore_index``,
-``per_image``, the surrogate, the reduction and the backend asked for), whose maximum and minimum every
+``per_image``, whether per-sample groups of ``batch=`` apply, the surrogate, the reduction and the
+backend asked for), whose maximum and minimum every
 rank reads.  Where they differ, every rank raises a ``ValueError`` naming the options that differ,
 instead of the collectives pairing buffers of different sizes (gloo aborts the process) or computing
 different losses silently.  A rank whose inputs fail their checks (bad labels, NaN scores, a wrong
@@ -63,7 +65,7 @@ from torch import Tensor
 
 __all__ = ["ProcessSync"]
 
-_OPTION_SLOTS = 8  # the options a call agrees on (a fixed size, so that every rank's buffer matches)
+_OPTION_SLOTS = 9  # the options a call agrees on (a fixed size, so that every rank's buffer matches)
 _CALLS: dict[object, int] = {}  # calls of the loss made on each process group, by this process
 
 
@@ -102,7 +104,7 @@ class ProcessSync:
     @torch.compiler.disable
     def agree(self, options: Mapping[str, object], refused: BaseException | None = None) -> None:
         """Check that every rank is at the same call with the same ``options`` (name → value) and accepted
-        its inputs, with one all-reduce of ``2·(2 + 8)`` int64; raise on every rank if not.
+        its inputs, with one all-reduce of ``2·(2 + 9)`` int64; raise on every rank if not.
 
         ``refused``: this rank's inputs failed their checks with this exception.  The other ranks are told
         through the same all-reduce (so none waits in a collective for this rank), and every rank raises:

@@ -39,12 +39,15 @@ def _sync(process_group):
     return ProcessSync(process_group)
 
 
-def _agreed(surrogate, num_classes, bins, classes, ignore_index, per_image, reduction, decision) -> dict[str, object]:
+def _agreed(
+    surrogate, num_classes, bins, classes, ignore_index, per_image, reduction, decision, ragged
+) -> dict[str, object]:
     """The options every rank of a process group must pass alike (:meth:`ProcessSync.agree`); the backend
-    is the one decided, since each runs its own collectives."""
+    is the one decided, since each runs its own collectives.  ``ragged``: whether ``batch=`` was given."""
     return {
         "loss": surrogate.name, "number of classes": num_classes, "bins": bins, "classes": classes,
         "ignore_index": ignore_index, "per_image": per_image, "reduction": reduction, "backend": decision.name,
+        "per-sample groups of batch=": ragged,
     }  # fmt: skip
 
 
@@ -80,6 +83,7 @@ def lovasz_softmax(
     reduction: Reduction = "mean",
     backend: BackendName = "auto",
     process_group: ProcessGroup | None = None,
+    batch: Tensor | None = None,
 ) -> Tensor:
     r"""Lovász-Softmax loss: a convex surrogate of ``1 - IoU`` for multi-class segmentation.
 
@@ -131,6 +135,17 @@ def lovasz_softmax(
             so that ``DistributedDataParallel``'s gradient averaging gives the one-process gradient.
             Every rank must call the loss (an empty local batch, ``B = 0``, is allowed).  See
             :mod:`lovasz.distributed` for what travels.
+        batch: for point clouds and other ragged batches: ``[N]`` integer sample ids of the points of a
+            flat ``input`` ``[N, C]`` (target ``[N]``), sorted or not, the ``torch_geometric`` convention.
+            With ``per_image=True`` each sample (scan) is an image: its loss is computed on its own
+            points and the losses are averaged over the samples with a valid point and a selected class;
+            ``reduction="none"`` gives ``[S]`` per-sample losses, ``S = max id + 1`` (a missing id is a
+            sample without valid points: 0, skipped in the mean).  With ``per_image=False`` the ids are
+            checked and the points form one set per class, as without ``batch``.  No padding and no
+            loop over the samples: the engines take each (sample, class) pair as a group (sorted ids
+            cost nothing more; unsorted ones are sorted once, a copy of ``input``, for the fused
+            kernels).  Reading ``S`` synchronises with the device once (a graph break under
+            ``torch.compile``).
 
     Returns:
         The loss (float32, or float64 for float64 input).  If no pixel is valid it is 0, with a zero
@@ -148,9 +163,10 @@ def lovasz_softmax(
     """
     sync = _sync(process_group)
     surrogate = for_loss("softmax", bool(from_logits))
+    ragged = batch is not None and per_image is True
     with _refusal_told(sync):
         decision, bins, unresolved = decide(
-            backend, input, bins, surrogate, per_image=per_image, distributed=sync is not None
+            backend, input, bins, surrogate, per_image=per_image, distributed=sync is not None, ragged=ragged
         )
         target = _checks.wide_labels(target) if isinstance(target, Tensor) else target
         w, classes, ignore_index, bins = _checks.check_softmax(
@@ -158,17 +174,21 @@ def lovasz_softmax(
             bins=bins, reduction=reduction, backend=backend, per_image=per_image, allow_empty=sync is not None,
             kernels_check=sync is None and decision is not None and decision.checks_inputs,
         )  # fmt: skip
+        sample, num_samples, in_order = (
+            (None, 0, True) if batch is None else _checks.check_batch(batch, input, "[N, C]")
+        )
         if unresolved is not None:  # the arguments are valid, but no backend can serve the call
             raise unresolved
     b, c = input.shape[:2]
     n = math.prod(input.shape[2:])
     if sync is not None:
-        sync.agree(_agreed(surrogate, c, bins, classes, ignore_index, per_image, reduction, decision))
+        sync.agree(_agreed(surrogate, c, bins, classes, ignore_index, per_image, reduction, decision, ragged))
     with _no_autocast(input):
         result = group_losses(
             surrogate, input.reshape(b, c, n), target.reshape(b, n),
             per_image=per_image, ignore_index=ignore_index, bins=bins, backend=backend, sync=sync,
             present_only=isinstance(classes, str) and classes == "present", decision=decision,
+            sample=sample if ragged else None, num_samples=num_samples, samples_sorted=in_order,
         )  # fmt: skip
         return reduce_groups(result.losses, select_classes(result, classes), w, reduction, sync)
 
@@ -185,24 +205,33 @@ def _binary_loss(
     reduction: str,
     backend: str,
     process_group: ProcessGroup | None,
+    batch: Tensor | None,
 ) -> Tensor:
     sync = _sync(process_group)
     surrogate = for_loss("hinge" if hinge else "sigmoid", bool(from_logits))
-    channels = input.shape[1] if isinstance(input, Tensor) and input.dim() >= 4 else 1
+    ragged = batch is not None and per_image is True
+    flat = batch is not None and isinstance(input, Tensor) and input.dim() == 2  # [N, C] points: C channels
+    channels = input.shape[1] if isinstance(input, Tensor) and (input.dim() >= 4 or flat) else 1
     with _refusal_told(sync):
         decision, bins, unresolved = decide(
-            backend, input, bins, surrogate, per_image=per_image, channels=channels, distributed=sync is not None
-        )
+            backend, input, bins, surrogate, per_image=per_image, channels=channels, distributed=sync is not None,
+            ragged=ragged,
+        )  # fmt: skip
         target = _checks.wide_labels(target) if isinstance(target, Tensor) else target
         x, t, ignore_index, bins = _checks.check_binary(
             input, target, ignore_index=ignore_index, from_logits=from_logits, bins=bins, reduction=reduction,
             backend=backend, per_image=per_image, allow_empty=sync is not None,
             kernels_check=sync is None and decision is not None and decision.checks_inputs,
         )  # fmt: skip
+        sample, num_samples, in_order = (
+            (None, 0, True) if batch is None else _checks.check_batch(batch, input, "[N], [N, 1] or [N, C]")
+        )
+        if flat:  # points [N, C] with [N, C] labels: C channels of one point each (not [B, *spatial])
+            x, t = input.reshape(input.shape[0], -1, 1), target.reshape(input.shape[0], -1, 1)
         if unresolved is not None:  # the arguments are valid, but no backend can serve the call
             raise unresolved
     if sync is not None:
-        sync.agree(_agreed(surrogate, x.shape[1], bins, "all", ignore_index, per_image, reduction, decision))
+        sync.agree(_agreed(surrogate, x.shape[1], bins, "all", ignore_index, per_image, reduction, decision, ragged))
     with _no_autocast(x):
         result = group_losses(
             surrogate,
@@ -214,6 +243,9 @@ def _binary_loss(
             backend=backend,
             sync=sync,
             decision=decision,
+            sample=sample if ragged else None,
+            num_samples=num_samples,
+            samples_sorted=in_order,
         )
         return reduce_groups(result.losses, result.has_valid, None, reduction, sync)
 
@@ -228,6 +260,7 @@ def lovasz_hinge(
     reduction: Reduction = "mean",
     backend: BackendName = "auto",
     process_group: ProcessGroup | None = None,
+    batch: Tensor | None = None,
 ) -> Tensor:
     r"""Lovász hinge loss for binary (and multi-label) segmentation.
 
@@ -249,6 +282,9 @@ def lovasz_hinge(
             ``per_image=False``; 0 for entries with no valid pixel).
         backend: implementation of the binned engine, as in :func:`lovasz_softmax`.
         process_group: the loss of all ranks' batches together, as in :func:`lovasz_softmax`.
+        batch: ``[N]`` sample ids of flat points (input ``[N]`` or ``[N, 1]`` with target ``[N]``, or
+            multi-label ``[N, C]`` with target ``[N, C]``): with ``per_image=True`` the loss of each sample
+            (``"none"``: ``[S]``), as in :func:`lovasz_softmax`.
 
     Example:
         >>> import torch, lovasz
@@ -258,7 +294,7 @@ def lovasz_hinge(
     """
     return _binary_loss(
         input, target, hinge=True, per_image=per_image, ignore_index=ignore_index, from_logits=True, bins=bins,
-        reduction=reduction, backend=backend, process_group=process_group,
+        reduction=reduction, backend=backend, process_group=process_group, batch=batch,
     )  # fmt: skip
 
 
@@ -273,6 +309,7 @@ def lovasz_sigmoid(
     reduction: Reduction = "mean",
     backend: BackendName = "auto",
     process_group: ProcessGroup | None = None,
+    batch: Tensor | None = None,
 ) -> Tensor:
     r"""Lovász-Sigmoid loss: errors :math:`e_i = |y_i - \sigma(s_i)|` for binary or multi-label targets.
 
@@ -288,5 +325,5 @@ def lovasz_sigmoid(
     """
     return _binary_loss(
         input, target, hinge=False, per_image=per_image, ignore_index=ignore_index, from_logits=from_logits,
-        bins=bins, reduction=reduction, backend=backend, process_group=process_group,
+        bins=bins, reduction=reduction, backend=backend, process_group=process_group, batch=batch,
     )  # fmt: skip

@@ -101,7 +101,9 @@ class LovaszSoftmaxLoss(_SharesProcessGroup, nn.Module):
         self.process_group = process_group
         self.register_buffer("weight", _checks.check_module_weight(weight))
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+    def forward(self, input: Tensor, target: Tensor, batch: Tensor | None = None) -> Tensor:
+        """The loss of ``input`` and ``target``; ``batch``: ``[N]`` sample ids of flat points (per-sample
+        losses of a ragged batch with ``per_image=True``, see :func:`lovasz.lovasz_softmax`)."""
         return lovasz_softmax(
             input,
             target,
@@ -114,6 +116,7 @@ class LovaszSoftmaxLoss(_SharesProcessGroup, nn.Module):
             reduction=self.reduction,
             backend=self.backend,
             process_group=self._group(),
+            batch=batch,
         )
 
     def extra_repr(self) -> str:
@@ -151,7 +154,9 @@ class LovaszHingeLoss(_SharesProcessGroup, nn.Module):
         self.backend = backend
         self.process_group = process_group
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+    def forward(self, input: Tensor, target: Tensor, batch: Tensor | None = None) -> Tensor:
+        """The loss of ``input`` and ``target``; ``batch``: ``[N]`` sample ids of flat points (per-sample
+        losses of a ragged batch with ``per_image=True``, see :func:`lovasz.lovasz_hinge`)."""
         return lovasz_hinge(
             input,
             target,
@@ -161,6 +166,7 @@ class LovaszHingeLoss(_SharesProcessGroup, nn.Module):
             reduction=self.reduction,
             backend=self.backend,
             process_group=self._group(),
+            batch=batch,
         )
 
     def extra_repr(self) -> str:
@@ -200,7 +206,9 @@ class LovaszSigmoidLoss(_SharesProcessGroup, nn.Module):
         self.backend = backend
         self.process_group = process_group
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+    def forward(self, input: Tensor, target: Tensor, batch: Tensor | None = None) -> Tensor:
+        """The loss of ``input`` and ``target``; ``batch``: ``[N]`` sample ids of flat points (per-sample
+        losses of a ragged batch with ``per_image=True``, see :func:`lovasz.lovasz_sigmoid`)."""
         return lovasz_sigmoid(
             input,
             target,
@@ -211,6 +219,7 @@ class LovaszSigmoidLoss(_SharesProcessGroup, nn.Module):
             reduction=self.reduction,
             backend=self.backend,
             process_group=self._group(),
+            batch=batch,
         )
 
     def extra_repr(self) -> str:
@@ -305,7 +314,9 @@ class CrossEntropyLovaszLoss(nn.Module):
             return self.lovasz_weight
         return _warmup_weight(self.steps, self.lovasz_weight, self.warmup_steps)
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+    def forward(self, input: Tensor, target: Tensor, batch: Tensor | None = None) -> Tensor:
+        """``CE + λ_t · Lovász``; ``batch``: ``[N]`` sample ids of flat points ``[N, C]``, for the Lovász
+        term (per-sample losses with ``per_image=True``; the cross-entropy is the mean over all points)."""
         lam = self._weight_now()
         if self.training:
             self.steps += 1
@@ -321,7 +332,7 @@ class CrossEntropyLovaszLoss(nn.Module):
             lovasz_term = None
         else:
             # During warm-up the term is computed even at weight 0 (the first step): its weight is a tensor.
-            lovasz_term = lv(input, target)
+            lovasz_term = lv(input, target, batch)
         ce_input = input.float() if input.dtype in (torch.float16, torch.bfloat16) else input
         ce = nn.functional.cross_entropy(
             ce_input,

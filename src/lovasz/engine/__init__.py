@@ -18,7 +18,7 @@ from .. import surrogates
 from ..errors import build_errors
 from .backends import BackendNotSupportedError, Decision, LovaszFallbackWarning, resolve, triton_probe
 from .binned import binned_scores, lovasz_binned, lovasz_binned_counts
-from .exact import lovasz_exact
+from .exact import lovasz_exact, lovasz_exact_segments
 from .histogram import DEFAULT_BINS, Binning, Histogram, histogram_losses, weight_tables
 from .result import GroupLosses
 
@@ -34,6 +34,7 @@ __all__ = [
     "histogram_losses",
     "lovasz_binned",
     "lovasz_exact",
+    "lovasz_exact_segments",
     "lovasz_extension",
     "triton_probe",
     "weight_tables",
@@ -45,6 +46,22 @@ def lovasz_extension(errors: Tensor, fg: Tensor, valid: Tensor | None = None, bi
     if bins is None:
         return lovasz_exact(errors, fg, valid)
     return lovasz_binned(errors, fg, valid, Binning.for_bins(bins))
+
+
+def _by_sample(
+    x: Tensor, target: Tensor, sample: Tensor, num_samples: int, in_order: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The images of a ragged batch in sample order, for the fused kernels (each sample's images
+    contiguous): ``x`` and ``target`` as they are where ``sample`` is sorted (``in_order``: the order of
+    torch_geometric and of sparse collate functions), else gathered by one stable sort (a copy, whose
+    gradient autograd scatters back); and the kernels' ``[B + S + 1]`` int64 ragged argument, the sorted
+    sample ids then each sample's first image and one past its last."""
+    if not in_order:
+        order = torch.argsort(sample, stable=True)
+        x, target, sample = x[order], target[order], sample[order]
+    counts = torch.bincount(sample, minlength=num_samples)
+    offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    return x, target, torch.cat([sample, offsets])
 
 
 def group_losses(
@@ -59,6 +76,9 @@ def group_losses(
     sync=None,
     present_only: bool = False,
     decision: Decision | None = None,
+    sample: Tensor | None = None,
+    num_samples: int = 0,
+    samples_sorted: bool = False,
 ) -> GroupLosses:
     """Lovász losses of every group of ``x`` ``[B, C, N]``, folded to ``[B, C]`` (per image) or ``[C]``.
 
@@ -74,13 +94,25 @@ def group_losses(
 
     ``decision``: the resolver's decision for this call (:func:`.backends.resolve`), made by the caller
     once for its checks and this call; resolved here from ``backend`` when not given.
+
+    ``sample``: with ``per_image``, the ``[B]`` int64 sample id of each image of a ragged batch (a flat
+    point list is ``B = N`` images of one point, ``batch=`` of the losses): the groups are then the
+    ``(sample, class)`` pairs, folded to ``[num_samples, C]``, and a sample id that no image has is a
+    sample without valid pixels; ``samples_sorted``: whether ``sample`` is known to be non-decreasing (the
+    fused kernels then use it as it is).  No padding: the exact engine sorts each class's row by sample id after
+    its errors (:func:`.exact.lovasz_exact_segments`), the binned engine counts each element in its
+    sample's group (:mod:`.binned`).
     """
     s = surrogates.get(surrogate)
     b, c = x.shape[:2]
-    shape = (b, c) if per_image else (c,)
+    if not per_image:
+        sample = None
+    shape = (b, c) if sample is None else (num_samples, c)
+    if not per_image:
+        shape = (c,)
     if per_image:
         sync = None
-        if b == 0:  # an empty local batch (only reachable with a process group)
+        if b == 0 or shape[0] == 0:  # an empty local batch (only reachable with a process group)
             zeros = x.new_zeros(shape, dtype=torch.int64)
             return GroupLosses(x.sum() * x.new_zeros(shape, dtype=torch.float32), zeros, zeros)
     impl = decision if decision is not None else resolve(backend, x, bins, s)
@@ -89,6 +121,10 @@ def group_losses(
         from .fused import fused_binned  # registers the custom operators on first use
 
         assert binning is not None
+        ragged = None
+        if sample is not None:
+            assert impl.backend.capabilities.ragged_groups, "the resolver gives ragged groups to capable backends"
+            x, target, ragged = _by_sample(x, target, sample, num_samples, samples_sorted)
         result = fused_binned(
             x,
             target,
@@ -99,13 +135,21 @@ def group_losses(
             backend=impl.name,
             present_only=present_only,
             sync=sync,
+            ragged=ragged,
         )
         return result.view(*shape)
     if binning is not None and sync is None:  # one autograd function from the scores (.binned)
         losses, n_fg, n_valid = binned_scores(
-            s, x, target, per_image=per_image, ignore_index=ignore_index, binning=binning
-        )
+            s, x, target, per_image=per_image, ignore_index=ignore_index, binning=binning,
+            sample=sample, num_samples=num_samples,
+        )  # fmt: skip
         return GroupLosses(losses, n_fg, n_valid).view(*shape)
+    if sample is not None:  # exact, ragged: each class's row over all points, segmented by sample
+        groups = build_errors(s, x, target, per_image=False, ignore_index=ignore_index)
+        n = x.shape[2]
+        segment = sample if n == 1 else sample.repeat_interleave(n)
+        losses, n_fg, n_valid = lovasz_exact_segments(groups.errors, groups.fg, groups.valid, segment, num_samples)
+        return GroupLosses(losses.t(), n_fg.t(), n_valid.t())
     groups = build_errors(s, x, target, per_image=per_image, ignore_index=ignore_index)
     if binning is not None:  # over several processes: the error matrix and the histogram's all-reduce
         losses, n_fg, n_valid = lovasz_binned_counts(groups.errors, groups.fg, groups.valid, binning, sync)

@@ -105,6 +105,13 @@ static inline float magnitude(int32_t s) {
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+/* Ragged batches (the losses' batch=): rag is NULL, or int64 [B + S + 1]: the sample of each image
+ * (images sorted by sample), then each sample's first image and one past its last (S + 1 offsets).  The
+ * group of image b's class c is then (sample, class); per image (b, c); over the batch c. */
+static inline int64_t group_of(const int64_t *rag, int per_image, int64_t b, int64_t C, int64_t c) {
+    return rag != NULL ? rag[b] * C + c : per_image ? b * C + c : c;
+}
+
 /* Prefetches `bytes` from p into the caches.  A block reads BLOCK pixels of each of C rows, N floats
  * apart: 1 KB per page visit, too short for the hardware prefetchers to follow C streams, so each block
  * fetches its successor's rows while it works. */
@@ -237,9 +244,10 @@ static inline int32_t unit_flags(int32_t *nf, int32_t *bl) {
 }
 
 /* args: x, t, B, C, N, ignore, use_ignore, code, per_image, nchunks, bits, tops, groups, flags, fg_counts,
- * valid_counts, stream.  Units: an image each per image, else nchunks fixed chunks of the B·N pixels; tops,
- * fg_counts and valid_counts [units, groups] (the counts int64: each group's foreground and valid labels
- * in the unit, so that the caller knows which classes are present before pass 2). */
+ * valid_counts, stream, rag.  Units: an image each per image, else nchunks fixed chunks of the B·N pixels;
+ * tops, fg_counts and valid_counts [units, groups] (the counts int64: each group's foreground and valid
+ * labels in the unit, so that the caller knows which classes are present before pass 2).  rag: see
+ * group_of (with per_image 0: a chunk's lane maxima go to a sample's groups where its sample ends). */
 CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
     const float *x = (const float *)a[0];
     const int64_t *t = (const int64_t *)a[1];
@@ -258,6 +266,7 @@ CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
     int32_t enc[BLOCK] __attribute__((aligned(64)));
     const int64_t total = B * N, step = (total + nchunks - 1) / nchunks;
     const int stream = (int)a[16]; /* write the errors with streaming stores (stream_copy) */
+    const int64_t *rag = (const int64_t *)a[17];
     for (int64_t unit = u0; unit < u1; unit++) {
         int64_t start = per_image ? unit * N : min64(unit * step, total);
         int64_t stop = per_image ? (unit + 1) * N : min64(start + step, total);
@@ -292,21 +301,23 @@ CLONES void softmax_errors(const int64_t *a, int64_t u0, int64_t u1) {
                 }
                 if (stream) stream_copy(out, enc, width);
                 lane_maxima(vbits, width, mtop + c * LANES);
-                const int64_t g = per_image ? b * C + c : c;
+                const int64_t g = group_of(rag, per_image, b, C, c);
                 fg_counts[unit * groups + g] += fgs;
                 valid_counts[unit * groups + g] += valid;
             }
             pos += width;
-            if (pos >= stop) { /* the unit's lanes into its anchors (per image, a unit is one image) */
+            /* The unit's lanes into its anchors at its end (per image, a unit is one image), and for a
+             * ragged batch also where the next image belongs to another sample. */
+            if (pos >= stop || (rag != NULL && rag[pos / N] != rag[b])) {
                 for (int64_t c = 0; c < C; c++) {
-                    const int64_t g = per_image ? b * C + c : c;
+                    const int64_t g = group_of(rag, per_image, b, C, c);
                     int32_t m = bits_of(tops[unit * groups + g]);
                     for (int64_t j = 0; j < LANES; j++) m = mtop[c * LANES + j] > m ? mtop[c * LANES + j] : m;
                     tops[unit * groups + g] = float_of(m);
                 }
                 memset(mtop, 0, sizeof(int32_t) * (size_t)(C * LANES));
-                flags[unit] = unit_flags(nf, bl);
             }
+            if (pos >= stop) flags[unit] = unit_flags(nf, bl);
         }
     }
     stream_fence();
@@ -339,7 +350,8 @@ static inline __attribute__((always_inline)) void binary_error_into(float s, int
     *de = d;
 }
 
-/* args: as softmax_errors; units over the B·C·N elements (per image: a row of C·N each). */
+/* args: x, t, B, C, N, ignore, use_ignore, code, per_image, nchunks, bits, tops, groups, flags, rag (as
+ * softmax_errors); units over the B·C·N elements (per image: a row of C·N each). */
 CLONES void binary_errors(const int64_t *a, int64_t u0, int64_t u1) {
     const float *x = (const float *)a[0];
     const int64_t *t = (const int64_t *)a[1];
@@ -350,6 +362,7 @@ CLONES void binary_errors(const int64_t *a, int64_t u0, int64_t u1) {
     float *tops = (float *)a[11];
     const int64_t groups = a[12];
     int32_t *flags = (int32_t *)a[13]; /* [units]: what pass 1 found wrong in the unit (unit_flags) */
+    const int64_t *rag = (const int64_t *)a[14];
     const int64_t units_len = C * N, total = B * C * N, step = (total + nchunks - 1) / nchunks;
     int32_t lanes[BLOCK] = {0}, nf[BLOCK] = {0}, bl[BLOCK] = {0};
     for (int64_t unit = u0; unit < u1; unit++) {
@@ -359,7 +372,7 @@ CLONES void binary_errors(const int64_t *a, int64_t u0, int64_t u1) {
             const int64_t row = pos / N, i0 = pos - row * N;
             const int64_t width = min64(min64(BLOCK, N - i0), stop - pos);
             const int64_t b = row / C, c = row - b * C;
-            const int64_t g = per_image ? b * C + c : c;
+            const int64_t g = group_of(rag, per_image, b, C, c);
             const float *restrict xc = x + row * N + i0;
             const int64_t *restrict tc = t + row * N + i0;
             int32_t *restrict out = bits + row * N + i0;
@@ -686,14 +699,23 @@ static inline void zero_table_range(float *table_g, int64_t num_bins, int32_t k_
     memset(table_g + num_bins + k_lo, 0, sizeof(float) * (size_t)(k_hi - k_lo + 1));
 }
 
-static inline void group_span(int64_t g, int64_t B, int64_t C, int per_image, int64_t *c, int64_t *b0, int64_t *b1) {
+/* The images b0..b1 that hold group g's elements (all of class c): one image per image, the batch, or a
+ * sample's images in a ragged batch (rag, see group_of). */
+static inline void group_span(int64_t g, int64_t B, int64_t C, int per_image, const int64_t *rag, int64_t *c,
+                              int64_t *b0, int64_t *b1) {
+    if (rag != NULL) {
+        *c = g % C;
+        *b0 = rag[B + g / C];
+        *b1 = rag[B + g / C + 1];
+        return;
+    }
     *c = per_image ? g % C : g;
     *b0 = per_image ? g / C : 0;
     *b1 = per_image ? *b0 + 1 : B;
 }
 
 /* args: bits, B, C, N, per_image, lo, per_octave, half, inv, head, losses, table, n_fg, n_valid, cut,
- * head_values, head_fg, head_counts, capacity, head_weights, skip, valid_counts.  Units: groups.  losses
+ * head_values, head_fg, head_counts, capacity, head_weights, skip, valid_counts, rag.  Units: groups.  losses
  * include the head's (its elements' exact weights in head_weights, [G][capacity] float32).  skip (uint8
  * [G], or 0 for none): groups whose loss is not needed (e.g. classes absent under classes="present"),
  * left out: loss 0, no foreground, valid_counts[g] valid elements ([G] int64, from pass 1), cut -1 (which
@@ -715,6 +737,7 @@ CLONES void group_tables(const int64_t *a, int64_t u0, int64_t u1) {
     float *head_w = (float *)a[19];
     const uint8_t *skip = (const uint8_t *)a[20];
     const int64_t *valid_counts = (const int64_t *)a[21];
+    const int64_t *rag = (const int64_t *)a[22];
     const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK;
     const int64_t ways = ways_for((per_image ? 1 : B) * N, num_bins);
     double *local = calloc((size_t)(ways * num_bins * 4), sizeof(double));
@@ -731,7 +754,7 @@ CLONES void group_tables(const int64_t *a, int64_t u0, int64_t u1) {
             continue;
         }
         int64_t c, b0, b1;
-        group_span(g, B, C, per_image, &c, &b0, &b1);
+        group_span(g, B, C, per_image, rag, &c, &b0, &b1);
         int32_t k_lo, k_hi;
         int64_t nf = accumulate(bits, C, N, c, b0 * N, b1 * N, inv[g], bn, local, ways, kb, block_top, &k_lo, &k_hi);
         merge_ways(local, NULL, ways, k_lo, k_hi, bn.half);
@@ -751,7 +774,7 @@ CLONES void group_tables(const int64_t *a, int64_t u0, int64_t u1) {
     free(head_bins);
 }
 
-/* args: bits, B, C, N, per_image, lo, per_octave, half, inv, acc ([G][K][2][2]).  Units: groups. */
+/* args: bits, B, C, N, per_image, lo, per_octave, half, inv, acc ([G][K][2][2]), rag.  Units: groups. */
 CLONES void histogram_rows(const int64_t *a, int64_t u0, int64_t u1) {
     const int32_t *bits = (const int32_t *)a[0];
     const int64_t B = a[1], C = a[2], N = a[3];
@@ -759,6 +782,7 @@ CLONES void histogram_rows(const int64_t *a, int64_t u0, int64_t u1) {
     const binning_t bn = {(int32_t)a[5], (int32_t)a[6], (int32_t)a[7]};
     const float *inv = (const float *)a[8];
     double *acc = (double *)a[9];
+    const int64_t *rag = (const int64_t *)a[10];
     const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK;
     const int64_t ways = ways_for((per_image ? 1 : B) * N, num_bins);
     double *local = calloc((size_t)(ways * num_bins * 4), sizeof(double));
@@ -766,7 +790,7 @@ CLONES void histogram_rows(const int64_t *a, int64_t u0, int64_t u1) {
     int32_t kb[BLOCK];
     for (int64_t g = u0; g < u1; g++) {
         int64_t c, b0, b1;
-        group_span(g, B, C, per_image, &c, &b0, &b1);
+        group_span(g, B, C, per_image, rag, &c, &b0, &b1);
         int32_t k_lo, k_hi;
         accumulate(bits, C, N, c, b0 * N, b1 * N, inv[g], bn, local, ways, kb, block_top, &k_lo, &k_hi);
         merge_ways(local, acc + g * num_bins * 4, ways, k_lo, k_hi, bn.half);
@@ -776,7 +800,7 @@ CLONES void histogram_rows(const int64_t *a, int64_t u0, int64_t u1) {
 }
 
 /* args: bits, B, C, N, per_image, cut, inv, lo, per_octave, half, values, fgs, bins (int32), counts,
- * capacity.  Units: groups. */
+ * capacity, rag.  Units: groups. */
 CLONES void head_rows(const int64_t *a, int64_t u0, int64_t u1) {
     const int32_t *bits = (const int32_t *)a[0];
     const int64_t B = a[1], C = a[2], N = a[3];
@@ -789,12 +813,13 @@ CLONES void head_rows(const int64_t *a, int64_t u0, int64_t u1) {
     int32_t *bins = (int32_t *)a[12];
     int64_t *counts = (int64_t *)a[13];
     const int64_t cap = a[14], nblocks = (N + BLOCK - 1) / BLOCK;
+    const int64_t *rag = (const int64_t *)a[15];
     int32_t *block_top = malloc(sizeof(int32_t) * (size_t)(B * nblocks + 1));
     for (int64_t i = 0; i < B * nblocks; i++) block_top[i] = 2 * bn.half; /* no block skipped */
     int32_t kb[BLOCK];
     for (int64_t g = u0; g < u1; g++) {
         int64_t c, b0, b1;
-        group_span(g, B, C, per_image, &c, &b0, &b1);
+        group_span(g, B, C, per_image, rag, &c, &b0, &b1);
         counts[g] = gather_head(bits, C, N, c, b0, b1, cut[g], inv[g], bn, values + g * cap, fgs + g * cap,
                                 bins + g * cap, cap, kb, block_top);
     }
@@ -832,6 +857,7 @@ CLONES void send_rows(const int64_t *a, int64_t u0, int64_t u1) {
     float *send = (float *)a[10];
     float *block = (float *)a[11];
     const int64_t cap = a[12];
+    const int64_t *rag = NULL; /* across processes the loss is over the batch: no ragged groups */
     const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK, G = per_image ? B * C : C;
     const int64_t ways = ways_for((per_image ? 1 : B) * N, num_bins);
     double *local = calloc((size_t)(ways * num_bins * 4), sizeof(double));
@@ -842,7 +868,7 @@ CLONES void send_rows(const int64_t *a, int64_t u0, int64_t u1) {
     int32_t kb[BLOCK];
     for (int64_t g = u0; g < u1; g++) {
         int64_t c, b0, b1;
-        group_span(g, B, C, per_image, &c, &b0, &b1);
+        group_span(g, B, C, per_image, rag, &c, &b0, &b1);
         int32_t k_lo, k_hi;
         accumulate(bits, C, N, c, b0 * N, b1 * N, inv[g], bn, local, ways, kb, block_top, &k_lo, &k_hi);
         merge_ways(local, NULL, ways, k_lo, k_hi, bn.half);
@@ -986,7 +1012,7 @@ static inline void class_gradient(const float *ev, const int32_t *fgv, const int
  * no result bit: each pixel's dot still adds its classes in order. */
 
 /* args: x, t, B, C, N, ignore, use_ignore, code, per_image, lo, per_octave, half, inv, table ([G][2][K]),
- * cut, head_values, head_fg, head_w, capacity, grad, scale, span.  Units: (image, span of pixels).
+ * cut, head_values, head_fg, head_w, capacity, grad, scale, span, stream, rag.  Units: (image, span of pixels).
  * scale: [G] float32, each group's upstream gradient, applied to its table entries here (so that the
  * caller makes no scaled copy of the table), or 0 for a table that is already scaled.
  *
@@ -1012,6 +1038,7 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
     const float *scale = (const float *)a[20]; /* per group: the upstream gradient of its loss (0: none) */
     const int64_t span = a[21];
     const int stream = (int)a[22] && from_logits; /* gradient rows through a span buffer, streamed out */
+    const int64_t *rag = (const int64_t *)a[23];
     const int64_t num_bins = 2 * bn.half, nspans = (N + span - 1) / span;
     float *p = malloc(sizeof(float) * (size_t)(C * span)); /* [C][span] */
     float *gbuf = stream ? span_buffer(C, span) : NULL;
@@ -1032,7 +1059,7 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
         for (int64_t j = 0; j < swidth; j++) lab[j] = (use_ignore && tb[j] == ignore) ? -1 : (int32_t)tb[j];
         for (int64_t j = 0; j < swidth; j++) dot[j] = 0.0f;
         for (int64_t c = 0; c < C; c++) {
-            const int64_t g = per_image ? b * C + c : c;
+            const int64_t g = group_of(rag, per_image, b, C, c);
             const float *restrict tg = table + g * num_bins * 2;
             const float inv_g = inv[g], sg = scale != NULL ? scale[g] : 1.0f;
             float *restrict out = stream ? gbuf + c * span : grad + (b * C + c) * N + s0;
@@ -1087,7 +1114,8 @@ CLONES void softmax_backward(const int64_t *a, int64_t u0, int64_t u1) {
 }
 
 /* args: bits, B, C, N, code, per_image, lo, per_octave, half, inv, table ([G][2][K]), cut, head_values,
- * head_fg, head_w, capacity, grad, scale, span (as softmax_backward's).  Units: (image, span of pixels).
+ * head_fg, head_w, capacity, grad, scale, span, stream, rag (as softmax_backward's).  Units: (image, span
+ * of pixels).
  *
  * From the signed errors that forward kept: a probability is e (background) or 1 - e (foreground), so no
  * exponential is recomputed (the default; softmax_backward recomputes instead and keeps nothing). */
@@ -1107,6 +1135,7 @@ CLONES void softmax_backward_kept(const int64_t *a, int64_t u0, int64_t u1) {
     const float *scale = (const float *)a[17]; /* per group: the upstream gradient of its loss (0: none) */
     const int64_t span = a[18];
     const int stream = (int)a[19] && from_logits; /* gradient rows through a span buffer, streamed out */
+    const int64_t *rag = (const int64_t *)a[20];
     const int64_t num_bins = 2 * bn.half, nspans = (N + span - 1) / span;
     float *dot = malloc(sizeof(float) * (size_t)span);
     float *gbuf = stream ? span_buffer(C, span) : NULL;
@@ -1121,7 +1150,7 @@ CLONES void softmax_backward_kept(const int64_t *a, int64_t u0, int64_t u1) {
         const int64_t next_width = unit + 1 < u1 ? min64(min64(N, ns0 + span) - ns0, BLOCK) : 0;
         for (int64_t j = 0; j < swidth; j++) dot[j] = 0.0f;
         for (int64_t c = 0; c < C; c++) {
-            const int64_t g = per_image ? b * C + c : c;
+            const int64_t g = group_of(rag, per_image, b, C, c);
             const float *restrict tg = table + g * num_bins * 2;
             const float inv_g = inv[g], sg = scale != NULL ? scale[g] : 1.0f;
             float *restrict out = stream ? gbuf + c * span : grad + (b * C + c) * N + s0;
@@ -1168,7 +1197,7 @@ CLONES void softmax_backward_kept(const int64_t *a, int64_t u0, int64_t u1) {
 }
 
 /* args: x, t, B, C, N, ignore, use_ignore, code, per_image, lo, per_octave, half, inv, table, cut,
- * head_values, head_fg, head_w, capacity, grad, scale (as softmax_backward's).  Units: (row, block),
+ * head_values, head_fg, head_w, capacity, grad, scale, rag (as softmax_backward's).  Units: (row, block),
  * recomputing the errors. */
 CLONES void binary_backward(const int64_t *a, int64_t u0, int64_t u1) {
     const float *x = (const float *)a[0];
@@ -1185,6 +1214,7 @@ CLONES void binary_backward(const int64_t *a, int64_t u0, int64_t u1) {
     const int64_t cap = a[18];
     float *grad = (float *)a[19];
     const float *scale = (const float *)a[20]; /* per group: the upstream gradient of its loss (0: none) */
+    const int64_t *rag = (const int64_t *)a[21];
     const int64_t num_bins = 2 * bn.half, nblocks = (N + BLOCK - 1) / BLOCK;
     float ev[BLOCK], dev[BLOCK], wv[BLOCK];
     int32_t kb[BLOCK], cell[BLOCK], fgv[BLOCK];
@@ -1192,7 +1222,7 @@ CLONES void binary_backward(const int64_t *a, int64_t u0, int64_t u1) {
         const int64_t row = unit / nblocks, i0 = (unit - row * nblocks) * BLOCK;
         const int64_t width = min64(N, i0 + BLOCK) - i0;
         const int64_t b = row / C, c = row - b * C;
-        const int64_t g = per_image ? b * C + c : c;
+        const int64_t g = group_of(rag, per_image, b, C, c);
         const float *restrict tg = table + g * num_bins * 2;
         const float sg = scale != NULL ? scale[g] : 1.0f;
         const float inv_g = inv[g];
@@ -1243,7 +1273,7 @@ static const kernel_fn KERNELS[] = {softmax_errors,   binary_errors,   group_tab
                                     softmax_backward_kept, send_rows, global_tables};
 #define NUM_KERNELS ((int)(sizeof(KERNELS) / sizeof(KERNELS[0])))
 /* How many int64 arguments each kernel of KERNELS reads (the length of its args array). */
-static const int ARITY[] = {17, 14, 22, 10, 15, 10, 23, 21, 20, 13, 14};
+static const int ARITY[] = {18, 15, 23, 11, 16, 10, 24, 22, 21, 13, 14};
 _Static_assert(sizeof(ARITY) / sizeof(ARITY[0]) == sizeof(KERNELS) / sizeof(KERNELS[0]), "one arity per kernel");
 
 typedef struct {

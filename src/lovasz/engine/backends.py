@@ -180,7 +180,7 @@ def auto_bins(
     return _auto(bins, x, per_image, channels, distributed, backend, surrogate)[0]
 
 
-def _auto(bins, x, per_image, channels, distributed, backend, surrogate) -> tuple[object, tuple]:
+def _auto(bins, x, per_image, channels, distributed, backend, surrogate, ragged=False) -> tuple[object, tuple]:
     """:func:`auto_bins`, and why (a tuple that :func:`explain` puts in words).  It reads only what the
     threshold needs: a group below every backend's ``auto_exact_below`` takes the exact engine, one at or
     above all of them the binned engine, without looking at what is built; in between, the backend that
@@ -207,17 +207,17 @@ def _auto(bins, x, per_image, channels, distributed, backend, surrogate) -> tupl
         return None, ("group", group, min(thresholds), None)
     if group >= max(thresholds):
         return DEFAULT_BINS, ("group", group, max(thresholds), None)
-    binned = _first_binned_backend(x, surrogate)
+    binned = _first_binned_backend(x, surrogate, ragged)
     bins = None if group < binned.auto_exact_below else DEFAULT_BINS
     return bins, ("group", group, binned.auto_exact_below, binned.name)
 
 
-def _first_binned_backend(x: Tensor, surrogate) -> Backend:
+def _first_binned_backend(x: Tensor, surrogate, ragged: bool = False) -> Backend:
     """The backend the automatic choice would take for a binned call on ``x``, without announcing
     fallbacks (:func:`resolve` does that for the call's own decision)."""
     for name in AUTO_ORDER:
         candidate = REGISTRY[name]
-        if candidate.not_supported_reasons(x, 256, surrogate):
+        if candidate.not_supported_reasons(x, 256, surrogate, ragged):
             continue
         if name == "triton" and not triton_works(str(x.device)):
             continue
@@ -225,8 +225,16 @@ def _first_binned_backend(x: Tensor, surrogate) -> Backend:
     return REGISTRY["torch"]
 
 
-def resolve(backend: str, x: Tensor, bins: int | None, surrogate: str | surrogates.Surrogate | None = None) -> Decision:
-    """Choose the engine and backend for a loss on ``x`` (see the module docstring for the order)."""
+def resolve(
+    backend: str,
+    x: Tensor,
+    bins: int | None,
+    surrogate: str | surrogates.Surrogate | None = None,
+    ragged: bool = False,
+) -> Decision:
+    """Choose the engine and backend for a loss on ``x`` (see the module docstring for the order);
+    ``ragged``: per-sample groups of a ``batch=`` vector, which only backends with the ``ragged_groups``
+    capability serve."""
     if bins is None:
         check_backend(backend)
         if backend not in ("auto", "torch"):
@@ -238,7 +246,7 @@ def resolve(backend: str, x: Tensor, bins: int | None, surrogate: str | surrogat
     name, source, named = _requested(backend)
     if name != "auto":
         chosen = spec(name)
-        reasons = chosen.not_supported_reasons(x, bins, surrogate)
+        reasons = chosen.not_supported_reasons(x, bins, surrogate, ragged)
         if reasons:
             raise BackendNotSupportedError(f"{named} cannot run this call: " + "; ".join(reasons))
         if name == "triton" and not triton_works(str(x.device)):
@@ -252,7 +260,7 @@ def resolve(backend: str, x: Tensor, bins: int | None, surrogate: str | surrogat
         if not chosen.fused:
             return Decision("binned", chosen, "automatic")
         missing = chosen.missing()
-        reasons = chosen.not_supported_reasons(x, bins, surrogate)
+        reasons = chosen.not_supported_reasons(x, bins, surrogate, ragged)
         if len(reasons) > len(missing):  # it could not serve this call even where it runs
             continue
         if missing:
@@ -274,16 +282,19 @@ def decide(
     per_image: object = False,
     channels: int | None = None,
     distributed: bool = False,
+    ragged: bool = False,
 ) -> tuple[Decision | None, object, Exception | None]:
     """:func:`resolve` for a loss, which checks its arguments first, with ``bins="auto"`` resolved
     (:func:`auto_bins`): the decision, the bins the call runs with, and the error that resolving raised
     (the loss raises it after its own checks, which report bad arguments first).  For an ``x`` that is no
-    tensor there is no decision and no error: the loss's checks name it."""
-    bins = _auto(bins, x, per_image, channels, distributed, backend, surrogate)[0]
+    tensor there is no decision and no error: the loss's checks name it.  ``ragged``: per-sample groups
+    of a ``batch=`` vector; ``bins="auto"`` then sizes the groups as all the points (the samples' sizes
+    are not read before the choice)."""
+    bins = _auto(bins, x, per_image and not ragged, channels, distributed, backend, surrogate, ragged)[0]
     if not isinstance(x, Tensor):
         return None, bins, None
     try:
-        return resolve(backend, x, bins, surrogate), bins, None  # type: ignore[arg-type]
+        return resolve(backend, x, bins, surrogate, ragged), bins, None  # type: ignore[arg-type]
     except (ValueError, TypeError) as exc:
         return None, bins, exc
 
@@ -327,6 +338,7 @@ def explain(
     backend: str = "auto",
     per_image: bool | None = None,
     process_group: object | None = None,
+    batch: Tensor | None = None,
     **options: object,
 ) -> Explanation:
     """Which engine and backend ``lovasz_<loss>(input, ..., bins=bins, backend=backend)`` would use, without
@@ -347,6 +359,8 @@ def explain(
         per_image: as the loss's ``per_image=`` (``None``: the loss's default), which sets the size of
             the groups that ``bins="auto"`` looks at.
         process_group: as the loss's: with one, ``bins="auto"`` does not look at the local batch.
+        batch: as the loss's: with ``per_image``, the per-sample groups of a ragged batch, which only
+            some backends serve (only whether it is given is read).
         options: the loss's other keyword arguments (``classes``, ``ignore_index``, ``weight``,
             ``reduction``), accepted and not read: they do not change the choice.
 
@@ -375,13 +389,17 @@ def explain(
     check_backend(backend)
     if per_image is None:
         per_image = loss == "hinge"
-    channels = None if loss == "softmax" else (input.shape[1] if input.dim() >= 4 else 1)
-    bins, why = _auto(bins, input, per_image, channels, process_group is not None, backend, s)
+    ragged = batch is not None and per_image is True
+    flat = batch is not None and input.dim() == 2
+    channels = None if loss == "softmax" else (input.shape[1] if input.dim() >= 4 or flat else 1)
+    bins, why = _auto(bins, input, per_image and not ragged, channels, process_group is not None, backend, s, ragged)
     bins = check_bins(bins)
-    decision = resolve(backend, input, bins, s)
+    decision = resolve(backend, input, bins, s, ragged)
     reason = _engine_reason(bins, why)
     rejected = {
-        name: other.not_supported_reasons(input, bins, s) for name, other in REGISTRY.items() if name != decision.name
+        name: other.not_supported_reasons(input, bins, s, ragged)
+        for name, other in REGISTRY.items()
+        if name != decision.name
     }
     failure = triton_probe.known_failure(input.device)
     if "triton" in rejected and not rejected["triton"] and failure is not None:

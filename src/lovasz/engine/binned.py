@@ -225,16 +225,22 @@ def _errors_graph(s: Surrogate, x: Tensor, index, fg, valid) -> Tensor:
     return torch.where(fg, 1.0 - p, p)
 
 
-def _rows(per_image: bool, b: int, c: int, device) -> Tensor:
-    """Group of each ``(image, class)`` row ``[B·C]`` (int64)."""
+def _rows(per_image: bool, b: int, c: int, device, sample: Tensor | None = None) -> Tensor:
+    """Group of each ``(image, class)`` row ``[B·C]`` (int64): the row itself per image, the class over the
+    batch, ``sample[b]·C + c`` for a ragged batch (``sample``: ``[B]`` sample ids)."""
     cls = torch.arange(c, device=device)
+    if sample is not None:
+        return (sample.unsqueeze(1) * c + cls).reshape(-1)
     if per_image:
         return torch.arange(b * c, device=device)
     return cls.repeat(b)
 
 
-def _group_sum(v: Tensor, per_image: bool, b: int, c: int) -> Tensor:
-    """``[B·C]`` per-row values summed into groups: ``[B·C]`` per image, ``[C]`` over the batch."""
+def _group_sum(v: Tensor, per_image: bool, b: int, c: int, rows: Tensor | None = None, g: int = 0) -> Tensor:
+    """``[B·C]`` per-row values summed into groups: ``[B·C]`` per image, ``[C]`` over the batch, ``[g]``
+    by ``rows`` (:func:`_rows` of a ragged batch) when given."""
+    if rows is not None:
+        return v.new_zeros(g).index_add_(0, rows, v)
     return v if per_image else v.view(b, c).sum(0)
 
 
@@ -277,6 +283,27 @@ def _head_topk(mask: Tensor, e: Tensor, cells: Tensor, per_image: bool, b: int, 
     return values, head_fg, pos
 
 
+def _head_ranked(mask: Tensor, e: Tensor, cells: Tensor, group_of_row: Tensor, g: int, n: int):
+    """:func:`_head_nonzero` with static shapes for any grouping of the rows (ragged batches under
+    ``torch.compile``): the elements sorted by decreasing error, then stably by group; the first ``HEAD``
+    of each group that are in the mask fill its row (a slot past the end takes the rest)."""
+    key = torch.where(mask.reshape(-1), e.reshape(-1), -1.0)
+    grp = group_of_row.unsqueeze(1).expand(-1, n).reshape(-1)
+    values, pos = key.sort(descending=True, stable=True)
+    grp, by_group = grp[pos].sort(stable=True)
+    values, pos = values[by_group], pos[by_group]
+    counts = torch.zeros(g, dtype=torch.int64, device=e.device).scatter_add_(0, grp, torch.ones_like(grp))
+    rank = torch.arange(grp.numel(), device=e.device) - (counts.cumsum(0) - counts)[grp]
+    keep = (rank < HEAD) & (values >= 0)
+    slot = torch.where(keep, grp * HEAD + rank, g * HEAD)
+    out_values = e.new_full((g * HEAD + 1,), -1.0).scatter(0, slot, torch.where(keep, values, -1.0))
+    out_pos = torch.full((g * HEAD + 1,), -1, dtype=torch.int64, device=e.device)
+    out_pos = out_pos.scatter(0, slot, torch.where(keep, pos, -1))
+    values, position = out_values[:-1].view(g, HEAD), out_pos[:-1].view(g, HEAD)
+    head_fg = (cells.reshape(-1).gather(0, position.clamp_min(0).reshape(-1)).view(g, HEAD) & 1).bool() & (values >= 0)
+    return values, head_fg, position
+
+
 def _cells(s: Surrogate, e2: Tensor, inv: Tensor, offsets: Tensor, binning: Binning, index, fg, valid) -> Tensor:
     """The cells ``offsets + 2·bin + is_fg`` (int32 ``[B·C, N]``) of the errors ``e2`` (:func:`cell_codes`,
     then the foreground bit of the valid pixels; a pixel that is not valid has error 0: bin 0, background)."""
@@ -292,9 +319,20 @@ def _cells(s: Surrogate, e2: Tensor, inv: Tensor, offsets: Tensor, binning: Binn
 
 class _BinnedScores(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, target: Tensor, s: Surrogate, per_image: bool, ignore_index, binning: Binning):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx,
+        x: Tensor,
+        target: Tensor,
+        s: Surrogate,
+        per_image: bool,
+        ignore_index,
+        binning: Binning,
+        sample: Tensor | None,
+        num_samples: int,
+    ):
         b, c, n = x.shape
-        g = b * c if per_image else c
+        g = num_samples * c if sample is not None else b * c if per_image else c
+        rows = None if sample is None else _rows(per_image, b, c, x.device, sample)
         k = binning.num_bins
         dtype = _compute_dtype(x)
         dev = x.device
@@ -302,9 +340,12 @@ class _BinnedScores(torch.autograd.Function):
         e = _errors(s, x.detach(), index, fg, valid)
         if n == 0 or b == 0:
             top = torch.zeros(g, dtype=torch.float32, device=dev)
+        elif rows is not None:  # errors are >= 0: a maximum from 0 is the group's maximum (0 if empty)
+            top = torch.zeros(g, dtype=torch.float32, device=dev)
+            top = top.scatter_reduce(0, rows, e.amax(dim=2).flatten().to(torch.float32), "amax")
         else:
             top = (e.amax(dim=2).flatten() if per_image else e.amax(dim=(0, 2))).to(torch.float32)
-        group_of_row = _rows(per_image, b, c, dev)
+        group_of_row = rows if rows is not None else _rows(per_image, b, c, dev)
         inv = inverse_top(top)[group_of_row].unsqueeze(1)
         offsets = (2 * k * group_of_row).to(torch.int32).unsqueeze(1)
         e2 = e.view(b * c, n)
@@ -326,7 +367,7 @@ class _BinnedScores(torch.autograd.Function):
         if valid is not None:  # the pixels that are not valid were counted in bin 0 as background
             invalid = (~valid).sum(dim=-1, dtype=torch.int64)  # [B, 1] or [B, C]
             invalid = invalid.expand(b, c).reshape(-1)
-            counts[:, 0, 0] -= _group_sum(invalid, per_image, b, c)
+            counts[:, 0, 0] -= _group_sum(invalid, per_image, b, c, rows, g)
         table, n_fg, n_valid, cut = count_tables(counts, dtype)
         # The exact head: the elements in each group's bins from its cut up (at most HEAD of them).
         thresholds = offsets + 2 * cut[group_of_row].to(torch.int32).unsqueeze(1)
@@ -335,14 +376,16 @@ class _BinnedScores(torch.autograd.Function):
             mask = mask & valid.expand(b, c, n).reshape(b * c, n)
         if _eager_kernels(dev):
             head_values, head_fg, position = _head_nonzero(mask, e, cells, group_of_row, g, n)
+        elif rows is not None:
+            head_values, head_fg, position = _head_ranked(mask, e, cells, group_of_row, g, n)
         else:
             head_values, head_fg, position = _head_topk(mask.view(b, c, n), e, cells, per_image, b, c, n)
         head_w = head_weights(head_values, head_fg, head_values >= 0, n_fg)
         w = table.reshape(-1).index_select(0, cells.reshape(-1)).view(b * c, n)
         row_losses = w.mul_(e2).sum(dim=1)
-        losses = _group_sum(row_losses, per_image, b, c).to(torch.float64)
+        losses = _group_sum(row_losses, per_image, b, c, rows, g).to(torch.float64)
         losses = losses + (head_w * head_values.clamp_min(0).to(torch.float64)).sum(dim=1)
-        ctx.save_for_backward(x, target, code, top, table, position, head_w.to(dtype), head_fg)
+        ctx.save_for_backward(x, target, code, top, table, position, head_w.to(dtype), head_fg, sample)
         ctx.binning = binning
         ctx.config = (s, per_image, ignore_index, k)
         ctx.mark_non_differentiable(n_fg, n_valid)
@@ -350,10 +393,10 @@ class _BinnedScores(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor, _n_fg, _n_valid):  # type: ignore[override]
-        x, target, code, top, table, position, head_w, head_fg = ctx.saved_tensors
+        x, target, code, top, table, position, head_w, head_fg, sample = ctx.saved_tensors
         s, per_image, ignore_index, k = ctx.config
         b, c, n = x.shape
-        g = b * c if per_image else c
+        g = top.shape[0]
         dtype = _compute_dtype(x)
         gl = grad_loss.to(dtype)
         graph = torch.is_grad_enabled()  # create_graph=True: the errors are differentiated with autograd
@@ -362,7 +405,7 @@ class _BinnedScores(torch.autograd.Function):
         sign = torch.tensor([1.0, 1.0 if graph else -1.0], dtype=dtype, device=x.device)
         scaled = (table.view(g, k, 2) * sign * gl.view(g, 1, 1)).reshape(-1)
         head = head_w * torch.where(head_fg, sign[1], 1.0) * gl.unsqueeze(1)
-        group_of_row = _rows(per_image, b, c, x.device)
+        group_of_row = _rows(per_image, b, c, x.device, sample)
         offsets = (2 * k * group_of_row).to(torch.int32).view(b, c, 1)
         idx, fg, valid = _labels(s, x, target, ignore_index)
         if code is not None:
@@ -385,7 +428,7 @@ class _BinnedScores(torch.autograd.Function):
             grad = grad.masked_fill(~valid, 0.0) if graph else grad.masked_fill_(~valid, 0.0)
         if graph:
             (grad,) = torch.autograd.grad(_errors_graph(s, x, idx, fg, valid), x, grad, create_graph=True)
-            return grad, None, None, None, None, None
+            return grad, None, None, None, None, None, None, None
         xs = x.detach().to(dtype)
         if s.per_class and s.from_logits:  # softmax: p ⊙ (g − Σ_c p_c g_c), rounded as autograd's softmax does
             grad = torch._softmax_backward_data(grad, xs.softmax(dim=1), 1, dtype)
@@ -393,13 +436,22 @@ class _BinnedScores(torch.autograd.Function):
             grad = torch.where(torch.where(fg, xs, -xs) < 1.0, grad, 0.0)  # relu's derivative: 0 where 1 - s·y <= 0
         elif not s.per_class and s.from_logits:
             grad = torch.ops.aten.sigmoid_backward(grad, torch.sigmoid(xs))
-        return grad.to(x.dtype), None, None, None, None, None
+        return grad.to(x.dtype), None, None, None, None, None, None, None
 
 
 def binned_scores(
-    s: Surrogate, x: Tensor, target: Tensor, *, per_image: bool, ignore_index: int | None, binning: Binning
+    s: Surrogate,
+    x: Tensor,
+    target: Tensor,
+    *,
+    per_image: bool,
+    ignore_index: int | None,
+    binning: Binning,
+    sample: Tensor | None = None,
+    num_samples: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Binned Lovász losses of every group of the scores ``x`` ``[B, C, N]`` (``target``: ``[B, N]`` class ids
     for the class layout, ``[B, C, N]`` 0/1 labels for channels): ``(losses, n_fg, n_valid)``, each
-    ``[G]`` (``G = B·C`` per image, ``C`` over the batch), the losses differentiable w.r.t. ``x``."""
-    return _BinnedScores.apply(x, target, s, per_image, ignore_index, binning)
+    ``[G]`` (``G = B·C`` per image, ``C`` over the batch, ``num_samples·C`` with ``sample``, the ``[B]``
+    sample ids of a ragged batch per image, whose groups are the ``(sample, class)`` pairs)."""
+    return _BinnedScores.apply(x, target, s, per_image, ignore_index, binning, sample, num_samples)

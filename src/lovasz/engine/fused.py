@@ -79,9 +79,17 @@ def _kernel_args(code: int, lo: int, per_octave: int) -> tuple[Surrogate, Binnin
     return surrogates.from_code(code), Binning(lo, per_octave)
 
 
-def _groups(x32: Tensor, per_image: bool) -> int:
+def _groups(x32: Tensor, per_image: bool, ragged: Tensor) -> int:
     b, c = x32.shape[:2]
+    if ragged.numel():  # [B + S + 1]: each image's sample, then the S + 1 offsets (_ragged)
+        return (ragged.shape[0] - b - 1) * c
     return b * c if per_image else c
+
+
+def _ragged(ragged: Tensor) -> dict:
+    """The kernels' ``ragged=`` argument: a ragged batch's ``[B + S + 1]`` int64 sample ids and offsets
+    (images sorted by sample), passed only where there is one (an empty tensor otherwise)."""
+    return {"ragged": ragged} if ragged.numel() else {}
 
 
 def errors_kept(backend: str, code: int) -> bool:
@@ -102,6 +110,7 @@ def _mark_unused(values: Tensor, counts: Tensor) -> Tensor:
 def _forward(
     x32: Tensor,
     t: Tensor,
+    ragged: Tensor,
     backend: str,
     code: int,
     per_image: bool,
@@ -114,12 +123,14 @@ def _forward(
     """The fused forward (:class:`ForwardOutputs`).  With ``sync``, of all ranks' inputs together (the head
     of every rank, ``H = world_size · HEAD``).  ``present_only``: only the losses of groups with a
     foreground label are needed (``classes="present"``); kernels with ``skips_absent`` then leave the
-    others out (loss 0, no gradient), the rest compute them anyway."""
+    others out (loss 0, no gradient), the rest compute them anyway.  ``ragged``: the groups of a ragged
+    batch (:func:`_ragged`; kernels with ``ragged_groups``)."""
     caps = registry.spec(backend).capabilities
     kernels = registry.load_kernels(backend)
     surrogate, binning = _kernel_args(code, lo, per_octave)
     buffer = torch.empty_like(x32) if caps.keeps_errors else None
     extra: dict = {} if buffer is None else {"errors": buffer}
+    extra.update(_ragged(ragged))
     tables = kernels.tables if caps.cpu_tables else None
     own: KernelLosses | None = None  # the kernels' own road, which weights the head itself
     if sync is None and caps.local_losses:
@@ -176,9 +187,12 @@ def _forward(
 _LIB = torch.library.Library("lovasz", "DEF")  # held for the module's lifetime: the registrations live with it
 _CONFIG = "str backend, int code, bool per_image, int? ignore_index, int lo, int per_octave, bool present_only"
 _OUTPUTS = ", ".join(["Tensor"] * len(ForwardOutputs._fields))
-_LIB.define(f"binned_forward(Tensor x32, Tensor t, {_CONFIG}) -> ({_OUTPUTS})", tags=(torch.Tag.pt2_compliant_tag,))
 _LIB.define(
-    "binned_backward(Tensor source, Tensor t, Tensor top, Tensor table, Tensor scale, Tensor cut, "
+    f"binned_forward(Tensor x32, Tensor t, Tensor ragged, {_CONFIG}) -> ({_OUTPUTS})",
+    tags=(torch.Tag.pt2_compliant_tag,),
+)
+_LIB.define(
+    "binned_backward(Tensor source, Tensor t, Tensor ragged, Tensor top, Tensor table, Tensor scale, Tensor cut, "
     f"Tensor head_values, Tensor head_fg, Tensor head_weights, bool errors_kept, {_CONFIG}) -> Tensor",
     tags=(torch.Tag.pt2_compliant_tag,),
 )
@@ -187,6 +201,7 @@ _LIB.define(
 def _forward_impl(
     x32: Tensor,
     t: Tensor,
+    ragged: Tensor,
     backend: str,
     code: int,
     per_image: bool,
@@ -195,12 +210,12 @@ def _forward_impl(
     per_octave: int,
     present_only: bool,
 ) -> tuple[Tensor, ...]:
-    return tuple(_forward(x32, t, backend, code, per_image, ignore_index, lo, per_octave, present_only))
+    return tuple(_forward(x32, t, ragged, backend, code, per_image, ignore_index, lo, per_octave, present_only))
 
 
 @torch.library.register_fake("lovasz::binned_forward")
-def _(x32, t, backend, code, per_image, ignore_index, lo, per_octave, present_only):
-    g = _groups(x32, per_image)
+def _(x32, t, ragged, backend, code, per_image, ignore_index, lo, per_octave, present_only):
+    g = _groups(x32, per_image, ragged)
     k = Binning(lo, per_octave).num_bins
     counts = x32.new_empty(g, dtype=torch.int64)
     if registry.spec(backend).capabilities.table_layout == "G2K":
@@ -226,6 +241,7 @@ def _(x32, t, backend, code, per_image, ignore_index, lo, per_octave, present_on
 def _backward_impl(
     source: Tensor,
     t: Tensor,
+    ragged: Tensor,
     top: Tensor,
     table: Tensor,
     scale: Tensor,
@@ -251,7 +267,7 @@ def _backward_impl(
     surrogate, binning = _kernel_args(code, lo, per_octave)
     grad = torch.empty_like(source)
     head = (cut, head_values.contiguous(), head_fg.contiguous(), head_weights.contiguous())
-    extra: dict = {}
+    extra: dict = _ragged(ragged)
     if caps.scales_table:
         extra["scale"] = scale
     else:
@@ -268,8 +284,8 @@ def _backward_impl(
 
 
 @torch.library.register_fake("lovasz::binned_backward")
-def _(source, t, top, table, scale, cut, head_values, head_fg, head_weights, errors_kept, backend, code, per_image,
-      ignore_index, lo, per_octave, present_only):  # fmt: skip
+def _(source, t, ragged, top, table, scale, cut, head_values, head_fg, head_weights, errors_kept, backend, code,
+      per_image, ignore_index, lo, per_octave, present_only):  # fmt: skip
     return torch.empty_like(source)
 
 
@@ -279,14 +295,14 @@ _LIB.impl("binned_backward", _backward_impl, "CompositeExplicitAutograd")
 
 
 def _setup_context(ctx, inputs, output: ForwardOutputs) -> None:
-    x32, t, *config = inputs
+    x32, t, ragged, *config = inputs
     backend, code = config[0], config[1]
     head = (output.cut, output.head_values, output.head_fg, output.head_weights)
     ctx.errors_kept = errors_kept(backend, code)
     if ctx.errors_kept:  # the errors replace the scores and the labels
-        ctx.save_for_backward(output.kept, t.new_empty(0), output.table, output.top, *head)
+        ctx.save_for_backward(output.kept, t.new_empty(0), ragged, output.table, output.top, *head)
     else:
-        ctx.save_for_backward(x32, t, output.table, output.top, *head)
+        ctx.save_for_backward(x32, t, ragged, output.table, output.top, *head)
     ctx.config = config
     ctx.mark_non_differentiable(*(v for name, v in output._asdict().items() if name != "losses"))
 
@@ -295,9 +311,9 @@ def _scaled(ctx, grad_losses: Tensor) -> tuple:
     """The backward operator's arguments before the configuration: the saved tensors with the upstream
     gradient of each group's loss (the head weights scaled by it, the table with it beside: scaled in
     backward, without a copy where the kernels can), and whether they are the kept errors."""
-    source, t, table, top, cut, head_values, head_fg, head_weights = ctx.saved_tensors
+    source, t, ragged, table, top, cut, head_values, head_fg, head_weights = ctx.saved_tensors
     scale = grad_losses.to(torch.float32).contiguous()
-    return (source, t, top, table, scale, cut, head_values, head_fg, head_weights * scale.view(-1, 1),
+    return (source, t, ragged, top, table, scale, cut, head_values, head_fg, head_weights * scale.view(-1, 1),
             ctx.errors_kept)  # fmt: skip
 
 
@@ -333,7 +349,7 @@ class _OpFused(torch.autograd.Function):
     def backward(ctx, grad_losses, *_):  # type: ignore[override]
         _first_order_only()
         grad = torch.ops.lovasz.binned_backward.default(*_scaled(ctx, grad_losses), *ctx.config)
-        return (grad,) + (None,) * (1 + len(ctx.config))
+        return (grad,) + (None,) * (2 + len(ctx.config))
 
 
 def _forward_autograd(*args):
@@ -363,9 +379,9 @@ class _EagerFused(torch.autograd.Function):
     loss across processes, which no operator carries)."""
 
     @staticmethod
-    def forward(ctx, x32, t, sync, *config):  # type: ignore[override]
-        output = _forward(x32, t, *config, sync=sync)
-        _setup_context(ctx, (x32, t, *config), output)
+    def forward(ctx, x32, t, ragged, sync, *config):  # type: ignore[override]
+        output = _forward(x32, t, ragged, *config, sync=sync)
+        _setup_context(ctx, (x32, t, ragged, *config), output)
         ctx.set_materialize_grads(False)  # no zero gradients for the outputs that have none (the kept errors)
         return tuple(output)
 
@@ -373,8 +389,8 @@ class _EagerFused(torch.autograd.Function):
     def backward(ctx, grad_losses, *_):  # type: ignore[override]
         _first_order_only()
         if grad_losses is None:
-            return (None,) * (3 + len(ctx.config))
-        return (_backward_impl(*_scaled(ctx, grad_losses), *ctx.config),) + (None,) * (2 + len(ctx.config))
+            return (None,) * (4 + len(ctx.config))
+        return (_backward_impl(*_scaled(ctx, grad_losses), *ctx.config),) + (None,) * (3 + len(ctx.config))
 
 
 def fused_binned(
@@ -388,6 +404,7 @@ def fused_binned(
     backend: str,
     present_only: bool = False,
     sync=None,
+    ragged: Tensor | None = None,
 ) -> GroupLosses:
     """Per-group binned Lovász losses straight from scores.
 
@@ -401,16 +418,21 @@ def fused_binned(
             kernels that can leave the others out do (their losses 0, their gradient 0).
         sync: a :class:`lovasz.distributed.ProcessSync` for the loss of all ranks' inputs together (then
             ``present_only`` is ignored: a class is present where any rank has it).
+        ragged: with ``per_image``, a ragged batch (kernels with ``ragged_groups``): int64 ``[B + S + 1]``,
+            the sample of each image (the images sorted by sample), then each sample's first image and one
+            past its last (``S + 1`` offsets); the groups are then the ``(sample, class)`` pairs.
 
     Returns:
-        the losses, foreground and valid counts, each ``[G]`` with ``G = B·C`` per image or ``C``.
+        the losses, foreground and valid counts, each ``[G]`` with ``G = B·C`` per image, ``S·C`` for a
+        ragged batch, or ``C``.
     """
     x32 = x.to(torch.float32).contiguous()
     t = target.to(torch.int64).contiguous()
     present_only = present_only and sync is None
+    ragged = t.new_empty(0) if ragged is None else ragged.contiguous()
     config = (backend, surrogate.code, per_image, ignore_index, binning.lo, binning.per_octave, present_only)
     if compiling() and sync is None:
-        output = ForwardOutputs.of(torch.ops.lovasz.binned_forward(x32, t, *config))
+        output = ForwardOutputs.of(torch.ops.lovasz.binned_forward(x32, t, ragged, *config))
     else:
-        output = ForwardOutputs.of(_EagerFused.apply(x32, t, sync, *config))
+        output = ForwardOutputs.of(_EagerFused.apply(x32, t, ragged, sync, *config))
     return GroupLosses(output.losses, output.n_fg, output.n_valid)

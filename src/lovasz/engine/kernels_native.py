@@ -60,8 +60,8 @@ NUM_CHUNKS = 8  # pass-1 chunks over the batch: fixed, so that results do not de
 # Each kernel's argument count, in the library's kernel order (lovasz_run's kernel index): the length of
 # the int64 array it reads, as the comment above it in _native.c lists them.
 ARITY: dict[str, int] = {
-    "softmax_errors": 17, "binary_errors": 14, "group_tables": 22, "histogram_rows": 10, "head_rows": 15,
-    "tables_range": 10, "softmax_backward": 23, "binary_backward": 21, "softmax_backward_kept": 20,
+    "softmax_errors": 18, "binary_errors": 15, "group_tables": 23, "histogram_rows": 11, "head_rows": 16,
+    "tables_range": 10, "softmax_backward": 24, "binary_backward": 22, "softmax_backward_kept": 21,
     "send_rows": 13, "global_tables": 14,
 }  # fmt: skip
 _KERNELS = tuple(ARITY)
@@ -231,11 +231,21 @@ def empty_table(groups: int, num_bins: int, like: torch.Tensor) -> torch.Tensor:
     return like.new_empty(groups, 2, num_bins, dtype=torch.float32)
 
 
-def _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top, counts=False):
+def _groups(bsz: int, c: int, per_image: bool, ragged: torch.Tensor | None) -> tuple[int, bool, int]:
+    """``(G, per_image as the kernels take it, the rag argument)``: a ragged batch (``ragged``: int64
+    ``[B + S + 1]``, each image's sample then the samples' image offsets, images sorted by sample; the
+    ``rag`` of ``_native.c``) has ``S·C`` groups and runs in the batch layout (pass 1 in fixed chunks)."""
+    if ragged is None:
+        return (bsz * c if per_image else c), per_image, 0
+    samples = ragged.numel() - bsz - 1
+    return samples * c, False, ragged.data_ptr()
+
+
+def _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top, counts=False, ragged=None):
     """Pass 1: the signed error bits (into ``errors`` when given), the anchors and their inverses; with
     ``counts`` (softmax surrogates), also each group's foreground and valid labels ``[G]`` int64."""
     bsz, c, n = x32.shape
-    groups = bsz * c if per_image else c
+    groups, per_image, rag = _groups(bsz, c, per_image, ragged)
     units = bsz if per_image else NUM_CHUNKS
     t = t.contiguous()
     use_ignore = ignore_index is not None
@@ -249,7 +259,7 @@ def _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top, count
         fg_counts, valid_counts = (torch.zeros(units, groups, dtype=torch.int64) for _ in range(2))
         extra = (fg_counts, valid_counts, _streams(bits))
     _run(kernel, units, x32, t, bsz, c, n, ignore, use_ignore, surrogate.code, per_image, NUM_CHUNKS, bits, tops,
-         groups, flags, *extra)  # fmt: skip
+         groups, flags, *extra, rag)  # fmt: skip
     # Pass 1 checked the inputs as it read them (checks_inputs); each unit's flags are bits, so test each
     # bit over all units (a maximum would hide a NaN in one unit behind a bad label in another).  These
     # few-element reductions run in NumPy: a PyTorch operator costs tens of microseconds here, where the
@@ -276,14 +286,16 @@ def histogram(
     b: Binning,
     reduce_top=None,
     errors: torch.Tensor | None = None,
+    ragged: torch.Tensor | None = None,
 ) -> Histogram:
     """Histogram ``[1, G, K, 2, 2]`` of the errors (the contract of :mod:`.fused`); ``errors``, when given,
-    receives the signed error bits that :func:`head` and backward read."""
+    receives the signed error bits that :func:`head` and backward read.  ``ragged``: the groups of a ragged
+    batch (:func:`_groups`)."""
     bsz, c, n = x32.shape
-    groups = bsz * c if per_image else c
-    bits, top, inv = _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top)
+    groups, kernel_per_image, rag = _groups(bsz, c, per_image, ragged)
+    bits, top, inv = _pass1(x32, t, surrogate, per_image, ignore_index, errors, reduce_top, ragged=ragged)
     acc = torch.zeros(1, groups, b.num_bins, 2, 2, dtype=torch.float64)
-    _run("histogram_rows", groups, bits, bsz, c, n, per_image, b.lo, b.per_octave, b.half, inv, acc)
+    _run("histogram_rows", groups, bits, bsz, c, n, kernel_per_image, b.lo, b.per_octave, b.half, inv, acc, rag)
     return Histogram(acc, top, b)
 
 
@@ -297,6 +309,7 @@ def losses(
     head_size: int,
     errors: torch.Tensor,
     present_only: bool = False,
+    ragged: torch.Tensor | None = None,
 ) -> KernelLosses:
     """The local loss in one go (pass 1, then pass 2 per group), with the head's exact weights computed in
     the kernel too (:func:`.histogram.head_weights`' ranking and formulas, in C; the losses include the
@@ -305,18 +318,19 @@ def losses(
     ``present_only`` (softmax surrogates): the caller needs the losses of groups with a foreground label
     only (``classes="present"``), so the groups without one, which pass 1 counted, are left out of pass 2:
     loss 0, ``cut`` -1 (backward gives them no gradient), no table entries.  At 21 or 150 classes an image
-    holds a few of them, so per image most groups are left out."""
+    holds a few of them, so per image most groups are left out.  ``ragged``: the groups of a ragged batch
+    (:func:`_groups`)."""
     bsz, c, n = x32.shape
-    groups = bsz * c if per_image else c
+    groups, kernel_per_image, rag = _groups(bsz, c, per_image, ragged)
     skip: int | torch.Tensor = 0  # no group left out
     valid_counts: int | torch.Tensor = 0
     if present_only and surrogate.per_class:
         bits, top, inv, fg_counts, valid_counts = _pass1(
-            x32, t, surrogate, per_image, ignore_index, errors, None, counts=True
+            x32, t, surrogate, per_image, ignore_index, errors, None, counts=True, ragged=ragged
         )
         skip = (fg_counts == 0).to(torch.uint8)
     else:
-        bits, top, inv = _pass1(x32, t, surrogate, per_image, ignore_index, errors, None)
+        bits, top, inv = _pass1(x32, t, surrogate, per_image, ignore_index, errors, None, ragged=ragged)
     loss = torch.zeros(groups, dtype=torch.float64)
     # Uninitialized: the kernel zeroes each group's bins that its elements fall in, the only ones backward
     # reads (a [G, K, 2] memset is a pass over up to tens of MB per image-and-class groups).
@@ -325,8 +339,8 @@ def losses(
     values = torch.full((groups, head_size), -1.0)  # -1 past each group's head (errors are >= 0)
     fg = torch.zeros(groups, head_size, dtype=torch.bool)
     weights = torch.zeros(groups, head_size, dtype=torch.float32)
-    _run("group_tables", groups, bits, bsz, c, n, per_image, b.lo, b.per_octave, b.half, inv, head_size, loss, table,
-         n_fg, n_valid, cut, values, fg, counts, head_size, weights, skip, valid_counts)  # fmt: skip
+    _run("group_tables", groups, bits, bsz, c, n, kernel_per_image, b.lo, b.per_octave, b.half, inv, head_size, loss,
+         table, n_fg, n_valid, cut, values, fg, counts, head_size, weights, skip, valid_counts, rag)  # fmt: skip
     return KernelLosses(top, loss, _table_view(table), n_fg, n_valid, cut, values, fg, weights)
 
 
@@ -380,9 +394,10 @@ def head(
     cut: torch.Tensor,
     capacity: int,
     errors: torch.Tensor | None = None,
+    ragged: torch.Tensor | None = None,
 ) -> HeadElements:
     """The elements of each group's exact head (bins from ``cut[g]`` up), read from the ``errors`` that
-    :func:`histogram` wrote."""
+    :func:`histogram` wrote (``ragged``: the groups of a ragged batch, :func:`_groups`)."""
     if errors is None:
         raise ValueError("the native kernels read the head from the errors that histogram(errors=...) wrote")
     bsz, c, n = errors.shape
@@ -393,8 +408,9 @@ def head(
     counts = torch.zeros(groups, dtype=torch.int64)
     inv = _inverse(top)
     cut = cut.to(torch.int64).contiguous()
-    _run("head_rows", groups, errors, bsz, c, n, per_image, cut, inv, b.lo, b.per_octave, b.half, values, fgs, bins,
-         counts, capacity)  # fmt: skip
+    _, kernel_per_image, rag = _groups(bsz, c, per_image, ragged)
+    _run("head_rows", groups, errors, bsz, c, n, kernel_per_image, cut, inv, b.lo, b.per_octave, b.half, values, fgs,
+         bins, counts, capacity, rag)  # fmt: skip
     return HeadElements(values, fgs, bins.long(), counts)
 
 
@@ -424,15 +440,18 @@ def backward(
     head: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     errors: torch.Tensor | None = None,
     scale: torch.Tensor | None = None,
+    ragged: torch.Tensor | None = None,
 ) -> None:
     """Write d loss / d ``x32`` into ``grad`` (the contract of :mod:`.fused`): from the ``errors`` that
     forward kept when given (softmax surrogates, :func:`saves_errors`), else recomputed from ``x32`` and
     ``t``.  ``table`` is in the kernels' layout, ``[G, 2, K]`` (:func:`table_arg`).  With ``scale``
     (``[G]`` float32, each group's upstream gradient) it is the unscaled table and the kernels scale its
-    entries as they read them (the head weights come scaled)."""
+    entries as they read them (the head weights come scaled).  ``ragged``: the groups of a ragged batch
+    (:func:`_groups`)."""
     bsz, c, n = grad.shape
     if grad.numel() == 0:
         return
+    _, per_image, rag = _groups(bsz, c, per_image, ragged)
     span = _span(n, bsz)
     nspans = -(-n // span)
     inv = _inverse(top)
@@ -447,16 +466,16 @@ def backward(
     if surrogate.per_class and errors is not None:  # the errors that forward kept (saves_errors)
         _run("softmax_backward_kept", bsz * nspans, errors, bsz, c, n, surrogate.code, per_image, b.lo,
              b.per_octave, b.half, inv, table, cut, values, fg, weights, capacity, grad, scale_arg, span,
-             stream)  # fmt: skip
+             stream, rag)  # fmt: skip
         return
     use_ignore = ignore_index is not None
     ignore = int(ignore_index) if use_ignore else 0
     if surrogate.per_class:
         _run("softmax_backward", bsz * nspans, x32.contiguous(), t.contiguous(), bsz, c, n, ignore, use_ignore,
              surrogate.code, per_image, b.lo, b.per_octave, b.half, inv, table, cut, values, fg, weights, capacity,
-             grad, scale_arg, span, stream)  # fmt: skip
+             grad, scale_arg, span, stream, rag)  # fmt: skip
         return
     nblocks = -(-n // _BLOCK)
     _run("binary_backward", bsz * c * nblocks, x32.contiguous(), t.contiguous(), bsz, c, n, ignore, use_ignore,
          surrogate.code, per_image, b.lo, b.per_octave, b.half, inv, table, cut, values, fg, weights, capacity, grad,
-         scale_arg)  # fmt: skip
+         scale_arg, rag)  # fmt: skip

@@ -75,15 +75,17 @@ if AVAILABLE:
         return offs_c, offs_n, in_tile, p, fg, e, in_tile & valid[None, :]
 
     @triton.jit
-    def _softmax_groups(b, offs_c, C, PER_IMAGE):
+    def _softmax_groups(b, offs_c, C, PER_IMAGE, RAGGED, s_ptr):
+        if RAGGED:  # a ragged batch: image b's sample (s_ptr: the sample of each image)
+            return tl.load(s_ptr + b).to(tl.int32) * C + offs_c
         if PER_IMAGE:
             return b * C + offs_c
         return offs_c
 
     @triton.jit
     def _softmax_top(
-        x_ptr, t_ptr, top_ptr, C, N, ignore,
-        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr,
+        x_ptr, t_ptr, s_ptr, top_ptr, C, N, ignore,
+        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr, RAGGED: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
         """Each group's largest error (its anchor), as int32 bits (non-negative floats order as ints)."""
@@ -92,20 +94,20 @@ if AVAILABLE:
             x_ptr, t_ptr, b, tl.program_id(0), C, N, ignore, USE_IGNORE, CODE, BLOCK_C, BLOCK_N
         )
         tile_max = tl.max(tl.where(use, e, 0.0), axis=1)
-        g = _softmax_groups(b, offs_c, C, PER_IMAGE)
+        g = _softmax_groups(b, offs_c, C, PER_IMAGE, RAGGED, s_ptr)
         tl.atomic_max(top_ptr + g, tile_max.to(tl.int32, bitcast=True), mask=offs_c < C)
 
     @triton.jit
     def _softmax_fwd(
-        x_ptr, t_ptr, inv_ptr, counts_ptr, sums_ptr, C, N, ignore, lo, per_octave, num_bins,
-        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr,
+        x_ptr, t_ptr, s_ptr, inv_ptr, counts_ptr, sums_ptr, C, N, ignore, lo, per_octave, num_bins,
+        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr, RAGGED: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
         b = tl.program_id(1)
         offs_c, _offs_n, _in_tile, _p, fg, e, use = _softmax_tile(
             x_ptr, t_ptr, b, tl.program_id(0), C, N, ignore, USE_IGNORE, CODE, BLOCK_C, BLOCK_N
         )
-        g = _softmax_groups(b, offs_c, C, PER_IMAGE)
+        g = _softmax_groups(b, offs_c, C, PER_IMAGE, RAGGED, s_ptr)
         inv = tl.load(inv_ptr + g, mask=offs_c < C, other=0.0)[:, None]
         idx = (g[:, None] * num_bins + _bin(e, inv, lo, per_octave, num_bins)) * 2 + fg.to(tl.int32)
         tl.atomic_add(counts_ptr + idx, tl.full(idx.shape, 1, tl.int32), mask=use)
@@ -114,8 +116,8 @@ if AVAILABLE:
 
     @triton.jit
     def _softmax_head(
-        x_ptr, t_ptr, inv_ptr, cut_ptr, hv_ptr, hf_ptr, hb_ptr, count_ptr, C, N, ignore, H, lo, per_octave,
-        num_bins, USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr,
+        x_ptr, t_ptr, s_ptr, inv_ptr, cut_ptr, hv_ptr, hf_ptr, hb_ptr, count_ptr, C, N, ignore, H, lo, per_octave,
+        num_bins, USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr, RAGGED: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
         """The elements of the exact head (bins from ``cut[g]`` up): their errors and foreground flags, each
@@ -124,7 +126,7 @@ if AVAILABLE:
         offs_c, _offs_n, _in_tile, _p, fg, e, use = _softmax_tile(
             x_ptr, t_ptr, b, tl.program_id(0), C, N, ignore, USE_IGNORE, CODE, BLOCK_C, BLOCK_N
         )
-        g = _softmax_groups(b, offs_c, C, PER_IMAGE)
+        g = _softmax_groups(b, offs_c, C, PER_IMAGE, RAGGED, s_ptr)
         inv = tl.load(inv_ptr + g, mask=offs_c < C, other=0.0)[:, None]
         cut = tl.load(cut_ptr + g, mask=offs_c < C, other=num_bins)[:, None]
         gg = g[:, None] + tl.zeros(e.shape, tl.int32)
@@ -160,16 +162,16 @@ if AVAILABLE:
 
     @triton.jit
     def _softmax_bwd(
-        x_ptr, t_ptr, inv_ptr, table_ptr, cut_ptr, hv_ptr, hf_ptr, hw_ptr, grad_ptr, C, N, ignore, H, lo,
+        x_ptr, t_ptr, s_ptr, inv_ptr, table_ptr, cut_ptr, hv_ptr, hf_ptr, hw_ptr, grad_ptr, C, N, ignore, H, lo,
         per_octave, num_bins,
-        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr,
+        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr, RAGGED: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
         b = tl.program_id(1)
         offs_c, offs_n, in_tile, p, fg, e, use = _softmax_tile(
             x_ptr, t_ptr, b, tl.program_id(0), C, N, ignore, USE_IGNORE, CODE, BLOCK_C, BLOCK_N
         )
-        g = _softmax_groups(b, offs_c, C, PER_IMAGE)
+        g = _softmax_groups(b, offs_c, C, PER_IMAGE, RAGGED, s_ptr)
         inv = tl.load(inv_ptr + g, mask=offs_c < C, other=0.0)[:, None]
         k = _bin(e, inv, lo, per_octave, num_bins)
         idx = (g[:, None] * num_bins + k) * 2 + fg.to(tl.int32)
@@ -185,7 +187,7 @@ if AVAILABLE:
         tl.store(grad_ptr + b * C * N + offs_c[:, None] * N + offs_n[None, :], grad, mask=in_tile)
 
     @triton.jit
-    def _binary_tile(x_ptr, t_ptr, pid, C, N, total, ignore, USE_IGNORE, CODE, PER_IMAGE, BLOCK):
+    def _binary_tile(x_ptr, t_ptr, s_ptr, pid, C, N, total, ignore, USE_IGNORE, CODE, PER_IMAGE, RAGGED, BLOCK):
         offs = pid * BLOCK + tl.arange(0, BLOCK)
         inside = offs < total
         x = tl.load(x_ptr + offs, mask=inside, other=0.0).to(tl.float32)
@@ -195,7 +197,9 @@ if AVAILABLE:
             use = use & (lab != ignore)
         fg = lab == 1
         row = offs // N
-        if PER_IMAGE:
+        if RAGGED:  # a ragged batch: the sample of the row's image, then the row's class
+            g = tl.load(s_ptr + row // C, mask=inside, other=0).to(tl.int32) * C + row % C
+        elif PER_IMAGE:
             g = row
         else:
             g = row % C
@@ -216,21 +220,23 @@ if AVAILABLE:
 
     @triton.jit
     def _binary_top(
-        x_ptr, t_ptr, top_ptr, C, N, total, ignore,
-        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr, BLOCK: tl.constexpr,
+        x_ptr, t_ptr, s_ptr, top_ptr, C, N, total, ignore,
+        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr, RAGGED: tl.constexpr,
+        BLOCK: tl.constexpr,
     ):  # fmt: skip
         _offs, _inside, use, _fg, g, e, _de = _binary_tile(
-            x_ptr, t_ptr, tl.program_id(0), C, N, total, ignore, USE_IGNORE, CODE, PER_IMAGE, BLOCK
+            x_ptr, t_ptr, s_ptr, tl.program_id(0), C, N, total, ignore, USE_IGNORE, CODE, PER_IMAGE, RAGGED, BLOCK
         )
         tl.atomic_max(top_ptr + g, e.to(tl.int32, bitcast=True), mask=use)
 
     @triton.jit
     def _binary_fwd(
-        x_ptr, t_ptr, inv_ptr, counts_ptr, sums_ptr, C, N, total, ignore, lo, per_octave, num_bins,
-        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr, BLOCK: tl.constexpr,
+        x_ptr, t_ptr, s_ptr, inv_ptr, counts_ptr, sums_ptr, C, N, total, ignore, lo, per_octave, num_bins,
+        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr, RAGGED: tl.constexpr,
+        BLOCK: tl.constexpr,
     ):  # fmt: skip
         _offs, _inside, use, fg, g, e, _de = _binary_tile(
-            x_ptr, t_ptr, tl.program_id(0), C, N, total, ignore, USE_IGNORE, CODE, PER_IMAGE, BLOCK
+            x_ptr, t_ptr, s_ptr, tl.program_id(0), C, N, total, ignore, USE_IGNORE, CODE, PER_IMAGE, RAGGED, BLOCK
         )
         inv = tl.load(inv_ptr + g, mask=use, other=0.0)
         idx = (g * num_bins + _bin(e, inv, lo, per_octave, num_bins)) * 2 + fg.to(tl.int32)
@@ -239,12 +245,13 @@ if AVAILABLE:
 
     @triton.jit
     def _binary_head(
-        x_ptr, t_ptr, inv_ptr, cut_ptr, hv_ptr, hf_ptr, hb_ptr, count_ptr, C, N, total, ignore, H, lo,
+        x_ptr, t_ptr, s_ptr, inv_ptr, cut_ptr, hv_ptr, hf_ptr, hb_ptr, count_ptr, C, N, total, ignore, H, lo,
         per_octave, num_bins,
-        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr, BLOCK: tl.constexpr,
+        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr, RAGGED: tl.constexpr,
+        BLOCK: tl.constexpr,
     ):  # fmt: skip
         _offs, _inside, use, fg, g, e, _de = _binary_tile(
-            x_ptr, t_ptr, tl.program_id(0), C, N, total, ignore, USE_IGNORE, CODE, PER_IMAGE, BLOCK
+            x_ptr, t_ptr, s_ptr, tl.program_id(0), C, N, total, ignore, USE_IGNORE, CODE, PER_IMAGE, RAGGED, BLOCK
         )
         inv = tl.load(inv_ptr + g, mask=use, other=0.0)
         cut = tl.load(cut_ptr + g, mask=use, other=num_bins)
@@ -253,12 +260,13 @@ if AVAILABLE:
 
     @triton.jit
     def _binary_bwd(
-        x_ptr, t_ptr, inv_ptr, table_ptr, cut_ptr, hv_ptr, hf_ptr, hw_ptr, grad_ptr, C, N, total, ignore, H,
+        x_ptr, t_ptr, s_ptr, inv_ptr, table_ptr, cut_ptr, hv_ptr, hf_ptr, hw_ptr, grad_ptr, C, N, total, ignore, H,
         lo, per_octave, num_bins,
-        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr, BLOCK: tl.constexpr,
+        USE_IGNORE: tl.constexpr, CODE: tl.constexpr, PER_IMAGE: tl.constexpr, RAGGED: tl.constexpr,
+        BLOCK: tl.constexpr,
     ):  # fmt: skip
         offs, inside, use, fg, g, e, de = _binary_tile(
-            x_ptr, t_ptr, tl.program_id(0), C, N, total, ignore, USE_IGNORE, CODE, PER_IMAGE, BLOCK
+            x_ptr, t_ptr, s_ptr, tl.program_id(0), C, N, total, ignore, USE_IGNORE, CODE, PER_IMAGE, RAGGED, BLOCK
         )
         inv = tl.load(inv_ptr + g, mask=use, other=0.0)
         k = _bin(e, inv, lo, per_octave, num_bins)
@@ -277,14 +285,17 @@ def _tiles(c: int) -> tuple[int, int]:
 _BLOCK = 1024
 
 
-def _launch(name: str, x32, t, surrogate: Surrogate, per_image: bool, ignore_index: int | None, pointers, bin_args):
-    """Launch the softmax or binary variant of kernel ``name`` over the whole input: ``x32``, ``t``, then
-    ``pointers``, the sizes and ``ignore``, then ``bin_args`` (``lo, per_octave, num_bins``, preceded by
-    the head's capacity for ``head`` and ``bwd``, or none)."""
+def _launch(
+    name: str, x32, t, surrogate: Surrogate, per_image: bool, ignore_index: int | None, pointers, bin_args, ragged=None
+):
+    """Launch the softmax or binary variant of kernel ``name`` over the whole input: ``x32``, ``t``, the
+    samples of a ragged batch (``ragged``: ``[B + S + 1]`` int64, each image's sample first; ``t`` stands in
+    where there is none), then ``pointers``, the sizes and ``ignore``, then ``bin_args`` (``lo,
+    per_octave, num_bins``, preceded by the head's capacity for ``head`` and ``bwd``, or none)."""
     bsz, c, n = x32.shape
     use_ignore = ignore_index is not None
     ignore = int(ignore_index) if use_ignore else 0
-    flags = dict(USE_IGNORE=use_ignore, CODE=surrogate.code, PER_IMAGE=per_image)
+    flags = dict(USE_IGNORE=use_ignore, CODE=surrogate.code, PER_IMAGE=per_image, RAGGED=ragged is not None)
     if surrogate.per_class:
         block_c, block_n = _tiles(c)
         grid = (triton.cdiv(n, block_n), bsz)
@@ -296,7 +307,15 @@ def _launch(name: str, x32, t, surrogate: Surrogate, per_image: bool, ignore_ind
         sizes = (c, n, x32.numel(), ignore)
         flags.update(BLOCK=_BLOCK)
         kernel = {"top": _binary_top, "fwd": _binary_fwd, "head": _binary_head, "bwd": _binary_bwd}[name]
-    kernel[grid](x32, t, *pointers, *sizes, *bin_args, **flags)
+    kernel[grid](x32, t, t if ragged is None else ragged, *pointers, *sizes, *bin_args, **flags)
+
+
+def _groups(x32: torch.Tensor, per_image: bool, ragged: torch.Tensor | None) -> int:
+    """Groups of a call: ``B·C`` per image, ``C`` over the batch, ``S·C`` for a ragged batch."""
+    bsz, c, _ = x32.shape
+    if ragged is not None:
+        return (ragged.numel() - bsz - 1) * c
+    return bsz * c if per_image else c
 
 
 def histogram(
@@ -307,24 +326,24 @@ def histogram(
     ignore_index: int | None,
     b: Binning,
     reduce_top=None,
+    ragged: torch.Tensor | None = None,
 ) -> Histogram:
     """Histogram of ``x32`` (``[B, C, N]`` float32 contiguous) with targets ``t`` (int64), one partial:
     a first kernel finds each group's anchor (``reduce_top`` may replace the anchors, e.g. by their max
-    over processes), a second bins and counts."""
-    bsz, c, _ = x32.shape
-    groups = bsz * c if per_image else c
+    over processes), a second bins and counts.  ``ragged``: the groups of a ragged batch (:func:`_launch`)."""
+    groups = _groups(x32, per_image, ragged)
     k = b.num_bins
     top_bits = torch.zeros(groups, dtype=torch.int32, device=x32.device)
     bin_args = (b.lo, b.per_octave, k)
     if x32.numel():
-        _launch("top", x32, t, surrogate, per_image, ignore_index, (top_bits,), ())
+        _launch("top", x32, t, surrogate, per_image, ignore_index, (top_bits,), (), ragged)
     top = top_bits.view(torch.float32)
     if reduce_top is not None:
         top = reduce_top(top)
     counts = torch.zeros(groups * k * 2, dtype=torch.int32, device=x32.device)
     sums = torch.zeros(groups * k * 2, dtype=torch.int64, device=x32.device)
     if x32.numel():
-        _launch("fwd", x32, t, surrogate, per_image, ignore_index, (inverse_top(top), counts, sums), bin_args)
+        _launch("fwd", x32, t, surrogate, per_image, ignore_index, (inverse_top(top), counts, sums), bin_args, ragged)
     error_sums = sums.to(torch.float64).view(groups, k * 2) * (top.to(torch.float64) / 4294967296.0)[:, None]
     cells = torch.stack([counts.to(torch.float64), error_sums.flatten()], dim=-1)
     return Histogram(cells.view(1, groups, k, 2, 2), top, b)
@@ -340,6 +359,7 @@ def head(
     top: torch.Tensor,
     cut: torch.Tensor,
     capacity: int,
+    ragged: torch.Tensor | None = None,
 ) -> HeadElements:
     """The elements of each group's exact head (bins from ``cut[g]`` up), in no particular order."""
     groups = cut.shape[0]
@@ -349,9 +369,8 @@ def head(
     counts = torch.zeros(groups, dtype=torch.int32, device=x32.device)
     if x32.numel():
         pointers = (inverse_top(top), cut.to(torch.int32).contiguous(), values, fg, bins, counts)
-        _launch(
-            "head", x32, t, surrogate, per_image, ignore_index, pointers, (capacity, b.lo, b.per_octave, b.num_bins)
-        )
+        bin_args = (capacity, b.lo, b.per_octave, b.num_bins)
+        _launch("head", x32, t, surrogate, per_image, ignore_index, pointers, bin_args, ragged)
     return HeadElements(values, fg.bool(), bins.long(), counts.clamp(max=capacity).to(torch.int64))
 
 
@@ -366,6 +385,7 @@ def backward(
     table: torch.Tensor,
     grad: torch.Tensor,
     head: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    ragged: torch.Tensor | None = None,
 ) -> None:
     """Write d loss / d ``x32`` into ``grad`` given the anchors, the scaled weight table ``[G, K, 2]`` and
     the exact head ``(cut [G], values [G, H], fg [G, H], weights [G, H])``, its weights scaled too."""
@@ -374,4 +394,4 @@ def backward(
     if x32.numel():
         pointers = (inverse_top(top), table, cut.to(torch.int32).contiguous(), values.contiguous(),
                     fg.to(torch.int8).contiguous(), weights.contiguous(), grad)  # fmt: skip
-        _launch("bwd", x32, t, surrogate, per_image, ignore_index, pointers, bin_args)
+        _launch("bwd", x32, t, surrogate, per_image, ignore_index, pointers, bin_args, ragged)

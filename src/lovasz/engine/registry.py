@@ -123,6 +123,10 @@ class Capabilities:
     value checks."""
     cpu_tables: bool = False
     """``tables(cells, head)``: the losses and weight table of a CPU histogram, in the kernels."""
+    ragged_groups: bool = False
+    """``histogram``/``losses``/``head``/``backward`` take ``sample=`` (``[B]`` int64 sample id of each image,
+    ``num_samples=``): per-image groups are ``(sample[b], c)`` pairs (ragged batches, ``batch=`` of the
+    losses).  The PyTorch engine always can."""
     table_layout: Literal["GK2", "G2K"] = "GK2"
     """The weight table forward hands to backward: ``"GK2"`` (``[G, K, 2]``, the engine's) or ``"G2K"``
     (``[G, 2, K]``; the module's ``table_arg`` and ``empty_table`` make and allocate it)."""
@@ -166,11 +170,21 @@ class Backend:
         return self.name == "triton" and device.type == "cpu" and config.settings().triton_interpret
 
     def not_supported_reasons(
-        self, x: Tensor, bins: int | None, surrogate: str | surrogates.Surrogate | None = None
+        self,
+        x: Tensor,
+        bins: int | None,
+        surrogate: str | surrogates.Surrogate | None = None,
+        ragged: bool = False,
     ) -> list[str]:
         """Why this backend cannot evaluate the loss of ``x`` with ``bins`` (and ``surrogate``, when
-        given); empty if it can.  A run-time verdict (the Triton probe) is not part of these reasons."""
+        given; ``ragged``: per-sample groups of a ``batch=`` vector); empty if it can.  A run-time verdict
+        (the Triton probe) is not part of these reasons."""
         reasons = []
+        if ragged and self.fused and not self.capabilities.ragged_groups:
+            reasons.append(
+                f"the {self.name} kernels do not group points by a batch= vector (per-sample losses of a ragged "
+                "batch); backend='torch' does"
+            )
         if bins is None and not self.exact:
             reasons.append(f"the {self.name} kernels implement the binned engine only (bins=None is the exact engine)")
         if x.dtype == torch.float64 and torch.float64 not in self.dtypes:
@@ -224,6 +238,7 @@ REGISTRY: dict[str, Backend] = {
             scales_table=True,
             checks_inputs=True,
             cpu_tables=True,
+            ragged_groups=True,
             table_layout="G2K",
         ),
         missing=_native_missing,
@@ -236,6 +251,7 @@ REGISTRY: dict[str, Backend] = {
         surrogates=_ALL,
         where="need a CUDA device (or TRITON_INTERPRET=1, Triton's CPU interpreter, for testing)",
         module="lovasz.engine.kernels_triton",
+        capabilities=Capabilities(ragged_groups=True),
         missing=_triton_missing,
     ),
 }
