@@ -24,7 +24,7 @@ from . import data as datasets
 
 # The default demo: 5 seeds, sized for about 10-12 minutes per task on 2 idle CPU cores; --quick: a first look.
 DEMO_DEFAULTS = dict(
-    data="scaled-digits", seeds=5, pretrain_epochs=16, plateau=0.005, patience=3, finetune_epochs=2,
+    data="scaled-digits", seeds=5, pretrain_epochs=20, plateau=0.005, patience=3, finetune_epochs=2,
     train_size=1000, batch_size=8, width=16, lr=3e-3, finetune_lr=5e-4,
 )  # fmt: skip
 QUICK = dict(seeds=3, pretrain_epochs=5, patience=2, finetune_epochs=1, train_size=300)
@@ -479,15 +479,21 @@ def _run_or_skip(run, cfg, out: Path, splits, progress: bool) -> dict:
                 f"{out} holds a run with other options ({', '.join(diff[:3])}): choose another --out for the demo"
             )
         print(f"  finished before: {out} (skipped)")
-        return done
+        return {**done, "skipped": True}
     resume = False
     if run is train and (out / "model.pt").is_file():
         ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
         resume = "train_state" in ckpt and not differences(ckpt["config"])
     log = functools.partial(print, flush=True)  # the log of a run in the background is read as it goes
-    if resume:
-        return run(cfg, out, splits, progress, log, resume=resume)
-    return run(cfg, out, splits, progress, log)
+    start = time.time()
+    res = run(cfg, out, splits, progress, log, resume=resume) if resume else run(cfg, out, splits, progress, log)
+    # the run's own time and machine load, kept with its results: a later demo that skips it still reports them
+    res["run"] = {
+        "seconds": time.time() - start,
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    results.write_text(json.dumps(res, indent=2))
+    return res
 
 
 class _Clock:
@@ -499,11 +505,6 @@ class _Clock:
         self.seeds, self.cap, self.ft, self.variants, self.spe = seeds, cap, finetune_epochs, variants, steps_per_epoch
         self.pretrain_epochs: list[int] = []
         self.steps = 0
-        self.loads: list[float] = []
-
-    def sample_load(self) -> None:
-        if hasattr(os, "getloadavg"):
-            self.loads.append(os.getloadavg()[0])
 
     def done(self, epochs: int, pretraining: bool) -> None:
         self.steps += epochs * self.spe
@@ -567,6 +568,7 @@ def run_demo(args) -> None:
     clock = _Clock(args.seeds, args.pretrain_epochs, args.finetune_epochs, len(variants), steps_per_epoch)
     results: dict[str, list[dict]] = {pretrained: [], **{k: [] for k in variants}}
     stopping: list[dict] = []
+    timing: list[dict | None] = []  # per run: its seconds and the load average at its end
     histories: dict[str, list] = {}
     models = {}
     progress = not args.no_progress
@@ -574,7 +576,6 @@ def run_demo(args) -> None:
     k = 0
     for seed in range(args.seeds):
         k += 1
-        clock.sample_load()
         print(f"[{k}/{runs_total}] seed {seed}: {pretraining} from scratch ({clock.line()})", flush=True)
         pre_dir = out / f"seed{seed}" / "pretrain"
         pre_cfg = replace(
@@ -582,10 +583,11 @@ def run_demo(args) -> None:
             patience=args.patience, loss="bce" if binary else "ce",
         )  # fmt: skip
         pre = _run_or_skip(run, pre_cfg, pre_dir, splits, progress)
+        timing.append(pre.get("run"))
         results[pretrained].append(_with_named(pre["test"], named))
         stop = pre.get("stopping") or {"epochs": len(pre["config"]["history"]), "stopped": "cap", "gains": []}
         stopping.append(stop)
-        clock.done(stop["epochs"], pretraining=True)
+        clock.done(0 if pre.get("skipped") else stop["epochs"], pretraining=True)
         last = [g for g in stop["gains"] if g is not None][-3:]
         print(
             f"  seed {seed}: pretraining used {count(stop['epochs'], 'epoch')} ({stop['stopped']}); last gains of "
@@ -597,7 +599,6 @@ def run_demo(args) -> None:
             histories[pretraining] = pre["config"]["history"]
         for name, change in variants.items():
             k += 1
-            clock.sample_load()
             print(f"[{k}/{runs_total}] seed {seed}: fine-tuning, {name} ({clock.line()})", flush=True)
             cfg = replace(
                 base, seed=seed, epochs=args.finetune_epochs, lr=args.finetune_lr, init=str(pre_dir / "model.pt"),
@@ -605,25 +606,27 @@ def run_demo(args) -> None:
             )  # fmt: skip
             res = _run_or_skip(run, cfg, out / f"seed{seed}" / _slug(name), splits, progress)
             results[name].append(_with_named(res["test"], named))
-            clock.done(args.finetune_epochs, pretraining=False)
+            timing.append(res.get("run"))
+            clock.done(0 if res.get("skipped") else args.finetune_epochs, pretraining=False)
             if seed == 0:
                 histories[name] = res["config"]["history"]
                 models[name] = load_model(out / f"seed{seed}" / _slug(name) / "model.pt")[0]
     elapsed = time.time() - clock.start
-    clock.sample_load()
 
     what = "foreground vs background" if binary else f"mIoU over the {count(len(names), 'class')}"
     used = ", ".join(str(s["epochs"]) for s in stopping)
+    seconds = sum(t["seconds"] for t in timing if t)
+    loads = [t["load_average"] for t in timing if t and t.get("load_average") is not None]
     load = ""
-    if clock.loads and device.type == "cpu":
-        load = f"; mean 1-min load average {statistics.fmean(clock.loads):.1f} on {count(os.cpu_count() or 1, 'CPU')}"
+    if loads and device.type == "cpu":
+        load = f"; mean 1-min load average {statistics.fmean(loads):.1f} on {count(os.cpu_count() or 1, 'CPU')}"
     caption = (
         f"`lovasz demo --task {args.task}{' --quick' if args.quick else ''}"
         f"{f' --threads {args.threads}' if args.threads else ''}`: test split of `{args.data}` "
         f"({len(splits['test'])} canvases), {what}; {count(args.seeds, 'seed')}, each pretrained from scratch "
         f"{rule} (epochs used: {used}), then fine-tuned from its own checkpoint for "
         f"{count(args.finetune_epochs * steps_per_epoch, 'step')}; {args.train_size} training canvases, batches of "
-        f"{args.batch_size}, width {args.width}; rows: mean ± sd over seeds; {elapsed / 60:.1f} min ({where}{load})."
+        f"{args.batch_size}, width {args.width}; rows: mean ± sd over seeds; {seconds / 60:.1f} min ({where}{load})."
     )
     table, differences = demo_table(results, metrics, baseline, caption)
     text = table
@@ -637,8 +640,9 @@ def run_demo(args) -> None:
     summary = {
         "task": args.task,
         "elapsed_s": elapsed,
+        "runs_s": seconds,
         "where": where,
-        "load_average": clock.loads,
+        "load_average": loads,
         "args": vars(args),
         "pretraining": [{"seed": s, **stop} for s, stop in enumerate(stopping)],
         "test": results,
