@@ -275,7 +275,7 @@ def load(
         out[split] = SegmentationSplit(torch.from_numpy(images), torch.from_numpy(masks))
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # processes that build the same canvases at once: each its own
         torch.save({k: (v.images, v.masks) for k, v in out.items()}, tmp)
         tmp.replace(path)
     return out
