@@ -24,7 +24,7 @@ from . import data as datasets
 
 # The default demo: 5 seeds, sized for about 10-12 minutes per task on 2 idle CPU cores; --quick: a first look.
 DEMO_DEFAULTS = dict(
-    data="scaled-digits", seeds=5, pretrain_epochs=20, plateau=0.005, patience=3, finetune_epochs=2,
+    data="scaled-digits", seeds=5, pretrain_epochs=30, plateau=0.005, patience=3, finetune_epochs=2,
     train_size=1000, batch_size=8, width=16, lr=3e-3, finetune_lr=5e-4,
 )  # fmt: skip
 QUICK = dict(seeds=3, pretrain_epochs=5, patience=2, finetune_epochs=1, train_size=300)
