@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lovasz.experiments import data
-from lovasz.experiments.cli import build_parser, cmd_demo, main
+from lovasz.experiments.cli import _finish_args, build_parser, main
 from lovasz.experiments.demo import (
     QUICK,
     T_975,
@@ -185,6 +185,12 @@ def test_demo_multiclass_pretrains_once_per_seed(tmp_path, capsys):
     assert pre["schedule"] == "constant" and pre["plateau"] == 0.005
     # every fine-tuning of a seed: the same steps (epochs × batches) from the same checkpoint
     assert {json.loads(p.read_text())["config"]["epochs"] for p in out.glob("seed1/[!p]*/results.json")} == {1}
+    # lovasz eval reads a demo checkpoint of the 6-class canvases and scores the same test split
+    scores = tmp_path / "eval.json"
+    main(["eval", "--checkpoint", str(out / "seed0" / "lovasz-batch" / "model.pt"), "--json", str(scores),
+          "--no-progress"])  # fmt: skip
+    reported = json.loads((out / "seed0" / "lovasz-batch" / "results.json").read_text())["test"]
+    assert json.loads(scores.read_text())["per_class_iou"] == pytest.approx(reported["per_class_iou"], nan_ok=True)
     _demo_again_skips_finished_runs(out, ["demo", *TINY, "--no-progress", "--out", str(out)], capsys)
 
 
@@ -224,11 +230,14 @@ def test_demo_binary(tmp_path, capsys):
     assert 0 <= scores["iou_image_worst"] <= scores["iou_image"] <= 1 and len(scores["per_class_iou"]) == 2
 
 
-def test_quick_fills_only_the_options_left_unset(monkeypatch):
-    seen = {}
-    monkeypatch.setattr("lovasz.experiments.cli.run_demo", lambda args: seen.update(vars(args)))
-    cmd_demo(build_parser().parse_args(["demo", "--quick", "--seeds", "4"]))
-    assert seen["seeds"] == 4 and seen["train_size"] == QUICK["train_size"]
-    assert seen["pretrain_epochs"] == QUICK["pretrain_epochs"] and seen["data"] == "scaled-digits"
-    cmd_demo(build_parser().parse_args(["demo"]))
-    assert seen["seeds"] == 5 and seen["train_size"] == 1000
+def test_quick_fills_only_the_options_left_unset():
+    def parse(argv):
+        args = build_parser().parse_args(argv)
+        _finish_args(args)
+        return args
+
+    quick = parse(["demo", "--quick", "--seeds", "4"])
+    assert quick.seeds == 4 and quick.train_size == QUICK["train_size"] and quick.data == "scaled-digits"
+    assert quick.pretrain_epochs == QUICK["pretrain_epochs"] and quick.patience == QUICK["patience"]
+    full = parse(["demo"])
+    assert full.seeds == 5 and full.train_size == 1000 and full.pretrain_epochs == 30 and full.plateau == 0.005

@@ -173,6 +173,10 @@ def _finish_args(args) -> None:
         for dest, default in real.items():
             if getattr(args, dest) is None:
                 setattr(args, dest, default)
+    if args.command == "demo":  # the options left unset: the defaults, or with --quick those of QUICK
+        for key, value in DEMO_DEFAULTS.items():
+            if getattr(args, key, None) is None:
+                setattr(args, key, QUICK.get(key, value) if args.quick else value)
     if hasattr(args, "bins"):
         args.bins = args.bins or None  # 0: the exact engine
 
@@ -414,7 +418,7 @@ def _eval_data(args, cfg: dict, arch: dict):
         if split == "all":
             raise datasets.DataError(f"--split all applies to --data folder; {data} has train, val and test")
         if not binary:
-            _mismatch(args.checkpoint, cfg, arch, data, 1, datasets.NUM_CLASSES)
+            _mismatch(args.checkpoint, cfg, arch, data, 1, datasets.num_classes_of(data))
         sizes = (cfg.get("train_size", 1500), *datasets.EVAL_SIZES)
         return data, split, datasets.load(data, sizes=sizes, size=cfg.get("image_size"))[split]
     root = args.root or (cfg.get("root") if same else None)
@@ -587,8 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--batch-size", type=_positive_int, default=dd["batch_size"], help="images per batch (all phases)")
     d.add_argument("--threads", type=_positive_int, help="torch threads")
     d.add_argument(
-        "--out", help="output folder (default: runs/demo, runs/demo-binary for --task binary; -quick appended "
-        "with --quick)",
+        "--out", help="output folder (default: runs/demo; runs/demo-binary for --task binary; with --quick, "
+        "runs/demo-quick and runs/demo-binary-quick)",
     )  # fmt: skip
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_debug(d)
@@ -650,10 +654,6 @@ def _user_error(exc: BaseException) -> bool:
 
 
 def cmd_demo(args) -> None:
-    """Fill in the defaults of the options left unset (--quick: :data:`QUICK`), then run the demo."""
-    for key, value in DEMO_DEFAULTS.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, QUICK.get(key, value) if args.quick else value)
     run_demo(args)
 
 
