@@ -624,7 +624,7 @@ def run_demo(args) -> None:
         f"`lovasz demo --task {args.task}{' --quick' if args.quick else ''}"
         f"{f' --threads {args.threads}' if args.threads else ''}`: test split of `{args.data}` "
         f"({len(splits['test'])} canvases), {what}; {count(args.seeds, 'seed')}, each pretrained from scratch "
-        f"{rule} (epochs used: {used}), then fine-tuned from its own checkpoint for "
+        f"{rule}, epochs used: {used}; then fine-tuned from its own checkpoint for "
         f"{count(args.finetune_epochs * steps_per_epoch, 'step')}; {args.train_size} training canvases, batches of "
         f"{args.batch_size}, width {args.width}; rows: mean ± sd over seeds; {seconds / 60:.1f} min ({where}{load})."
     )
