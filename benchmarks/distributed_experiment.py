@@ -3,8 +3,8 @@
     bash benchmarks/distributed_experiment.sh      # runs the 6 trainings, then this script prints the table
     python benchmarks/distributed_experiment.py [runs/dist] --out benchmarks/results/distributed_experiment.md
 
-For each seed s, the model pretrained with cross-entropy from scratch with seed s by the shipped demo
-(``runs/demo/seed<s>/pretrain/model.pt``, from ``bash scripts/demo.sh``) is fine-tuned with Lovász-Softmax
+For each seed s, a model pretrained with cross-entropy from scratch with seed s for 8 epochs on the
+``digits`` canvases (``runs/dist/pre<s>/model.pt``, written by the shell script) is fine-tuned with Lovász-Softmax
 over the batch under ``torchrun --nproc-per-node 4``, 2 canvases per process (a global batch of 8), once
 with each rank's own loss (``--lovasz-sync local``) and once with the loss of the global batch
 (``--lovasz-sync global``), same seed, same batches.  Test split metrics, paired by seed, with 95 %
@@ -18,7 +18,7 @@ import json
 import statistics
 from pathlib import Path
 
-from lovasz.experiments.cli import _finding, paired_interval
+from lovasz.experiments.demo import _finding, paired_interval
 
 METRICS = [
     ("miou_dataset", "dataset mIoU"),

@@ -351,6 +351,30 @@ def test_canvases_are_deterministic_and_well_formed(name):
 
 
 @pytest.mark.usefixtures("fresh_cache")
+def test_scaled_digits_small_rare_and_clutter():
+    """scaled-digits: 48×48 by default, 6 classes; the rare class is the least frequent, the small class's
+    objects are the smallest; clutter digits (5-9) are drawn but labelled background."""
+    if not data.available("scaled-digits"):
+        pytest.skip("digits data not installed")
+    splits = data.load("scaled-digits", sizes=(300, 5, 5), seed=4)
+    again = data.load("scaled-digits", sizes=(300, 5, 5), seed=4, cache=False)
+    assert torch.equal(splits["train"].images, again["train"].images)
+    images, masks = splits["train"].images[:, 0], splits["train"].masks
+    assert images.shape == (300, 48, 48) and data.num_classes_of("scaled-digits") == 6
+    assert masks.min() == 0 and masks.max() == 5 and data.class_names("scaled-digits")[2] == "1 (small)"
+    pixels = torch.bincount(masks.flatten(), minlength=6)
+    images_with = torch.stack([(masks == c).flatten(1).any(1) for c in range(6)], 1).sum(0)
+    assert images_with[5] < images_with[1:5].min()  # the rare class: in the fewest canvases
+    assert pixels[0] > 0.9 * masks.numel()
+    assert pixels[2] / images_with[2] < 0.5 * pixels[1] / images_with[1]  # the small class: few pixels a canvas
+    # clutter: bright stroke pixels outside every mask, far more than the noise alone makes
+    bright_background = ((images > 0.6) & (masks == 0)).sum()
+    assert bright_background > 0.2 * ((images > 0.6) & (masks > 0)).sum()
+    assert images[masks > 0].mean() > images[masks == 0].mean() + 0.2
+    assert data.named_classes("scaled-digits") == {2: "small", 5: "rare"} and data.named_classes("digits") == {}
+
+
+@pytest.mark.usefixtures("fresh_cache")
 def test_unknown_data_set_and_bad_size():
     with pytest.raises(ValueError, match="digits"):
         data.load("cifar")

@@ -1,4 +1,5 @@
-"""`lovasz demo` (multi-class and binary): per-seed pretraining, paired differences with 95 % intervals."""
+"""`lovasz demo` (multi-class and binary): per-seed pretraining to a plateau, paired differences with 95 %
+intervals, p-values and Holm's adjustment, conclusions in words."""
 
 from __future__ import annotations
 
@@ -9,8 +10,20 @@ import pytest
 import torch
 
 from lovasz.experiments import data
-from lovasz.experiments.cli import T_975, demo_table, main, paired_interval, t_975
-from lovasz.experiments.train import load_model
+from lovasz.experiments.cli import _finish_args, build_parser, main
+from lovasz.experiments.demo import (
+    QUICK,
+    T_975,
+    conclusions,
+    demo_table,
+    holm,
+    paired_interval,
+    paired_pvalue,
+    t_975,
+    t_pvalue,
+    train_binary,
+)
+from lovasz.experiments.train import TrainConfig, load_model, plateau_gain, train
 
 TINY = ["--seeds", "2", "--pretrain-epochs", "1", "--finetune-epochs", "1", "--train-size", "32", "--width", "8"]
 
@@ -40,6 +53,56 @@ def test_t_quantiles_are_the_975_quantiles(df):
         t_975(0)
 
 
+@pytest.mark.parametrize("df", [1, 2, 4, 7, 30])
+@pytest.mark.parametrize("t", [0.3, 1.0, 2.5, 6.0])
+def test_t_pvalue_is_the_two_sided_tail(t, df):
+    # P(|T| >= t) = 1 - 2 P(0 < T < t), the latter by Simpson's rule on the density (independent of the code)
+    assert t_pvalue(t, df) == pytest.approx(1 - 2 * _student_t_cdf_above_half(t, df), abs=1e-6)
+    assert t_pvalue(-t, df) == t_pvalue(t, df)
+    assert t_pvalue(t_975(df), df) == pytest.approx(0.05, abs=2e-5)
+    assert t_pvalue(0.0, df) == 1.0
+
+
+def test_paired_pvalue_and_holm():
+    assert paired_pvalue([0.5]) is None
+    assert paired_pvalue([0.0, 0.0]) == 1.0 and paired_pvalue([0.1, 0.1, 0.1]) == 0.0
+    diffs = [1.0, 2.0, 3.0]  # t = 2 / (1 / sqrt 3)
+    assert paired_pvalue(diffs) == pytest.approx(t_pvalue(2 * math.sqrt(3), 2))
+    # Holm: sorted p 0.01, 0.02, 0.04 times 3, 2, 1 -> 0.03, 0.04, 0.04 (made non-decreasing); order kept
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+    assert holm([]) == []
+
+
+def test_plateau_gain():
+    assert plateau_gain([0.1, 0.2, 0.3], 3) is None
+    assert plateau_gain([0.1, 0.2, 0.3, 0.31], 3) == pytest.approx(0.21)
+    # the best of the last 3 against the best before them; a dip does not count as a loss
+    assert plateau_gain([0.5, 0.6, 0.55, 0.58, 0.602], 3) == pytest.approx(0.002)
+    assert plateau_gain([0.5, 0.6, 0.4, 0.3, 0.2], 3) == 0.0
+    with pytest.raises(ValueError):
+        plateau_gain([0.1], 0)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_training_stops_at_the_plateau(tmp_path, binary):
+    """With plateau = 1 no gain is enough: training stops after patience + 1 epochs, below the cap, and says
+    so; without a plateau it runs to the cap."""
+    splits = data.load("scaled-digits", sizes=(16, 8, 8), seed=3)
+    cfg = TrainConfig(
+        data="scaled-digits", epochs=6, batch_size=8, width=4, train_size=16, schedule="constant",
+        plateau=1.0, patience=2, loss="bce" if binary else "ce",
+    )  # fmt: skip
+    run = train_binary if binary else train
+    res = run(cfg, tmp_path / "a", splits, False, lambda *a, **k: None)
+    stop = res["stopping"]
+    assert stop["epochs"] == 3 and stop["stopped"] == "plateau" and stop["cap"] == 6
+    assert len(res["config"]["history"]) == 3 and stop["gains"][:2] == [None, None] and stop["gains"][2] < 1.0
+    again = run(TrainConfig(**{**cfg.__dict__, "plateau": None, "history": []}), tmp_path / "b", splits, False,
+                lambda *a, **k: None)  # fmt: skip
+    assert again["stopping"]["epochs"] == 6 and again["stopping"]["stopped"] == "cap"
+
+
 def test_paired_interval():
     mean, low, high = paired_interval([1.0, 2.0, 3.0])  # sd 1, n 3: half-width t_{.975,2} / sqrt(3)
     assert mean == 2.0 and high - mean == pytest.approx(4.3027 / math.sqrt(3)) and low == pytest.approx(4 - high)
@@ -66,6 +129,13 @@ def test_table_says_finding_only_where_the_interval_excludes_zero():
     assert diffs["worse"]["a"]["finding"] == "no" and diffs["worse"]["a"]["low"] < 0 < diffs["worse"]["a"]["high"]
     assert set(diffs) == {"better", "worse"}  # the rows after the baseline
     assert "| pretrained | 0.1000 ± 0.0000 |" in text
+    assert "There are 4 comparisons" in text and "| p | Holm |" in text
+    cell = diffs["better"]["a"]
+    assert cell["p"] == 0.0 and cell["p_holm"] == 0.0  # +0.01 on every seed: sd 0
+    words = "\n".join(conclusions(diffs, metrics, "base", 3))
+    assert "4 comparisons" in words and "about 0.2 of them" in words
+    assert "**better** vs base: higher on metric a +0.0100 [+0.0100, +0.0100] (survives Holm)" in words
+    assert "No finding on metric b" in words and "**worse** vs base: no finding" in words
 
 
 def _check_layout(out, variants, pretrained, metrics):
@@ -93,6 +163,8 @@ def _check_layout(out, variants, pretrained, metrics):
         assert set(per_metric) == set(metrics)
     table = (out / "table.md").read_text()
     assert "95 % interval" in table and "| finding |" in table and "Student t with 1 degree of freedom" in table
+    assert "Conclusions:" in table and "comparisons" in table
+    assert [p["seed"] for p in res["pretraining"]] == [0, 1] and all(p["epochs"] == 1 for p in res["pretraining"])
     for f in ("curves.png", "per_class_iou.png", "predictions.png"):
         assert (out / f).stat().st_size > 0
     return res, table
@@ -102,11 +174,23 @@ def test_demo_multiclass_pretrains_once_per_seed(tmp_path, capsys):
     out = tmp_path / "demo"
     main(["demo", *TINY, "--no-progress", "--out", str(out)])
     assert "| variant − CE (continued) |" in capsys.readouterr().out
-    variants = ["CE (continued)", "Lovász batch", "Lovász per image", "Lovász per image, all classes"]
-    metrics = ["miou_dataset", "miou_image", "miou_class_image", "miou_image_worst"]
+    variants = ["CE (continued)", "Lovász batch", "Lovász per image", "CE + 0.25·Lovász batch"]
+    metrics = ["miou_dataset", "miou_image", "miou_class_image", "miou_image_worst", "iou_class_2", "iou_class_5"]
     _, table = _check_layout(out, variants, "CE pretrained", metrics)
-    assert "| Lovász per image, all classes | per-image mIoU |" in table
-    assert load_model(out / "seed0" / "pretrain" / "model.pt")[1]["architecture"]["num_classes"] == data.NUM_CLASSES
+    assert "| CE + 0.25·Lovász batch | IoU of class 4 (rare) |" in table and "| 1 (small) |" in table
+    assert load_model(out / "seed0" / "pretrain" / "model.pt")[1]["architecture"]["num_classes"] == 6
+    combined = json.loads((out / "seed1" / "ce-0-25-lovasz-batch" / "results.json").read_text())["config"]
+    assert combined["loss"] == "ce+lovasz" and combined["lovasz_weight"] == 0.25 and not combined["per_image"]
+    pre = json.loads((out / "seed1" / "pretrain" / "results.json").read_text())["config"]
+    assert pre["schedule"] == "constant" and pre["plateau"] == 0.005
+    # every fine-tuning of a seed: the same steps (epochs × batches) from the same checkpoint
+    assert {json.loads(p.read_text())["config"]["epochs"] for p in out.glob("seed1/[!p]*/results.json")} == {1}
+    # lovasz eval reads a demo checkpoint of the 6-class canvases and scores the same test split
+    scores = tmp_path / "eval.json"
+    main(["eval", "--checkpoint", str(out / "seed0" / "lovasz-batch" / "model.pt"), "--json", str(scores),
+          "--no-progress"])  # fmt: skip
+    reported = json.loads((out / "seed0" / "lovasz-batch" / "results.json").read_text())["test"]
+    assert json.loads(scores.read_text())["per_class_iou"] == pytest.approx(reported["per_class_iou"], nan_ok=True)
     _demo_again_skips_finished_runs(out, ["demo", *TINY, "--no-progress", "--out", str(out)], capsys)
 
 
@@ -136,7 +220,7 @@ def test_demo_binary(tmp_path, capsys):
     out = tmp_path / "binary"
     main(["demo", "--task", "binary", *TINY, "--no-progress", "--out", str(out)])
     assert "| variant − BCE (continued) |" in capsys.readouterr().out
-    variants = ["BCE (continued)", "Lovász hinge per image", "Lovász-Sigmoid per image"]
+    variants = ["BCE (continued)", "Lovász hinge per image", "BCE + 1·Lovász hinge per image"]
     res, table = _check_layout(out, variants, "BCE pretrained", ["iou_dataset", "iou_image", "iou_image_worst"])
     assert "| Lovász hinge per image | per-image IoU (fg) |" in table
     model, ckpt = load_model(out / "seed1" / "lovasz-hinge-per-image" / "model.pt")
@@ -144,3 +228,16 @@ def test_demo_binary(tmp_path, capsys):
     assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)
     scores = res["test"]["Lovász hinge per image"][0]
     assert 0 <= scores["iou_image_worst"] <= scores["iou_image"] <= 1 and len(scores["per_class_iou"]) == 2
+
+
+def test_quick_fills_only_the_options_left_unset():
+    def parse(argv):
+        args = build_parser().parse_args(argv)
+        _finish_args(args)
+        return args
+
+    quick = parse(["demo", "--quick", "--seeds", "4"])
+    assert quick.seeds == 4 and quick.train_size == QUICK["train_size"] and quick.data == "scaled-digits"
+    assert quick.pretrain_epochs == QUICK["pretrain_epochs"] and quick.patience == QUICK["patience"]
+    full = parse(["demo"])
+    assert full.seeds == 5 and full.train_size == 1000 and full.pretrain_epochs == 30 and full.plateau == 0.005

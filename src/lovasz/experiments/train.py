@@ -45,7 +45,7 @@ class TrainConfig:
     init: str | None = None  # checkpoint to fine-tune from
     width: int = 16
     train_size: int = 1500
-    image_size: int = 64
+    image_size: int | None = None  # canvas side of the built-in data sets (None: the data set's own)
     threads: int | None = None
     # data read from disk (--data voc | cityscapes | folder)
     root: str | None = None
@@ -63,6 +63,11 @@ class TrainConfig:
     channels_last: bool = False
     # under torchrun: the Lovász term over the global batch (all ranks) or each rank's slice
     lovasz_sync: str = "global"  # global | local
+    # learning-rate schedule: one-cycle over `epochs`, or constant after one epoch of linear warm-up
+    schedule: str = "one-cycle"  # one-cycle | constant
+    # stop early when the best validation score rose by less than `plateau` over the last `patience` epochs
+    plateau: float | None = None
+    patience: int = 3
     history: list = field(default_factory=list)
 
 
@@ -286,6 +291,57 @@ def one_cycle(opt, lr: float, total_steps: int, warmup: bool) -> torch.optim.lr_
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=pct)
 
 
+SCHEDULES = ("one-cycle", "constant")
+
+
+def make_schedule(opt, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """``cfg.schedule``: ``one-cycle`` (:func:`one_cycle` over ``cfg.epochs``, warm-up unless fine-tuning from
+    ``cfg.init``) or ``constant`` (the learning rate rises linearly over the first epoch, then stays at
+    ``cfg.lr``: a schedule that does not depend on when training stops, for :func:`plateau_gain`)."""
+    if cfg.schedule == "one-cycle":
+        return one_cycle(opt, cfg.lr, cfg.epochs * steps_per_epoch, warmup=not cfg.init)
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / steps_per_epoch))
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+
+
+def plateau_gain(scores: list[float], patience: int) -> float | None:
+    """How much the last ``patience`` epochs raised the best score: ``max(scores) − max(scores[:-patience])``
+    (``None`` while there are ``patience`` scores or fewer).  Training with ``plateau = g`` stops after the
+    first epoch where this is below ``g``."""
+    if patience < 1:
+        raise ValueError(f"patience must be >= 1, got {patience}")
+    if len(scores) <= patience:
+        return None
+    return max(scores) - max(scores[:-patience])
+
+
+def plateaued(cfg: TrainConfig, scores: list[float]) -> bool:
+    """Whether the validation ``scores`` so far (one per epoch) meet the stopping rule of ``cfg.plateau``."""
+    if cfg.plateau is None:
+        return False
+    gain = plateau_gain(scores, cfg.patience)
+    return gain is not None and gain < cfg.plateau
+
+
+def stopping_summary(cfg: TrainConfig, key: str) -> dict:
+    """``{"epochs": used, "cap": cfg.epochs, "stopped": "plateau" | "cap", "rule": ..., "gains": [...]}``:
+    ``gains`` are :func:`plateau_gain` after each epoch (``None`` before there are enough epochs)."""
+    scores = [row[key] for row in cfg.history]
+    gains = [plateau_gain(scores[: e + 1], cfg.patience) for e in range(len(scores))]
+    rule = None
+    if cfg.plateau is not None:
+        rule = f"stop when the best {key} rose by less than {cfg.plateau} over the last {cfg.patience} epochs"
+    return {
+        "epochs": len(scores),
+        "cap": cfg.epochs,
+        "stopped": "plateau" if plateaued(cfg, scores) else "cap",
+        "rule": rule,
+        "scores": scores,
+        "gains": gains,
+    }
+
+
 _ARCH_FLAGS = {"model": "--model", "in_channels": "--data", "num_classes": "--num-classes / --data", "width": "--width"}
 _ARCH_WHAT = {"model": "model", "in_channels": "input channels", "num_classes": "classes", "width": "width"}
 
@@ -493,7 +549,7 @@ def train(
         drop_last = len(train_split) >= cfg.batch_size  # full batches only, as without --equibatch
         sampler = EquibatchSampler(presence, cfg.batch_size, seed=cfg.seed, drop_last=drop_last)
         steps_per_epoch = len(sampler)
-    sched = one_cycle(opt, cfg.lr, cfg.epochs * steps_per_epoch, warmup=not cfg.init)
+    sched = make_schedule(opt, cfg, steps_per_epoch)
     loss_fn = make_loss(cfg, ctx.group if cfg.lovasz_sync == "global" else None)
     g = torch.Generator().manual_seed(cfg.seed)
     eval_kw = dict(amp=cfg.amp, channels_last=cfg.channels_last)
@@ -523,7 +579,10 @@ def train(
     t_start = time.time() - (cfg.history[-1]["seconds"] if cfg.history else 0.0)
     done = first
     try:
+        scores = [row["val_miou_dataset"] for row in cfg.history]  # on every rank: the stopping rule
         for epoch in range(first, cfg.epochs):
+            if plateaued(cfg, scores):
+                break
             model.train()
             if sampler is not None:
                 sampler.set_epoch(epoch)
@@ -561,6 +620,7 @@ def train(
                 losses.append(loss.detach())
             train_loss = ctx.mean(sum(torch.stack(losses).float().tolist()) / len(losses))
             val = evaluate(_unwrap(model), val_split, arch["num_classes"], ctx=ctx, **eval_kw)  # sharded over ranks
+            scores.append(val["miou_dataset"])
             if not ctx.main:
                 continue
             row = {
@@ -595,13 +655,15 @@ def train(
         raise Interrupted(done, path) from None
     model = _unwrap(model)
     results = None
-    test = val if on_disk else evaluate(model, test_split, ctx=ctx, **eval_kw)  # every rank takes part
+    # every rank takes part
+    test = val if on_disk else evaluate(model, test_split, arch["num_classes"], ctx=ctx, **eval_kw)
     if ctx.main:
         if on_disk:
             log(f"  {cfg.data} has no labelled test split: the test scores are those of the val split")
             results = {"config": asdict(cfg), "val": val, "test": val, "test_split": "val", "best": best}
         else:
             results = {"config": asdict(cfg), "val": val, "test": test, "best": best}
+        results["stopping"] = stopping_summary(cfg, "val_miou_dataset")
         atomic_write_text(json.dumps(results, indent=2), out / "results.json")
     ctx.barrier()
     if ctx.world > 1:
