@@ -107,18 +107,32 @@ def _keeping(fn: Callable, value: str) -> Callable:
     return call
 
 
-def held_bytes(fn: Callable, x: torch.Tensor, t: torch.Tensor, tf: torch.Tensor) -> int:
-    inputs = {x.untyped_storage().data_ptr(), t.untyped_storage().data_ptr(), tf.untyped_storage().data_ptr()}
+def warm_child(script: str, args: list[str]) -> list[dict]:
+    """Run ``script --child ARGS`` in a child process with the warm allocator (:data:`WARM_ENV`); the
+    ``rows`` that its last line prints as JSON."""
+    out = subprocess.run(
+        [sys.executable, script, "--child", *args], env=dict(os.environ, **WARM_ENV), capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr)
+        sys.exit(f"the benchmark's child process failed (exit {out.returncode})")
+    return json.loads(out.stdout.strip().splitlines()[-1])["rows"]
+
+
+def held_bytes(fn: Callable, *inputs: torch.Tensor) -> int:
+    """What the autograd graph of ``fn(*inputs)`` keeps between forward and backward beyond the inputs
+    (each storage once)."""
+    known = {v.untyped_storage().data_ptr() for v in inputs}
     seen: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        if storage.data_ptr() not in inputs:
+        if storage.data_ptr() not in known:
             seen[storage.data_ptr()] = storage.nbytes()
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = fn(x, t, tf)
+        loss = fn(*inputs)
     loss.backward()
     return sum(seen.values())
 

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -35,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_binned import WARM_ENV, held_bytes
+from bench_binned import held_bytes, warm_child
 
 SIZES = ["8x21x256x256", "2x19x512x1024", "4x150x128x128", "16x1x256x256"]
 
@@ -125,14 +123,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         print(json.dumps(dict(rows=run(args.sizes, args.rounds), table=None, threads=torch.get_num_threads())))
         return
-    cmd = [sys.executable, __file__, "--child", "--rounds", str(args.rounds), "--threads", str(args.threads)]
-    out = subprocess.run(
-        [*cmd, "--sizes", *args.sizes], env=dict(os.environ, **WARM_ENV), capture_output=True, text=True
-    )
-    if out.returncode != 0:
-        sys.stderr.write(out.stderr)
-        sys.exit(f"the benchmark's child process failed (exit {out.returncode})")
-    rows = json.loads(out.stdout.strip().splitlines()[-1])["rows"]
+    rows = warm_child(__file__, ["--rounds", str(args.rounds), "--threads", str(args.threads), "--sizes", *args.sizes])
     torch.set_num_threads(args.threads)
     tee = Tee().start()
     print(table(rows))

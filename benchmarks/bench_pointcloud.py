@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -45,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_binned import WARM_ENV
+from bench_binned import held_bytes, warm_child
 
 POINTS = [90_000, 105_000, 118_000, 130_000]
 CLASSES = 20
@@ -140,23 +138,6 @@ def scans(points: list[int], classes: int, seed: int = 0) -> tuple[torch.Tensor,
     return logits, labels, batch
 
 
-def held_bytes(fn: Callable, x: torch.Tensor, t: torch.Tensor, b: torch.Tensor) -> int:
-    """What the autograd graph keeps between forward and backward beyond the inputs (each storage once)."""
-    inputs = {v.untyped_storage().data_ptr() for v in (x, t, b)}
-    seen: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in inputs:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = fn(x, t, b)
-    loss.backward()
-    return sum(seen.values())
-
-
 def run(points: list[int], classes: int, rounds: int, names: list[str] | None = None) -> list[dict]:
     logits, labels, batch = scans(points, classes)
     fns = methods()
@@ -221,13 +202,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         print(json.dumps(dict(rows=run(args.points, args.classes, args.rounds))))
         return
-    cmd = [sys.executable, __file__, "--child", "--rounds", str(args.rounds), "--threads", str(args.threads)]
-    cmd += ["--classes", str(args.classes), "--points", *(str(v) for v in args.points)]
-    out = subprocess.run(cmd, env=dict(os.environ, **WARM_ENV), capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.stderr.write(out.stderr)
-        sys.exit(f"the benchmark's child process failed (exit {out.returncode})")
-    rows = json.loads(out.stdout.strip().splitlines()[-1])["rows"]
+    rows = warm_child(
+        __file__,
+        ["--rounds", str(args.rounds), "--threads", str(args.threads), "--classes", str(args.classes), "--points"]
+        + [str(v) for v in args.points],
+    )
     torch.set_num_threads(args.threads)
     tee = Tee().start()
     print(table(rows, args.points, args.classes))
