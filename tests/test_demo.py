@@ -241,3 +241,23 @@ def test_quick_fills_only_the_options_left_unset():
     assert quick.pretrain_epochs == QUICK["pretrain_epochs"] and quick.patience == QUICK["patience"]
     full = parse(["demo"])
     assert full.seeds == 5 and full.train_size == 1000 and full.pretrain_epochs == 30 and full.plateau == 0.005
+
+
+def test_ctrl_c_in_the_demo_ends_in_one_line_with_status_130(tmp_path, capsys, monkeypatch):
+    """Ctrl-C inside one of the demo's runs (``train.Interrupted``) ends like ``lovasz train``: one line that
+    says how to resume, exit status 130, no traceback."""
+    from pathlib import Path
+
+    from lovasz.experiments import cli
+    from lovasz.experiments.train import Interrupted
+
+    def interrupted(args):
+        raise Interrupted(2, Path(tmp_path) / "seed0" / "pretrain" / "model.pt")
+
+    monkeypatch.setitem(cli.COMMANDS, "demo", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        main(["demo", "--quick", "--out", str(tmp_path)])
+    assert stop.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lovasz demo: interrupted after 2 saved epochs")
+    assert "the same command again resumes" in err[0] and "Traceback" not in err[0]

@@ -681,6 +681,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"lovasz {args.command}: interrupted\n")
         sys.exit(130)
     except Exception as exc:
+        if not debug and type(exc).__name__ == "Interrupted":  # Ctrl-C in a run of `lovasz demo` (train.Interrupted)
+            sys.stderr.write(f"lovasz {args.command}: {exc}; the same command again resumes from there\n")
+            sys.exit(130)
         if debug or not _user_error(exc):
             raise
         for problem in getattr(exc, "problems", []):
