@@ -86,7 +86,7 @@ def test_options_that_apply_are_accepted_and_defaults_filled_in():
     assert args.lovasz_weight == 0.0 and args.bins is None  # the exact engine
     assert _parse(["train", "--loss", "lovasz", "--bins", "0"]).bins is None
     assert _parse(["demo", "--bins", "0"]).bins is None
-    assert _parse(["demo"]).bins == 4096 and _parse(["demo"]).seeds == 5
+    assert _parse(["demo"]).bins == 4096 and _parse(["demo"]).seeds == 6
 
 
 def test_demo_refuses_zero_seeds_and_bad_values_up_front(capsys):
@@ -140,7 +140,7 @@ def test_help_shows_defaults(capsys):
                 "(default: auto)",
             ],
         ),
-        ("demo", ["(default: 5)", "(default: 16)", "(default: 0.0005)", "(default: runs/demo;", "(default: 30)"]),
+        ("demo", ["(default: 6)", "(default: 16)", "(default: 0.0003)", "(default: runs/demo;", "(default: 30)"]),
         ("eval", ["(default: test; val for data on disk", "(default: the checkpoint's)"]),
         ("predict", ["IMAGE_OR_FOLDER", "--out"]),
     ]:

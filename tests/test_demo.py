@@ -23,7 +23,15 @@ from lovasz.experiments.demo import (
     t_pvalue,
     train_binary,
 )
-from lovasz.experiments.train import TrainConfig, load_model, plateau_gain, train
+from lovasz.experiments.train import (
+    TrainConfig,
+    load_model,
+    make_schedule,
+    plateau_gain,
+    plateau_stages,
+    set_lr_scale,
+    train,
+)
 
 TINY = ["--seeds", "2", "--pretrain-epochs", "1", "--finetune-epochs", "1", "--train-size", "32", "--width", "8"]
 
@@ -82,6 +90,45 @@ def test_plateau_gain():
     assert plateau_gain([0.5, 0.6, 0.4, 0.3, 0.2], 3) == 0.0
     with pytest.raises(ValueError):
         plateau_gain([0.1], 0)
+
+
+def test_plateau_stages():
+    cfg = TrainConfig(plateau=0.01, patience=2, lr_drops=1)
+    rising = [0.1, 0.2, 0.3, 0.4]
+    assert plateau_stages(cfg, rising) == ([], False)
+    # epoch 4: +0.005 over 2 epochs, a plateau: the learning rate drops; the rule waits 2 epochs at the new rate
+    scores = [0.1, 0.3, 0.302, 0.305, 0.3, 0.301]
+    assert plateau_stages(cfg, scores[:4]) == ([4], False)
+    assert plateau_stages(cfg, scores[:5]) == ([4], False)
+    assert plateau_stages(cfg, scores) == ([4], True)
+    # a rise after the drop postpones the stop
+    assert plateau_stages(cfg, [*scores[:4], 0.33, 0.34]) == ([4], False)
+    assert plateau_stages(TrainConfig(plateau=0.01, patience=2), scores[:4]) == ([], True)
+    assert plateau_stages(TrainConfig(plateau=None, lr_drops=1), scores) == ([], False)
+
+
+def test_learning_rate_drops_at_the_plateau(tmp_path):
+    """With plateau = 1 every test is a plateau: the learning rate is divided by 10 after epoch 3 (the first
+    test), and training stops after epoch 5 (two epochs at the new rate)."""
+    splits = data.load("scaled-digits", sizes=(16, 8, 8), seed=3)
+    cfg = TrainConfig(
+        data="scaled-digits", epochs=8, batch_size=8, width=4, train_size=16, schedule="constant", lr=1e-3,
+        plateau=1.0, patience=2, lr_drops=1,
+    )  # fmt: skip
+    res = train(cfg, tmp_path / "a", splits, False, lambda *a, **k: None)
+    assert res["stopping"]["lr_drops"] == [3] and res["stopping"]["epochs"] == 5
+    assert res["stopping"]["stopped"] == "plateau"
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    sched = make_schedule(opt, cfg, steps_per_epoch=2)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+    set_lr_scale(opt, sched, cfg, [0.1, 0.1, 0.1])  # a plateau after epoch 3: from the next step on, lr / 10
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)
 
 
 @pytest.mark.parametrize("binary", [False, True])
@@ -240,7 +287,7 @@ def test_quick_fills_only_the_options_left_unset():
     assert quick.seeds == 4 and quick.train_size == QUICK["train_size"] and quick.data == "scaled-digits"
     assert quick.pretrain_epochs == QUICK["pretrain_epochs"] and quick.patience == QUICK["patience"]
     full = parse(["demo"])
-    assert full.seeds == 5 and full.train_size == 1000 and full.pretrain_epochs == 30 and full.plateau == 0.005
+    assert full.seeds == 6 and full.train_size == 1000 and full.pretrain_epochs == 30 and full.plateau == 0.005
 
 
 def test_ctrl_c_in_the_demo_ends_in_one_line_with_status_130(tmp_path, capsys, monkeypatch):

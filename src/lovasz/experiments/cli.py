@@ -578,6 +578,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     d.add_argument("--patience", type=_positive_int, help=f"epochs of the plateau rule (default: {dd['patience']})")
     d.add_argument(
+        "--lr-drops", type=_non_negative_int, default=dd["lr_drops"],
+        help="plateaus at which pretraining divides its learning rate by 10 and goes on; the next one stops it "
+        f"(default: {dd['lr_drops']})",
+    )  # fmt: skip
+    d.add_argument(
         "--finetune-epochs", type=_positive_int, help=f"fine-tuning epochs (default: {dd['finetune_epochs']})"
     )
     d.add_argument("--lr", type=_positive_float, default=dd["lr"], help="pretraining learning rate (constant)")

@@ -22,10 +22,11 @@ from pathlib import Path
 
 from . import data as datasets
 
-# The default demo: 5 seeds, sized for about 10-12 minutes per task on 2 idle CPU cores; --quick: a first look.
+# The default demo: 6 seeds, sized to stay within 20 minutes per task on 2 idle CPU cores (docs/demo.md, Time);
+# --quick: a first look.
 DEMO_DEFAULTS = dict(
-    data="scaled-digits", seeds=5, pretrain_epochs=30, plateau=0.005, patience=3, finetune_epochs=2,
-    train_size=1000, batch_size=8, width=16, lr=3e-3, finetune_lr=5e-4,
+    data="scaled-digits", seeds=6, pretrain_epochs=30, plateau=0.005, patience=3, lr_drops=1, finetune_epochs=2,
+    train_size=1000, batch_size=8, width=16, lr=3e-3, finetune_lr=3e-4,
 )  # fmt: skip
 QUICK = dict(seeds=3, pretrain_epochs=5, patience=2, finetune_epochs=1, train_size=300)
 
@@ -372,6 +373,7 @@ def train_binary(cfg, out_dir: str | Path, splits, progress: bool = True, log=pr
         make_schedule,
         plateaued,
         resolve_device,
+        set_lr_scale,
         stopping_summary,
     )
 
@@ -397,6 +399,7 @@ def train_binary(cfg, out_dir: str | Path, splits, progress: bool = True, log=pr
     for epoch in range(cfg.epochs):
         if plateaued(cfg, scores):
             break
+        set_lr_scale(opt, sched, cfg, scores)
         model.train()
         perm = torch.randperm(len(train_split), generator=g)
         losses = []
@@ -553,7 +556,9 @@ def run_demo(args) -> None:
     task = "object vs background (1 output channel)" if binary else count(len(names), "class")
     rule = (
         f"until the best validation {'IoU' if binary else 'mIoU'} rose by less than {args.plateau} over "
-        f"{count(args.patience, 'epoch')} (at most {args.pretrain_epochs})"
+        f"{count(args.patience, 'epoch')}"
+        + (f", after dividing the learning rate by 10 at {count(args.lr_drops, 'plateau')}" if args.lr_drops else "")
+        + f" (at most {args.pretrain_epochs})"
     )
     steps_per_epoch = max(1, args.train_size // args.batch_size)
     print(
@@ -580,7 +585,7 @@ def run_demo(args) -> None:
         pre_dir = out / f"seed{seed}" / "pretrain"
         pre_cfg = replace(
             base, seed=seed, epochs=args.pretrain_epochs, lr=args.lr, schedule="constant", plateau=args.plateau,
-            patience=args.patience, loss="bce" if binary else "ce",
+            patience=args.patience, lr_drops=args.lr_drops, loss="bce" if binary else "ce",
         )  # fmt: skip
         pre = _run_or_skip(run, pre_cfg, pre_dir, splits, progress)
         timing.append(pre.get("run"))
@@ -589,8 +594,11 @@ def run_demo(args) -> None:
         stopping.append(stop)
         clock.done(0 if pre.get("skipped") else stop["epochs"], pretraining=True)
         last = [g for g in stop["gains"] if g is not None][-3:]
+        drops = stop.get("lr_drops") or []
         print(
-            f"  seed {seed}: pretraining used {count(stop['epochs'], 'epoch')} ({stop['stopped']}); last gains of "
+            f"  seed {seed}: pretraining used {count(stop['epochs'], 'epoch')} ({stop['stopped']}"
+            + (f"; learning rate divided by 10 after epoch {', '.join(map(str, drops))}" if drops else "")
+            + "); last gains of "
             f"the best validation score over {count(args.patience, 'epoch')}: "
             + (", ".join(f"{g:+.4f}" for g in last) or "—"),
             flush=True,

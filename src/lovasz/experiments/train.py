@@ -68,6 +68,8 @@ class TrainConfig:
     # stop early when the best validation score rose by less than `plateau` over the last `patience` epochs
     plateau: float | None = None
     patience: int = 3
+    # with `plateau`: at the first `lr_drops` plateaus the learning rate is divided by 10 and training goes on
+    lr_drops: int = 0
     history: list = field(default_factory=list)
 
 
@@ -301,7 +303,10 @@ def make_schedule(opt, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr
     if cfg.schedule == "one-cycle":
         return one_cycle(opt, cfg.lr, cfg.epochs * steps_per_epoch, warmup=not cfg.init)
     if cfg.schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / steps_per_epoch))
+        scale = [1.0]  # LR_DROP ** (plateaus so far): set by set_lr_scale
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / steps_per_epoch) * scale[0])
+        sched.lr_scale = scale  # type: ignore[attr-defined]
+        return sched
     raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
 
 
@@ -316,27 +321,64 @@ def plateau_gain(scores: list[float], patience: int) -> float | None:
     return max(scores) - max(scores[:-patience])
 
 
+LR_DROP = 0.1  # the factor of the learning rate at each plateau before the last (``cfg.lr_drops``)
+
+
+def plateau_stages(cfg: TrainConfig, scores: list[float]) -> tuple[list[int], bool]:
+    """The plateau rule on the validation ``scores`` so far (one per epoch): ``(drops, stop)``, the epochs after
+    which the learning rate was divided by 10 and whether training stops now.  After each epoch that ends
+    at least ``cfg.patience`` epochs after the last drop, a gain (:func:`plateau_gain`) below ``cfg.plateau``
+    is a plateau: one of the first ``cfg.lr_drops`` drops the learning rate, the next one stops training."""
+    drops: list[int] = []
+    if cfg.plateau is None:
+        return drops, False
+    for e in range(1, len(scores) + 1):
+        if e - (drops[-1] if drops else 0) < cfg.patience:
+            continue
+        gain = plateau_gain(scores[:e], cfg.patience)
+        if gain is None or gain >= cfg.plateau:
+            continue
+        if len(drops) == cfg.lr_drops:
+            return drops, True
+        drops.append(e)
+    return drops, False
+
+
 def plateaued(cfg: TrainConfig, scores: list[float]) -> bool:
     """Whether the validation ``scores`` so far (one per epoch) meet the stopping rule of ``cfg.plateau``."""
-    if cfg.plateau is None:
-        return False
-    gain = plateau_gain(scores, cfg.patience)
-    return gain is not None and gain < cfg.plateau
+    return plateau_stages(cfg, scores)[1]
+
+
+def set_lr_scale(opt, sched, cfg: TrainConfig, scores: list[float]) -> None:
+    """Scale the ``constant`` schedule by ``LR_DROP`` per plateau so far (:func:`plateau_stages`), from the next
+    step on; other schedules are left as they are."""
+    holder = getattr(sched, "lr_scale", None)
+    scale = LR_DROP ** len(plateau_stages(cfg, scores)[0])
+    if holder is None or holder[0] == scale:
+        return
+    holder[0] = scale
+    for group, fn, base in zip(opt.param_groups, sched.lr_lambdas, sched.base_lrs, strict=True):
+        group["lr"] = base * fn(sched.last_epoch)
 
 
 def stopping_summary(cfg: TrainConfig, key: str) -> dict:
-    """``{"epochs": used, "cap": cfg.epochs, "stopped": "plateau" | "cap", "rule": ..., "gains": [...]}``:
-    ``gains`` are :func:`plateau_gain` after each epoch (``None`` before there are enough epochs)."""
+    """``{"epochs": used, "cap": cfg.epochs, "stopped": "plateau" | "cap", "rule": ..., "lr_drops": [...],
+    "gains": [...]}``: ``lr_drops`` the epochs after which the learning rate was divided by 10, ``gains``
+    :func:`plateau_gain` after each epoch (``None`` before there are enough epochs)."""
     scores = [row[key] for row in cfg.history]
     gains = [plateau_gain(scores[: e + 1], cfg.patience) for e in range(len(scores))]
+    drops, stop = plateau_stages(cfg, scores)
     rule = None
     if cfg.plateau is not None:
-        rule = f"stop when the best {key} rose by less than {cfg.plateau} over the last {cfg.patience} epochs"
+        rule = f"a plateau: the best {key} rose by less than {cfg.plateau} over the last {cfg.patience} epochs"
+        if cfg.lr_drops:
+            rule += f"; the first {cfg.lr_drops} divide the learning rate by 10, the next stops training"
     return {
         "epochs": len(scores),
         "cap": cfg.epochs,
-        "stopped": "plateau" if plateaued(cfg, scores) else "cap",
+        "stopped": "plateau" if stop else "cap",
         "rule": rule,
+        "lr_drops": drops,
         "scores": scores,
         "gains": gains,
     }
@@ -583,6 +625,7 @@ def train(
         for epoch in range(first, cfg.epochs):
             if plateaued(cfg, scores):
                 break
+            set_lr_scale(opt, sched, cfg, scores)
             model.train()
             if sampler is not None:
                 sampler.set_epoch(epoch)
