@@ -486,6 +486,7 @@ def _points():
         (lambda x, t, b: (x, t, b.tolist()), TypeError, "batch must be a torch.Tensor"),
         (lambda x, t, b: (x, t, b.view(1, -1)), ValueError, r"batch must have shape \[N\]"),
         (lambda x, t, b: (x, t, b - 1), ValueError, r"negative sample ids \(found -1\)"),
+        (lambda x, t, b: (x, t, b * 10**9), ValueError, r"sample id 2000000000 for 8 points.*torch.unique"),
         (lambda x, t, b: (x, t, b.to("meta")), ValueError, "batch is on meta but input is on cpu"),
         (lambda x, t, b: (x.unsqueeze(-1), t.unsqueeze(-1), b), ValueError, r"flat points \[N, C\]"),
     ],
@@ -508,3 +509,14 @@ def test_bad_batch_is_refused_by_the_binary_losses():
         lovasz.lovasz_sigmoid(x, t, batch=-batch - 1)
     with pytest.raises(ValueError, match=r"batch must have shape \[N\]"):
         lovasz.LovaszSigmoidLoss(per_image=True)(x, t, batch[:3])
+    with pytest.raises(ValueError, match="number the samples 0, 1, 2"):
+        lovasz.lovasz_hinge(x, t, batch=batch + (1 << 16), per_image=True)
+
+
+def test_missing_sample_ids_are_accepted_up_to_a_bound():
+    """Ids with gaps are samples without points (loss 0, left out of the mean), up to the number of points
+    or 2^16 ids, whichever is larger."""
+    x, t, batch = _points()
+    gaps = torch.where(batch == 2, (1 << 16) - 1, batch)
+    losses = lovasz.lovasz_softmax(x, t, batch=gaps, per_image=True, reduction="none")
+    assert losses.shape == (1 << 16,) and torch.count_nonzero(losses[2:-1]) == 0

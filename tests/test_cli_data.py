@@ -150,6 +150,18 @@ def test_every_problem_is_listed_at_once(folder, tmp_path, capsys):
         assert sum(name in line for line in problems) == 1, (name, problems)
 
 
+def test_too_few_classes_is_one_hint_not_a_line_per_mask(tmp_path, capsys):
+    """Every mask holds class 2 but --num-classes is 2: one line per split, naming the fix."""
+    root = make_folder(tmp_path / "data", n=12)
+    with pytest.raises(SystemExit) as exc:
+        main(args(root, tmp_path / "run", classes="2"))
+    assert exc.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) <= 3, lines  # training split, validation split, the summary
+    assert "masks hold values outside the class ids [0, 2)" in lines[0] and "--num-classes 3" in lines[0]
+    assert all("--num-classes 3" in line for line in lines[:-1]), lines
+
+
 @pytest.mark.parametrize(
     "make, extra, fragments",
     [
@@ -328,6 +340,28 @@ def test_eval_and_predict_on_own_data(folder, tmp_path, capsys):
     expected = model.eval()(padded[None]).argmax(1)[0, :, :40]
     with Image.open(pred / "img0.png") as png:
         assert np.array_equal(np.asarray(png), expected.numpy())
+
+
+def test_predict_writes_what_it_can_and_lists_unreadable_images(folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    main(args(folder, out))
+    images = tmp_path / "images"
+    images.mkdir()
+    for k in range(3):
+        (images / f"good{k}.png").write_bytes((folder / "images" / f"img{k}.png").read_bytes())
+    (images / "broken.png").write_bytes(b"not a png")
+    (images / "empty.jpg").write_bytes(b"")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "--checkpoint", str(out / "model.pt"), str(images), "--out", str(tmp_path / "pred"),
+              "--no-progress"])  # fmt: skip
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    assert "wrote 3 masks" in captured.out
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["good0.png", "good1.png", "good2.png"]
+    lines = captured.err.strip().splitlines()
+    assert lines[-1] == "lovasz predict: error: 2 images could not be read (listed above)"
+    assert any("broken.png" in line for line in lines[:-1]) and any("empty.jpg" in line for line in lines[:-1])
 
 
 def test_eval_refuses_data_the_model_cannot_take(folder, tmp_path, capsys):

@@ -524,4 +524,13 @@ def check_batch(batch: object, input: Tensor, layout: str) -> tuple[Tensor, int,
     low, high, descents = (int(v) for v in torch.cat([torch.stack(torch.aminmax(ids.detach())), unsorted]).tolist())
     if low < 0:
         raise ValueError(f"batch has negative sample ids (found {low}); sample ids are 0, 1, 2, ...")
+    if high >= max(n, MAX_SPARSE_SAMPLES):  # the losses are per sample id: [max id + 1] of them, mostly empty
+        raise ValueError(
+            f"batch has sample id {high} for {n} points: the loss would hold {high + 1} samples, most of them "
+            "empty; number the samples 0, 1, 2, ..., e.g. batch = torch.unique(batch, return_inverse=True)[1]"
+        )
     return ids, high + 1, descents == 0
+
+
+# Sample ids up to this (or up to the number of points) are accepted even where most of them are missing.
+MAX_SPARSE_SAMPLES = 1 << 16

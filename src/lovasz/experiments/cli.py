@@ -438,7 +438,7 @@ def _eval_data(args, cfg: dict, arch: dict):
     ds = datasets.build_dataset(
         data, root, split, num_classes=n, val_fraction=val_fraction, val_root=val_root if split != "all" else None
     )
-    datasets.check_dataset(ds, f"{split} data", not args.no_progress)
+    datasets.check_dataset(ds, "data" if split == "all" else f"{split} data", not args.no_progress)
     return data, split, ds
 
 
@@ -489,9 +489,15 @@ def cmd_predict(args) -> None:
         raise datasets.DataError(f"--out {out} would overwrite the input {clash[0]}: choose another --out")
     _writable(out)
     model = model.to(resolve_device(args.device))
-    predict_files(model, files, out, arch["in_channels"], not args.no_progress)
+    problems: list[str] = []
+    written = predict_files(model, files, out, arch["in_channels"], not args.no_progress, problems=problems)
     classes = "0 background, 1 foreground" if arch["num_classes"] == 1 else f"class ids 0..{arch['num_classes'] - 1}"
-    print(f"wrote {_count(len(files), 'mask')} to {out}/ (palette PNGs named after the images; values: {classes})")
+    print(f"wrote {_count(len(written), 'mask')} to {out}/ (palette PNGs named after the images; values: {classes})")
+    if problems:
+        unread = f"{_count(len(problems), 'image')} could not be read"
+        if len(problems) == 1:
+            raise datasets.DataError(f"{unread}: {problems[0]}")
+        raise datasets.DataError(f"{unread} (listed above)", problems)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -66,6 +66,15 @@ class DataError(ValueError):
         self.problems = list(problems)
 
 
+class ClassRangeError(DataError):
+    """A mask holding values that are neither class ids nor void: ``values`` (the first ten, sorted)."""
+
+    def __init__(self, message: str, path: Path, values: list[int]) -> None:
+        super().__init__(message)
+        self.path = path
+        self.values = values
+
+
 EVAL_SIZES = (300, 500)  # validation and test canvases; train, eval and demo must agree to score the same split
 # Debian's dataset-fashion-mnist installs here; LOVASZ_FASHION_MNIST points elsewhere (the same gz files).
 FASHION_DIR = Path(config.settings().fashion_mnist)
@@ -491,8 +500,10 @@ class FileSegmentation(Dataset):
         bad = (raw != IGNORE_INDEX) & ((raw < 0) | (raw >= self.num_classes))
         if bad.any():
             values = sorted({int(v) for v in np.unique(raw[bad])})[:10]
-            raise DataError(
-                f"mask {path} holds values {values} outside the class ids [0, {self.num_classes}) and 255 (void)"
+            raise ClassRangeError(
+                f"mask {path} holds values {values} outside the class ids [0, {self.num_classes}) and 255 (void)",
+                path,
+                values,
             )
         return raw.astype(np.uint8)
 
@@ -681,8 +692,11 @@ class DataSummary:
         return [int(c) for c in np.flatnonzero(self.class_pixels == 0)]
 
 
-def _check_pair(ds: FileSegmentation, i: int) -> tuple[list[str], tuple[int, int] | None, np.ndarray | None]:
-    """The problems of pair ``i`` (each naming its file), its size and its class ids (None where unreadable)."""
+def _check_pair(
+    ds: FileSegmentation, i: int
+) -> tuple[list[str | ClassRangeError], tuple[int, int] | None, np.ndarray | None]:
+    """The problems of pair ``i`` (each naming its file; values out of the class range as the error itself),
+    its size and its class ids (None where unreadable)."""
     from PIL import Image
 
     image_path, mask_path = ds.pairs[i]
@@ -708,6 +722,8 @@ def _check_pair(ds: FileSegmentation, i: int) -> tuple[list[str], tuple[int, int
         return [*problems, f"mask {mask_path} cannot be read ({_reason(exc)})"], size, None
     try:
         labels = ds.labels(raw, mask_path)
+    except ClassRangeError as exc:
+        problems.append(exc)
     except DataError as exc:
         problems.append(str(exc))
     if size is not None and size != raw.shape[:2]:
@@ -740,9 +756,11 @@ def check_dataset(ds: FileSegmentation, what: str, progress: bool = True) -> Dat
             indices = tqdm(indices, desc=f"checking {what}", leave=False, dynamic_ncols=True)
         except ImportError:  # pragma: no cover
             pass
+    out_of_range: list[ClassRangeError] = []
     for i in indices:
         found, size, labels = _check_pair(ds, i)
-        problems += found
+        problems += [p for p in found if isinstance(p, str)]
+        out_of_range += [p for p in found if isinstance(p, ClassRangeError)]
         if size is not None:
             sizes.append(size)
         if labels is not None:
@@ -750,11 +768,32 @@ def check_dataset(ds: FileSegmentation, what: str, progress: bool = True) -> Dat
             pixels += counts[:c]
             images += counts[:c] > 0
             void += int(counts[IGNORE_INDEX])
+    problems += _class_range_problems(out_of_range, c)
     if len(problems) == 1:
         raise DataError(problems[0])
     if problems:
         raise DataError(f"{len(problems)} problems in the {what} (listed above)", problems)
     return DataSummary(sizes, pixels, images, void)
+
+
+def _class_range_problems(errors: list[ClassRangeError], num_classes: int) -> list[str]:
+    """Masks with values outside the class ids: one line each when there are at most 3, else one line for
+    all; with the ``--num-classes`` that would make them classes."""
+    if not errors:
+        return []
+    largest = max(max(e.values) for e in errors)
+    hint = (
+        f"if they are classes, pass --num-classes {largest + 1}; if they mark pixels to ignore, save them as 255"
+        if largest < IGNORE_INDEX
+        else "class ids are 0..254 and 255 marks pixels to ignore"
+    )
+    if len(errors) <= 3:
+        return [str(e) for e in errors[:-1]] + [f"{errors[-1]}: {hint}"]
+    examples = "; ".join(f"{e.path}: {e.values}" for e in errors[:3])
+    return [
+        f"{len(errors)} masks hold values outside the class ids [0, {num_classes}) and 255 (void), up to "
+        f"{largest} (e.g. {examples}): {hint}"
+    ]
 
 
 def palette() -> list[int]:

@@ -424,7 +424,7 @@ def train_binary(cfg, out_dir: str | Path, splits, progress: bool = True, log=pr
         cfg.history.append(row)
         log(
             f"  epoch {epoch + 1:2d}  loss {row['train_loss']:.4f}  val IoU (fg) {val['iou_dataset']:.4f}"
-            f"  per-image {val['iou_image']:.4f}  ({row['seconds']:.0f} s)"
+            f"  per-image {val['iou_image']:.4f}  ({row['seconds']:.0f} s into the run)"
         )
     config = {**asdict(cfg), "task": "binary"}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

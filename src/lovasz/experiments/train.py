@@ -689,7 +689,7 @@ def train(
             done = epoch + 1
             log(
                 f"  epoch {epoch + 1:2d}  loss {row['train_loss']:.4f}  val mIoU {val['miou_dataset']:.4f}"
-                f"  per-image {val['miou_image']:.4f}  ({row['seconds']:.0f} s)"
+                f"  per-image {val['miou_image']:.4f}  ({row['seconds']:.0f} s into the run)"
             )
     except KeyboardInterrupt:
         if ctx.main and path.is_file():  # Ctrl-C may land between a save and the count: the file tells
@@ -717,18 +717,25 @@ def train(
 
 @torch.no_grad()
 def predict_files(
-    model: nn.Module, files, out_dir: Path, in_channels: int, progress: bool = True, names=None
+    model: nn.Module, files, out_dir: Path, in_channels: int, progress: bool = True, names=None, problems=None
 ) -> list[Path]:
     """Predicted masks of image files, one at a time (any size: padded to a multiple of 32 for the model,
     cropped back), written to ``out_dir`` as palette PNGs named after the input (``<stem>.png``, or
-    ``names[i]``).  A 1-channel (binary) model's mask is its logit > 0."""
+    ``names[i]``).  A 1-channel (binary) model's mask is its logit > 0.  An unreadable file raises a
+    :class:`~.data.DataError`, or with a ``problems`` list is skipped and its problem appended there."""
     model.eval()
     rt = Runtime.of(model)
     out_dir.mkdir(parents=True, exist_ok=True)
     black = -torch.tensor(datasets.RGB_MEAN) / torch.tensor(datasets.RGB_STD)
     written = []
     for k, path in enumerate(_progress(files, len(files), "predicting", progress)):
-        x = datasets.read_input(path, in_channels)
+        try:
+            x = datasets.read_input(path, in_channels)
+        except datasets.DataError as exc:
+            if problems is None:
+                raise
+            problems.append(str(exc))
+            continue
         h, w = x.shape[-2:]
         padded = torch.zeros(in_channels, -(-h // 32) * 32, -(-w // 32) * 32)
         if in_channels == 3:
