@@ -14,6 +14,7 @@ from lovasz.experiments.cli import _finish_args, build_parser, main
 from lovasz.experiments.demo import (
     QUICK,
     T_975,
+    agreement,
     conclusions,
     demo_table,
     holm,
@@ -308,3 +309,24 @@ def test_ctrl_c_in_the_demo_ends_in_one_line_with_status_130(tmp_path, capsys, m
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("lovasz demo: interrupted after 2 saved epochs")
     assert "the same command again resumes" in err[0] and "Traceback" not in err[0]
+
+
+def test_agreement_of_two_runs(tmp_path, capsys):
+    def run(folder, findings):
+        folder.mkdir()
+        rows = {m: {"finding": f, "mean": 0.01 if f != "yes, lower" else -0.01} for m, f in findings.items()}
+        (folder / "results.json").write_text(json.dumps({"task": "multiclass", "paired_differences": {"L": rows}}))
+        return folder
+
+    common = {"miou_dataset": "yes, higher", "miou_image_worst": "yes, lower"}
+    a = run(tmp_path / "a", {**common, "miou_image": "no (1 seed: no interval)"})
+    b = run(tmp_path / "b", {**common, "miou_image": "yes, lower"})
+    agree, total, lines = agreement(a, b)
+    assert (agree, total) == (2, 3) and len(lines) == 3
+    assert "| L | per-image mIoU | no (+0.0100) | yes, lower (-0.0100) |" in lines[2]
+    assert agreement(a, a) == (3, 3, [])
+    main(["demo", "--agreement", str(a), str(b)])
+    assert "agree in 2 of 3 comparisons" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["demo", "--agreement", str(a), str(tmp_path / "none")])
+    assert "results.json does not exist" in capsys.readouterr().err

@@ -181,11 +181,14 @@ def lovasz_softmax(
             raise unresolved
     b, c = input.shape[:2]
     n = math.prod(input.shape[2:])
+    x, t = input.reshape(b, c, n), target.reshape(b, n)
+    if input.dim() == 2 and not per_image:  # flat points [N, C], one set: one image of N pixels, not N of one
+        x, t = input.t().unsqueeze(0), target.reshape(1, b)
     if sync is not None:
         sync.agree(_agreed(surrogate, c, bins, classes, ignore_index, per_image, reduction, decision, ragged))
     with _no_autocast(input):
         result = group_losses(
-            surrogate, input.reshape(b, c, n), target.reshape(b, n),
+            surrogate, x, t,
             per_image=per_image, ignore_index=ignore_index, bins=bins, backend=backend, sync=sync,
             present_only=isinstance(classes, str) and classes == "present", decision=decision,
             sample=sample if ragged else None, num_samples=num_samples, samples_sorted=in_order,

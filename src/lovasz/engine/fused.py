@@ -312,6 +312,8 @@ def _scaled(ctx, grad_losses: Tensor) -> tuple:
     gradient of each group's loss (the head weights scaled by it, the table with it beside: scaled in
     backward, without a copy where the kernels can), and whether they are the kept errors."""
     source, t, ragged, table, top, cut, head_values, head_fg, head_weights = ctx.saved_tensors
+    if not ctx.errors_kept:  # eager keeps the scores as given: converted again here, not held between the two
+        source = source.to(torch.float32).contiguous()
     scale = grad_losses.to(torch.float32).contiguous()
     return (source, t, ragged, top, table, scale, cut, head_values, head_fg, head_weights * scale.view(-1, 1),
             ctx.errors_kept)  # fmt: skip
@@ -379,9 +381,9 @@ class _EagerFused(torch.autograd.Function):
     loss across processes, which no operator carries)."""
 
     @staticmethod
-    def forward(ctx, x32, t, ragged, sync, *config):  # type: ignore[override]
-        output = _forward(x32, t, ragged, *config, sync=sync)
-        _setup_context(ctx, (x32, t, ragged, *config), output)
+    def forward(ctx, x, t, ragged, sync, *config):  # type: ignore[override]
+        output = _forward(x.to(torch.float32).contiguous(), t, ragged, *config, sync=sync)
+        _setup_context(ctx, (x, t, ragged, *config), output)
         ctx.set_materialize_grads(False)  # no zero gradients for the outputs that have none (the kept errors)
         return tuple(output)
 
@@ -426,13 +428,13 @@ def fused_binned(
         the losses, foreground and valid counts, each ``[G]`` with ``G = B·C`` per image, ``S·C`` for a
         ragged batch, or ``C``.
     """
-    x32 = x.to(torch.float32).contiguous()
     t = target.to(torch.int64).contiguous()
     present_only = present_only and sync is None
     ragged = t.new_empty(0) if ragged is None else ragged.contiguous()
     config = (backend, surrogate.code, per_image, ignore_index, binning.lo, binning.per_octave, present_only)
     if compiling() and sync is None:
+        x32 = x.to(torch.float32).contiguous()
         output = ForwardOutputs.of(torch.ops.lovasz.binned_forward(x32, t, ragged, *config))
-    else:
-        output = ForwardOutputs.of(_EagerFused.apply(x32, t, ragged, sync, *config))
+    else:  # the kernels' float32 contiguous copy of x (where x is not one) lives in forward and in backward only
+        output = ForwardOutputs.of(_EagerFused.apply(x, t, ragged, sync, *config))
     return GroupLosses(output.losses, output.n_fg, output.n_valid)

@@ -605,6 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", help="output folder (default: runs/demo; runs/demo-binary for --task binary; with --quick, "
         "runs/demo-quick and runs/demo-binary-quick)",
     )  # fmt: skip
+    d.add_argument(
+        "--agreement", nargs=2, metavar=("DIR", "OTHER"),
+        help="run nothing: say whether two finished demos (e.g. with --threads 2 and 1) reach the same findings",
+    )  # fmt: skip
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_debug(d)
     return p

@@ -167,6 +167,45 @@ def _finding(low: float | None, high: float | None) -> str:
     return "no"
 
 
+def agreement(first: str | Path, second: str | Path) -> tuple[int, int, list[str]]:
+    """Whether two finished demos (their output folders) reach the same findings: ``(agree, total, lines)``.
+    A comparison agrees where both runs call it the same (``yes, higher``, ``yes, lower`` or no finding);
+    ``lines`` are a Markdown table of the comparisons that differ."""
+    runs = []
+    for folder in (first, second):
+        path = Path(folder) / "results.json"
+        if not path.is_file():
+            raise datasets.DataError(f"{path} does not exist: --agreement takes the folders of two finished demos")
+        runs.append(json.loads(path.read_text()))
+    a, b = (r["paired_differences"] for r in runs)
+    if runs[0]["task"] != runs[1]["task"] or sorted(a) != sorted(b):
+        raise datasets.DataError(f"{first} and {second} are not runs of the same demo (task, variants)")
+    labels = dict(METRICS + BINARY_METRICS)
+    data = runs[0].get("args", {}).get("data")
+    if data in datasets.BUILTIN:
+        labels.update({f"iou_class_{c}": f"IoU of class {n}" for c, n in enumerate(datasets.class_names(data))})
+
+    def finding(row: dict) -> str:
+        return "no" if row["finding"].startswith("no") else row["finding"]
+
+    total, agree = 0, 0
+    lines = [f"| variant | metric | {first} | {second} |", "|---|---|---|---|"]
+    for variant, metrics in a.items():
+        for metric, row in metrics.items():
+            other = b[variant].get(metric)
+            if other is None:
+                continue
+            total += 1
+            if finding(row) == finding(other):
+                agree += 1
+            else:
+                lines.append(
+                    f"| {variant} | {labels.get(metric, metric)} | {finding(row)} ({row['mean']:+.4f}) | "
+                    f"{finding(other)} ({other['mean']:+.4f}) |"
+                )
+    return agree, total, lines if agree < total else []
+
+
 def _mean_std(values: list[float], sign: str = "") -> str:
     values = [v for v in values if not math.isnan(v)]
     if not values:
@@ -532,6 +571,12 @@ def run_demo(args) -> None:
     from . import plots
     from .train import TrainConfig, load_model, predict, resolve_device, train
 
+    if args.agreement:
+        agree, total, lines = agreement(*args.agreement)
+        print(f"the findings of {args.agreement[0]} and {args.agreement[1]} agree in {agree} of {total} comparisons")
+        if lines:
+            print("\n" + "\n".join(lines))
+        return
     binary = args.task == "binary"
     variants = BINARY_VARIANTS if binary else DEMO_VARIANTS
     metrics = list(BINARY_METRICS if binary else METRICS)
