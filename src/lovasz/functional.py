@@ -187,6 +187,12 @@ def lovasz_softmax(
     if sync is not None:
         sync.agree(_agreed(surrogate, c, bins, classes, ignore_index, per_image, reduction, decision, ragged))
     with _no_autocast(input):
+        if ragged and sync is None and in_order and _loop_samples(num_samples):
+            result = _sample_by_sample(
+                surrogate, input, target, sample, num_samples, ignore_index=ignore_index, bins=bins,
+                backend=backend, present_only=isinstance(classes, str) and classes == "present", decision=decision,
+            )  # fmt: skip
+            return reduce_groups(result.losses, select_classes(result, classes), w, reduction, sync)
         result = group_losses(
             surrogate, x, t,
             per_image=per_image, ignore_index=ignore_index, bins=bins, backend=backend, sync=sync,
@@ -194,6 +200,40 @@ def lovasz_softmax(
             sample=sample if ragged else None, num_samples=num_samples, samples_sorted=in_order,
         )  # fmt: skip
         return reduce_groups(result.losses, select_classes(result, classes), w, reduction, sync)
+
+
+# A ragged batch of at most this many samples with sorted ids is computed sample by sample, eagerly: each
+# sample is then one image of its points ([1, C, n]), which the kernels run at image speed, where a flat
+# list is n images of one point (benchmarks/bench_pointcloud.py).
+LOOP_SAMPLES = 64
+
+
+def _loop_samples(num_samples: int) -> bool:
+    return 0 < num_samples <= LOOP_SAMPLES and not torch.compiler.is_compiling()
+
+
+def _sample_by_sample(surrogate, input: Tensor, target: Tensor, sample: Tensor, num_samples: int, **kw):
+    """:func:`group_losses` of a ragged batch with sorted ``sample`` ids ([N], flat ``[N, C]`` input), one
+    sample at a time: each sample's points as one image (the loss over its points), folded to ``[S, C]``.
+    A sample without points has losses 0 and no valid pixel."""
+    sizes = torch.bincount(sample, minlength=num_samples).tolist()
+    parts, targets = input.split(sizes), target.split(sizes)
+    c = input.shape[1]
+    losses, fg, valid = [], [], []
+    zeros = torch.zeros(c, dtype=torch.int64, device=input.device)
+    for part, labels in zip(parts, targets, strict=True):
+        if part.shape[0] == 0:
+            losses.append(part.sum() * torch.zeros(c, dtype=part.dtype, device=part.device))
+            fg.append(zeros)
+            valid.append(zeros)
+            continue
+        r = group_losses(surrogate, part.t().unsqueeze(0), labels.reshape(1, -1), per_image=False, **kw)
+        losses.append(r.losses)
+        fg.append(r.fg_count)
+        valid.append(r.valid_count)
+    from .engine.result import GroupLosses
+
+    return GroupLosses(torch.stack(losses), torch.stack(fg), torch.stack(valid))
 
 
 def _binary_loss(
