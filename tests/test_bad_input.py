@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -520,3 +522,13 @@ def test_missing_sample_ids_are_accepted_up_to_a_bound():
     gaps = torch.where(batch == 2, (1 << 16) - 1, batch)
     losses = lovasz.lovasz_softmax(x, t, batch=gaps, per_image=True, reduction="none")
     assert losses.shape == (1 << 16,) and torch.count_nonzero(losses[2:-1]) == 0
+
+
+def test_flat_points_per_image_without_batch_warn():
+    x, t, batch = _points()
+    with pytest.warns(UserWarning, match=r"flat points \(8, 3\) with per_image=True and no batch="):
+        lovasz.lovasz_softmax(x, t, per_image=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lovasz.lovasz_softmax(x, t, per_image=True, batch=batch)
+        lovasz.lovasz_softmax(x, t, per_image=False)

@@ -10,6 +10,7 @@ by the decided engine) and reduce the group losses (:mod:`lovasz.reduce`).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -181,6 +182,14 @@ def lovasz_softmax(
             raise unresolved
     b, c = input.shape[:2]
     n = math.prod(input.shape[2:])
+    if input.dim() == 2 and per_image and batch is None:
+        warnings.warn(
+            f"lovasz_softmax: input is flat points {tuple(input.shape)} with per_image=True and no batch=, so every "
+            "point is an image of its own and the loss is a mean of one-point losses; pass batch= (each point's "
+            "sample id) for per-sample losses, or per_image=False for the loss over all points",
+            FlatPerImageWarning,
+            stacklevel=2,
+        )
     x, t = input.reshape(b, c, n), target.reshape(b, n)
     if input.dim() == 2 and not per_image:  # flat points [N, C], one set: one image of N pixels, not N of one
         x, t = input.t().unsqueeze(0), target.reshape(1, b)
@@ -200,6 +209,10 @@ def lovasz_softmax(
             sample=sample if ragged else None, num_samples=num_samples, samples_sorted=in_order,
         )  # fmt: skip
         return reduce_groups(result.losses, select_classes(result, classes), w, reduction, sync)
+
+
+class FlatPerImageWarning(UserWarning):
+    """``per_image=True`` on flat points ``[N, C]`` without ``batch=``: each point is an image of its own."""
 
 
 # A ragged batch of at most this many samples with sorted ids is computed sample by sample, eagerly: each

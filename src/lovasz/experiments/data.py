@@ -66,6 +66,10 @@ class DataError(ValueError):
         self.problems = list(problems)
 
 
+def _plural(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
 class ClassRangeError(DataError):
     """A mask holding values that are neither class ids nor void: ``values`` (the first ten, sorted)."""
 
@@ -610,10 +614,13 @@ class FolderSegmentation(FileSegmentation):
         if no_mask or no_image:
             parts = []
             if no_mask:
-                parts.append(_missing(f"{len(no_mask)} images without a mask of the same name", no_mask))
+                parts.append(_missing(f"{_plural(len(no_mask), 'image')} without a mask of the same name", no_mask))
             if no_image:
-                parts.append(_missing(f"{len(no_image)} masks without an image of the same name", no_image))
-            raise DataError(f"--data folder: images/ and masks/ do not match by name: {'; '.join(parts)}")
+                parts.append(_missing(f"{_plural(len(no_image), 'mask')} without an image of the same name", no_image))
+            raise DataError(
+                f"--data folder: images/ and masks/ do not match by name: {'; '.join(parts)}; add the missing files "
+                "or move the unpaired ones out of the folder"
+            )
         stems = sorted(images)
         if len(stems) < 2 and split != "all":
             raise DataError(

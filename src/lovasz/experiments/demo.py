@@ -574,8 +574,9 @@ def run_demo(args) -> None:
     if args.agreement:
         agree, total, lines = agreement(*args.agreement)
         print(f"the findings of {args.agreement[0]} and {args.agreement[1]} agree in {agree} of {total} comparisons")
-        if lines:
-            print("\n" + "\n".join(lines))
+        if Path(args.agreement[0]).resolve() == Path(args.agreement[1]).resolve():
+            print("(the two folders are the same run)")
+        print("\n" + "\n".join(lines) if lines else "no comparison differs")
         return
     binary = args.task == "binary"
     variants = BINARY_VARIANTS if binary else DEMO_VARIANTS
@@ -686,6 +687,11 @@ def run_demo(args) -> None:
     if not binary:
         text += "\n\n" + per_class_table(results, names)
     words = conclusions(differences, metrics, baseline, args.seeds)
+    if args.quick:
+        words.append(
+            f"* --quick: {count(args.seeds, 'seed')} on {args.train_size} canvases, a check that everything runs; "
+            "not a result to rely on (the defaults are)."
+        )
     text += "\n\nConclusions:\n\n" + "\n".join(words)
     print("\n" + text, flush=True)
     out.mkdir(parents=True, exist_ok=True)
