@@ -196,7 +196,10 @@ def lovasz_softmax(
     if sync is not None:
         sync.agree(_agreed(surrogate, c, bins, classes, ignore_index, per_image, reduction, decision, ragged))
     with _no_autocast(input):
-        if ragged and sync is None and in_order and _loop_samples(num_samples):
+        if ragged and sync is None and _loop_samples(num_samples):
+            if not in_order:  # the points of each sample together: one gather copy, as the kernels would make
+                order = torch.argsort(sample, stable=True)
+                input, target, sample = input.index_select(0, order), target.index_select(0, order), sample[order]
             result = _sample_by_sample(
                 surrogate, input, target, sample, num_samples, ignore_index=ignore_index, bins=bins,
                 backend=backend, present_only=isinstance(classes, str) and classes == "present", decision=decision,
@@ -215,7 +218,8 @@ class FlatPerImageWarning(UserWarning):
     """``per_image=True`` on flat points ``[N, C]`` without ``batch=``: each point is an image of its own."""
 
 
-# A ragged batch of at most this many samples with sorted ids is computed sample by sample, eagerly: each
+# A ragged batch of at most this many samples is computed sample by sample, eagerly (unsorted ids: after one
+# gather that puts each sample's points together): each
 # sample is then one image of its points ([1, C, n]), which the kernels run at image speed, where a flat
 # list is n images of one point (benchmarks/bench_pointcloud.py).
 LOOP_SAMPLES = 64
