@@ -142,11 +142,11 @@ def lovasz_softmax(
             points and the losses are averaged over the samples with a valid point and a selected class;
             ``reduction="none"`` gives ``[S]`` per-sample losses, ``S = max id + 1`` (a missing id is a
             sample without valid points: 0, skipped in the mean).  With ``per_image=False`` the ids are
-            checked and the points form one set per class, as without ``batch``.  No padding and no
-            loop over the samples: the engines take each (sample, class) pair as a group (sorted ids
-            cost nothing more; unsorted ones are sorted once, a copy of ``input``, for the fused
-            kernels).  Reading ``S`` synchronises with the device once (a graph break under
-            ``torch.compile``).
+            checked and the points form one set per class, as without ``batch``.  No padding: eagerly
+            and with at most ``LOOP_SAMPLES`` samples, each sample's points are one image (one engine
+            call per sample); otherwise the engines take each (sample, class) pair as a group.  Sorted
+            ids cost nothing more; unsorted ones are put in order once (a copy of ``input``).  Reading
+            ``S`` synchronises with the device once (a graph break under ``torch.compile``).
 
     Returns:
         The loss (float32, or float64 for float64 input).  If no pixel is valid it is 0, with a zero
