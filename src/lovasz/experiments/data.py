@@ -749,38 +749,50 @@ def check_dataset(ds: FileSegmentation, what: str, progress: bool = True) -> Dat
     """Read every image and mask of ``ds`` once (a progress bar unless ``progress`` is false): readable files,
     single-channel PNG masks of the image's size, values in ``[0, num_classes)`` or 255.  Raises one
     :class:`DataError` listing every problem found (each naming its file); returns a :class:`DataSummary`."""
-    c = ds.num_classes
-    pixels = np.zeros(c, np.int64)
-    images = np.zeros(c, np.int64)
-    void = 0
-    sizes: list[tuple[int, int]] = []
-    problems: list[str] = []
-    indices = range(len(ds))
-    if progress:
-        try:
-            from tqdm import tqdm
+    return check_datasets({what: ds}, progress)[0]
 
-            indices = tqdm(indices, desc=f"checking {what}", leave=False, dynamic_ncols=True)
-        except ImportError:  # pragma: no cover
-            pass
+
+def check_datasets(sets: dict[str, FileSegmentation], progress: bool = True) -> list[DataSummary]:
+    """:func:`check_dataset` of several splits (``{what: dataset}``) at once: one :class:`DataError` with the
+    problems of all of them, masks with values outside the class ids counted together."""
+    problems: list[str] = []
     out_of_range: list[ClassRangeError] = []
-    for i in indices:
-        found, size, labels = _check_pair(ds, i)
-        problems += [p for p in found if isinstance(p, str)]
-        out_of_range += [p for p in found if isinstance(p, ClassRangeError)]
-        if size is not None:
-            sizes.append(size)
-        if labels is not None:
-            counts = np.bincount(labels.ravel(), minlength=256)
-            pixels += counts[:c]
-            images += counts[:c] > 0
-            void += int(counts[IGNORE_INDEX])
-    problems += _class_range_problems(out_of_range, c)
+    summaries = []
+    for what, ds in sets.items():
+        c = ds.num_classes
+        pixels = np.zeros(c, np.int64)
+        images = np.zeros(c, np.int64)
+        void = 0
+        sizes: list[tuple[int, int]] = []
+        indices = range(len(ds))
+        if progress:
+            try:
+                from tqdm import tqdm
+
+                indices = tqdm(indices, desc=f"checking {what}", leave=False, dynamic_ncols=True)
+            except ImportError:  # pragma: no cover
+                pass
+        for i in indices:
+            found, size, labels = _check_pair(ds, i)
+            problems += [p for p in found if isinstance(p, str) and p not in problems]
+            out_of_range += [p for p in found if isinstance(p, ClassRangeError)]
+            if size is not None:
+                sizes.append(size)
+            if labels is not None:
+                counts = np.bincount(labels.ravel(), minlength=256)
+                pixels += counts[:c]
+                images += counts[:c] > 0
+                void += int(counts[IGNORE_INDEX])
+        summaries.append(DataSummary(sizes, pixels, images, void))
+    seen: set[Path] = set()  # a pair in two splits (the same folder) counts once
+    out_of_range = [e for e in out_of_range if not (e.path in seen or seen.add(e.path))]
+    problems += _class_range_problems(out_of_range, next(iter(sets.values())).num_classes)
+    what = next(iter(sets)) if len(sets) == 1 else "data"
     if len(problems) == 1:
         raise DataError(problems[0])
     if problems:
         raise DataError(f"{len(problems)} problems in the {what} (listed above)", problems)
-    return DataSummary(sizes, pixels, images, void)
+    return summaries
 
 
 def _class_range_problems(errors: list[ClassRangeError], num_classes: int) -> list[str]:

@@ -497,9 +497,8 @@ def prepare_data(cfg: TrainConfig, splits=None, progress: bool = True, warn=_war
         summaries = None
         if check:
             summaries = _merge_problems(
-                [lambda: datasets.check_dataset(train_set, "training data", progress),
-                 lambda: datasets.check_dataset(val_set, "validation data", progress)]
-            )  # fmt: skip
+                [lambda: datasets.check_datasets({"training data": train_set, "validation data": val_set}, progress)]
+            )[0]
         _fit_to_data(cfg, len(train_set), len(val_set), summaries[0].sizes if summaries else None, warn)
         if summaries:
             _class_warnings(cfg, {"training masks": summaries[0], "validation masks": summaries[1]}, warn)
