@@ -143,10 +143,11 @@ def lovasz_softmax(
             ``reduction="none"`` gives ``[S]`` per-sample losses, ``S = max id + 1`` (a missing id is a
             sample without valid points: 0, skipped in the mean).  With ``per_image=False`` the ids are
             checked and the points form one set per class, as without ``batch``.  No padding: eagerly
-            and with at most ``LOOP_SAMPLES`` samples, each sample's points are one image (one engine
-            call per sample); otherwise the engines take each (sample, class) pair as a group.  Sorted
-            ids cost nothing more; unsorted ones are put in order once (a copy of ``input``).  Reading
-            ``S`` synchronises with the device once (a graph break under ``torch.compile``).
+            and with at most :data:`lovasz.engine.LOOP_SAMPLES` samples, each sample's points are one
+            image (one engine call per sample); otherwise the engines take each (sample, class) pair as
+            a group.  Sorted ids cost nothing more; unsorted ones are put in order once (a copy of
+            ``input``).  Reading ``S`` synchronises with the device once (a graph break under
+            ``torch.compile``).
 
     Returns:
         The loss (float32, or float64 for float64 input).  If no pixel is valid it is 0, with a zero
@@ -190,23 +191,11 @@ def lovasz_softmax(
             FlatPerImageWarning,
             stacklevel=2,
         )
-    x, t = input.reshape(b, c, n), target.reshape(b, n)
-    if input.dim() == 2 and not per_image:  # flat points [N, C], one set: one image of N pixels, not N of one
-        x, t = input.t().unsqueeze(0), target.reshape(1, b)
     if sync is not None:
         sync.agree(_agreed(surrogate, c, bins, classes, ignore_index, per_image, reduction, decision, ragged))
     with _no_autocast(input):
-        if ragged and sync is None and _loop_samples(num_samples):
-            if not in_order:  # the points of each sample together: one gather copy, as the kernels would make
-                order = torch.argsort(sample, stable=True)
-                input, target, sample = input.index_select(0, order), target.index_select(0, order), sample[order]
-            result = _sample_by_sample(
-                surrogate, input, target, sample, num_samples, ignore_index=ignore_index, bins=bins,
-                backend=backend, present_only=isinstance(classes, str) and classes == "present", decision=decision,
-            )  # fmt: skip
-            return reduce_groups(result.losses, select_classes(result, classes), w, reduction, sync)
         result = group_losses(
-            surrogate, x, t,
+            surrogate, input.reshape(b, c, n), target.reshape(b, n),
             per_image=per_image, ignore_index=ignore_index, bins=bins, backend=backend, sync=sync,
             present_only=isinstance(classes, str) and classes == "present", decision=decision,
             sample=sample if ragged else None, num_samples=num_samples, samples_sorted=in_order,
@@ -216,41 +205,6 @@ def lovasz_softmax(
 
 class FlatPerImageWarning(UserWarning):
     """``per_image=True`` on flat points ``[N, C]`` without ``batch=``: each point is an image of its own."""
-
-
-# A ragged batch of at most this many samples is computed sample by sample, eagerly (unsorted ids: after one
-# gather that puts each sample's points together): each
-# sample is then one image of its points ([1, C, n]), which the kernels run at image speed, where a flat
-# list is n images of one point (benchmarks/bench_pointcloud.py).
-LOOP_SAMPLES = 64
-
-
-def _loop_samples(num_samples: int) -> bool:
-    return 0 < num_samples <= LOOP_SAMPLES and not torch.compiler.is_compiling()
-
-
-def _sample_by_sample(surrogate, input: Tensor, target: Tensor, sample: Tensor, num_samples: int, **kw):
-    """:func:`group_losses` of a ragged batch with sorted ``sample`` ids ([N], flat ``[N, C]`` input), one
-    sample at a time: each sample's points as one image (the loss over its points), folded to ``[S, C]``.
-    A sample without points has losses 0 and no valid pixel."""
-    sizes = torch.bincount(sample, minlength=num_samples).tolist()
-    parts, targets = input.split(sizes), target.split(sizes)
-    c = input.shape[1]
-    losses, fg, valid = [], [], []
-    zeros = torch.zeros(c, dtype=torch.int64, device=input.device)
-    for part, labels in zip(parts, targets, strict=True):
-        if part.shape[0] == 0:
-            losses.append(part.sum() * torch.zeros(c, dtype=part.dtype, device=part.device))
-            fg.append(zeros)
-            valid.append(zeros)
-            continue
-        r = group_losses(surrogate, part.t().unsqueeze(0), labels.reshape(1, -1), per_image=False, **kw)
-        losses.append(r.losses)
-        fg.append(r.fg_count)
-        valid.append(r.valid_count)
-    from .engine.result import GroupLosses
-
-    return GroupLosses(torch.stack(losses), torch.stack(fg), torch.stack(valid))
 
 
 def _binary_loss(

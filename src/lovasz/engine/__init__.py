@@ -48,20 +48,57 @@ def lovasz_extension(errors: Tensor, fg: Tensor, valid: Tensor | None = None, bi
     return lovasz_binned(errors, fg, valid, Binning.for_bins(bins))
 
 
+def _in_sample_order(x: Tensor, target: Tensor, sample: Tensor, in_order: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The images of a ragged batch in sample order (each sample's images contiguous): as they are where
+    ``sample`` is sorted (``in_order``: the order of torch_geometric and of sparse collate functions), else
+    gathered by one stable sort (a copy, whose gradient autograd scatters back)."""
+    if in_order:
+        return x, target, sample
+    order = torch.argsort(sample, stable=True)
+    return x[order], target[order], sample[order]
+
+
 def _by_sample(
     x: Tensor, target: Tensor, sample: Tensor, num_samples: int, in_order: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The images of a ragged batch in sample order, for the fused kernels (each sample's images
-    contiguous): ``x`` and ``target`` as they are where ``sample`` is sorted (``in_order``: the order of
-    torch_geometric and of sparse collate functions), else gathered by one stable sort (a copy, whose
-    gradient autograd scatters back); and the kernels' ``[B + S + 1]`` int64 ragged argument, the sorted
-    sample ids then each sample's first image and one past its last."""
-    if not in_order:
-        order = torch.argsort(sample, stable=True)
-        x, target, sample = x[order], target[order], sample[order]
+    """The images of a ragged batch in sample order (:func:`_in_sample_order`), for the fused kernels, and
+    their ``[B + S + 1]`` int64 ragged argument: the sorted sample ids, then each sample's first image and
+    one past its last."""
+    x, target, sample = _in_sample_order(x, target, sample, in_order)
     counts = torch.bincount(sample, minlength=num_samples)
     offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
     return x, target, torch.cat([sample, offsets])
+
+
+# A ragged batch of at most this many samples is computed sample by sample, eagerly: each sample's images
+# then form one set, and one-pixel images (flat points) one image of its points, which the kernels run at
+# image speed, where the (sample, class) groups of one call are spread over images of one point
+# (benchmarks/bench_pointcloud.py).
+LOOP_SAMPLES = 64
+
+
+def _sample_by_sample(
+    s: surrogates.Surrogate, x: Tensor, target: Tensor, sample: Tensor, num_samples: int, in_order: bool, **kw
+) -> GroupLosses:
+    """:func:`group_losses` of a ragged batch per image, one sample at a time: each sample's loss is the
+    batch loss of its images, folded to ``[S, C]``; a sample without images has losses 0 and no valid
+    pixel.  ``kw``: the other arguments of :func:`group_losses`."""
+    x, target, sample = _in_sample_order(x, target, sample, in_order)
+    sizes = torch.bincount(sample, minlength=num_samples).tolist()
+    c = x.shape[1]
+    zeros = torch.zeros(c, dtype=torch.int64, device=x.device)
+    losses, fg, valid = [], [], []
+    for part, labels in zip(x.split(sizes), target.split(sizes), strict=True):
+        if part.shape[0] == 0:
+            losses.append(part.sum() * torch.zeros(c, dtype=part.dtype, device=part.device))
+            fg.append(zeros)
+            valid.append(zeros)
+            continue
+        r = group_losses(s, part, labels, per_image=False, **kw)
+        losses.append(r.losses)
+        fg.append(r.fg_count)
+        valid.append(r.valid_count)
+    return GroupLosses(torch.stack(losses), torch.stack(fg), torch.stack(valid))
 
 
 def group_losses(
@@ -99,9 +136,14 @@ def group_losses(
     point list is ``B = N`` images of one point, ``batch=`` of the losses): the groups are then the
     ``(sample, class)`` pairs, folded to ``[num_samples, C]``, and a sample id that no image has is a
     sample without valid pixels; ``samples_sorted``: whether ``sample`` is known to be non-decreasing (the
-    fused kernels then use it as it is).  No padding: the exact engine sorts each class's row by sample id after
-    its errors (:func:`.exact.lovasz_exact_segments`), the binned engine counts each element in its
-    sample's group (:mod:`.binned`).
+    fused kernels then use it as it is).  No padding.  Eagerly and with at most :data:`LOOP_SAMPLES`
+    samples, each sample is the batch loss of its images (:func:`_sample_by_sample`); otherwise the exact
+    engine sorts each class's row by sample id after its errors (:func:`.exact.lovasz_exact_segments`) and
+    the binned engine counts each element in its sample's group (:mod:`.binned`).
+
+    Over the batch (``per_image=False``), images of one pixel each (flat points, ``[N, C, 1]``) are
+    evaluated as one image of ``N`` pixels (a ``[1, C, N]`` view): the same groups and elements, at image
+    speed.
     """
     s = surrogates.get(surrogate)
     b, c = x.shape[:2]
@@ -115,6 +157,14 @@ def group_losses(
         if b == 0 or shape[0] == 0:  # an empty local batch (only reachable with a process group)
             zeros = x.new_zeros(shape, dtype=torch.int64)
             return GroupLosses(x.sum() * x.new_zeros(shape, dtype=torch.float32), zeros, zeros)
+        if sample is not None and 0 < num_samples <= LOOP_SAMPLES and not torch.compiler.is_compiling():
+            return _sample_by_sample(
+                s, x, target, sample, num_samples, samples_sorted, ignore_index=ignore_index, bins=bins,
+                backend=backend, present_only=present_only, decision=decision,
+            )  # fmt: skip
+    elif b > 1 and x.shape[2] == 1:  # one-pixel images (flat points): one image of b pixels, a view
+        x = x.permute(2, 1, 0)
+        target = target.t() if target.dim() == 2 else target.permute(2, 1, 0)
     impl = decision if decision is not None else resolve(backend, x, bins, s)
     binning = None if bins is None else Binning.for_bins(bins)
     if impl.fused:
