@@ -30,7 +30,7 @@ from lovasz.experiments.train import (
     make_schedule,
     plateau_gain,
     plateau_stages,
-    set_lr_scale,
+    plateau_step,
     train,
 )
 
@@ -125,7 +125,7 @@ def test_learning_rate_drops_at_the_plateau(tmp_path):
         opt.step()
         sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)
-    set_lr_scale(opt, sched, cfg, [0.1, 0.1, 0.1])  # a plateau after epoch 3: from the next step on, lr / 10
+    assert not plateau_step(opt, sched, cfg, [0.1, 0.1, 0.1])  # a plateau after epoch 3: from the next step, lr / 10
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)
     opt.step()
     sched.step()

@@ -410,9 +410,8 @@ def train_binary(cfg, out_dir: str | Path, splits, progress: bool = True, log=pr
         atomic_write_text,
         load_model,
         make_schedule,
-        plateaued,
+        plateau_step,
         resolve_device,
-        set_lr_scale,
         stopping_summary,
     )
 
@@ -436,9 +435,8 @@ def train_binary(cfg, out_dir: str | Path, splits, progress: bool = True, log=pr
     val: dict = {}
     t_start = time.time()
     for epoch in range(cfg.epochs):
-        if plateaued(cfg, scores):
+        if plateau_step(opt, sched, cfg, scores):
             break
-        set_lr_scale(opt, sched, cfg, scores)
         model.train()
         perm = torch.randperm(len(train_split), generator=g)
         losses = []

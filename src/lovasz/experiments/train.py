@@ -299,11 +299,12 @@ SCHEDULES = ("one-cycle", "constant")
 def make_schedule(opt, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
     """``cfg.schedule``: ``one-cycle`` (:func:`one_cycle` over ``cfg.epochs``, warm-up unless fine-tuning from
     ``cfg.init``) or ``constant`` (the learning rate rises linearly over the first epoch, then stays at
-    ``cfg.lr``: a schedule that does not depend on when training stops, for :func:`plateau_gain`)."""
+    ``cfg.lr``, divided by 10 at each plateau that does not stop training (:func:`plateau_step`): a
+    schedule that does not depend on when training stops, for :func:`plateau_gain`)."""
     if cfg.schedule == "one-cycle":
         return one_cycle(opt, cfg.lr, cfg.epochs * steps_per_epoch, warmup=not cfg.init)
     if cfg.schedule == "constant":
-        scale = [1.0]  # LR_DROP ** (plateaus so far): set by set_lr_scale
+        scale = [1.0]  # LR_DROP ** (plateaus so far): set by plateau_step
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / steps_per_epoch) * scale[0])
         sched.lr_scale = scale  # type: ignore[attr-defined]
         return sched
@@ -344,21 +345,19 @@ def plateau_stages(cfg: TrainConfig, scores: list[float]) -> tuple[list[int], bo
     return drops, False
 
 
-def plateaued(cfg: TrainConfig, scores: list[float]) -> bool:
-    """Whether the validation ``scores`` so far (one per epoch) meet the stopping rule of ``cfg.plateau``."""
-    return plateau_stages(cfg, scores)[1]
-
-
-def set_lr_scale(opt, sched, cfg: TrainConfig, scores: list[float]) -> None:
-    """Scale the ``constant`` schedule by ``LR_DROP`` per plateau so far (:func:`plateau_stages`), from the next
-    step on; other schedules are left as they are."""
+def plateau_step(opt, sched, cfg: TrainConfig, scores: list[float]) -> bool:
+    """The plateau rule before an epoch, on the validation ``scores`` so far (:func:`plateau_stages`): whether
+    training stops; otherwise the ``constant`` schedule is scaled by ``LR_DROP`` per plateau so far, from
+    the next step on (other schedules are left as they are)."""
+    drops, stop = plateau_stages(cfg, scores)
     holder = getattr(sched, "lr_scale", None)
-    scale = LR_DROP ** len(plateau_stages(cfg, scores)[0])
-    if holder is None or holder[0] == scale:
-        return
+    scale = LR_DROP ** len(drops)
+    if stop or holder is None or holder[0] == scale:
+        return stop
     holder[0] = scale
     for group, fn, base in zip(opt.param_groups, sched.lr_lambdas, sched.base_lrs, strict=True):
         group["lr"] = base * fn(sched.last_epoch)
+    return False
 
 
 def stopping_summary(cfg: TrainConfig, key: str) -> dict:
@@ -623,9 +622,8 @@ def train(
     try:
         scores = [row["val_miou_dataset"] for row in cfg.history]  # on every rank: the stopping rule
         for epoch in range(first, cfg.epochs):
-            if plateaued(cfg, scores):
+            if plateau_step(opt, sched, cfg, scores):
                 break
-            set_lr_scale(opt, sched, cfg, scores)
             model.train()
             if sampler is not None:
                 sampler.set_epoch(epoch)
