@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .. import __version__
 from . import data as datasets
+from .data import count as _count
 from .demo import (
     BINARY_METRICS,
     DEMO_DEFAULTS,
@@ -38,7 +39,6 @@ from .demo import (
     run_demo,
     t_975,
 )
-from .demo import count as _count
 from .demo import plain as _plain
 
 TRAIN_EXTRA = ("torchmetrics", "matplotlib", "mlxtend", "tqdm")

@@ -66,8 +66,9 @@ class DataError(ValueError):
         self.problems = list(problems)
 
 
-def _plural(n: int, what: str) -> str:
-    return f"{n} {what}{'' if n == 1 else 's'}"
+def count(n: int, what: str) -> str:
+    """``count(1, "seed")`` → ``"1 seed"``, ``count(2, "class")`` → ``"2 classes"``."""
+    return f"{n} {what}{'' if n == 1 else 'es' if what.endswith('s') else 's'}"
 
 
 class ClassRangeError(DataError):
@@ -614,9 +615,9 @@ class FolderSegmentation(FileSegmentation):
         if no_mask or no_image:
             parts = []
             if no_mask:
-                parts.append(_missing(f"{_plural(len(no_mask), 'image')} without a mask of the same name", no_mask))
+                parts.append(_missing(f"{count(len(no_mask), 'image')} without a mask of the same name", no_mask))
             if no_image:
-                parts.append(_missing(f"{_plural(len(no_image), 'mask')} without an image of the same name", no_image))
+                parts.append(_missing(f"{count(len(no_image), 'mask')} without an image of the same name", no_image))
             raise DataError(
                 f"--data folder: images/ and masks/ do not match by name: {'; '.join(parts)}; add the missing files "
                 "or move the unpaired ones out of the folder"

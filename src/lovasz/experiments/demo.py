@@ -21,6 +21,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from . import data as datasets
+from .data import count
 
 # The default demo: 6 seeds, sized to stay within 20 minutes per task on 2 idle CPU cores (docs/demo.md, Time);
 # --quick: a first look.
@@ -479,11 +480,6 @@ def train_binary(cfg, out_dir: str | Path, splits, progress: bool = True, log=pr
 
 # ---------------------------------------------------------------------------------------------------------------
 # The demo itself.
-
-
-def count(n: int, what: str) -> str:
-    """``count(1, "seed")`` → ``"1 seed"``, ``count(2, "class")`` → ``"2 classes"``."""
-    return f"{n} {what}{'' if n == 1 else 'es' if what.endswith('s') else 's'}"
 
 
 def plain(value):

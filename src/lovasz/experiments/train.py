@@ -259,7 +259,7 @@ class Interrupted(Exception):
     """Training stopped by Ctrl-C (``KeyboardInterrupt``); ``epochs`` epochs are saved in ``path``."""
 
     def __init__(self, epochs: int, path: Path) -> None:
-        super().__init__(f"interrupted after {epochs} saved epoch{'' if epochs == 1 else 's'} ({path})")
+        super().__init__(f"interrupted after {datasets.count(epochs, 'saved epoch')} ({path})")
         self.epochs = epochs
         self.path = path
 
@@ -597,7 +597,7 @@ def train(
         eval_kw.update(batch_size=cfg.batch_size, workers=cfg.workers)
         log(
             f"  {cfg.data}: {len(train_split)} training images (crops {cfg.crop_size}, scale {tuple(cfg.scale)}, "
-            f"batches of {cfg.batch_size}), {len(val_split)} validation image{'' if len(val_split) == 1 else 's'}; "
+            f"batches of {cfg.batch_size}), {datasets.count(len(val_split), 'validation image')}; "
             f"{cfg.model} on {device}"
             + (f", {cfg.amp} autocast" if cfg.amp != "none" else "")
             + (", channels_last" if cfg.channels_last else "")
