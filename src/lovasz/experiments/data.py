@@ -785,8 +785,7 @@ def check_datasets(sets: dict[str, FileSegmentation], progress: bool = True) -> 
                 images += counts[:c] > 0
                 void += int(counts[IGNORE_INDEX])
         summaries.append(DataSummary(sizes, pixels, images, void))
-    seen: set[Path] = set()  # a pair in two splits (the same folder) counts once
-    out_of_range = [e for e in out_of_range if not (e.path in seen or seen.add(e.path))]
+    out_of_range = list({e.path: e for e in out_of_range}.values())  # a pair in two splits counts once
     problems += _class_range_problems(out_of_range, next(iter(sets.values())).num_classes)
     what = next(iter(sets)) if len(sets) == 1 else "data"
     if len(problems) == 1:
