@@ -2,7 +2,8 @@
 samples, in value and gradient, against the float64 reference (tests/reference.py) for the exact engine
 and against the loss of each sample alone for the binned engine (the same groups, so the same bins);
 with an empty (missing) sample, a one-point sample, a fully ignored sample and unsorted ids; and over
-random partitions (hypothesis)."""
+random partitions (hypothesis).  Every test runs on both roads of a ragged batch: one engine call per
+sample (at most ``LOOP_SAMPLES`` samples, eager) and the (sample, class) groups of one call."""
 
 from __future__ import annotations
 
@@ -21,6 +22,14 @@ C = 4
 SIZES = [23, 0, 1, 40, 9, 17]
 RAGGED_FUSED = [name for name in CPU_FUSED if registry.REGISTRY[name].capabilities.ragged_groups]
 ENGINES = [(None, "auto"), (64, "torch")] + [(64, name) for name in RAGGED_FUSED]
+
+
+@pytest.fixture(autouse=True, params=["sample by sample", "groups"])
+def ragged_road(request, monkeypatch):
+    """``groups``: no batch is small enough for the loop over samples (``LOOP_SAMPLES = 0``)."""
+    if request.param == "groups":
+        monkeypatch.setattr(lovasz.engine, "LOOP_SAMPLES", 0)
+    return request.param
 
 
 def _points(kind: str, seed: int = 0, sizes=SIZES, dtype=torch.float64):
