@@ -580,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     d.add_argument(
         "--plateau", type=_non_negative_float, default=dd["plateau"],
-        help="pretraining stops when the best validation score rose by less than this over --patience epochs",
+        help="a plateau: the best validation score rose by less than this over --patience epochs (see --lr-drops)",
     )  # fmt: skip
     d.add_argument("--patience", type=_positive_int, help=f"epochs of the plateau rule (default: {dd['patience']})")
     d.add_argument(
@@ -591,7 +591,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--finetune-epochs", type=_positive_int, help=f"fine-tuning epochs (default: {dd['finetune_epochs']})"
     )
-    d.add_argument("--lr", type=_positive_float, default=dd["lr"], help="pretraining learning rate (constant)")
+    d.add_argument(
+        "--lr", type=_positive_float, default=dd["lr"],
+        help="pretraining learning rate (constant, divided by 10 at each --lr-drops plateau)",
+    )  # fmt: skip
     d.add_argument(
         "--finetune-lr", type=_positive_float, default=dd["finetune_lr"],
         help="fine-tuning learning rate (cosine decay from it)",
