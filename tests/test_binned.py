@@ -541,3 +541,15 @@ def test_native_streaming_stores_write_the_same_bits(n, per_image, from_logits, 
         out[streaming] = (bits.view(torch.int32), top, fg, valid, loss.detach(), xx.grad)
     for a, b in zip(out[False], out[True], strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not registry.native_built(), reason="the native kernels were not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_holds_no_copy_of_flat_points_or_2_byte_scores(dtype):
+    # Flat points [N, C] over the batch reach the kernels as a transposed [1, C, N] view, and 2-byte scores
+    # as float32: either needs a copy, which forward and backward each make and the graph does not keep.
+    x = torch.randn(20000, 8).to(dtype).requires_grad_(True)
+    t = torch.randint(0, 8, (20000,))
+    held = _held_bytes(lambda z, y: lovasz.lovasz_softmax(z, y, bins=lovasz.DEFAULT_BINS, backend="native"), x, t)
+    table = 8 * Binning.for_bins(lovasz.DEFAULT_BINS).num_bins * 2 * 4  # [G, K, 2] float32
+    assert held <= table + 8 * HEAD * 16 + 1024 < x.numel() * 4  # the table, the exact head and a few scalars
